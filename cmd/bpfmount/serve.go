@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+
+	"github.com/bpfmount/bpfmount/driver"
+	"github.com/bpfmount/bpfmount/driver/metrics"
+	"github.com/bpfmount/bpfmount/driver/policy"
+	"github.com/bpfmount/bpfmount/loader"
+	"github.com/bpfmount/bpfmount/loader/bytecode"
+)
+
+type serveOptions struct {
+	endpoint   string
+	nodeID     string
+	stateDir   string
+	bpffsRoot  string
+	imageCache string
+	mountBPFFS bool
+	policyPath string
+	policyPoll time.Duration
+
+	cacheBytes    int64
+	pullTimeout   time.Duration
+	dockerConfig  string
+	verifyKey     string
+	requireSigned bool
+
+	metricsAddr string
+	healthAddr  string
+}
+
+func newServeCmd() *cobra.Command {
+	o := &serveOptions{}
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the CSI node plugin daemon",
+		Long: `Run the CSI Identity and Node services on a unix socket.
+
+On start the daemon re-adopts the programs its volume records describe
+(their links are pinned, so they kept running), finishes or rolls back
+operations a crash interrupted, and removes pins no volume owns; only then
+does it serve. SIGTERM or SIGINT stops accepting calls, lets the calls in
+flight finish and exits; attached programs stay attached.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context()) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.endpoint, "endpoint", defaultEndpoint, "CSI socket (unix:///path)")
+	f.StringVar(&o.nodeID, "node-id", "", "node name (default: $KUBE_NODE_NAME, then the host name)")
+	f.StringVar(&o.stateDir, "state-dir", defaultStateDir, "directory for volume records and staging mounts (tmpfs on real nodes)")
+	f.StringVar(&o.bpffsRoot, "bpffs-root", defaultBPFFSRoot, "directory on a bpffs for the driver's pins")
+	f.StringVar(&o.imageCache, "image-cache", defaultImageCache, "directory of the bytecode image cache")
+	f.StringVar(&o.policyPath, "policy", "", "node policy file (YAML; reloaded on change). Without one, pods may not load programs and the local CLI may")
+	f.DurationVar(&o.policyPoll, "policy-reload-interval", 5*time.Second, "how often to check the policy file for changes")
+	f.Int64Var(&o.cacheBytes, "image-cache-size", 1<<30, "bytes of image cache before unused images are evicted, least recently used first (0: no limit)")
+	f.DurationVar(&o.pullTimeout, "pull-timeout", 2*time.Minute, "how long one image pull may take")
+	f.StringVar(&o.dockerConfig, "docker-config", "", "node-wide registry credentials (a docker config.json); a pod's nodePublishSecretRef takes precedence")
+	f.StringVar(&o.verifyKey, "verify-key", "", "PEM public key(s) that image signatures (cosign format) are verified with, offline")
+	f.BoolVar(&o.requireSigned, "require-signatures", false, "refuse every registry image without a valid signature by --verify-key")
+	f.StringVar(&o.metricsAddr, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics (empty: off)")
+	f.StringVar(&o.healthAddr, "health-address", "", "serve http://ADDR/healthz (empty: off)")
+	f.BoolVar(&o.mountBPFFS, "mount-bpffs", true, "mount a bpffs at the parent of --bpffs-root when none is mounted there")
+	return cmd
+}
+
+func (o *serveOptions) run(ctx context.Context) error {
+	if os.Geteuid() != 0 {
+		return errors.New("serve needs root: it loads eBPF programs and mounts filesystems")
+	}
+	if o.nodeID == "" {
+		o.nodeID = os.Getenv("KUBE_NODE_NAME")
+	}
+	if o.nodeID == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("no --node-id and no host name: %w", err)
+		}
+		o.nodeID = h
+	}
+	if err := ensureBPFFS(o.bpffsRoot, o.mountBPFFS); err != nil {
+		return err
+	}
+	// The cache asks which digests are in use from its own goroutine,
+	// possibly before the driver exists.
+	var current atomic.Pointer[driver.Driver]
+	reg, err := newFetcher(o, func() map[string]bool {
+		if d := current.Load(); d != nil {
+			return d.DigestsInUse()
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	ld, err := loader.New(loader.Options{Root: o.bpffsRoot, Fetcher: mux{layout: bytecode.Layout{}, registry: reg}, NodeName: o.nodeID})
+	if err != nil {
+		return err
+	}
+	defer ld.Close()
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var pol policy.Source
+	if o.policyPath != "" {
+		w, err := policy.NewWatcher(o.policyPath, o.policyPoll)
+		if err != nil {
+			return fmt.Errorf("loading policy: %w", err)
+		}
+		go w.Run(ctx)
+		pol = w
+	}
+	d, err := driver.New(driver.Options{NodeID: o.nodeID, StateDir: o.stateDir, BPFFSRoot: o.bpffsRoot, Loader: ld, Policy: pol})
+	if err != nil {
+		return err
+	}
+	current.Store(d)
+	if _, err := d.Restore(ctx); err != nil {
+		return fmt.Errorf("restoring state: %w", err)
+	}
+	l, err := driver.Listen(o.endpoint)
+	if err != nil {
+		return err
+	}
+	if err := o.serveHTTP(ctx, d); err != nil {
+		return err
+	}
+	klog.InfoS("Serving", "driver", driver.Name, "version", driver.Version, "node", o.nodeID, "endpoint", o.endpoint,
+		"stateDir", o.stateDir, "bpffsRoot", o.bpffsRoot, "chaining", ld.CanChain())
+	return driver.Serve(ctx, driver.NewServer(d), l)
+}
+
+// ensureBPFFS makes sure root is a directory on a bpffs. Nodes usually have
+// /sys/fs/bpf mounted; where not, the daemon mounts one at root's parent.
+func ensureBPFFS(root string, mount bool) error {
+	if onBPFFS(root) {
+		return nil
+	}
+	parent := filepath.Dir(root)
+	if !onBPFFS(parent) {
+		if !mount {
+			return fmt.Errorf("%s is not on a bpf filesystem: mount one (mount -t bpf bpf %s) or drop --mount-bpffs=false", root, parent)
+		}
+		if err := os.MkdirAll(parent, 0o755); err != nil {
+			return fmt.Errorf("creating %s: %w", parent, err)
+		}
+		if err := unix.Mount("bpf", parent, "bpf", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0700"); err != nil {
+			return fmt.Errorf("mounting a bpf filesystem at %s: %w", parent, err)
+		}
+		klog.InfoS("Mounted a bpf filesystem", "path", parent)
+	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return fmt.Errorf("creating %s: %w", root, err)
+	}
+	return nil
+}
+
+func onBPFFS(path string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(path, &st) == nil && st.Type == unix.BPF_FS_MAGIC
+}
+
+// serveHTTP starts the metrics and health endpoints, each on its own
+// address so the health port can stay node-local while metrics are scraped.
+func (o *serveOptions) serveHTTP(ctx context.Context, d *driver.Driver) error {
+	routes := map[string]map[string]http.Handler{}
+	if o.metricsAddr != "" {
+		routes[o.metricsAddr] = map[string]http.Handler{"/metrics": metrics.Handler()}
+	}
+	if o.healthAddr != "" {
+		if routes[o.healthAddr] == nil {
+			routes[o.healthAddr] = map[string]http.Handler{}
+		}
+		routes[o.healthAddr]["/healthz"] = healthHandler(d)
+	}
+	for addr, handlers := range routes {
+		mux := http.NewServeMux()
+		for path, h := range handlers {
+			mux.Handle(path, h)
+		}
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("listening on %s: %w", addr, err)
+		}
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(l)
+		go func() {
+			<-ctx.Done()
+			srv.Close()
+		}()
+	}
+	return nil
+}

@@ -1,0 +1,134 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/kubernetes-csi/csi-lib-utils/protosanitizer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+// ParseEndpoint turns "unix:///path", "unix:/path" or "/path" into a socket
+// path. Only unix sockets are served: the socket is the driver's only
+// access control.
+func ParseEndpoint(ep string) (string, error) {
+	if strings.HasPrefix(ep, "/") {
+		return ep, nil
+	}
+	u, err := url.Parse(ep)
+	if err != nil || u.Scheme != "unix" {
+		return "", fmt.Errorf("endpoint %q: want unix:///path/to/csi.sock", ep)
+	}
+	p := u.Path
+	if p == "" {
+		p = u.Opaque
+	}
+	if !filepath.IsAbs(p) {
+		return "", fmt.Errorf("endpoint %q: the socket path must be absolute", ep)
+	}
+	return p, nil
+}
+
+// Listen opens the CSI socket with mode 0600: whoever can reach it can load
+// programs into the kernel, so only root may.
+func Listen(endpoint string) (net.Listener, error) {
+	path, err := ParseEndpoint(endpoint)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("removing stale socket %s: %w", path, err)
+	}
+	old := umask(0o177)
+	l, err := net.Listen("unix", path)
+	umask(old)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// NewServer returns a gRPC server serving d's Identity and Node services,
+// with every call logged, secrets stripped.
+func NewServer(d *Driver) *grpc.Server {
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(logCalls))
+	csi.RegisterIdentityServer(srv, d)
+	csi.RegisterNodeServer(srv, d)
+	return srv
+}
+
+// Serve serves until ctx is done, then stops accepting calls and waits for
+// the ones in flight (SIGTERM handling).
+func Serve(ctx context.Context, srv *grpc.Server, l net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(l) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		klog.InfoS("Stopping: finishing calls in flight")
+		srv.GracefulStop()
+		return nil
+	}
+}
+
+// logCalls logs each call and its outcome. protosanitizer strips fields the
+// CSI spec marks secret; the service account token key is dropped by hand
+// because volume_context is not marked secret.
+func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	if klog.V(4).Enabled() || isMutating(info.FullMethod) {
+		klog.InfoS("CSI call", "method", info.FullMethod, "request", protosanitizer.StripSecrets(redact(req)))
+	}
+	resp, err := handler(ctx, req)
+	if err != nil {
+		st, _ := status.FromError(err)
+		klog.InfoS("CSI call failed", "method", info.FullMethod, "code", st.Code().String(), "error", st.Message(), "duration", time.Since(start))
+	} else if klog.V(4).Enabled() || isMutating(info.FullMethod) {
+		klog.InfoS("CSI call done", "method", info.FullMethod, "duration", time.Since(start))
+	}
+	return resp, err
+}
+
+func isMutating(method string) bool {
+	return strings.HasSuffix(method, "/NodePublishVolume") || strings.HasSuffix(method, "/NodeUnpublishVolume")
+}
+
+func redact(req any) any {
+	r, ok := req.(*csi.NodePublishVolumeRequest)
+	if !ok {
+		return req
+	}
+	if _, has := r.GetVolumeContext()[keyServiceAccountTk]; !has {
+		return req
+	}
+	c := &csi.NodePublishVolumeRequest{
+		VolumeId: r.VolumeId, PublishContext: r.PublishContext, StagingTargetPath: r.StagingTargetPath,
+		TargetPath: r.TargetPath, VolumeCapability: r.VolumeCapability, Readonly: r.Readonly,
+		Secrets: r.Secrets, VolumeContext: map[string]string{},
+	}
+	for k, v := range r.GetVolumeContext() {
+		if k == keyServiceAccountTk {
+			v = "***stripped***"
+		}
+		c.VolumeContext[k] = v
+	}
+	return c
+}

@@ -1,0 +1,256 @@
+// Package state keeps the driver's volume records and intents on disk.
+//
+// A record describes one published volume: what was asked, what was
+// attached (the loader identity, enough to re-open its pins after a
+// restart) and where it is mounted. An intent is written before a publish or
+// unpublish touches the kernel and removed when the operation ends, so a
+// crash in between is found at the next start and rolled back or finished.
+//
+// Files are written atomically (temp file, then rename) and never fsynced:
+// they live in /run, which dies with a reboot exactly like the pins they
+// describe, so they only have to survive a process crash.
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/bpfmount/bpfmount/loader"
+)
+
+// Version is the record format version.
+const Version = 1
+
+// Pod is what kubelet tells about the pod that owns a volume.
+type Pod struct {
+	Name           string `json:"name,omitempty"`
+	Namespace      string `json:"namespace,omitempty"`
+	UID            string `json:"uid,omitempty"`
+	ServiceAccount string `json:"serviceAccount,omitempty"`
+}
+
+// Record is one published volume.
+type Record struct {
+	Version     int               `json:"version"`
+	VolumeID    string            `json:"volumeID"`
+	TargetPath  string            `json:"targetPath"`
+	StagingPath string            `json:"stagingPath"`
+	ReadOnly    bool              `json:"readOnly"`
+	MountGroup  string            `json:"mountGroup,omitempty"`
+	Attributes  map[string]string `json:"attributes"`
+	Image       string            `json:"image"`
+	Signed      bool              `json:"signed,omitempty"`
+	Identity    loader.Identity   `json:"identity"`
+	Key         string            `json:"key"`
+	ProgramID   uint32            `json:"programID"`
+	Maps        []string          `json:"maps"`
+	Pod         Pod               `json:"pod,omitzero"`
+	Created     time.Time         `json:"created"`
+}
+
+// Op names the operation an intent is for.
+type Op string
+
+// Operations.
+const (
+	OpPublish   Op = "publish"
+	OpUnpublish Op = "unpublish"
+)
+
+// Intent is an operation in flight.
+type Intent struct {
+	Op          Op     `json:"op"`
+	VolumeID    string `json:"volumeID"`
+	TargetPath  string `json:"targetPath"`
+	StagingPath string `json:"stagingPath"`
+	// Key is the loader identity's key once known: a publish that crashed
+	// after attaching left pins under it.
+	Key     string    `json:"key,omitempty"`
+	Started time.Time `json:"started"`
+}
+
+// Store is a directory of records and intents.
+type Store struct {
+	dir string
+}
+
+var volumeIDRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+// ValidVolumeID reports whether id is safe as a single path element.
+func ValidVolumeID(id string) bool {
+	return volumeIDRE.MatchString(id) && id != "." && id != ".." && !strings.Contains(id, "..")
+}
+
+// Open creates the store's directories under dir if needed.
+func Open(dir string) (*Store, error) {
+	s := &Store{dir: dir}
+	for _, d := range []string{s.volumesDir(), s.intentsDir(), s.MountsDir()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("creating state directory: %w", err)
+		}
+	}
+	return s, nil
+}
+
+func (s *Store) volumesDir() string { return filepath.Join(s.dir, "volumes") }
+func (s *Store) intentsDir() string { return filepath.Join(s.dir, "intents") }
+
+// MountsDir holds the per-volume staging directories.
+func (s *Store) MountsDir() string { return filepath.Join(s.dir, "mounts") }
+
+// StagingPath is where a volume's bpffs instance is mounted.
+func (s *Store) StagingPath(volumeID string) string { return filepath.Join(s.MountsDir(), volumeID) }
+
+// Put writes a record atomically.
+func (s *Store) Put(r *Record) error {
+	r.Version = Version
+	return writeJSON(filepath.Join(s.volumesDir(), r.VolumeID+".json"), r)
+}
+
+// Get returns a volume's record, or nil when there is none.
+func (s *Store) Get(volumeID string) (*Record, error) {
+	var r Record
+	ok, err := readJSON(filepath.Join(s.volumesDir(), volumeID+".json"), &r)
+	if !ok || err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Delete removes a volume's record; a missing one is fine.
+func (s *Store) Delete(volumeID string) error {
+	return remove(filepath.Join(s.volumesDir(), volumeID+".json"))
+}
+
+// List returns every record, sorted by volume ID. Records that cannot be
+// decoded are returned as errors alongside the good ones.
+func (s *Store) List() ([]*Record, error) {
+	var out []*Record
+	err := s.each(s.volumesDir(), func(path string) error {
+		var r Record
+		if _, err := readJSON(path, &r); err != nil {
+			return err
+		}
+		out = append(out, &r)
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].VolumeID < out[j].VolumeID })
+	return out, err
+}
+
+// PutIntent writes an intent atomically.
+func (s *Store) PutIntent(in *Intent) error {
+	return writeJSON(filepath.Join(s.intentsDir(), in.VolumeID+".json"), in)
+}
+
+// DeleteIntent removes a volume's intent; a missing one is fine.
+func (s *Store) DeleteIntent(volumeID string) error {
+	return remove(filepath.Join(s.intentsDir(), volumeID+".json"))
+}
+
+// Intents returns the intents left behind, sorted by volume ID.
+func (s *Store) Intents() ([]*Intent, error) {
+	var out []*Intent
+	err := s.each(s.intentsDir(), func(path string) error {
+		var in Intent
+		if _, err := readJSON(path, &in); err != nil {
+			return err
+		}
+		out = append(out, &in)
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].VolumeID < out[j].VolumeID })
+	return out, err
+}
+
+func (s *Store) each(dir string, fn func(path string) error) error {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, de := range ents {
+		name := de.Name()
+		if strings.HasPrefix(name, ".") {
+			// A temp file left by a crash mid-write: the rename never
+			// happened, so the old file (if any) is still the truth.
+			os.Remove(filepath.Join(dir, name))
+			continue
+		}
+		if !strings.HasSuffix(name, ".json") {
+			continue
+		}
+		if err := fn(filepath.Join(dir, name)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func writeJSON(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	dir, base := filepath.Split(path)
+	tmp := filepath.Join(dir, "."+base+".tmp")
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("writing %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("renaming %s: %w", tmp, err)
+	}
+	return nil
+}
+
+func readJSON(path string, v any) (bool, error) {
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if err := Decode(b, v); err != nil {
+		return false, fmt.Errorf("%s: %w", path, err)
+	}
+	return true, nil
+}
+
+// Decode strictly decodes a record or intent: unknown fields are errors, so
+// a record from a newer, incompatible version is never half-read.
+func Decode(b []byte, v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("decoding state: %w", err)
+	}
+	if dec.More() {
+		return errors.New("decoding state: trailing data")
+	}
+	if r, ok := v.(*Record); ok {
+		if r.Version != Version {
+			return fmt.Errorf("decoding state: record version %d, this driver reads version %d", r.Version, Version)
+		}
+		if !ValidVolumeID(r.VolumeID) {
+			return fmt.Errorf("decoding state: invalid volume ID %q", r.VolumeID)
+		}
+	}
+	return nil
+}
+
+func remove(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}

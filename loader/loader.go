@@ -1,0 +1,340 @@
+package loader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"k8s.io/klog/v2"
+
+	"github.com/bpfmount/bpfmount/loader/bytecode"
+)
+
+// Options configure a Loader.
+type Options struct {
+	// Root is a directory on a bpffs where the loader keeps its pins.
+	Root string
+	// Fetcher resolves image references.
+	Fetcher bytecode.Fetcher
+	// NodeName names this host in error messages.
+	NodeName string
+}
+
+// Loader loads, attaches, pins and shares eBPF programs. It is safe for
+// concurrent use; work on one interface is serialized.
+type Loader struct {
+	root     string
+	node     string
+	fetch    bytecode.Fetcher
+	canChain bool // the kernel accepts freplace, so dispatchers can run
+
+	mu      sync.Mutex
+	entries map[string]*entry // by Identity.Key
+	ifaces  map[string]*sync.Mutex
+	specs   map[string]*ebpf.CollectionSpec // parsed objects by image digest
+}
+
+// entry is one loaded and attached program and the owners sharing it.
+type entry struct {
+	id       Identity
+	key      string
+	prog     *ebpf.Program
+	link     link.Link
+	maps     map[string]*ebpf.Map
+	progID   ebpf.ProgramID
+	mode     string
+	attached bool
+	created  time.Time
+	owners   map[string]struct{}
+}
+
+// Program describes an attachment as the loader holds it.
+type Program struct {
+	Identity Identity
+	Key      string
+	// ID is the kernel's program ID.
+	ID ebpf.ProgramID
+	// AttachMode is how an XDP program is attached ("native" or "skb").
+	AttachMode string
+	// Attached is false when the link lost its target (the interface went
+	// away); the maps stay usable.
+	Attached bool
+	// Shared is true when the request joined an existing attachment.
+	Shared bool
+	// Maps are the object's maps, by name. They belong to the loader and
+	// stay valid until the owner releases the program: clone, never close.
+	Maps map[string]*ebpf.Map
+	// Owners counts the owners sharing the attachment.
+	Owners int
+}
+
+// New returns a loader keeping its pins under opts.Root, which must be on a
+// bpffs.
+func New(opts Options) (*Loader, error) {
+	if opts.Fetcher == nil {
+		return nil, errors.New("loader: no fetcher")
+	}
+	if err := os.MkdirAll(filepath.Join(opts.Root, "programs"), 0o700); err != nil {
+		return nil, fmt.Errorf("creating pin directory under %s: %w", opts.Root, err)
+	}
+	l := &Loader{
+		root:     opts.Root,
+		node:     opts.NodeName,
+		fetch:    opts.Fetcher,
+		canChain: probeFreplace(),
+		entries:  map[string]*entry{},
+		ifaces:   map[string]*sync.Mutex{},
+		specs:    map[string]*ebpf.CollectionSpec{},
+	}
+	if !l.canChain {
+		klog.InfoS("Kernel rejects freplace (BPF_PROG_TYPE_EXT): XDP and TC dispatchers are unavailable; a lone XDP program attaches directly and tcx keeps working")
+	}
+	return l, nil
+}
+
+// CanChain reports whether the kernel supports the dispatchers.
+func (l *Loader) CanChain() bool { return l.canChain }
+
+func (l *Loader) lockIface(name string) func() {
+	l.mu.Lock()
+	m, ok := l.ifaces[name]
+	if !ok {
+		m = &sync.Mutex{}
+		l.ifaces[name] = m
+	}
+	l.mu.Unlock()
+	m.Lock()
+	return m.Unlock
+}
+
+func (l *Loader) pinDir(key string) string { return filepath.Join(l.root, "programs", key) }
+
+// Resolved is a request checked against its image, ready to attach.
+type Resolved struct {
+	Identity Identity
+	Image    *bytecode.Image
+	// Maps lists the object's maps (internal .rodata/.data/.bss left out).
+	Maps []string
+	spec *ebpf.CollectionSpec
+}
+
+// Resolve fetches the request's image and checks the request against it
+// without touching the kernel.
+func (l *Loader) Resolve(ctx context.Context, req Request) (*Resolved, error) {
+	img, err := l.fetch.Fetch(ctx, req.Image)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := l.spec(img)
+	if err != nil {
+		return nil, err
+	}
+	id, err := resolve(req, img, spec)
+	if err != nil {
+		return nil, err
+	}
+	r := &Resolved{Identity: id, Image: img, spec: spec}
+	for name := range spec.Maps {
+		if !strings.HasPrefix(name, ".") {
+			r.Maps = append(r.Maps, name)
+		}
+	}
+	sort.Strings(r.Maps)
+	return r, nil
+}
+
+// Acquire joins the attachment with r's identity or creates it, and records
+// owner as one of its owners. On error nothing is left loaded, attached or
+// pinned.
+func (l *Loader) Acquire(ctx context.Context, r *Resolved, owner string) (*Program, error) {
+	key := r.Identity.Key()
+	unlock := l.lockIface(r.Identity.Interface)
+	defer unlock()
+
+	l.mu.Lock()
+	if e := l.entries[key]; e != nil {
+		e.owners[owner] = struct{}{}
+		p := e.snapshot(true)
+		l.mu.Unlock()
+		return p, nil
+	}
+	l.mu.Unlock()
+
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	e, err := l.load(r.Identity, r.spec)
+	if err != nil {
+		return nil, err
+	}
+	e.owners[owner] = struct{}{}
+	l.mu.Lock()
+	l.entries[key] = e
+	p := e.snapshot(false)
+	l.mu.Unlock()
+	klog.V(2).InfoS("Attached program", "key", key, "program", r.Identity.Program, "hook", r.Identity.Hook,
+		"interface", r.Identity.Interface, "direction", r.Identity.Direction, "priority", r.Identity.Priority, "id", e.progID, "mode", e.mode)
+	return p, nil
+}
+
+// Release drops owner from the attachment with the given key; the last
+// owner's release detaches the program and removes its pins. Releasing an
+// unknown key removes any pins left under it, so it is idempotent.
+func (l *Loader) Release(key, owner string) error {
+	l.mu.Lock()
+	e := l.entries[key]
+	l.mu.Unlock()
+	if e == nil {
+		return l.removePins(key)
+	}
+	unlock := l.lockIface(e.id.Interface)
+	defer unlock()
+	l.mu.Lock()
+	delete(e.owners, owner)
+	if len(e.owners) > 0 {
+		l.mu.Unlock()
+		return nil
+	}
+	delete(l.entries, key)
+	l.mu.Unlock()
+	err := e.destroy()
+	if rmErr := l.removePins(key); err == nil {
+		err = rmErr
+	}
+	klog.V(2).InfoS("Detached program", "key", key, "program", e.id.Program, "hook", e.id.Hook, "interface", e.id.Interface)
+	return err
+}
+
+// Adopt re-opens the pins of an attachment created before a restart and
+// records owner as one of its owners. It fails with fault.NotFound when the
+// pins are gone. A link whose interface vanished is adopted with Attached
+// false.
+func (l *Loader) Adopt(id Identity, owner string) (*Program, error) {
+	key := id.Key()
+	unlock := l.lockIface(id.Interface)
+	defer unlock()
+	l.mu.Lock()
+	if e := l.entries[key]; e != nil {
+		e.owners[owner] = struct{}{}
+		p := e.snapshot(true)
+		l.mu.Unlock()
+		return p, nil
+	}
+	l.mu.Unlock()
+
+	e, err := l.openPins(id, key)
+	if err != nil {
+		return nil, err
+	}
+	e.owners[owner] = struct{}{}
+	l.mu.Lock()
+	l.entries[key] = e
+	p := e.snapshot(false)
+	l.mu.Unlock()
+	return p, nil
+}
+
+// Prune removes pin directories that no adopted or acquired attachment
+// owns, and returns their keys. It touches nothing outside the loader's
+// own pin directory.
+func (l *Loader) Prune() ([]string, error) {
+	dir := filepath.Join(l.root, "programs")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	var errs []error
+	for _, de := range ents {
+		key := de.Name()
+		l.mu.Lock()
+		_, owned := l.entries[key]
+		l.mu.Unlock()
+		if owned {
+			continue
+		}
+		if err := l.removePins(key); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed = append(removed, key)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// Programs returns a snapshot of every attachment, sorted by key.
+func (l *Loader) Programs() []*Program {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]*Program, 0, len(l.entries))
+	for _, e := range l.entries {
+		out = append(out, e.snapshot(false))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out
+}
+
+// Close releases the loader's file descriptors. Pinned programs stay
+// attached: that is what lets the daemon restart without a gap.
+func (l *Loader) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.entries {
+		e.closeFDs()
+	}
+	l.entries = map[string]*entry{}
+	return nil
+}
+
+func (l *Loader) removePins(key string) error {
+	if strings.ContainsAny(key, "/.") || key == "" {
+		return fmt.Errorf("refusing to remove pins of malformed key %q", key)
+	}
+	err := os.RemoveAll(l.pinDir(key))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing pins of %s: %w", key, err)
+	}
+	return nil
+}
+
+// snapshot must be called with l.mu held.
+func (e *entry) snapshot(shared bool) *Program {
+	return &Program{
+		Identity: e.id, Key: e.key, ID: e.progID, AttachMode: e.mode,
+		Attached: e.attached, Shared: shared, Maps: e.maps, Owners: len(e.owners),
+	}
+}
+
+// destroy detaches and closes everything. The link must be unpinned first:
+// closing the last reference to an unpinned link is what detaches it.
+func (e *entry) destroy() error {
+	var errs []error
+	if e.link != nil {
+		if err := e.link.Unpin(); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("unpinning link: %w", err))
+		}
+	}
+	e.closeFDs()
+	return errors.Join(errs...)
+}
+
+func (e *entry) closeFDs() {
+	if e.link != nil {
+		e.link.Close()
+	}
+	if e.prog != nil {
+		e.prog.Close()
+	}
+	for _, m := range e.maps {
+		m.Close()
+	}
+}

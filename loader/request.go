@@ -1,0 +1,119 @@
+package loader
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"slices"
+	"sort"
+
+	"github.com/bpfmount/bpfmount/loader/bytecode"
+)
+
+// Hook names an attach point.
+type Hook string
+
+// Supported hooks.
+const (
+	HookXDP Hook = "xdp" // XDP on an interface's receive path
+	HookTC  Hook = "tc"  // tc clsact ingress/egress through the TC dispatcher
+	HookTCX Hook = "tcx" // tcx multi-program attach (kernel 6.6+)
+)
+
+// Hooks lists the supported hooks.
+var Hooks = []Hook{HookXDP, HookTC, HookTCX}
+
+// Directions of tc and tcx hooks.
+const (
+	Ingress = "ingress"
+	Egress  = "egress"
+)
+
+// XDP attach modes.
+const (
+	XDPModeAuto   = "auto"   // native, falling back to skb
+	XDPModeNative = "native" // driver mode
+	XDPModeSKB    = "skb"    // generic mode
+)
+
+// DispatcherReturn is the proceed-on action that continues the chain when a
+// program returns the dispatcher's "continue" value.
+const DispatcherReturn = "dispatcher_return"
+
+// XDPActions and TCActions are the proceed-on action names per hook, with
+// the bit each sets in a dispatcher's chain mask.
+var (
+	XDPActions = map[string]uint32{
+		"aborted": 0, "drop": 1, "pass": 2, "tx": 3, "redirect": 4,
+		DispatcherReturn: 31,
+	}
+	// TC actions are shifted by one: TC_ACT_UNSPEC is -1.
+	TCActions = map[string]uint32{
+		"unspec": 0, "ok": 1, "reclassify": 2, "shot": 3, "pipe": 4,
+		"stolen": 5, "queued": 6, "repeat": 7, "redirect": 8, "trap": 9,
+		DispatcherReturn: 30,
+	}
+)
+
+// DefaultProceedOn returns the proceed-on actions a hook uses when the
+// request names none (bpfman's and libxdp's defaults).
+func DefaultProceedOn(h Hook) []string {
+	switch h {
+	case HookXDP:
+		return []string{"pass", DispatcherReturn}
+	case HookTC:
+		return []string{"pipe", DispatcherReturn}
+	}
+	return nil
+}
+
+// DefaultPriority is the priority of a request that names none.
+const DefaultPriority = 1000
+
+// Request describes a program to load and attach.
+type Request struct {
+	// Image names the bytecode image and how to fetch it.
+	Image bytecode.Request
+	// Program is the function name; empty means the image's only program.
+	Program string
+	// Hook is the attach point; empty means the type the image's labels
+	// give the program.
+	Hook Hook
+	// Interface is the host interface name.
+	Interface string
+	// Direction is Ingress or Egress, for tc and tcx.
+	Direction string
+	// Priority orders programs on one hook: 1..1000, lower runs first.
+	Priority int
+	// ProceedOn lists the actions after which a dispatcher runs the next
+	// program; nil means DefaultProceedOn.
+	ProceedOn []string
+	// XDPMode is the XDP attach mode; empty means auto.
+	XDPMode string
+	// Globals overrides global variables before load, by name.
+	Globals map[string][]byte
+}
+
+// Identity is a resolved request: two requests with equal identities share
+// one loaded program and one attachment.
+type Identity struct {
+	Digest    string            `json:"digest"`
+	Program   string            `json:"program"`
+	Hook      Hook              `json:"hook"`
+	Interface string            `json:"interface"`
+	Direction string            `json:"direction,omitempty"`
+	Priority  int               `json:"priority"`
+	ProceedOn []string          `json:"proceedOn,omitempty"`
+	XDPMode   string            `json:"xdpMode,omitempty"`
+	Globals   map[string]string `json:"globals,omitempty"` // hex values
+}
+
+// Key is a short stable digest of the identity, used as its pin directory.
+func (id Identity) Key() string {
+	c := id
+	c.ProceedOn = slices.Clone(id.ProceedOn)
+	sort.Strings(c.ProceedOn)
+	b, _ := json.Marshal(c) // map keys are sorted by encoding/json
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:12])
+}

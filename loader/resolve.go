@@ -1,0 +1,202 @@
+package loader
+
+import (
+	"bytes"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/bpfmount/bpfmount/loader/bytecode"
+	"github.com/bpfmount/bpfmount/loader/fault"
+)
+
+// spec returns the parsed object of an image, parsing it once per digest:
+// parsing costs about as much as loading, so it is cached.
+func (l *Loader) spec(img *bytecode.Image) (*ebpf.CollectionSpec, error) {
+	l.mu.Lock()
+	s, ok := l.specs[img.Digest]
+	l.mu.Unlock()
+	if ok {
+		return s, nil
+	}
+	s, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(img.Object))
+	if err != nil {
+		return nil, fault.Errorf(fault.Invalid, "image %q: cannot read its ELF object: %v", img.Reference, err)
+	}
+	l.mu.Lock()
+	l.specs[img.Digest] = s
+	l.mu.Unlock()
+	return s, nil
+}
+
+// resolve checks a request against its image and fills in the defaults.
+func resolve(req Request, img *bytecode.Image, spec *ebpf.CollectionSpec) (Identity, error) {
+	id := Identity{
+		Digest:    img.Digest,
+		Program:   req.Program,
+		Hook:      req.Hook,
+		Interface: req.Interface,
+		Direction: req.Direction,
+		Priority:  req.Priority,
+		XDPMode:   req.XDPMode,
+	}
+	names := img.ProgramNames()
+	if id.Program == "" {
+		if len(names) != 1 {
+			return id, fault.Errorf(fault.Invalid, "image %q holds %d programs (%s): set the program attribute to one of them",
+				img.Reference, len(names), strings.Join(names, ", "))
+		}
+		id.Program = names[0]
+	}
+	labelType, inLabels := img.Programs[id.Program]
+	ps, inObject := spec.Programs[id.Program]
+	if !inLabels || !inObject {
+		return id, fault.Errorf(fault.Invalid, "program %q not in image %q (it holds: %s)", id.Program, img.Reference, strings.Join(names, ", "))
+	}
+	if id.Hook == "" {
+		id.Hook = Hook(labelType)
+		if !slices.Contains(Hooks, id.Hook) {
+			return id, fault.Errorf(fault.Invalid, "program %q of image %q is of type %q (from its labels); bpfmount attaches xdp, tc and tcx programs",
+				id.Program, img.Reference, labelType)
+		}
+	}
+	want := ebpf.SchedCLS
+	if id.Hook == HookXDP {
+		want = ebpf.XDP
+	}
+	if ps.Type != want {
+		return id, fault.Errorf(fault.Invalid, "program %q of image %q is a %s program; it cannot attach to hook %q",
+			id.Program, img.Reference, ps.Type, id.Hook)
+	}
+	switch id.Hook {
+	case HookXDP:
+		if id.Direction != "" {
+			return id, fault.Errorf(fault.Invalid, "direction applies to tc and tcx, not xdp")
+		}
+		if id.XDPMode == "" {
+			id.XDPMode = XDPModeAuto
+		}
+	case HookTC, HookTCX:
+		if id.Direction != Ingress && id.Direction != Egress {
+			return id, fault.Errorf(fault.Invalid, "hook %s needs direction ingress or egress", id.Hook)
+		}
+		if id.XDPMode != "" {
+			return id, fault.Errorf(fault.Invalid, "xdpMode applies to xdp, not %s", id.Hook)
+		}
+	}
+	if id.Priority == 0 {
+		id.Priority = DefaultPriority
+	}
+	if id.Priority < 1 || id.Priority > 1000 {
+		return id, fault.Errorf(fault.Invalid, "priority %d is out of range 1..1000", id.Priority)
+	}
+	proceed, err := resolveProceedOn(id.Hook, req.ProceedOn)
+	if err != nil {
+		return id, err
+	}
+	id.ProceedOn = proceed
+	if len(req.Globals) > 0 {
+		id.Globals = map[string]string{}
+		for name, val := range req.Globals {
+			v, ok := spec.Variables[name]
+			if !ok {
+				return id, fault.Errorf(fault.Invalid, "global %q not in program object of image %q (it has: %s)", name, img.Reference, strings.Join(globalNames(spec), ", "))
+			}
+			if int(v.Size()) != len(val) {
+				return id, fault.Errorf(fault.Invalid, "global %q is %d bytes but the value given is %d bytes (give exactly %d bytes as %d hex digits, in the node's byte order)",
+					name, v.Size(), len(val), v.Size(), 2*v.Size())
+			}
+			id.Globals[name] = hex.EncodeToString(val)
+		}
+	}
+	return id, nil
+}
+
+func resolveProceedOn(h Hook, actions []string) ([]string, error) {
+	var table map[string]uint32
+	switch h {
+	case HookXDP:
+		table = XDPActions
+	case HookTC:
+		table = TCActions
+	default:
+		if len(actions) > 0 {
+			return nil, fault.Errorf(fault.Invalid, "proceedOn applies to xdp and tc; %s programs chain by returning TCX_NEXT", h)
+		}
+		return nil, nil
+	}
+	if len(actions) == 0 {
+		return DefaultProceedOn(h), nil
+	}
+	out := make([]string, 0, len(actions))
+	for _, a := range actions {
+		if _, ok := table[a]; !ok {
+			return nil, fault.Errorf(fault.Invalid, "proceedOn action %q is not a %s action (valid: %s)", a, h, strings.Join(ActionNames(h), ", "))
+		}
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// ActionNames lists the proceed-on action names of a hook, sorted.
+func ActionNames(h Hook) []string {
+	table := XDPActions
+	if h == HookTC {
+		table = TCActions
+	}
+	out := make([]string, 0, len(table))
+	for k := range table {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func globalNames(spec *ebpf.CollectionSpec) []string {
+	var out []string
+	for n := range spec.Variables {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	if len(out) == 0 {
+		out = []string{"none"}
+	}
+	return out
+}
+
+// collectionFor copies spec down to one program and applies the globals.
+func collectionFor(id Identity, spec *ebpf.CollectionSpec) (*ebpf.CollectionSpec, error) {
+	cs := spec.Copy()
+	for name := range cs.Programs {
+		if name != id.Program {
+			delete(cs.Programs, name)
+		}
+	}
+	for name, h := range id.Globals {
+		val, err := hex.DecodeString(h)
+		if err != nil {
+			return nil, fault.Errorf(fault.Invalid, "global %q: %v", name, err)
+		}
+		v := cs.Variables[name]
+		if v == nil {
+			return nil, fault.Errorf(fault.Invalid, "global %q not in program object", name)
+		}
+		v.Value = val
+	}
+	return cs, nil
+}
+
+func describeIdentity(id Identity) string {
+	s := fmt.Sprintf("program %q (%s on %s", id.Program, id.Hook, id.Interface)
+	if id.Direction != "" {
+		s += " " + id.Direction
+	}
+	return s + fmt.Sprintf(", priority %d)", id.Priority)
+}

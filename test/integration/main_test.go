@@ -1,0 +1,37 @@
+// Package integration tests the driver end to end on the real kernel: real
+// programs attached to veths whose peers live in network namespaces the
+// tests create, frames sent through them, and maps read through the mounted
+// volumes by consumer processes in their own mount namespaces.
+package integration
+
+import (
+	"os"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/bpfmount/bpfmount/test/testenv"
+)
+
+func TestMain(m *testing.M) {
+	testenv.RunHelperIfAsked()
+	os.Exit(m.Run())
+}
+
+func mountCap(gid string) *csi.VolumeCapability {
+	return &csi.VolumeCapability{
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{VolumeMountGroup: gid}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+	}
+}
+
+func publishReq(vol, target string, attrs map[string]string, readOnly bool) *csi.NodePublishVolumeRequest {
+	return &csi.NodePublishVolumeRequest{
+		VolumeId: vol, TargetPath: target, Readonly: readOnly,
+		VolumeCapability: mountCap(""), VolumeContext: attrs,
+	}
+}
+
+func unpublishReq(vol, target string) *csi.NodeUnpublishVolumeRequest {
+	return &csi.NodeUnpublishVolumeRequest{VolumeId: vol, TargetPath: target}
+}

@@ -1,0 +1,45 @@
+package testenv
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bpfmount/bpfmount/loader/bytecode"
+)
+
+// Objects the tests load.
+var (
+	XDPCounterObject = "deploy/examples/xdp-counter/bpf/xdpcounter_bpfel.o"
+	TCXOrderObject   = "test/programs/tcxorder_bpfel.o"
+)
+
+// Layout packs an object of the repository into a bytecode image in a
+// temporary OCI layout and returns its `oci:` reference.
+func Layout(t testing.TB, object, tag string) string {
+	t.Helper()
+	obj, err := os.ReadFile(RepoPath(object))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := bytecode.Build(obj, filepath.Base(object), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "layout")
+	if err := bytecode.WriteLayout(dir, tag, img); err != nil {
+		t.Fatal(err)
+	}
+	return bytecode.LayoutScheme + dir + ":" + tag
+}
+
+// unmountAll unmounts dir until nothing is mounted there.
+func unmountAll(dir string) {
+	for i := 0; i < 16; i++ {
+		if unix.Unmount(dir, unix.MNT_DETACH) != nil {
+			return
+		}
+	}
+}

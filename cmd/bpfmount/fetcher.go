@@ -1,27 +1,14 @@
 package main
 
 import (
-	"context"
 	"fmt"
 
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/loader/bytecode"
 )
 
-// mux sends oci: references to the local layout fetcher and the rest to the
-// registry client.
-type mux struct {
-	layout   bytecode.Fetcher
-	registry bytecode.Fetcher
-}
-
-func (m mux) Fetch(ctx context.Context, req bytecode.Request) (*bytecode.Image, error) {
-	if bytecode.IsLayout(req.Reference) {
-		return m.layout.Fetch(ctx, req)
-	}
-	return m.registry.Fetch(ctx, req)
-}
-
+// newFetcher returns the image client: registry references and, through
+// the same client, local oci: layouts.
 func newFetcher(o *serveOptions, inUse func() map[string]bool) (*bytecode.Registry, error) {
 	opts := bytecode.RegistryOptions{
 		CacheDir:         o.imageCache,

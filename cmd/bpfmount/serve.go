@@ -21,7 +21,6 @@ import (
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/loader"
-	"github.com/bpfmount/bpfmount/loader/bytecode"
 )
 
 type serveOptions struct {
@@ -108,7 +107,7 @@ func (o *serveOptions) run(ctx context.Context) error {
 		return err
 	}
 	defer reg.Close()
-	ld, err := loader.New(loader.Options{Root: o.bpffsRoot, Fetcher: mux{layout: bytecode.Layout{}, registry: reg}, NodeName: o.nodeID})
+	ld, err := loader.New(loader.Options{Root: o.bpffsRoot, Fetcher: reg, NodeName: o.nodeID})
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/driver/state"
 	"github.com/bpfmount/bpfmount/loader"
+	"github.com/bpfmount/bpfmount/loader/failpoint"
 	"github.com/bpfmount/bpfmount/loader/fault"
 	"github.com/bpfmount/bpfmount/loader/mapfs"
 )
@@ -69,6 +70,7 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return nil, toStatus(err)
 	}
 	hook = string(rec.Identity.Hook)
+	failpoint.Hit("publish.done")
 	audit("load", volID, vr, rec, dec, nil)
 	klog.V(2).InfoS("Published volume", "volume", volID, "target", target, "program", rec.Identity.Program,
 		"id", rec.ProgramID, "maps", rec.Maps, "duration", time.Since(start))
@@ -144,6 +146,7 @@ func (d *Driver) attach(ctx context.Context, volID, target, staging string, vr *
 	if err := d.store.PutIntent(intent); err != nil {
 		return nil, fmt.Errorf("writing intent: %w", err)
 	}
+	failpoint.Hit("publish.intent")
 	defer func() {
 		// The intent goes when the operation ends: on success the record
 		// is the truth, on failure the rollback below has run.
@@ -186,6 +189,7 @@ func (d *Driver) attach(ctx context.Context, volID, target, staging string, vr *
 		}
 		return nil, fmt.Errorf("writing volume record: %w", err)
 	}
+	failpoint.Hit("publish.record")
 	return rec, nil
 }
 
@@ -288,15 +292,18 @@ func (d *Driver) unpublish(rec *state.Record) error {
 	if err := d.store.PutIntent(intent); err != nil {
 		return fmt.Errorf("writing intent: %w", err)
 	}
+	failpoint.Hit("unpublish.intent")
 	if err := mapfs.Withdraw(rec.StagingPath, rec.TargetPath); err != nil {
 		return fmt.Errorf("unmounting volume %q: %w", rec.VolumeID, err)
 	}
 	if err := d.loader.Release(rec.Key, rec.VolumeID); err != nil {
 		return fmt.Errorf("releasing the program of volume %q: %w", rec.VolumeID, err)
 	}
+	failpoint.Hit("unpublish.released")
 	if err := d.store.Delete(rec.VolumeID); err != nil {
 		return fmt.Errorf("deleting the record of volume %q: %w", rec.VolumeID, err)
 	}
+	failpoint.Hit("unpublish.record")
 	return d.store.DeleteIntent(rec.VolumeID)
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/bpfmount/bpfmount/loader/failpoint"
 	"github.com/bpfmount/bpfmount/loader/fault"
 )
 
@@ -45,6 +46,7 @@ func (l *Loader) load(id Identity, spec *ebpf.CollectionSpec) (_ *entry, err err
 	if err != nil {
 		return nil, classifyLoadError(id, err)
 	}
+	failpoint.Hit("loader.loaded")
 	e := &entry{id: id, key: id.Key(), created: time.Now(), owners: map[string]struct{}{}, maps: map[string]*ebpf.Map{}}
 	e.prog = coll.Programs[id.Program]
 	delete(coll.Programs, id.Program)
@@ -83,9 +85,11 @@ func (l *Loader) load(id Identity, spec *ebpf.CollectionSpec) (_ *entry, err err
 		return nil, err
 	}
 	e.attached = true
+	failpoint.Hit("loader.attached")
 	if err := l.pin(e); err != nil {
 		return nil, err
 	}
+	failpoint.Hit("loader.pinned")
 	return e, nil
 }
 

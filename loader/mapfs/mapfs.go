@@ -22,6 +22,8 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 	"k8s.io/mount-utils"
+
+	"github.com/bpfmount/bpfmount/loader/failpoint"
 )
 
 // Options say how to expose the maps.
@@ -66,6 +68,7 @@ func Expose(staging, target string, maps map[string]*ebpf.Map, opts Options) (er
 		return fmt.Errorf("mounting bpffs at %s: %w", staging, err)
 	}
 	undo = append(undo, func() { unmountAll(staging) })
+	failpoint.Hit("mapfs.staged")
 
 	mode := os.FileMode(ModeReadWrite)
 	if opts.ReadOnly {
@@ -82,6 +85,7 @@ func Expose(staging, target string, maps map[string]*ebpf.Map, opts Options) (er
 		}
 	}
 
+	failpoint.Hit("mapfs.pinned")
 	created, err = mkdir(target, 0o750)
 	if err != nil {
 		return fmt.Errorf("creating target directory %s: %w", target, err)
@@ -93,6 +97,7 @@ func Expose(staging, target string, maps map[string]*ebpf.Map, opts Options) (er
 		return fmt.Errorf("bind-mounting %s onto %s: %w", staging, target, err)
 	}
 	undo = append(undo, func() { unmountAll(target) })
+	failpoint.Hit("mapfs.bound")
 	if opts.ReadOnly {
 		if err := unix.Mount("", target, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|mountFlags, ""); err != nil {
 			return fmt.Errorf("remounting %s read-only: %w", target, err)
@@ -134,9 +139,15 @@ func Withdraw(staging, target string) error {
 			errs = append(errs, err)
 			continue
 		}
+		if dir == target {
+			failpoint.Hit("mapfs.target-unmounted")
+		}
 		if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("removing %s: %w", dir, err))
 		}
+	}
+	if len(errs) == 0 {
+		failpoint.Hit("mapfs.withdrawn")
 	}
 	return errors.Join(errs...)
 }

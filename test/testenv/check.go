@@ -83,6 +83,14 @@ func Files(t testing.TB, dir string) []string {
 // directory, and nothing attached to the veth.
 func (d *Daemon) AssertClean(t testing.TB, v *Veth, targets ...string) {
 	t.Helper()
+	AssertClean(t, d.StateDir, d.BPFFSRoot, v, targets...)
+}
+
+// AssertClean checks a daemon's directories, a veth and targets as
+// Daemon.AssertClean does, for a daemon running in another process.
+func AssertClean(t testing.TB, stateDir, bpffsRoot string, v *Veth, targets ...string) {
+	t.Helper()
+	d := struct{ StateDir, BPFFSRoot string }{stateDir, bpffsRoot}
 	if f := Files(t, filepath.Join(d.StateDir, "volumes")); len(f) > 0 {
 		t.Errorf("records left behind: %v", f)
 	}

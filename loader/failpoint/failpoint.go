@@ -1,0 +1,22 @@
+// Package failpoint crashes the process at a named step, so tests can prove
+// that every step of publish and unpublish recovers from a crash.
+//
+// It is compiled in only with the `failpoints` build tag, and even then
+// acts only when BPFMOUNT_FAILPOINT names the step; normal builds carry an
+// empty Hit that the compiler removes.
+package failpoint
+
+// Env names the environment variable that selects the step to crash at.
+const Env = "BPFMOUNT_FAILPOINT"
+
+// Publish and unpublish steps, in order. A crash "at" a step happens right
+// after the step completed.
+var (
+	PublishSteps = []string{
+		"publish.intent", "loader.loaded", "loader.attached", "loader.pinned",
+		"mapfs.staged", "mapfs.pinned", "mapfs.bound", "publish.record", "publish.done",
+	}
+	UnpublishSteps = []string{
+		"unpublish.intent", "mapfs.target-unmounted", "mapfs.withdrawn", "unpublish.released", "unpublish.record",
+	}
+)

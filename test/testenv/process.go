@@ -1,0 +1,180 @@
+package testenv
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// BuildDaemon builds the bpfmount binary (with extra build tags) into a
+// temporary directory and returns its path.
+func BuildDaemon(t testing.TB, tags string) string {
+	t.Helper()
+	return BuildDaemonTo(t, tags, filepath.Join(t.TempDir(), "bpfmount"))
+}
+
+// BuildDaemonTo builds the bpfmount binary at bin.
+func BuildDaemonTo(t testing.TB, tags, bin string) string {
+	t.Helper()
+	args := []string{"build", "-o", bin}
+	if tags != "" {
+		args = append(args, "-tags", tags)
+	}
+	cmd := exec.Command("go", append(args, "./cmd/bpfmount")...)
+	cmd.Dir = repoRoot()
+	cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local", "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("building the daemon: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// ProcDaemon is the daemon running as a separate process, so a test can
+// kill it with SIGKILL and start it again on the same state.
+type ProcDaemon struct {
+	Bin, Endpoint, StateDir, BPFFSRoot, CacheDir, Log string
+	Node                                             csi.NodeClient
+
+	cmd  *exec.Cmd
+	conn *grpc.ClientConn
+	done chan struct{}
+}
+
+// NewProcDaemon prepares directories for a daemon process; Start runs it.
+// The test's cleanup kills it and unmounts whatever it left.
+func NewProcDaemon(t testing.TB, bin string) *ProcDaemon {
+	t.Helper()
+	RequireRoot(t)
+	dir := ShortTempDir(t)
+	p := &ProcDaemon{
+		Bin:       bin,
+		Endpoint:  "unix://" + filepath.Join(dir, "csi.sock"),
+		StateDir:  filepath.Join(dir, "state"),
+		BPFFSRoot: filepath.Join(BPFFS(t), "bpfmount"),
+		CacheDir:  filepath.Join(dir, "cache"),
+		Log:       filepath.Join(dir, "daemon.log"),
+	}
+	t.Cleanup(func() {
+		p.Kill()
+		mounts, _ := filepath.Glob(filepath.Join(p.StateDir, "mounts", "*"))
+		for _, m := range mounts {
+			unmountAll(m)
+		}
+		if t.Failed() {
+			if b, err := os.ReadFile(p.Log); err == nil {
+				t.Logf("daemon log:\n%s", b)
+			}
+		}
+	})
+	return p
+}
+
+// Start runs the daemon with extra environment (e.g. a failpoint) and waits
+// until it serves.
+func (p *ProcDaemon) Start(t testing.TB, env ...string) {
+	t.Helper()
+	sock := p.Endpoint[len("unix://"):]
+	os.Remove(sock)
+	logf, err := os.OpenFile(p.Log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	p.cmd = exec.Command(p.Bin, "serve", "--endpoint", p.Endpoint, "--node-id", "test-node",
+		"--state-dir", p.StateDir, "--bpffs-root", p.BPFFSRoot, "--image-cache", p.CacheDir, "--mount-bpffs=false", "-v=2")
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(p.cmd, p.done)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		select {
+		case <-p.done:
+			b, _ := os.ReadFile(p.Log)
+			t.Fatalf("daemon exited at start:\n%s", b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("daemon did not create its socket within 10 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.conn = conn
+	p.Node = csi.NewNodeClient(conn)
+	// The socket file appears at bind(), a moment before listen(): wait
+	// for a real answer so the test's first call cannot be refused.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		resp, err := csi.NewIdentityClient(conn).Probe(ctx, &csi.ProbeRequest{}, grpc.WaitForReady(true))
+		if err == nil && resp.GetReady().GetValue() {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("daemon not ready: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Exited waits up to d for the process to exit by itself.
+func (p *ProcDaemon) Exited(d time.Duration) bool {
+	select {
+	case <-p.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// Kill sends SIGKILL and waits for the process to go. Idempotent.
+func (p *ProcDaemon) Kill() {
+	if p.cmd == nil {
+		return
+	}
+	if p.conn != nil {
+		p.conn.Close()
+	}
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+	p.cmd = nil
+}
+
+// Terminate sends SIGTERM and waits for a clean exit.
+func (p *ProcDaemon) Terminate(t testing.TB) {
+	t.Helper()
+	if p.conn != nil {
+		p.conn.Close()
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	if !p.Exited(10 * time.Second) {
+		t.Fatal("daemon did not exit within 10 s of SIGTERM")
+	}
+	p.cmd = nil
+}
+
+// Ctx returns a context with a timeout for one call.
+func Ctx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}

@@ -41,7 +41,7 @@ func BuildDaemonTo(t testing.TB, tags, bin string) string {
 // kill it with SIGKILL and start it again on the same state.
 type ProcDaemon struct {
 	Bin, Endpoint, StateDir, BPFFSRoot, CacheDir, Log string
-	Node                                             csi.NodeClient
+	Node                                              csi.NodeClient
 
 	cmd  *exec.Cmd
 	conn *grpc.ClientConn

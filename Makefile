@@ -9,7 +9,7 @@ BIN      := bin
 EXAMPLE_OBJ := deploy/examples/xdp-counter/bpf/xdpcounter_bpfel.o
 EXAMPLE_LAYOUT := build/layouts/xdp-counter
 
-.PHONY: all build demo test test-unit vet generate bench clean
+.PHONY: all build demo test vet generate bench clean fuzz
 
 all: build
 
@@ -39,3 +39,11 @@ generate:
 
 clean:
 	rm -rf $(BIN) build
+
+# Each fuzz target for a bounded time (FUZZTIME each); the seed corpus in
+# testdata/fuzz runs in every `make test` anyway.
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseAttributes$$' -fuzztime $(FUZZTIME) ./driver
+	$(GO) test -run '^$$' -fuzz '^FuzzParseLabels$$' -fuzztime $(FUZZTIME) ./loader/bytecode
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./driver/state

@@ -86,7 +86,11 @@ func (v *Veth) Delete() {
 // Send sends n Ethernet frames of size bytes from the peer to the host end.
 // The frames carry an experimental EtherType, so no stack answers them; the
 // host end receives them, which is all an XDP or tc ingress program needs.
-func (v *Veth) Send(n, size int) error {
+func (v *Veth) Send(n, size int) error { return v.SendSeq(0, n, size) }
+
+// SendSeq is Send with the frames numbered from start (big-endian, right
+// after the Ethernet header).
+func (v *Veth) SendSeq(start uint32, n, size int) error {
 	if size < 60 {
 		size = 60
 	}
@@ -107,7 +111,7 @@ func (v *Veth) Send(n, size int) error {
 		copy(frame[6:12], v.PeerMAC)
 		binary.BigEndian.PutUint16(frame[12:14], 0x88b5) // IEEE local experimental
 		for i := 0; i < n; i++ {
-			binary.BigEndian.PutUint32(frame[14:18], uint32(i))
+			binary.BigEndian.PutUint32(frame[14:18], start+uint32(i))
 			if err := unix.Sendto(fd, frame, 0, addr); err != nil {
 				return fmt.Errorf("sending frame %d: %w", i, err)
 			}

@@ -16,7 +16,7 @@ func FuzzDecode(f *testing.F) {
 		Version: Version, VolumeID: "csi-0123abcd", TargetPath: "/var/lib/kubelet/pods/x/volumes/kubernetes.io~csi/counter/mount",
 		StagingPath: "/run/bpfmount/mounts/csi-0123abcd", Attributes: map[string]string{"image": "r/x:1", "interface": "eth0"},
 		Identity: loader.Identity{Digest: "sha256:00", Program: "xdp_stats", Hook: loader.HookXDP, Interface: "eth0", Priority: 50},
-		Key: "0011", Maps: []string{"xdp_stats_map"}, Created: time.Unix(0, 0).UTC(),
+		Key:      "0011", Maps: []string{"xdp_stats_map"}, Created: time.Unix(0, 0).UTC(),
 	})
 	f.Add(good)
 	f.Add([]byte(`{"version":1,"volumeID":"../../etc"}`))

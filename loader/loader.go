@@ -37,6 +37,11 @@ type Loader struct {
 	fetch    bytecode.Fetcher
 	canChain bool // the kernel accepts freplace, so dispatchers can run
 
+	// gc lets Prune see a consistent world: loads and releases hold it
+	// shared, Prune exclusively, so it never removes the pins of an
+	// attachment that is being created.
+	gc sync.RWMutex
+
 	mu      sync.Mutex
 	entries map[string]*entry // by Identity.Key
 	ifaces  map[string]*sync.Mutex
@@ -156,6 +161,8 @@ func (l *Loader) Resolve(ctx context.Context, req Request) (*Resolved, error) {
 // owner as one of its owners. On error nothing is left loaded, attached or
 // pinned.
 func (l *Loader) Acquire(ctx context.Context, r *Resolved, owner string) (*Program, error) {
+	l.gc.RLock()
+	defer l.gc.RUnlock()
 	key := r.Identity.Key()
 	unlock := l.lockIface(r.Identity.Interface)
 	defer unlock()
@@ -190,6 +197,8 @@ func (l *Loader) Acquire(ctx context.Context, r *Resolved, owner string) (*Progr
 // owner's release detaches the program and removes its pins. Releasing an
 // unknown key removes any pins left under it, so it is idempotent.
 func (l *Loader) Release(key, owner string) error {
+	l.gc.RLock()
+	defer l.gc.RUnlock()
 	l.mu.Lock()
 	e := l.entries[key]
 	l.mu.Unlock()
@@ -219,6 +228,8 @@ func (l *Loader) Release(key, owner string) error {
 // pins are gone. A link whose interface vanished is adopted with Attached
 // false.
 func (l *Loader) Adopt(id Identity, owner string) (*Program, error) {
+	l.gc.RLock()
+	defer l.gc.RUnlock()
 	key := id.Key()
 	unlock := l.lockIface(id.Interface)
 	defer unlock()
@@ -247,6 +258,8 @@ func (l *Loader) Adopt(id Identity, owner string) (*Program, error) {
 // owns, and returns their keys. It touches nothing outside the loader's
 // own pin directory.
 func (l *Loader) Prune() ([]string, error) {
+	l.gc.Lock()
+	defer l.gc.Unlock()
 	dir := filepath.Join(l.root, "programs")
 	ents, err := os.ReadDir(dir)
 	if err != nil {

@@ -41,6 +41,7 @@ type serveOptions struct {
 
 	metricsAddr string
 	healthAddr  string
+	gcInterval  time.Duration
 }
 
 func newServeCmd() *cobra.Command {
@@ -73,6 +74,7 @@ flight finish and exits; attached programs stay attached.`,
 	f.BoolVar(&o.requireSigned, "require-signatures", false, "refuse every registry image without a valid signature by --verify-key")
 	f.StringVar(&o.metricsAddr, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics (empty: off)")
 	f.StringVar(&o.healthAddr, "health-address", "", "serve http://ADDR/healthz (empty: off)")
+	f.DurationVar(&o.gcInterval, "gc-interval", 10*time.Minute, "how often to remove pins and staging mounts no volume owns (0: only at start)")
 	f.BoolVar(&o.mountBPFFS, "mount-bpffs", true, "mount a bpffs at the parent of --bpffs-root when none is mounted there")
 	return cmd
 }
@@ -138,6 +140,7 @@ func (o *serveOptions) run(ctx context.Context) error {
 	if err := o.serveHTTP(ctx, d); err != nil {
 		return err
 	}
+	go d.Maintain(ctx, o.gcInterval)
 	klog.InfoS("Serving", "driver", driver.Name, "version", driver.Version, "node", o.nodeID, "endpoint", o.endpoint,
 		"stateDir", o.stateDir, "bpffsRoot", o.bpffsRoot, "chaining", ld.CanChain())
 	return driver.Serve(ctx, driver.NewServer(d), l)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/bpfmount/bpfmount/driver/events"
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/driver/state"
@@ -44,6 +45,8 @@ type Options struct {
 	// Policy decides who may load what; nil means policy.Default() (pods
 	// denied, the local CLI allowed).
 	Policy policy.Source
+	// Events records load failures and denials on pods; nil records none.
+	Events events.Recorder
 }
 
 // Driver serves the CSI Identity and Node services.
@@ -72,6 +75,9 @@ func New(opts Options) (*Driver, error) {
 			return nil, err
 		}
 		*d = abs
+	}
+	if opts.Events == nil {
+		opts.Events = events.Discard{}
 	}
 	if opts.Policy == nil {
 		opts.Policy = policy.Static(policy.Default())

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/bpfmount/bpfmount/driver/events"
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/driver/state"
@@ -67,11 +68,18 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	rec, dec, err := d.publish(ctx, volID, target, staging, vr, readOnly, gid)
 	if err != nil {
 		audit("load", volID, vr, nil, dec, err)
+		reason := events.ReasonFailed
+		if dec.Reason != "" && !dec.Allowed {
+			reason = events.ReasonDenied
+		}
+		d.opts.Events.Warning(podRef(vr.pod), reason, fmt.Sprintf("bpfmount could not load the program of volume %s: %v", volID, err))
 		return nil, toStatus(err)
 	}
 	hook = string(rec.Identity.Hook)
 	failpoint.Hit("publish.done")
 	audit("load", volID, vr, rec, dec, nil)
+	d.opts.Events.Normal(podRef(vr.pod), events.ReasonLoaded, fmt.Sprintf("loaded %s program %q (id %d) on %s for volume %s",
+		rec.Identity.Hook, rec.Identity.Program, rec.ProgramID, rec.Identity.Interface, volID))
 	klog.V(2).InfoS("Published volume", "volume", volID, "target", target, "program", rec.Identity.Program,
 		"id", rec.ProgramID, "maps", rec.Maps, "duration", time.Since(start))
 	return &csi.NodePublishVolumeResponse{}, nil
@@ -454,6 +462,10 @@ func audit(action, volID string, vr *volumeRequest, rec *state.Record, dec polic
 		kv = append(kv, "result", "ok")
 	}
 	klog.InfoS("Audit", kv...)
+}
+
+func podRef(p state.Pod) events.Pod {
+	return events.Pod{Namespace: p.Namespace, Name: p.Name, UID: p.UID}
 }
 
 // observe records a call's duration by hook and gRPC code.

@@ -15,9 +15,11 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
 	"github.com/bpfmount/bpfmount/driver"
+	"github.com/bpfmount/bpfmount/driver/events"
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/loader"
@@ -42,6 +44,7 @@ type serveOptions struct {
 	metricsAddr string
 	healthAddr  string
 	gcInterval  time.Duration
+	kubeconfig  string
 }
 
 func newServeCmd() *cobra.Command {
@@ -74,6 +77,7 @@ flight finish and exits; attached programs stay attached.`,
 	f.BoolVar(&o.requireSigned, "require-signatures", false, "refuse every registry image without a valid signature by --verify-key")
 	f.StringVar(&o.metricsAddr, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics (empty: off)")
 	f.StringVar(&o.healthAddr, "health-address", "", "serve http://ADDR/healthz (empty: off)")
+	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for recording Events on pods (default: the in-cluster service account when running in a pod; none: no events)")
 	f.DurationVar(&o.gcInterval, "gc-interval", 10*time.Minute, "how often to remove pins and staging mounts no volume owns (0: only at start)")
 	f.BoolVar(&o.mountBPFFS, "mount-bpffs", true, "mount a bpffs at the parent of --bpffs-root when none is mounted there")
 	return cmd
@@ -125,7 +129,11 @@ func (o *serveOptions) run(ctx context.Context) error {
 		go w.Run(ctx)
 		pol = w
 	}
-	d, err := driver.New(driver.Options{NodeID: o.nodeID, StateDir: o.stateDir, BPFFSRoot: o.bpffsRoot, Loader: ld, Policy: pol})
+	rec, err := o.eventRecorder()
+	if err != nil {
+		return err
+	}
+	d, err := driver.New(driver.Options{NodeID: o.nodeID, StateDir: o.stateDir, BPFFSRoot: o.bpffsRoot, Loader: ld, Policy: pol, Events: rec})
 	if err != nil {
 		return err
 	}
@@ -206,4 +214,22 @@ func (o *serveOptions) serveHTTP(ctx context.Context, d *driver.Driver) error {
 		}()
 	}
 	return nil
+}
+
+// eventRecorder connects to the API server when a kubeconfig is given or
+// the daemon runs in a pod; otherwise events are only logged.
+func (o *serveOptions) eventRecorder() (events.Recorder, error) {
+	cfg, ok, err := events.Config(o.kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	if !ok {
+		klog.InfoS("No Kubernetes client configured: load failures are logged, not recorded as pod events")
+		return events.Discard{}, nil
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return events.NewKube(client, o.nodeID), nil
 }

@@ -8,11 +8,15 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/klog/v2"
 
 	"github.com/bpfmount/bpfmount/driver"
+	"github.com/bpfmount/bpfmount/driver/events"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/test/testenv"
 )
@@ -144,6 +148,36 @@ func TestSecretsNeverLogged(t *testing.T) {
 		if strings.Contains(out, s) {
 			t.Fatalf("logs contain a secret (%q):\n%s", s, out)
 		}
+	}
+	d.AssertClean(t, v, target)
+}
+
+func TestDenialBecomesPodEvent(t *testing.T) {
+	client := fake.NewClientset()
+	rec := events.NewKube(client, "test-node")
+	t.Cleanup(rec.Shutdown)
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Configure: func(o *driver.Options) { o.Events = rec }})
+	v := testenv.NewVeth(t)
+	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
+	target := filepath.Join(testenv.ShortTempDir(t), "vol")
+	expectCode(t, d, publishReq("vol-denied", target, podAttrs(img, v.Host, "web"), true), codes.PermissionDenied, "no policy")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		list, err := client.CoreV1().Events("web").List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(list.Items) > 0 {
+			ev := list.Items[0]
+			if ev.Reason != "LoadDenied" || ev.Type != "Warning" || ev.InvolvedObject.Name != "reader" || !strings.Contains(ev.Message, "no policy is configured") {
+				t.Fatalf("event %+v", ev)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no event recorded on the pod")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	d.AssertClean(t, v, target)
 }

@@ -9,7 +9,7 @@ BIN      := bin
 EXAMPLE_OBJ := deploy/examples/xdp-counter/bpf/xdpcounter_bpfel.o
 EXAMPLE_LAYOUT := build/layouts/xdp-counter
 
-.PHONY: all build demo test vet generate bench clean fuzz
+.PHONY: all build demo test vet generate bench clean fuzz manifests test-chart
 
 all: build
 
@@ -30,8 +30,25 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
 
 # Every test, on the real kernel. Without root the kernel tests skip and say why.
-test: vet
+test: vet test-chart
 	$(GO) test -race -count=1 ./...
+
+# Chart tests: a separate module, so Helm and Kubernetes libraries stay out
+# of the main go.mod.
+test-chart:
+	cd test/chart && $(GO) vet ./... && $(GO) test -count=1 ./...
+
+# deploy/manifests/bpfmount.yaml, rendered from the chart (a test fails when
+# the committed file drifts).
+manifests:
+	deploy/manifests/render.sh
+
+# Benchmarks (not part of make test): writes docs/benchmarks.md.
+bench:
+	BPFMOUNT_BENCH_OUT=$(abspath docs/benchmarks.md) $(GO) test -count=1 -timeout 30m -run '^TestBenchmarkReport$$' ./test/bench/
+	@printf '\n## Go benchmarks (pure-Go hot paths)\n\n`go test -run ^$$ -bench . -benchmem` on the packages below; feed two runs to benchstat to compare.\n\n```\n' >> docs/benchmarks.md
+	$(GO) test -run '^$$' -bench . -benchmem ./driver ./driver/state ./driver/policy ./loader | grep -E '^(Benchmark|goos|goarch|cpu|pkg)' >> docs/benchmarks.md
+	@printf '```\n' >> docs/benchmarks.md
 
 # Regenerate the committed eBPF objects and their Go bindings (needs clang).
 generate:

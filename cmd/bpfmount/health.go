@@ -2,25 +2,30 @@ package main
 
 import (
 	"context"
+	"errors"
 	"net/http"
-	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/bpfmount/bpfmount/driver"
+	"github.com/bpfmount/bpfmount/driver/registration"
 )
 
 // healthHandler answers 200 once the driver has restored its state and
-// answers its own Probe.
-func healthHandler(d *driver.Driver) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
+// answers its own Probe, and, when it registers itself with kubelet, while
+// that registration holds.
+func healthHandler(d *driver.Driver, registers bool) http.Handler {
+	return registration.HealthHandler(func(ctx context.Context) error {
 		resp, err := d.Probe(ctx, &csi.ProbeRequest{})
-		if err != nil || !resp.GetReady().GetValue() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
+		if err != nil {
+			return err
 		}
-		w.Write([]byte("ok\n"))
+		if !resp.GetReady().GetValue() {
+			return errors.New("driver not ready: restoring state")
+		}
+		if registers {
+			return registration.Check(ctx)
+		}
+		return nil
 	})
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/bpfmount/bpfmount/driver/events"
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/driver/policy"
+	"github.com/bpfmount/bpfmount/driver/registration"
 	"github.com/bpfmount/bpfmount/loader"
 )
 
@@ -45,6 +46,9 @@ type serveOptions struct {
 	healthAddr  string
 	gcInterval  time.Duration
 	kubeconfig  string
+
+	registrationSocket string
+	kubeletPath        string
 }
 
 func newServeCmd() *cobra.Command {
@@ -77,6 +81,8 @@ flight finish and exits; attached programs stay attached.`,
 	f.BoolVar(&o.requireSigned, "require-signatures", false, "refuse every registry image without a valid signature by --verify-key")
 	f.StringVar(&o.metricsAddr, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics (empty: off)")
 	f.StringVar(&o.healthAddr, "health-address", "", "serve http://ADDR/healthz (empty: off)")
+	f.StringVar(&o.registrationSocket, "registration-socket", "", "serve kubelet's plugin registration API on this socket (in <kubeletRootDir>/plugins_registry/), so no registrar sidecar is needed")
+	f.StringVar(&o.kubeletPath, "kubelet-registration-path", "", "the CSI socket's path as kubelet sees it (e.g. /var/lib/kubelet/plugins/csi.bpfmount.io/csi.sock); required with --registration-socket")
 	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for recording Events on pods (default: the in-cluster service account when running in a pod; none: no events)")
 	f.DurationVar(&o.gcInterval, "gc-interval", 10*time.Minute, "how often to remove pins and staging mounts no volume owns (0: only at start)")
 	f.BoolVar(&o.mountBPFFS, "mount-bpffs", true, "mount a bpffs at the parent of --bpffs-root when none is mounted there")
@@ -96,6 +102,9 @@ func (o *serveOptions) run(ctx context.Context) error {
 			return fmt.Errorf("no --node-id and no host name: %w", err)
 		}
 		o.nodeID = h
+	}
+	if (o.registrationSocket == "") != (o.kubeletPath == "") {
+		return errors.New("--registration-socket and --kubelet-registration-path go together")
 	}
 	if err := ensureBPFFS(o.bpffsRoot, o.mountBPFFS); err != nil {
 		return err
@@ -149,6 +158,15 @@ func (o *serveOptions) run(ctx context.Context) error {
 		return err
 	}
 	go d.Maintain(ctx, o.gcInterval)
+	if o.registrationSocket != "" {
+		// Only now: kubelet calls NodeGetInfo as soon as this socket appears.
+		go func() {
+			err := registration.Serve(ctx, registration.Options{DriverName: driver.Name, Endpoint: o.kubeletPath, SocketPath: o.registrationSocket})
+			if err != nil {
+				klog.ErrorS(err, "Kubelet plugin registration stopped; /healthz now fails so the driver restarts")
+			}
+		}()
+	}
 	klog.InfoS("Serving", "driver", driver.Name, "version", driver.Version, "node", o.nodeID, "endpoint", o.endpoint,
 		"stateDir", o.stateDir, "bpffsRoot", o.bpffsRoot, "chaining", ld.CanChain())
 	return driver.Serve(ctx, driver.NewServer(d), l)
@@ -195,7 +213,7 @@ func (o *serveOptions) serveHTTP(ctx context.Context, d *driver.Driver) error {
 		if routes[o.healthAddr] == nil {
 			routes[o.healthAddr] = map[string]http.Handler{}
 		}
-		routes[o.healthAddr]["/healthz"] = healthHandler(d)
+		routes[o.healthAddr]["/healthz"] = healthHandler(d, o.registrationSocket != "")
 	}
 	for addr, handlers := range routes {
 		mux := http.NewServeMux()

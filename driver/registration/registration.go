@@ -108,7 +108,8 @@ func Check(context.Context) error {
 }
 
 // Serve serves the kubelet plugin registration service on opts.SocketPath
-// until ctx is done. It replaces a stale socket left by an earlier run,
+// until ctx is done. Run one Serve per process: Status, Current and Check
+// report on the most recent one. It replaces a stale socket left by an earlier run,
 // creates the new one with mode 0600 (kubelet runs as root), and removes
 // it on return, which makes kubelet deregister the driver until the next
 // start. It returns nil when ctx ends and an error when it cannot serve.

@@ -8,9 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"golang.org/x/sys/unix"
 
 	"github.com/bpfmount/bpfmount/loader/fault"
 )
@@ -58,6 +60,12 @@ func (Layout) Fetch(ctx context.Context, req Request) (*Image, error) {
 		}
 		return nil, fault.Errorf(fault.Unavailable, "image %q: %v", req.Reference, err)
 	}
+	fp, fpErr := indexFingerprint(dir)
+	if fpErr == nil {
+		if im := layouts.get(req.Reference, fp); im != nil {
+			return im, nil
+		}
+	}
 	p, err := layout.FromPath(dir)
 	if err != nil {
 		return nil, fault.Errorf(fault.Invalid, "image %q: %s is not an OCI layout: %v", req.Reference, dir, err)
@@ -66,7 +74,61 @@ func (Layout) Fetch(ctx context.Context, req Request) (*Image, error) {
 	if err != nil {
 		return nil, fault.Errorf(fault.NotFound, "image %q: %v", req.Reference, err)
 	}
-	return FromImage(req.Reference, img)
+	im, err := FromImage(req.Reference, img)
+	if err == nil && fpErr == nil {
+		layouts.put(req.Reference, fp, im)
+	}
+	return im, err
+}
+
+// Reading a layout (index, manifest, config, decompressing the layer) costs
+// about half a millisecond, most of a cached publish's own time. Blobs are
+// content-addressed, so while index.json is unchanged the image is too:
+// layouts remembers the last read per reference, keyed by the index's
+// identity. Returned images are shared; callers must not modify them.
+var layouts = &layoutCache{entries: map[string]layoutEntry{}}
+
+const maxLayoutEntries = 64
+
+type layoutEntry struct {
+	fp  string
+	img *Image
+}
+
+type layoutCache struct {
+	mu      sync.Mutex
+	entries map[string]layoutEntry
+}
+
+func (c *layoutCache) get(ref, fp string) *Image {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.entries[ref]; ok && e.fp == fp {
+		return e.img
+	}
+	return nil
+}
+
+func (c *layoutCache) put(ref, fp string, img *Image) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.entries) >= maxLayoutEntries {
+		for k := range c.entries { // drop one at random: a bound, not a policy
+			delete(c.entries, k)
+			break
+		}
+	}
+	c.entries[ref] = layoutEntry{fp: fp, img: img}
+}
+
+// indexFingerprint identifies the current index.json: a rewrite (even in
+// place, same size) changes its inode, ctime or size.
+func indexFingerprint(dir string) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(filepath.Join(dir, "index.json"), &st); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%d:%d:%d:%d.%d:%d.%d", st.Dev, st.Ino, st.Size, st.Mtim.Sec, st.Mtim.Nsec, st.Ctim.Sec, st.Ctim.Nsec), nil
 }
 
 func pickImage(p layout.Path, tag string) (v1.Image, error) {

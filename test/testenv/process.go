@@ -136,6 +136,9 @@ func (p *ProcDaemon) Start(t testing.TB, env ...string) {
 	}
 }
 
+// Pid is the running daemon's process ID.
+func (p *ProcDaemon) Pid() int { return p.cmd.Process.Pid }
+
 // Exited waits up to d for the process to exit by itself.
 func (p *ProcDaemon) Exited(d time.Duration) bool {
 	select {

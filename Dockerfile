@@ -1,0 +1,58 @@
+# syntax=docker/dockerfile:1
+#
+# Two images from one build:
+#   docker build --target bpfmount           -t bpfmount/bpfmount:dev .
+#   docker build --target xdp-counter-reader -t bpfmount/xdp-counter-reader:dev .
+# (the default target, the last stage, is bpfmount).
+#
+# Both binaries are static (CGO_ENABLED=0): the eBPF objects are committed
+# and embedded, so no clang or libbpf is needed to build, and the images
+# carry nothing but the binary (and CA certificates for the driver, which
+# pulls bytecode images over TLS). Base images are build arguments, so a
+# mirror can be used: --build-arg GO_IMAGE=registry.example/golang:1.26.
+# GO_IMAGE must provide at least the Go version in go.mod (GOTOOLCHAIN=local
+# below refuses to download another toolchain).
+
+ARG GO_IMAGE=golang:1.26
+ARG BASE_IMAGE=scratch
+
+FROM ${GO_IMAGE} AS build
+ENV CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-trimpath -buildvcs=false"
+WORKDIR /src
+# Dependencies first: this layer is reused until go.mod or go.sum change.
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+ARG VERSION=dev
+RUN go build -ldflags "-s -w -X github.com/bpfmount/bpfmount/driver.Version=${VERSION}" \
+        -o /out/bpfmount ./cmd/bpfmount \
+ && go build -ldflags "-s -w" -o /out/xdp-counter-reader ./deploy/examples/xdp-counter/reader
+
+# The reader runs as a non-root user with only CAP_BPF added (see
+# deploy/examples/xdp-counter-pod.yaml). Container runtimes give a non-root
+# process added capabilities only through file capabilities on the
+# executable, so the binary carries cap_bpf in its permitted and effective
+# sets. BuildKit keeps this extended attribute when copying between
+# stages.
+FROM ${GO_IMAGE} AS reader-caps
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libcap2-bin \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build /out/xdp-counter-reader /out/xdp-counter-reader
+RUN setcap cap_bpf=ep /out/xdp-counter-reader && getcap /out/xdp-counter-reader
+
+FROM ${BASE_IMAGE} AS xdp-counter-reader
+COPY --from=reader-caps /out/xdp-counter-reader /xdp-counter-reader
+USER 65534:65534
+ENTRYPOINT ["/xdp-counter-reader"]
+
+# The driver runs as root (it loads eBPF programs and mounts filesystems;
+# the Helm chart makes the container privileged) and never executes another
+# program: mounts are made with system calls, so the image needs no mount,
+# umount or shell.
+FROM ${BASE_IMAGE} AS bpfmount
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
+COPY --from=build /out/bpfmount /bpfmount
+USER 0:0
+ENTRYPOINT ["/bpfmount"]
+CMD ["serve"]

@@ -124,7 +124,7 @@ func FuzzParseAttributes(f *testing.F) {
 
 func BenchmarkParseAttributes(b *testing.B) {
 	attrs := map[string]string{
-		"image": "registry.example/bpf/xdp-counter@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+		"image":     "registry.example/bpf/xdp-counter@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
 		"interface": "eth0", "priority": "50", "proceedOn": "pass,dispatcher_return", "maps": "xdp_stats_map",
 		keyPodName: "reader", keyPodNamespace: "net-observability", keyPodUID: "0b4e6f2a-1111-2222-3333-444455556666",
 		keyServiceAccount: "default", keyEphemeral: "true",

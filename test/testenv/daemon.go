@@ -3,11 +3,13 @@ package testenv
 import (
 	"context"
 	"net"
+	"os"
 	"path/filepath"
 	"runtime"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -41,6 +43,10 @@ type DaemonOptions struct {
 	Fetcher bytecode.Fetcher
 	// Configure, when set, edits the driver options before start.
 	Configure func(*driver.Options)
+	// TmpfsState puts the state directory on a tmpfs, as /run is on real
+	// nodes (here /tmp is ext4 mounted with discard, where creating and
+	// deleting small files can take milliseconds).
+	TmpfsState bool
 }
 
 // StartDaemon starts a daemon for the test and stops it at the end. The
@@ -61,6 +67,9 @@ func StartDaemon(t testing.TB, opts DaemonOptions) *Daemon {
 		d.Fetcher = bytecode.Layout{}
 	}
 	t.Cleanup(d.cleanupMounts)
+	if opts.TmpfsState {
+		mountTmpfs(t, d.StateDir)
+	}
 	d.start(opts)
 	t.Cleanup(d.Stop)
 	return d
@@ -143,3 +152,14 @@ func repoRoot() string {
 
 // RepoPath returns a path inside the repository.
 func RepoPath(rel string) string { return filepath.Join(repoRoot(), rel) }
+
+func mountTmpfs(t testing.TB, dir string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700,size=64m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unmountAll(dir) })
+}

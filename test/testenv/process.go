@@ -62,6 +62,7 @@ func NewProcDaemon(t testing.TB, bin string) *ProcDaemon {
 		CacheDir:  filepath.Join(dir, "cache"),
 		Log:       filepath.Join(dir, "daemon.log"),
 	}
+	mountTmpfs(t, p.StateDir) // as /run is on real nodes
 	t.Cleanup(func() {
 		p.Kill()
 		mounts, _ := filepath.Glob(filepath.Join(p.StateDir, "mounts", "*"))

@@ -1,0 +1,87 @@
+// Package bench measures bpfmount beside the kernel's own cost and writes
+// docs/benchmarks.md. It runs only when BPFMOUNT_BENCH_OUT names the output
+// file (make bench); timings never gate tests.
+package bench
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bpfmount/bpfmount/test/testenv"
+)
+
+func TestMain(m *testing.M) {
+	testenv.RunHelperIfAsked()
+	os.Exit(m.Run())
+}
+
+// report collects the sections of docs/benchmarks.md.
+type report struct {
+	sections []string
+}
+
+func (r *report) add(title, body string) {
+	r.sections = append(r.sections, "## "+title+"\n\n"+strings.TrimSpace(body)+"\n")
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := int(float64(len(s)-1) * p)
+	return s[i]
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d.Microseconds())/1000) }
+
+func kernelRelease() string {
+	var u unix.Utsname
+	unix.Uname(&u)
+	return unix.ByteSliceToString(u.Release[:])
+}
+
+func TestBenchmarkReport(t *testing.T) {
+	out := os.Getenv("BPFMOUNT_BENCH_OUT")
+	if out == "" {
+		t.Skip("set BPFMOUNT_BENCH_OUT (make bench) to run the benchmarks")
+	}
+	testenv.RequireRoot(t)
+	r := &report{}
+	cpu := "unknown"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				cpu = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+				break
+			}
+		}
+	}
+	header := fmt.Sprintf(`# bpfmount benchmarks
+
+Written by `+"`make bench`"+` (test/bench); every figure below comes from one run
+on this machine, and figures that compare were measured side by side in that
+run. Timings never gate tests.
+
+- Date: %s
+- Kernel: %s
+- CPU: %s × %d
+- Go: %s
+`, time.Now().UTC().Format("2006-01-02 15:04 UTC"), kernelRelease(), cpu, runtime.NumCPU(), runtime.Version())
+
+	t.Run("publish", func(t *testing.T) { benchPublish(t, r) })
+	t.Run("burst", func(t *testing.T) { benchBurst(t, r) })
+	t.Run("daemon", func(t *testing.T) { benchDaemon(t, r) })
+	t.Run("images", func(t *testing.T) { benchImages(t, r) })
+
+	doc := header + "\n" + strings.Join(r.sections, "\n")
+	if err := os.WriteFile(out, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("wrote %s", out)
+}

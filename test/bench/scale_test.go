@@ -1,0 +1,209 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+
+	"github.com/bpfmount/bpfmount/loader/bytecode"
+	"github.com/bpfmount/bpfmount/test/testenv"
+)
+
+// tcxAttrs gives the n-th distinct tcx request: priority sets the identity.
+func tcxAttrs(img, ifname string, n int) map[string]string {
+	return map[string]string{"image": img, "interface": ifname, "type": "tcx", "direction": "ingress",
+		"priority": strconv.Itoa(10 + n), "globals": "order_id=01000000"}
+}
+
+// burst publishes n volumes at once over `distinct` requests and returns
+// the wall time and each call's latency.
+func burst(t *testing.T, client csi.NodeClient, img, ifname, dir string, n, distinct int) (time.Duration, []time.Duration) {
+	t.Helper()
+	lat := make([]time.Duration, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			s := time.Now()
+			_, errs[i] = client.NodePublishVolume(context.Background(), publishReq(fmt.Sprint("vol-", i), filepath.Join(dir, fmt.Sprint(i)), tcxAttrs(img, ifname, i%distinct)))
+			lat[i] = time.Since(s)
+		}(i)
+	}
+	wg.Wait()
+	wall := time.Since(start)
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	return wall, lat
+}
+
+func unpublishAll(t *testing.T, client csi.NodeClient, dir string, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		if _, err := client.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: fmt.Sprint("vol-", i), TargetPath: filepath.Join(dir, fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func benchBurst(t *testing.T, r *report) {
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{TmpfsState: true})
+	v := testenv.NewVeth(t)
+	img := testenv.Layout(t, testenv.TCXOrderObject, "v1")
+	dir := testenv.ShortTempDir(t)
+	wall, lat := burst(t, d.Node, img, v.Host, dir, 100, 20)
+	progs := len(d.Loader.Programs())
+	unpublishAll(t, d.Node, dir, 100)
+	d.AssertClean(t, v)
+	r.add("Burst", fmt.Sprintf(`
+100 volumes published at once (100 concurrent gRPC calls), 20 distinct tcx
+requests (priorities 10..29) on one veth, each shared by 5 volumes; image
+cached. Goal on this 2-core machine: all done within 2 s.
+
+| wall time | per-call p50 | per-call p99 | programs loaded | dispatcher revisions |
+|---|---|---|---|---|
+| %s | %s | %s | %d | 0 (tcx needs no dispatcher; this kernel cannot run the XDP/TC dispatchers) |
+
+Reproduce: `+"`sudo make bench`"+` (TestBenchmarkReport/burst).
+`, ms(wall), ms(percentile(lat, .5)), ms(percentile(lat, .99)), progs))
+}
+
+// procStat returns a process's resident memory and CPU time.
+func procStat(t *testing.T, pid int) (rssKiB int, cpu time.Duration) {
+	t.Helper()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			rssKiB, _ = strconv.Atoi(strings.Fields(l)[1])
+		}
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+	ut, _ := strconv.Atoi(f[11])
+	st, _ := strconv.Atoi(f[12])
+	return rssKiB, time.Duration(ut+st) * 10 * time.Millisecond // USER_HZ = 100
+}
+
+func benchDaemon(t *testing.T, r *report) {
+	bin := testenv.BuildDaemon(t, "")
+	p := testenv.NewProcDaemon(t, bin)
+	v := testenv.NewVeth(t)
+	img := testenv.Layout(t, testenv.TCXOrderObject, "v1")
+	dir := testenv.ShortTempDir(t)
+	p.Start(t)
+	time.Sleep(500 * time.Millisecond) // let the runtime settle
+	idle, cpu0 := procStat(t, p.Pid())
+	wall, _ := burst(t, p.Node, img, v.Host, dir, 100, 20)
+	_ = wall
+	loaded, cpu1 := procStat(t, p.Pid())
+
+	p.Terminate(t)
+	start := time.Now()
+	p.Start(t) // returns once Probe says ready: records re-adopted
+	restart := time.Since(start)
+	unpublishAll(t, p.Node, dir, 100)
+	testenv.AssertClean(t, p.StateDir, p.BPFFSRoot, v)
+	r.add("Daemon", fmt.Sprintf(`
+The daemon as a separate process (the release build, `+"`bpfmount serve`"+`).
+
+| figure | value | goal |
+|---|---|---|
+| RSS idle | %.1f MiB | ≤ 40 MiB |
+| RSS with 100 volumes (20 programs) | %.1f MiB | ≤ 80 MiB |
+| CPU time per publish (100 publishes) | %s | |
+| restart to ready with 100 volumes in state (exec to Probe ready) | %s | ≤ 1 s |
+
+CPU time comes from /proc/PID/stat (10 ms ticks, so it is coarse).
+Reproduce: `+"`sudo make bench`"+` (TestBenchmarkReport/daemon).
+`, float64(idle)/1024, float64(loaded)/1024, ms((cpu1-cpu0)/100), ms(restart)))
+}
+
+func benchImages(t *testing.T, r *report) {
+	reg := testenv.StartRegistry(t)
+	obj, err := os.ReadFile(testenv.RepoPath(testenv.XDPCounterObject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := bytecode.Build(obj, "xdp_counter.o", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.Host + "/bpf/xdp-counter:v1"
+	pusher := newRegistry(t)
+	if _, err := pusher.Push(context.Background(), bytecode.Request{Reference: ref}, img); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	const rounds = 20
+	var cold, hit []time.Duration
+	for i := 0; i < rounds; i++ {
+		c := newRegistry(t)
+		s := time.Now()
+		if _, err := c.Fetch(ctx, bytecode.Request{Reference: ref}); err != nil {
+			t.Fatal(err)
+		}
+		cold = append(cold, time.Since(s))
+		s = time.Now()
+		if _, err := c.Fetch(ctx, bytecode.Request{Reference: ref}); err != nil {
+			t.Fatal(err)
+		}
+		hit = append(hit, time.Since(s))
+	}
+	c := newRegistry(t)
+	reg.Gets()
+	var wg sync.WaitGroup
+	s := time.Now()
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.Fetch(ctx, bytecode.Request{Reference: ref}); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	concurrent := time.Since(s)
+	m, b := reg.Gets()
+	r.add("Images", fmt.Sprintf(`
+The example image from a registry on 127.0.0.1 (go-containerregistry's, in
+process), %d rounds each.
+
+| figure | p50 | p99 |
+|---|---|---|
+| cold pull (empty cache: resolve, manifest, config, layer, verify, store) | %s | %s |
+| cache hit (IfNotPresent) | %s | %s |
+| 20 concurrent fetches of one uncached image, wall time | %s | (%d manifest GET, %d blob GETs in all) |
+
+Reproduce: `+"`sudo make bench`"+` (TestBenchmarkReport/images).
+`, rounds, ms(percentile(cold, .5)), ms(percentile(cold, .99)), ms(percentile(hit, .5)), ms(percentile(hit, .99)), ms(concurrent), m, b))
+}
+
+func newRegistry(t *testing.T) *bytecode.Registry {
+	t.Helper()
+	r, err := bytecode.NewRegistry(bytecode.RegistryOptions{CacheDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}

@@ -100,7 +100,7 @@ func AssertClean(t testing.TB, stateDir, bpffsRoot string, v *Veth, targets ...s
 	if f := Files(t, filepath.Join(d.BPFFSRoot, "programs")); len(f) > 0 {
 		t.Errorf("pins left behind: %v", f)
 	}
-	if m := MountsUnder(t, d.StateDir); len(m) > 0 {
+	if m := MountsUnder(t, filepath.Join(d.StateDir, "mounts")); len(m) > 0 {
 		t.Errorf("staging mounts left behind: %v", m)
 	}
 	for _, target := range targets {

@@ -24,7 +24,7 @@ func BuildDaemon(t testing.TB, tags string) string {
 // BuildDaemonTo builds the bpfmount binary at bin.
 func BuildDaemonTo(t testing.TB, tags, bin string) string {
 	t.Helper()
-	args := []string{"build", "-o", bin}
+	args := []string{"build", "-trimpath", "-ldflags=-s -w", "-o", bin} // as the Makefile's release build
 	if tags != "" {
 		args = append(args, "-tags", tags)
 	}

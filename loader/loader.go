@@ -167,14 +167,9 @@ func (l *Loader) Acquire(ctx context.Context, r *Resolved, owner string) (*Progr
 	unlock := l.lockIface(r.Identity.Interface)
 	defer unlock()
 
-	l.mu.Lock()
-	if e := l.entries[key]; e != nil {
-		e.owners[owner] = struct{}{}
-		p := e.snapshot(true)
-		l.mu.Unlock()
+	if p := l.join(key, owner); p != nil {
 		return p, nil
 	}
-	l.mu.Unlock()
 
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -183,14 +178,31 @@ func (l *Loader) Acquire(ctx context.Context, r *Resolved, owner string) (*Progr
 	if err != nil {
 		return nil, err
 	}
-	e.owners[owner] = struct{}{}
-	l.mu.Lock()
-	l.entries[key] = e
-	p := e.snapshot(false)
-	l.mu.Unlock()
+	p := l.insert(key, owner, e)
 	klog.V(2).InfoS("Attached program", "key", key, "program", r.Identity.Program, "hook", r.Identity.Hook,
 		"interface", r.Identity.Interface, "direction", r.Identity.Direction, "priority", r.Identity.Priority, "id", e.progID, "mode", e.mode)
 	return p, nil
+}
+
+// join adds owner to an existing attachment, or returns nil.
+func (l *Loader) join(key, owner string) *Program {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e := l.entries[key]
+	if e == nil {
+		return nil
+	}
+	e.owners[owner] = struct{}{}
+	return e.snapshot(true)
+}
+
+// insert records a new attachment with its first owner.
+func (l *Loader) insert(key, owner string, e *entry) *Program {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e.owners[owner] = struct{}{}
+	l.entries[key] = e
+	return e.snapshot(false)
 }
 
 // Release drops owner from the attachment with the given key; the last
@@ -233,24 +245,15 @@ func (l *Loader) Adopt(id Identity, owner string) (*Program, error) {
 	key := id.Key()
 	unlock := l.lockIface(id.Interface)
 	defer unlock()
-	l.mu.Lock()
-	if e := l.entries[key]; e != nil {
-		e.owners[owner] = struct{}{}
-		p := e.snapshot(true)
-		l.mu.Unlock()
+	if p := l.join(key, owner); p != nil {
 		return p, nil
 	}
-	l.mu.Unlock()
 
 	e, err := l.openPins(id, key)
 	if err != nil {
 		return nil, err
 	}
-	e.owners[owner] = struct{}{}
-	l.mu.Lock()
-	l.entries[key] = e
-	p := e.snapshot(false)
-	l.mu.Unlock()
+	p := l.insert(key, owner, e)
 	return p, nil
 }
 

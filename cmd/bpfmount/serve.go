@@ -20,6 +20,7 @@ import (
 
 	"github.com/bpfmount/bpfmount/driver"
 	"github.com/bpfmount/bpfmount/driver/events"
+	"github.com/bpfmount/bpfmount/driver/events/kube"
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/driver/registration"
@@ -237,7 +238,7 @@ func (o *serveOptions) serveHTTP(ctx context.Context, d *driver.Driver) error {
 // eventRecorder connects to the API server when a kubeconfig is given or
 // the daemon runs in a pod; otherwise events are only logged.
 func (o *serveOptions) eventRecorder() (events.Recorder, error) {
-	cfg, ok, err := events.Config(o.kubeconfig)
+	cfg, ok, err := kube.Config(o.kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
@@ -249,5 +250,5 @@ func (o *serveOptions) eventRecorder() (events.Recorder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	return events.NewKube(client, o.nodeID), nil
+	return kube.New(client, o.nodeID), nil
 }

@@ -16,7 +16,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/bpfmount/bpfmount/driver"
-	"github.com/bpfmount/bpfmount/driver/events"
+	"github.com/bpfmount/bpfmount/driver/events/kube"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/test/testenv"
 )
@@ -154,7 +154,7 @@ func TestSecretsNeverLogged(t *testing.T) {
 
 func TestDenialBecomesPodEvent(t *testing.T) {
 	client := fake.NewClientset()
-	rec := events.NewKube(client, "test-node")
+	rec := kube.New(client, "test-node")
 	t.Cleanup(rec.Shutdown)
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{Configure: func(o *driver.Options) { o.Events = rec }})
 	v := testenv.NewVeth(t)

@@ -9,7 +9,7 @@ BIN      := bin
 EXAMPLE_OBJ := deploy/examples/xdp-counter/bpf/xdpcounter_bpfel.o
 EXAMPLE_LAYOUT := build/layouts/xdp-counter
 
-.PHONY: all build demo test vet generate bench clean fuzz manifests test-chart
+.PHONY: all build demo test vet generate bench clean fuzz manifests test-chart test-vm bench-vm
 
 all: build
 
@@ -37,6 +37,16 @@ test: vet test-chart
 # of the main go.mod.
 test-chart:
 	cd test/chart && $(GO) vet ./... && $(GO) test -count=1 ./...
+
+# Dispatcher kernel tests in qemu VMs booting Debian's 6.1 and 6.12 kernels
+# (this host's kernel rejects freplace); fetches and caches qemu and the
+# kernels on first use (test/vm/.cache). Needs root.
+test-vm:
+	test/vm/run.sh test
+
+# Dispatcher cost per packet (BPF_PROG_TEST_RUN under TCG: ratios only).
+bench-vm:
+	test/vm/run.sh bench
 
 # deploy/manifests/bpfmount.yaml, rendered from the chart (a test fails when
 # the committed file drifts).

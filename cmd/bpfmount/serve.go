@@ -15,7 +15,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
 	"github.com/bpfmount/bpfmount/driver"
@@ -46,7 +45,6 @@ type serveOptions struct {
 	metricsAddr string
 	healthAddr  string
 	gcInterval  time.Duration
-	kubeconfig  string
 
 	registrationSocket string
 	kubeletPath        string
@@ -84,7 +82,6 @@ flight finish and exits; attached programs stay attached.`,
 	f.StringVar(&o.healthAddr, "health-address", "", "serve http://ADDR/healthz (empty: off)")
 	f.StringVar(&o.registrationSocket, "registration-socket", "", "serve kubelet's plugin registration API on this socket (in <kubeletRootDir>/plugins_registry/), so no registrar sidecar is needed")
 	f.StringVar(&o.kubeletPath, "kubelet-registration-path", "", "the CSI socket's path as kubelet sees it (e.g. /var/lib/kubelet/plugins/csi.bpfmount.io/csi.sock); required with --registration-socket")
-	f.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for recording Events on pods (default: the in-cluster service account when running in a pod; none: no events)")
 	f.DurationVar(&o.gcInterval, "gc-interval", 10*time.Minute, "how often to remove pins and staging mounts no volume owns (0: only at start)")
 	f.BoolVar(&o.mountBPFFS, "mount-bpffs", true, "mount a bpffs at the parent of --bpffs-root when none is mounted there")
 	return cmd
@@ -139,7 +136,7 @@ func (o *serveOptions) run(ctx context.Context) error {
 		go w.Run(ctx)
 		pol = w
 	}
-	rec, err := o.eventRecorder()
+	rec, err := o.eventRecorder(ctx)
 	if err != nil {
 		return err
 	}
@@ -235,20 +232,17 @@ func (o *serveOptions) serveHTTP(ctx context.Context, d *driver.Driver) error {
 	return nil
 }
 
-// eventRecorder connects to the API server when a kubeconfig is given or
-// the daemon runs in a pod; otherwise events are only logged.
-func (o *serveOptions) eventRecorder() (events.Recorder, error) {
-	cfg, ok, err := kube.Config(o.kubeconfig)
+// eventRecorder records pod events through the API server when the daemon
+// runs in a pod; otherwise load failures are only logged.
+func (o *serveOptions) eventRecorder(ctx context.Context) (events.Recorder, error) {
+	rec, ok, err := kube.InCluster(o.nodeID)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
 	if !ok {
-		klog.InfoS("No Kubernetes client configured: load failures are logged, not recorded as pod events")
+		klog.InfoS("Not running in a pod: load failures are logged, not recorded as pod events")
 		return events.Discard{}, nil
 	}
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	return kube.New(client, o.nodeID), nil
+	go rec.Run(ctx)
+	return rec, nil
 }

@@ -102,6 +102,13 @@ func (d *Driver) metricsState() metrics.State {
 			Interface: p.Identity.Interface, Hook: string(p.Identity.Hook), Attached: p.Attached,
 		})
 	}
+	for _, c := range d.loader.Chains() {
+		hook := c.Hook
+		if c.Direction != "" {
+			hook += "/" + c.Direction
+		}
+		s.Dispatchers = append(s.Dispatchers, metrics.Dispatcher{Interface: c.Interface, Hook: hook, Revisions: c.Revisions})
+	}
 	return s
 }
 

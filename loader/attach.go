@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -20,13 +19,6 @@ import (
 	"github.com/bpfmount/bpfmount/loader/failpoint"
 	"github.com/bpfmount/bpfmount/loader/fault"
 )
-
-// probeFreplace reports whether the kernel loads BPF_PROG_TYPE_EXT programs,
-// which the XDP and TC dispatchers need. Some sandboxed or locked-down
-// kernels reject them before the verifier runs.
-func probeFreplace() bool {
-	return features.HaveProgramType(ebpf.Extension) == nil
-}
 
 // load loads the identity's program, attaches it and pins it. On error
 // everything it did is undone.
@@ -77,7 +69,7 @@ func (l *Loader) load(id Identity, spec *ebpf.CollectionSpec) (_ *entry, err err
 	case HookTCX:
 		err = l.attachTCX(e, ifc)
 	case HookTC:
-		err = fault.Errorf(fault.Precondition, "hook tc needs the TC dispatcher, which this build does not provide yet; use type=tcx (kernel 6.6+)")
+		err = fault.Errorf(fault.Precondition, "hook tc runs programs through the TC dispatcher, which needs freplace (BPF_PROG_TYPE_EXT), and this kernel rejects it; use type=tcx (Linux 6.6+)")
 	default:
 		err = fault.Errorf(fault.Invalid, "unknown hook %q", id.Hook)
 	}
@@ -111,9 +103,6 @@ func (l *Loader) checkHookFree(id Identity) error {
 		}
 		sort.Strings(owners)
 		why := "this kernel rejects freplace (BPF_PROG_TYPE_EXT), so bpfmount cannot chain XDP programs with a dispatcher"
-		if l.canChain {
-			why = "this build attaches one XDP program per interface (the XDP dispatcher is not built in yet)"
-		}
 		return fault.Errorf(fault.Precondition, "interface %q already runs XDP program %q (priority %d, volumes %s) and %s; use type=tcx, another interface, or the identical request to share that program",
 			id.Interface, e.id.Program, e.id.Priority, strings.Join(owners, ", "), why)
 	}
@@ -231,8 +220,10 @@ func (l *Loader) pin(e *entry) error {
 	if err := e.prog.Pin(filepath.Join(dir, "program")); err != nil {
 		return fmt.Errorf("pinning program: %w", err)
 	}
-	if err := e.link.Pin(filepath.Join(dir, "link")); err != nil {
-		return fmt.Errorf("pinning link: %w", err)
+	if e.link != nil { // dispatcher members are held by the dispatcher's pins
+		if err := e.link.Pin(filepath.Join(dir, "link")); err != nil {
+			return fmt.Errorf("pinning link: %w", err)
+		}
 	}
 	for name, m := range e.maps {
 		if err := m.Pin(filepath.Join(dir, "maps", name)); err != nil {
@@ -265,22 +256,29 @@ func (l *Loader) openPins(id Identity, key string) (_ *entry, err error) {
 		return nil, err
 	}
 	e.progID, _ = info.ID()
-	ents, err := os.ReadDir(filepath.Join(dir, "maps"))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := l.openMaps(e, dir); err != nil {
 		return nil, err
-	}
-	for _, de := range ents {
-		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "maps", de.Name()), nil)
-		if err != nil {
-			return nil, fmt.Errorf("opening pinned map %s of %s: %w", de.Name(), describeIdentity(id), err)
-		}
-		e.maps[de.Name()] = m
 	}
 	e.attached = linkAttached(e.link)
 	if st, err := os.Stat(filepath.Join(dir, "link")); err == nil {
 		e.created = st.ModTime()
 	}
 	return e, nil
+}
+
+func (l *Loader) openMaps(e *entry, dir string) error {
+	ents, err := os.ReadDir(filepath.Join(dir, "maps"))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	for _, de := range ents {
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, "maps", de.Name()), nil)
+		if err != nil {
+			return fmt.Errorf("opening pinned map %s of %s: %w", de.Name(), describeIdentity(e.id), err)
+		}
+		e.maps[de.Name()] = m
+	}
+	return nil
 }
 
 // linkAttached reports whether a network link still has its interface.

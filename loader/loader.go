@@ -17,6 +17,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/bpfmount/bpfmount/loader/bytecode"
+	"github.com/bpfmount/bpfmount/loader/dispatcher"
 )
 
 // Options configure a Loader.
@@ -45,6 +46,8 @@ type Loader struct {
 	mu      sync.Mutex
 	entries map[string]*entry // by Identity.Key
 	ifaces  map[string]*sync.Mutex
+	keys    map[string]*sync.Mutex          // per identity key, for dispatcher members
+	chains  map[string]*dispatcher.Chain    // by dispatcher.PinDirName
 	specs   map[string]*ebpf.CollectionSpec // parsed objects by image digest
 }
 
@@ -58,6 +61,7 @@ type entry struct {
 	progID   ebpf.ProgramID
 	mode     string
 	attached bool
+	chain    *dispatcher.Chain // the dispatcher it is a member of, if any
 	created  time.Time
 	owners   map[string]struct{}
 }
@@ -95,9 +99,11 @@ func New(opts Options) (*Loader, error) {
 		root:     opts.Root,
 		node:     opts.NodeName,
 		fetch:    opts.Fetcher,
-		canChain: probeFreplace(),
+		canChain: dispatcher.Supported() == nil,
 		entries:  map[string]*entry{},
 		ifaces:   map[string]*sync.Mutex{},
+		keys:     map[string]*sync.Mutex{},
+		chains:   map[string]*dispatcher.Chain{},
 		specs:    map[string]*ebpf.CollectionSpec{},
 	}
 	if !l.canChain {
@@ -163,6 +169,12 @@ func (l *Loader) Resolve(ctx context.Context, req Request) (*Resolved, error) {
 func (l *Loader) Acquire(ctx context.Context, r *Resolved, owner string) (*Program, error) {
 	l.gc.RLock()
 	defer l.gc.RUnlock()
+	if l.chained(r.Identity.Hook) {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		return l.acquireChained(r, owner)
+	}
 	key := r.Identity.Key()
 	unlock := l.lockIface(r.Identity.Interface)
 	defer unlock()
@@ -217,7 +229,12 @@ func (l *Loader) Release(key, owner string) error {
 	if e == nil {
 		return l.removePins(key)
 	}
-	unlock := l.lockIface(e.id.Interface)
+	var unlock func()
+	if e.chain != nil {
+		unlock = l.lockKey(key)
+	} else {
+		unlock = l.lockIface(e.id.Interface)
+	}
 	defer unlock()
 	l.mu.Lock()
 	delete(e.owners, owner)
@@ -227,7 +244,13 @@ func (l *Loader) Release(key, owner string) error {
 	}
 	delete(l.entries, key)
 	l.mu.Unlock()
-	err := e.destroy()
+	var err error
+	if e.chain != nil && e.attached {
+		// A new revision without this member; the chain's own copy of
+		// the program goes with the old revision.
+		err = e.chain.Update(nil, []string{key})
+	}
+	err = errors.Join(err, e.destroy())
 	if rmErr := l.removePins(key); err == nil {
 		err = rmErr
 	}
@@ -249,7 +272,11 @@ func (l *Loader) Adopt(id Identity, owner string) (*Program, error) {
 		return p, nil
 	}
 
-	e, err := l.openPins(id, key)
+	open := l.openPins
+	if l.chained(id.Hook) {
+		open = l.adoptChained
+	}
+	e, err := open(id, key)
 	if err != nil {
 		return nil, err
 	}
@@ -263,6 +290,7 @@ func (l *Loader) Adopt(id Identity, owner string) (*Program, error) {
 func (l *Loader) Prune() ([]string, error) {
 	l.gc.Lock()
 	defer l.gc.Unlock()
+	chainErr := l.pruneChains()
 	dir := filepath.Join(l.root, "programs")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -284,7 +312,7 @@ func (l *Loader) Prune() ([]string, error) {
 		}
 		removed = append(removed, key)
 	}
-	return removed, errors.Join(errs...)
+	return removed, errors.Join(append(errs, chainErr)...)
 }
 
 // Programs returns a snapshot of every attachment, sorted by key.
@@ -307,7 +335,11 @@ func (l *Loader) Close() error {
 	for _, e := range l.entries {
 		e.closeFDs()
 	}
+	for _, c := range l.chains {
+		c.Close() // pins stay: the dispatchers keep running
+	}
 	l.entries = map[string]*entry{}
+	l.chains = map[string]*dispatcher.Chain{}
 	return nil
 }
 

@@ -2,6 +2,7 @@ package loader
 
 import (
 	"context"
+	"net"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -64,7 +65,16 @@ func (l *Loader) sweepDetached(lost func(*Program)) {
 	l.mu.Lock()
 	var gone []*Program
 	for _, e := range l.entries {
-		if e.attached && !linkAttached(e.link) {
+		lost := false
+		switch {
+		case !e.attached:
+		case e.chain != nil:
+			_, err := net.InterfaceByIndex(e.chain.Target().Ifindex)
+			lost = err != nil
+		default:
+			lost = !linkAttached(e.link)
+		}
+		if lost {
 			e.attached = false
 			gone = append(gone, e.snapshot(false))
 		}

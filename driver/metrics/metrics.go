@@ -32,11 +32,6 @@ var (
 		Help:    "Time NodeUnpublishVolume took, by hook and gRPC code.",
 		Buckets: durationBuckets,
 	}, []string{"hook", "code"})
-	// DispatcherRevisions counts dispatcher revisions built per interface.
-	DispatcherRevisions = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: namespace, Name: "dispatcher_revisions_total",
-		Help: "Dispatcher revisions built, by interface and hook.",
-	}, []string{"interface", "hook"})
 	// ImageFetches counts image fetches by result: pull, cache_hit, pull_error.
 	ImageFetches = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "image_fetches_total",
@@ -60,10 +55,17 @@ type Attachment struct {
 	Attached        bool
 }
 
+// Dispatcher is one dispatcher chain, as the snapshot reports it.
+type Dispatcher struct {
+	Interface, Hook string
+	Revisions       uint64
+}
+
 // State is the node as the driver sees it at scrape time.
 type State struct {
 	Volumes     int
 	Attachments []Attachment
+	Dispatchers []Dispatcher
 }
 
 var (
@@ -71,6 +73,7 @@ var (
 	programsDesc    = prometheus.NewDesc(namespace+"_programs_loaded", "Loaded programs (shared attachments count once).", nil, nil)
 	attachmentsDesc = prometheus.NewDesc(namespace+"_attachments", "Attached programs per interface and hook.", []string{"interface", "hook"}, nil)
 	detachedDesc    = prometheus.NewDesc(namespace+"_programs_detached", "Loaded programs whose interface is gone (maps still mounted).", nil, nil)
+	revisionsDesc   = prometheus.NewDesc(namespace+"_dispatcher_revisions_total", "Dispatcher revisions built by this process, by interface and hook.", []string{"interface", "hook"}, nil)
 )
 
 type stateCollector struct {
@@ -83,6 +86,7 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- programsDesc
 	ch <- attachmentsDesc
 	ch <- detachedDesc
+	ch <- revisionsDesc
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
@@ -108,6 +112,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(attachmentsDesc, prometheus.GaugeValue, float64(n), k[0], k[1])
 	}
 	ch <- prometheus.MustNewConstMetric(detachedDesc, prometheus.GaugeValue, float64(detached))
+	for _, d := range s.Dispatchers {
+		ch <- prometheus.MustNewConstMetric(revisionsDesc, prometheus.CounterValue, float64(d.Revisions), d.Interface, d.Hook)
+	}
 }
 
 var (
@@ -119,7 +126,7 @@ func init() {
 	registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		PublishDuration, UnpublishDuration, DispatcherRevisions, ImageFetches, PolicyDenials, InterfaceLost,
+		PublishDuration, UnpublishDuration, ImageFetches, PolicyDenials, InterfaceLost,
 		state,
 	)
 }

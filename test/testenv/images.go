@@ -25,7 +25,13 @@ func Layout(t testing.TB, object, tag string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := bytecode.Build(obj, filepath.Base(object), nil, nil)
+	return LayoutBytes(t, obj, filepath.Base(object), tag)
+}
+
+// LayoutBytes packs an object given as bytes (e.g. embedded, in a VM test).
+func LayoutBytes(t testing.TB, obj []byte, filename, tag string) string {
+	t.Helper()
+	img, err := bytecode.Build(obj, filename, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

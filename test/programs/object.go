@@ -1,0 +1,4 @@
+package programs
+
+// TCXOrderObject returns the compiled tcx_order program.
+func TCXOrderObject() []byte { return _TcxorderBytes }

@@ -4,10 +4,13 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -214,4 +217,47 @@ func TestDriverTCChainOrder(t *testing.T) {
 	}
 	d.Loader.WaitChains()
 	d.AssertClean(t, v, targets...)
+}
+
+// TestPublishKth measures, through the whole driver, how long publishing
+// the k-th XDP program on one interface takes (k = 1..10): each publish
+// builds a dispatcher revision with k members. Under TCG only the trend
+// means anything. Runs with VMTEST_BENCH (make bench-vm).
+func TestPublishKth(t *testing.T) {
+	requireVM(t)
+	if os.Getenv("VMTEST_BENCH") == "" {
+		t.Skip("skipping: set VMTEST_BENCH=1 (make bench-vm) to measure publish latency per slot")
+	}
+	const rounds = 5
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{TmpfsState: true})
+	v := testenv.NewVeth(t)
+	img := testenv.LayoutBytes(t, xdpbpf.Object(), "xdp_counter.o", "v1")
+	dir := testenv.ShortTempDir(t)
+	ctx := context.Background()
+	lat := make([][]time.Duration, 10)
+	for r := 0; r < rounds; r++ {
+		for k := 0; k < 10; k++ {
+			vol := fmt.Sprintf("vol-%d-%d", r, k)
+			s := time.Now()
+			if _, err := d.Node.NodePublishVolume(ctx, volReq(vol, filepath.Join(dir, vol), map[string]string{"image": img, "interface": v.Host, "priority": fmt.Sprint(10 + k)})); err != nil {
+				t.Fatal(err)
+			}
+			lat[k] = append(lat[k], time.Since(s))
+		}
+		for k := 0; k < 10; k++ {
+			vol := fmt.Sprintf("vol-%d-%d", r, k)
+			if _, err := d.Node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: vol, TargetPath: filepath.Join(dir, vol)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d.Loader.WaitChains()
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "\nkernel %s: publish latency of the k-th XDP program on one interface, %d rounds, through gRPC\n\n", os.Getenv("VMEXEC_KERNEL"), rounds)
+	fmt.Fprintf(&b, "| k | p50 | p99 |\n|---|---|---|\n")
+	for k, l := range lat {
+		slices.Sort(l)
+		fmt.Fprintf(&b, "| %d | %.1f ms | %.1f ms |\n", k+1, float64(l[len(l)/2].Microseconds())/1000, float64(l[(len(l)-1)*99/100].Microseconds())/1000)
+	}
+	t.Log(b.String())
 }

@@ -26,7 +26,7 @@ case $mode in
 test) ;;
 bench)
 	export VMTEST_BENCH=1
-	flags+=(-v -run '^TestDispatcherCost$')
+	flags+=(-v -run '^(TestDispatcherCost|TestPublishKth)$')
 	;;
 *)
 	echo "usage: $0 [test|bench] [kernel...]" >&2

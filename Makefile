@@ -60,7 +60,7 @@ bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./driver ./driver/state ./driver/policy ./loader | grep -E '^(Benchmark|goos|goarch|cpu|pkg)' >> docs/benchmarks.md
 	@printf '```\n' >> docs/benchmarks.md
 	@printf '\n## Dispatchers (qemu VMs, Debian 6.1 and 6.12)\n\nThis host rejects freplace, so the dispatcher figures come from `make bench-vm`:\nper-packet cost with BPF_PROG_TEST_RUN and the publish latency of the k-th\nprogram. Under TCG (no KVM) only ratios and trends mean anything.\n\n```\n' >> docs/benchmarks.md
-	test/vm/run.sh bench 2>&1 | grep -vE '^(=== RUN|=== PAUSE|=== CONT|--- PASS|PASS$$|ok )' | sed -E 's/^ +(bench|driver)_test.go:[0-9]+: ?//' >> docs/benchmarks.md
+	test/vm/run.sh bench 2>&1 | grep -vE '^([IEW][0-9]{4} |=== RUN|=== PAUSE|=== CONT|--- PASS|PASS$$|ok )' | sed -E 's/^ +(bench|driver)_test.go:[0-9]+: ?//' >> docs/benchmarks.md
 	@printf '```\n' >> docs/benchmarks.md
 
 # Regenerate the committed eBPF objects and their Go bindings (needs clang).

@@ -9,7 +9,7 @@ BIN      := bin
 EXAMPLE_OBJ := deploy/examples/xdp-counter/bpf/xdpcounter_bpfel.o
 EXAMPLE_LAYOUT := build/layouts/xdp-counter
 
-.PHONY: all build demo test vet generate bench clean fuzz manifests test-chart test-vm bench-vm
+.PHONY: all build demo test vet generate bench clean fuzz manifests test-chart test-vm bench-vm e2e
 
 all: build
 
@@ -48,6 +48,14 @@ test-vm:
 bench-vm:
 	test/vm/run.sh bench
 
+# End to end on a real single-node Kubernetes (root): helm install, pods whose
+# inline volumes load programs, policy denials, sharing, an upgrade under
+# traffic, uninstall. Builds Kubernetes v1.34.4 once (about 20 min cold on
+# 2 cores), cached in test/e2e/.cache/bin.
+e2e:
+	test/e2e/build-k8s.sh
+	cd test/e2e && $(GO) vet ./... && BPFMOUNT_E2E=1 $(GO) test -count=1 -timeout 30m -v ./...
+
 # deploy/manifests/bpfmount.yaml, rendered from the chart (a test fails when
 # the committed file drifts).
 manifests:
@@ -61,6 +69,10 @@ bench:
 	@printf '```\n' >> docs/benchmarks.md
 	@printf '\n## Dispatchers (qemu VMs, Debian 6.1 and 6.12)\n\nThis host rejects freplace, so the dispatcher figures come from `make bench-vm`:\nper-packet cost with BPF_PROG_TEST_RUN and the publish latency of the k-th\nprogram. Under TCG (no KVM) only ratios and trends mean anything.\n\n```\n' >> docs/benchmarks.md
 	test/vm/run.sh bench 2>&1 | grep -vE '^([IEW][0-9]{4} |=== RUN|=== PAUSE|=== CONT|--- PASS|PASS$$|ok )' | sed -E 's/^ +(bench|driver)_test.go:[0-9]+: ?//' >> docs/benchmarks.md
+	@printf '```\n' >> docs/benchmarks.md
+	@printf '\n## Pod start latency (real Kubernetes, test/e2e)\n\n```\n' >> docs/benchmarks.md
+	test/e2e/build-k8s.sh
+	cd test/e2e && BPFMOUNT_E2E_BENCH=1 $(GO) test -count=1 -timeout 30m -run '^TestPodStartBench$$' -v . 2>&1 | grep -E 'bench_test.go|^ *\|' | sed -E 's/^ +bench_test.go:[0-9]+: ?//' >> $(abspath docs/benchmarks.md)
 	@printf '```\n' >> docs/benchmarks.md
 
 # Regenerate the committed eBPF objects and their Go bindings (needs clang).

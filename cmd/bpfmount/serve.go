@@ -156,15 +156,29 @@ func (o *serveOptions) run(ctx context.Context) error {
 		return err
 	}
 	go d.Maintain(ctx, o.gcInterval)
+	regDone := make(chan struct{})
 	if o.registrationSocket != "" {
 		// Only now: kubelet calls NodeGetInfo as soon as this socket appears.
 		go func() {
+			defer close(regDone)
 			err := registration.Serve(ctx, registration.Options{DriverName: driver.Name, Endpoint: o.kubeletPath, SocketPath: o.registrationSocket})
 			if err != nil {
 				klog.ErrorS(err, "Kubelet plugin registration stopped; /healthz now fails so the driver restarts")
 			}
 		}()
+	} else {
+		close(regDone)
 	}
+	// On the way out, let the registration remove its socket, or kubelet
+	// keeps the driver registered after it is gone (helm uninstall).
+	defer func() {
+		stop() // also when serving failed rather than a signal arrived
+		select {
+		case <-regDone:
+		case <-time.After(5 * time.Second):
+			klog.InfoS("Kubelet registration did not stop within 5 s")
+		}
+	}()
 	klog.InfoS("Serving", "driver", driver.Name, "version", driver.Version, "node", o.nodeID, "endpoint", o.endpoint,
 		"stateDir", o.stateDir, "bpffsRoot", o.bpffsRoot, "chaining", ld.CanChain())
 	return driver.Serve(ctx, driver.NewServer(d), l)

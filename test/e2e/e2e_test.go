@@ -1,0 +1,346 @@
+// Package e2e runs bpfmount on a real single-node Kubernetes cluster that
+// the test brings up from binaries (see README.md): the chart is installed
+// with Helm's library, pods mount CSI inline volumes, kubelet calls the
+// driver, and the test checks programs on a veth it owns.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+)
+
+const (
+	allowedNS = "e2e-allowed"
+	deniedNS  = "e2e-denied"
+	k8sVer    = "v1.34.4"
+)
+
+var (
+	repoRoot string
+	binDir   string
+
+	setupOnce  sync.Once
+	theCluster *cluster
+	setupErr   error
+	skipWhy    string
+	timings    []timing
+)
+
+func init() {
+	_, f, _, _ := runtime.Caller(0)
+	repoRoot = filepath.Clean(filepath.Join(filepath.Dir(f), "..", ".."))
+	binDir = filepath.Join(filepath.Dir(f), ".cache", "bin")
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if theCluster != nil {
+		if code != 0 {
+			os.Setenv("BPFMOUNT_E2E_KEEP_LOGS", "1") // keep the components' logs of a failed run
+		}
+		start := time.Now()
+		errs := theCluster.down()
+		fmt.Printf("e2e: teardown took %v\n", time.Since(start).Round(time.Millisecond))
+		for _, err := range errs {
+			fmt.Fprintf(os.Stderr, "e2e: teardown: %v\n", err)
+			code = 1
+		}
+	}
+	for _, tm := range timings {
+		fmt.Printf("e2e: %s: %v\n", tm.name, tm.d.Round(time.Millisecond))
+	}
+	os.Exit(code)
+}
+
+// prerequisites returns why the cluster cannot run here, or "".
+func prerequisites() string {
+	if os.Geteuid() != 0 {
+		return "the e2e test runs kubelet, containerd and eBPF programs, which needs root (run `sudo make e2e`)"
+	}
+	if b, _ := os.ReadFile(filepath.Join(binDir, "k8s-version")); strings.TrimSpace(string(b)) != k8sVer {
+		return fmt.Sprintf("Kubernetes %s binaries not built in %s (run test/e2e/build-k8s.sh, or `make e2e`)", k8sVer, binDir)
+	}
+	for _, p := range []string{"etcd", "containerd", "ctr", "runc", "containerd-shim-runc-v2", "iptables-save", "ip"} {
+		if _, err := exec.LookPath(p); err != nil {
+			return fmt.Sprintf("%s not found (apt-get install etcd-server containerd runc containernetworking-plugins iproute2 iptables)", p)
+		}
+	}
+	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
+		return "CNI plugins not in /usr/lib/cni (apt-get install containernetworking-plugins)"
+	}
+	return ""
+}
+
+// setup brings the cluster up once for every test in the package; the
+// cluster goes down in TestMain.
+func setup(t *testing.T) *cluster {
+	t.Helper()
+	setupOnce.Do(func() {
+		if why := prerequisites(); why != "" {
+			skipWhy = why
+			return
+		}
+		c := newCluster(binDir, func(f string, a ...any) { fmt.Printf("e2e: "+f+"\n", a...) })
+		ctx := context.Background()
+		start := time.Now()
+		if setupErr = c.buildImagesFirst(); setupErr != nil {
+			return
+		}
+		addTiming("build test binaries", time.Since(start))
+		theCluster = c
+		start = time.Now()
+		if setupErr = c.up(ctx); setupErr != nil {
+			return
+		}
+		addTiming("bring-up to node Ready", time.Since(start))
+		if setupErr = c.afterUp(); setupErr != nil {
+			return
+		}
+	})
+	if skipWhy != "" {
+		if os.Getenv("BPFMOUNT_E2E") != "" {
+			t.Fatalf("BPFMOUNT_E2E is set but: %s", skipWhy)
+		}
+		t.Skip("skipping: " + skipWhy)
+	}
+	if setupErr != nil {
+		t.Fatalf("cluster bring-up: %v (component logs are in the work directory's logs/ until teardown; set BPFMOUNT_E2E_KEEP_LOGS=1 to keep them)", setupErr)
+	}
+	return theCluster
+}
+
+// buildImagesFirst builds the static binaries before the cluster exists
+// (nothing is imported yet).
+func (c *cluster) buildImagesFirst() error {
+	for n, b := range map[string][2]string{
+		"bpfmount":           {repoRoot, "./cmd/bpfmount"},
+		"xdp-counter-reader": {repoRoot, "./deploy/examples/xdp-counter/reader"},
+		"pause":              {filepath.Join(repoRoot, "test", "e2e"), "./pause"},
+	} {
+		if err := goBuild(b[0], b[1], filepath.Join(c.bin, n), ""); err != nil {
+			return err
+		}
+	}
+	for _, tag := range []string{"v1", "v2"} {
+		if err := goBuild(repoRoot, "./cmd/bpfmount", filepath.Join(c.bin, "bpfmount-"+tag), "-X github.com/bpfmount/bpfmount/driver.Version=e2e-"+tag); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// afterUp imports the images and writes the bytecode layouts.
+func (c *cluster) afterUp() error {
+	if err := c.importImage(pauseImage, []string{"/pause"}, "65535:65535", file{path: "/pause", src: filepath.Join(c.bin, "pause")}); err != nil {
+		return err
+	}
+	if err := c.importImage(readerImage, []string{"/xdp-counter-reader"}, "65534:65534",
+		file{path: "/xdp-counter-reader", src: filepath.Join(c.bin, "xdp-counter-reader"), caps: 1 << capBPF}); err != nil {
+		return err
+	}
+	for _, tag := range []string{"v1", "v2"} {
+		if err := c.importImage(driverRepo+":"+tag, []string{"/bpfmount"}, "0:0", file{path: "/bpfmount", src: filepath.Join(c.bin, "bpfmount-"+tag)}); err != nil {
+			return err
+		}
+	}
+	return c.bytecodeLayouts(repoRoot)
+}
+
+// ---- pods ----
+
+type podOpts struct {
+	name, ns, iface, layout string
+	reader                  bool // the example reader; else the pause binary
+	emptyDir                bool // an emptyDir instead of the bpfmount volume
+}
+
+func podSpec(o podOpts) *corev1.Pod {
+	vol := corev1.Volume{Name: "bpf"}
+	if o.emptyDir {
+		vol.VolumeSource = corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}
+	} else {
+		ro := true
+		vol.VolumeSource = corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
+			Driver: "csi.bpfmount.io", ReadOnly: &ro,
+			VolumeAttributes: map[string]string{"image": "oci:" + o.layout + ":v1", "interface": o.iface},
+		}}
+	}
+	nonRoot, no, uid, gid := true, false, int64(65534), int64(65534)
+	ctr := corev1.Container{
+		Name: "main", Image: pauseImage, ImagePullPolicy: corev1.PullNever,
+		SecurityContext: &corev1.SecurityContext{
+			RunAsNonRoot: &nonRoot, RunAsUser: &uid, AllowPrivilegeEscalation: &no,
+			Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		},
+		VolumeMounts: []corev1.VolumeMount{{Name: "bpf", MountPath: "/run/bpf/counter", ReadOnly: !o.emptyDir}},
+	}
+	if o.reader {
+		ctr.Image = readerImage
+		ctr.Command = []string{"/xdp-counter-reader", "--map", "/run/bpf/counter/xdp_stats_map", "--interval", "300ms"}
+		ctr.SecurityContext.Capabilities.Add = []corev1.Capability{"BPF"}
+	}
+	zero := int64(0)
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: o.name, Namespace: o.ns, Labels: map[string]string{"e2e": "bpfmount"}},
+		Spec: corev1.PodSpec{
+			SecurityContext:               &corev1.PodSecurityContext{FSGroup: &gid},
+			Containers:                    []corev1.Container{ctr},
+			Volumes:                       []corev1.Volume{vol},
+			TerminationGracePeriodSeconds: &zero,
+			AutomountServiceAccountToken:  &no,
+		},
+	}
+}
+
+func (c *cluster) createNamespace(ctx context.Context, name string) error {
+	_, err := c.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	// The service account admission plugin refuses pods until the
+	// namespace's default service account exists.
+	return poll(ctx, 60*time.Second, func() (bool, error) {
+		_, err := c.cs.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
+		return err == nil, nil
+	})
+}
+
+func poll(ctx context.Context, timeout time.Duration, f func() (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var lastErr error
+	for {
+		ok, err := f()
+		if ok {
+			return nil
+		}
+		if err != nil {
+			lastErr = err
+		}
+		select {
+		case <-ctx.Done():
+			if lastErr != nil {
+				return fmt.Errorf("timed out after %v: %w", timeout, lastErr)
+			}
+			return fmt.Errorf("timed out after %v", timeout)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (c *cluster) waitRunning(ctx context.Context, ns, name string, timeout time.Duration) error {
+	return poll(ctx, timeout, func() (bool, error) {
+		p, err := c.cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		if p.Status.Phase == corev1.PodRunning {
+			for _, cs := range p.Status.ContainerStatuses {
+				if !cs.Ready {
+					return false, nil
+				}
+			}
+			return true, nil
+		}
+		if p.Status.Phase == corev1.PodFailed {
+			return false, fmt.Errorf("pod %s/%s failed: %s", ns, name, p.Status.Message)
+		}
+		return false, fmt.Errorf("pod %s/%s is %s%s", ns, name, p.Status.Phase, c.podEvents(ctx, ns, name))
+	})
+}
+
+func (c *cluster) podEvents(ctx context.Context, ns, name string) string {
+	evs, err := c.cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("involvedObject.name", name).String()})
+	if err != nil {
+		return ""
+	}
+	var b strings.Builder
+	for _, e := range evs.Items {
+		fmt.Fprintf(&b, "\n  %s %s: %s", e.Type, e.Reason, e.Message)
+	}
+	return b.String()
+}
+
+func (c *cluster) deletePod(ctx context.Context, ns, name string) error {
+	err := c.cs.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return err
+	}
+	return poll(ctx, 90*time.Second, func() (bool, error) {
+		_, err := c.cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		return apierrors.IsNotFound(err), nil
+	})
+}
+
+var countsRE = regexp.MustCompile(`packets=(\d+) bytes=(\d+)`)
+
+// packets returns the last packet count the reader logged. The log is read
+// from the file kubelet writes (CRI format) rather than through the API:
+// the apiserver reaches kubelet at the node's address, and the test's
+// kubelet listens on 127.0.0.1 only.
+func (c *cluster) packets(ctx context.Context, ns, name string) (uint64, error) {
+	p, err := c.cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return 0, err
+	}
+	logs, _ := filepath.Glob(filepath.Join(c.work, "pod-logs", ns+"_"+name+"_"+string(p.UID), "main", "*.log"))
+	if len(logs) == 0 {
+		return 0, fmt.Errorf("no log file for %s/%s yet", ns, name)
+	}
+	sort.Strings(logs)
+	b, err := os.ReadFile(logs[len(logs)-1])
+	if err != nil {
+		return 0, err
+	}
+	m := countsRE.FindAllStringSubmatch(string(b), -1)
+	if len(m) == 0 {
+		return 0, fmt.Errorf("no counts in the reader's log: %q", b)
+	}
+	return strconv.ParseUint(m[len(m)-1][1], 10, 64)
+}
+
+// waitPackets waits until the reader logs at least min packets.
+func (c *cluster) waitPackets(ctx context.Context, ns, name string, min uint64) (uint64, error) {
+	var n uint64
+	err := poll(ctx, 20*time.Second, func() (bool, error) {
+		var err error
+		n, err = c.packets(ctx, ns, name)
+		return err == nil && n >= min, err
+	})
+	if err != nil {
+		return n, fmt.Errorf("reader %s/%s logged %d packets, want >= %d: %w", ns, name, n, min, err)
+	}
+	return n, nil
+}
+
+// volumePath is where kubelet mounted a pod's bpfmount volume on the host.
+func (c *cluster) volumePath(ctx context.Context, ns, name string) (string, error) {
+	p, err := c.cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(c.kubeletDir, "pods", string(p.UID), "volumes", "kubernetes.io~csi", "bpf", "mount"), nil
+}
+
+type timing struct {
+	name string
+	d    time.Duration
+}
+
+func addTiming(name string, d time.Duration) { timings = append(timings, timing{name, d}) }

@@ -1,0 +1,11 @@
+//go:build tools
+
+// Package k8s pins the Kubernetes commands the e2e test builds.
+package k8s
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+)

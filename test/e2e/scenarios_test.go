@@ -238,16 +238,21 @@ func TestE2E(t *testing.T) {
 		if err := waitDetached(t, veth.Host); err != nil {
 			t.Fatalf("after the pods went: %v", err)
 		}
-		if n := c.pinnedPrograms(t); n != 0 {
-			t.Fatalf("%d programs still pinned", n)
-		}
-		if recs := nonEmpty(t, "/run/bpfmount"); len(recs) != 0 {
-			t.Fatalf("driver state left: %v", recs)
+		// The detach is seen before the unpublish call has finished
+		// removing pins and records: wait for the whole call.
+		var pinned int
+		var recs []string
+		err := poll(ctx, 30*time.Second, func() (bool, error) {
+			pinned, recs = c.pinnedPrograms(t), nonEmpty(t, "/run/bpfmount")
+			return pinned == 0 && len(recs) == 0, nil
+		})
+		if err != nil {
+			t.Fatalf("after the pods went: %d programs still pinned, driver state left: %v", pinned, recs)
 		}
 		if err := c.helmUninstall(); err != nil {
 			t.Fatalf("helm uninstall: %v", err)
 		}
-		err := poll(ctx, 60*time.Second, func() (bool, error) {
+		err = poll(ctx, 60*time.Second, func() (bool, error) {
 			pods, err := c.cs.CoreV1().Pods(releaseNS).List(ctx, metav1.ListOptions{})
 			return err == nil && len(pods.Items) == 0, err
 		})

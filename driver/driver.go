@@ -11,7 +11,6 @@ package driver
 import (
 	"context"
 	"errors"
-	"fmt"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -157,8 +156,6 @@ func (d *Driver) GetPluginCapabilities(context.Context, *csi.GetPluginCapabiliti
 func (d *Driver) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
 	return &csi.ProbeResponse{Ready: wrapperspbBool(d.ready.Load())}, nil
 }
-
-func describeVolume(id string) string { return fmt.Sprintf("volume %q", id) }
 
 // DigestsInUse returns the image digests some volume uses, so the image
 // cache never evicts them.

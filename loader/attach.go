@@ -23,9 +23,9 @@ import (
 // load loads the identity's program, attaches it and pins it. On error
 // everything it did is undone.
 func (l *Loader) load(id Identity, spec *ebpf.CollectionSpec) (_ *entry, err error) {
-	ifc, err := net.InterfaceByName(id.Interface)
+	ifc, err := l.iface(id.Interface)
 	if err != nil {
-		return nil, fault.Errorf(fault.NotFound, "interface %q not found on node %q", id.Interface, l.node)
+		return nil, err
 	}
 	if err := l.checkHookFree(id); err != nil {
 		return nil, err
@@ -233,7 +233,8 @@ func (l *Loader) pin(e *entry) error {
 	return nil
 }
 
-// openPins re-opens a pinned attachment.
+// openPins re-opens a pinned attachment: its program and maps, and then
+// its own link, or for a dispatcher member, its dispatcher.
 func (l *Loader) openPins(id Identity, key string) (_ *entry, err error) {
 	dir := l.pinDir(key)
 	e := &entry{id: id, key: key, owners: map[string]struct{}{}, maps: map[string]*ebpf.Map{}, mode: id.XDPMode}
@@ -242,14 +243,14 @@ func (l *Loader) openPins(id Identity, key string) (_ *entry, err error) {
 			e.closeFDs()
 		}
 	}()
-	if e.link, err = link.LoadPinnedLink(filepath.Join(dir, "link"), nil); err != nil {
+	if e.prog, err = ebpf.LoadPinnedProgram(filepath.Join(dir, "program"), nil); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fault.Errorf(fault.NotFound, "the pins of %s are gone (%s)", describeIdentity(id), dir)
 		}
-		return nil, fmt.Errorf("opening pinned link of %s: %w", describeIdentity(id), err)
-	}
-	if e.prog, err = ebpf.LoadPinnedProgram(filepath.Join(dir, "program"), nil); err != nil {
 		return nil, fmt.Errorf("opening pinned program of %s: %w", describeIdentity(id), err)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "program")); err == nil {
+		e.created = st.ModTime()
 	}
 	info, err := e.prog.Info()
 	if err != nil {
@@ -259,11 +260,26 @@ func (l *Loader) openPins(id Identity, key string) (_ *entry, err error) {
 	if err := l.openMaps(e, dir); err != nil {
 		return nil, err
 	}
-	e.attached = linkAttached(e.link)
-	if st, err := os.Stat(filepath.Join(dir, "link")); err == nil {
-		e.created = st.ModTime()
+	if l.chained(id.Hook) {
+		return e, l.adoptChain(e)
 	}
+	if e.link, err = link.LoadPinnedLink(filepath.Join(dir, "link"), nil); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fault.Errorf(fault.NotFound, "the pins of %s are gone (%s)", describeIdentity(id), dir)
+		}
+		return nil, fmt.Errorf("opening pinned link of %s: %w", describeIdentity(id), err)
+	}
+	e.attached = linkAttached(e.link)
 	return e, nil
+}
+
+// iface looks up a host interface, as a NotFound fault naming the node.
+func (l *Loader) iface(name string) (*net.Interface, error) {
+	ifc, err := net.InterfaceByName(name)
+	if err != nil {
+		return nil, fault.Errorf(fault.NotFound, "interface %q not found on node %q", name, l.node)
+	}
+	return ifc, nil
 }
 
 func (l *Loader) openMaps(e *entry, dir string) error {

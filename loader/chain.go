@@ -10,10 +10,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"k8s.io/klog/v2"
 
 	"github.com/bpfmount/bpfmount/loader/dispatcher"
@@ -31,18 +29,6 @@ import (
 // chained reports whether id's hook goes through a dispatcher.
 func (l *Loader) chained(h Hook) bool {
 	return l.canChain && (h == HookXDP || h == HookTC)
-}
-
-func (l *Loader) lockKey(key string) func() {
-	l.mu.Lock()
-	m, ok := l.keys[key]
-	if !ok {
-		m = &sync.Mutex{}
-		l.keys[key] = m
-	}
-	l.mu.Unlock()
-	m.Lock()
-	return m.Unlock
 }
 
 func targetOf(id Identity, ifindex int) dispatcher.Target {
@@ -67,13 +53,13 @@ func (l *Loader) chainFor(t dispatcher.Target) (*dispatcher.Chain, error) {
 }
 
 func proceedMask(id Identity) uint32 {
-	table, shift := XDPActions, 0
+	table := XDPActions
 	if id.Hook == HookTC {
-		table, shift = TCActions, 0
+		table = TCActions // already shifted by one: TC_ACT_UNSPEC is -1
 	}
 	var mask uint32
 	for _, a := range id.ProceedOn {
-		mask |= 1 << (table[a] + uint32(shift))
+		mask |= 1 << table[a]
 	}
 	return mask
 }
@@ -85,9 +71,9 @@ func (l *Loader) acquireChained(r *Resolved, owner string) (_ *Program, err erro
 	if p := l.join(key, owner); p != nil {
 		return p, nil
 	}
-	ifc, err := net.InterfaceByName(id.Interface)
+	ifc, err := l.iface(id.Interface)
 	if err != nil {
-		return nil, fault.Errorf(fault.NotFound, "interface %q not found on node %q", id.Interface, l.node)
+		return nil, err
 	}
 	chain, err := l.chainFor(targetOf(id, ifc.Index))
 	if err != nil {
@@ -160,43 +146,21 @@ func (l *Loader) chainError(id Identity, err error) error {
 		where, dispatcher.Slots, strings.Join(holders, ", "))
 }
 
-// adoptChained re-opens a dispatcher member's pins after a restart.
-func (l *Loader) adoptChained(id Identity, key string) (_ *entry, err error) {
-	dir := l.pinDir(key)
-	e := &entry{id: id, key: key, owners: map[string]struct{}{}, maps: map[string]*ebpf.Map{}, mode: id.XDPMode}
-	defer func() {
-		if err != nil {
-			e.closeFDs()
-		}
-	}()
-	if e.prog, err = ebpf.LoadPinnedProgram(filepath.Join(dir, "program"), nil); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, fault.Errorf(fault.NotFound, "the pins of %s are gone (%s)", describeIdentity(id), dir)
-		}
-		return nil, err
-	}
-	if st, err := os.Stat(filepath.Join(dir, "program")); err == nil {
-		e.created = st.ModTime()
-	}
-	info, err := e.prog.Info()
+// adoptChain finds a re-opened member's dispatcher and whether the member
+// is still in it. A member whose interface went away keeps its maps and
+// has no chain.
+func (l *Loader) adoptChain(e *entry) error {
+	ifc, err := net.InterfaceByName(e.id.Interface)
 	if err != nil {
-		return nil, err
+		return nil
 	}
-	e.progID, _ = info.ID()
-	if err := l.openMaps(e, dir); err != nil {
-		return nil, err
-	}
-	ifc, err := net.InterfaceByName(id.Interface)
+	chain, err := l.chainFor(targetOf(e.id, ifc.Index))
 	if err != nil {
-		return e, nil // the interface went away: maps stay, nothing is attached
-	}
-	chain, err := l.chainFor(targetOf(id, ifc.Index))
-	if err != nil {
-		return nil, err
+		return err
 	}
 	e.chain, e.mode = chain, chain.Mode()
-	e.attached = slices.ContainsFunc(chain.Members(), func(m dispatcher.Member) bool { return m.Key == key })
-	return e, nil
+	e.attached = slices.ContainsFunc(chain.Members(), func(m dispatcher.Member) bool { return m.Key == e.key })
+	return nil
 }
 
 // pruneChains removes from every dispatcher the members no attachment owns

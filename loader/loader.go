@@ -44,9 +44,9 @@ type Loader struct {
 	gc sync.RWMutex
 
 	mu      sync.Mutex
-	entries map[string]*entry // by Identity.Key
-	ifaces  map[string]*sync.Mutex
-	keys    map[string]*sync.Mutex          // per identity key, for dispatcher members
+	entries map[string]*entry               // by Identity.Key
+	ifaces  namedLocks                      // direct attachments: one interface at a time
+	keys    namedLocks                      // dispatcher members: one identity key at a time
 	chains  map[string]*dispatcher.Chain    // by dispatcher.PinDirName
 	specs   map[string]*ebpf.CollectionSpec // parsed objects by image digest
 }
@@ -101,8 +101,6 @@ func New(opts Options) (*Loader, error) {
 		fetch:    opts.Fetcher,
 		canChain: dispatcher.Supported() == nil,
 		entries:  map[string]*entry{},
-		ifaces:   map[string]*sync.Mutex{},
-		keys:     map[string]*sync.Mutex{},
 		chains:   map[string]*dispatcher.Chain{},
 		specs:    map[string]*ebpf.CollectionSpec{},
 	}
@@ -115,17 +113,8 @@ func New(opts Options) (*Loader, error) {
 // CanChain reports whether the kernel supports the dispatchers.
 func (l *Loader) CanChain() bool { return l.canChain }
 
-func (l *Loader) lockIface(name string) func() {
-	l.mu.Lock()
-	m, ok := l.ifaces[name]
-	if !ok {
-		m = &sync.Mutex{}
-		l.ifaces[name] = m
-	}
-	l.mu.Unlock()
-	m.Lock()
-	return m.Unlock
-}
+func (l *Loader) lockIface(name string) func() { return l.ifaces.lock(name) }
+func (l *Loader) lockKey(key string) func()    { return l.keys.lock(key) }
 
 func (l *Loader) pinDir(key string) string { return filepath.Join(l.root, "programs", key) }
 
@@ -272,11 +261,7 @@ func (l *Loader) Adopt(id Identity, owner string) (*Program, error) {
 		return p, nil
 	}
 
-	open := l.openPins
-	if l.chained(id.Hook) {
-		open = l.adoptChained
-	}
-	e, err := open(id, key)
+	e, err := l.openPins(id, key)
 	if err != nil {
 		return nil, err
 	}

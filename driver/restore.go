@@ -2,9 +2,6 @@ package driver
 
 import (
 	"context"
-	"errors"
-	"os"
-	"path/filepath"
 
 	"k8s.io/klog/v2"
 
@@ -34,7 +31,6 @@ func (d *Driver) Restore(ctx context.Context) (*RestoreReport, error) {
 	if err != nil {
 		klog.ErrorS(err, "Some volume records could not be read; they are ignored")
 	}
-	owned := map[string]bool{}
 	for _, rec := range records {
 		p, err := d.loader.Adopt(rec.Identity, rec.VolumeID)
 		if err != nil {
@@ -43,7 +39,6 @@ func (d *Driver) Restore(ctx context.Context) (*RestoreReport, error) {
 				// /run): the maps the volume exposed are gone with them.
 				klog.InfoS("Volume's program vanished; its record is kept until unpublish", "volume", rec.VolumeID, "err", err)
 				rep.Vanished = append(rep.Vanished, rec.VolumeID)
-				owned[rec.VolumeID] = true
 				continue
 			}
 			return nil, err
@@ -52,7 +47,6 @@ func (d *Driver) Restore(ctx context.Context) (*RestoreReport, error) {
 			klog.InfoS("Volume's program lost its interface; its maps stay mounted", "volume", rec.VolumeID, "interface", rec.Identity.Interface)
 			rep.Detached = append(rep.Detached, rec.VolumeID)
 		}
-		owned[rec.VolumeID] = true
 		rep.Volumes++
 	}
 
@@ -68,7 +62,6 @@ func (d *Driver) Restore(ctx context.Context) (*RestoreReport, error) {
 			if err := d.unpublish(rec); err != nil {
 				return nil, err
 			}
-			delete(owned, in.VolumeID)
 			rep.Completed = append(rep.Completed, in.VolumeID)
 		case in.Op == state.OpPublish && rec == nil:
 			// The publish never wrote its record: kubelet was not told it
@@ -83,26 +76,8 @@ func (d *Driver) Restore(ctx context.Context) (*RestoreReport, error) {
 		}
 	}
 
-	// Staging mounts of volumes that have no record.
-	ents, err := os.ReadDir(d.store.MountsDir())
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	for _, de := range ents {
-		if owned[de.Name()] || !state.ValidVolumeID(de.Name()) {
-			continue
-		}
-		if err := mapfs.Withdraw(filepath.Join(d.store.MountsDir(), de.Name()), ""); err != nil {
-			klog.ErrorS(err, "Removing an orphaned staging mount", "volume", de.Name())
-			continue
-		}
-		rep.Staging = append(rep.Staging, de.Name())
-	}
-	pruned, err := d.loader.Prune()
-	if err != nil {
-		klog.ErrorS(err, "Removing pins no volume owns")
-	}
-	rep.Pruned = pruned
+	// What is left: staging mounts and pins no record owns.
+	rep.Staging, rep.Pruned = d.CollectGarbage()
 	d.ready.Store(true)
 	klog.InfoS("Restored state", "volumes", rep.Volumes, "vanished", len(rep.Vanished), "detached", len(rep.Detached),
 		"rolledBack", len(rep.RolledBack), "completed", len(rep.Completed), "prunedPins", len(rep.Pruned), "orphanedMounts", len(rep.Staging))

@@ -17,14 +17,7 @@ import (
 )
 
 func publishReq(vol, target string, attrs map[string]string) *csi.NodePublishVolumeRequest {
-	return &csi.NodePublishVolumeRequest{
-		VolumeId: vol, TargetPath: target, Readonly: true,
-		VolumeCapability: &csi.VolumeCapability{
-			AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
-			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-		},
-		VolumeContext: attrs,
-	}
+	return testenv.PublishRequest(vol, target, attrs, true)
 }
 
 // rawCycle does by hand, with cilium/ebpf and mount(2), the same work a

@@ -47,14 +47,7 @@ func bin(t *testing.T) string {
 }
 
 func publishReq(vol, target, image, ifname string) *csi.NodePublishVolumeRequest {
-	return &csi.NodePublishVolumeRequest{
-		VolumeId: vol, TargetPath: target, Readonly: true,
-		VolumeCapability: &csi.VolumeCapability{
-			AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
-			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-		},
-		VolumeContext: map[string]string{"image": image, "interface": ifname},
-	}
+	return testenv.PublishRequest(vol, target, map[string]string{"image": image, "interface": ifname}, true)
 }
 
 // retry calls op until it succeeds, as kubelet does.

@@ -18,18 +18,10 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func mountCap(gid string) *csi.VolumeCapability {
-	return &csi.VolumeCapability{
-		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{VolumeMountGroup: gid}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-	}
-}
+func mountCap(gid string) *csi.VolumeCapability { return testenv.MountCapability(gid) }
 
 func publishReq(vol, target string, attrs map[string]string, readOnly bool) *csi.NodePublishVolumeRequest {
-	return &csi.NodePublishVolumeRequest{
-		VolumeId: vol, TargetPath: target, Readonly: readOnly,
-		VolumeCapability: mountCap(""), VolumeContext: attrs,
-	}
+	return testenv.PublishRequest(vol, target, attrs, readOnly)
 }
 
 func unpublishReq(vol, target string) *csi.NodeUnpublishVolumeRequest {

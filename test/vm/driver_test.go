@@ -28,14 +28,7 @@ import (
 // on one interface, chained by priority and proceedOn.
 
 func volReq(vol, target string, attrs map[string]string) *csi.NodePublishVolumeRequest {
-	return &csi.NodePublishVolumeRequest{
-		VolumeId: vol, TargetPath: target, Readonly: true,
-		VolumeCapability: &csi.VolumeCapability{
-			AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
-			AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-		},
-		VolumeContext: attrs,
-	}
+	return testenv.PublishRequest(vol, target, attrs, true)
 }
 
 func packets(t *testing.T, target string) uint64 {

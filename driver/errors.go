@@ -7,7 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/bpfmount/bpfmount/loader/fault"
+	"github.com/bpfmount/bpfmount/internal/fault"
 )
 
 // toStatus turns an error into a gRPC status error whose code says what the

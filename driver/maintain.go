@@ -10,8 +10,8 @@ import (
 
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/driver/state"
+	"github.com/bpfmount/bpfmount/internal/mapfs"
 	"github.com/bpfmount/bpfmount/loader"
-	"github.com/bpfmount/bpfmount/loader/mapfs"
 )
 
 // Maintain runs until ctx is done: it follows interface removals (marking

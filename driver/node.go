@@ -20,10 +20,10 @@ import (
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/driver/state"
+	"github.com/bpfmount/bpfmount/internal/failpoint"
+	"github.com/bpfmount/bpfmount/internal/fault"
+	"github.com/bpfmount/bpfmount/internal/mapfs"
 	"github.com/bpfmount/bpfmount/loader"
-	"github.com/bpfmount/bpfmount/loader/failpoint"
-	"github.com/bpfmount/bpfmount/loader/fault"
-	"github.com/bpfmount/bpfmount/loader/mapfs"
 )
 
 // dockerConfigKey is the key of a kubernetes.io/dockerconfigjson Secret.

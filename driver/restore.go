@@ -6,8 +6,8 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/bpfmount/bpfmount/driver/state"
-	"github.com/bpfmount/bpfmount/loader/fault"
-	"github.com/bpfmount/bpfmount/loader/mapfs"
+	"github.com/bpfmount/bpfmount/internal/fault"
+	"github.com/bpfmount/bpfmount/internal/mapfs"
 )
 
 // RestoreReport says what Restore found.

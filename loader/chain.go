@@ -14,9 +14,9 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/bpfmount/bpfmount/internal/failpoint"
+	"github.com/bpfmount/bpfmount/internal/fault"
 	"github.com/bpfmount/bpfmount/loader/dispatcher"
-	"github.com/bpfmount/bpfmount/loader/failpoint"
-	"github.com/bpfmount/bpfmount/loader/fault"
 )
 
 // Programs on the xdp and tc hooks run through a dispatcher when the kernel

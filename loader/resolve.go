@@ -10,8 +10,8 @@ import (
 
 	"github.com/cilium/ebpf"
 
+	"github.com/bpfmount/bpfmount/internal/fault"
 	"github.com/bpfmount/bpfmount/loader/bytecode"
-	"github.com/bpfmount/bpfmount/loader/fault"
 )
 
 // spec returns the parsed object of an image, parsing it once per digest:

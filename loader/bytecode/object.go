@@ -14,7 +14,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/bpfmount/bpfmount/loader/fault"
+	"github.com/bpfmount/bpfmount/internal/fault"
 )
 
 // MaxObjectSize bounds the ELF object read from a layer; real eBPF objects

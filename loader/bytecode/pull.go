@@ -21,7 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
-	"github.com/bpfmount/bpfmount/loader/fault"
+	"github.com/bpfmount/bpfmount/internal/fault"
 )
 
 // Bounds checked against the manifest before anything is downloaded, so a

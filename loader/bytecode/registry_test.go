@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bpfmount/bpfmount/loader/fault"
+	"github.com/bpfmount/bpfmount/internal/fault"
 )
 
 type eventLog struct {

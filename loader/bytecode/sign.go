@@ -24,7 +24,7 @@ import (
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 	"github.com/sigstore/sigstore/pkg/signature"
 
-	"github.com/bpfmount/bpfmount/loader/fault"
+	"github.com/bpfmount/bpfmount/internal/fault"
 )
 
 // Signatures follow cosign's key-based format, checked offline (no

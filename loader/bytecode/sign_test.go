@@ -20,7 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 
-	"github.com/bpfmount/bpfmount/loader/fault"
+	"github.com/bpfmount/bpfmount/internal/fault"
 )
 
 func mustVerifier(t *testing.T, pem []byte) *Verifier {

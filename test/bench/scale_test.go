@@ -13,8 +13,8 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/bpfmount/bpfmount/internal/testenv"
 	"github.com/bpfmount/bpfmount/loader/bytecode"
-	"github.com/bpfmount/bpfmount/test/testenv"
 )
 
 // tcxAttrs gives the n-th distinct tcx request: priority sets the identity.

@@ -12,7 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
-	"github.com/bpfmount/bpfmount/test/testenv"
+	"github.com/bpfmount/bpfmount/internal/testenv"
 )
 
 // TestTrafficContinuesAcrossKill sends numbered frames without pause while

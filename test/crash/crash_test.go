@@ -13,8 +13,8 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
-	"github.com/bpfmount/bpfmount/loader/failpoint"
-	"github.com/bpfmount/bpfmount/test/testenv"
+	"github.com/bpfmount/bpfmount/internal/failpoint"
+	"github.com/bpfmount/bpfmount/internal/testenv"
 )
 
 var (

@@ -16,7 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/bpfmount/bpfmount/test/testenv"
+	"github.com/bpfmount/bpfmount/internal/testenv"
 )
 
 // TestE2E runs the scenarios in order on one cluster; each depends on the

@@ -18,8 +18,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/bpfmount/bpfmount/internal/testenv"
 	"github.com/bpfmount/bpfmount/loader/bytecode"
-	"github.com/bpfmount/bpfmount/test/testenv"
 )
 
 // TestHostileInput sends requests that are wrong in every way we know of.

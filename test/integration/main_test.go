@@ -10,7 +10,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
-	"github.com/bpfmount/bpfmount/test/testenv"
+	"github.com/bpfmount/bpfmount/internal/testenv"
 )
 
 func TestMain(m *testing.M) {

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/bpfmount/bpfmount/test/testenv"
+	"github.com/bpfmount/bpfmount/internal/testenv"
 )
 
 func TestInterfaceRemovalKeepsVolumeReadable(t *testing.T) {

@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/bpfmount/bpfmount/driver/metrics"
-	"github.com/bpfmount/bpfmount/test/testenv"
+	"github.com/bpfmount/bpfmount/internal/testenv"
 )
 
 // scrape returns the value of one sample line of the metrics endpoint, or

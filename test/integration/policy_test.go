@@ -19,7 +19,7 @@ import (
 	"github.com/bpfmount/bpfmount/driver"
 	"github.com/bpfmount/bpfmount/driver/events/kube"
 	"github.com/bpfmount/bpfmount/driver/policy"
-	"github.com/bpfmount/bpfmount/test/testenv"
+	"github.com/bpfmount/bpfmount/internal/testenv"
 )
 
 func podAttrs(image, ifname, namespace string) map[string]string {

@@ -15,7 +15,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/bpfmount/bpfmount/test/testenv"
+	"github.com/bpfmount/bpfmount/internal/testenv"
 )
 
 // counts reads the counter through a consumer in its own mount namespace.

@@ -17,8 +17,8 @@ import (
 
 	"github.com/bpfmount/bpfmount/driver"
 	"github.com/bpfmount/bpfmount/driver/policy"
+	"github.com/bpfmount/bpfmount/internal/testenv"
 	"github.com/bpfmount/bpfmount/loader/bytecode"
-	"github.com/bpfmount/bpfmount/test/testenv"
 )
 
 // pushExample builds the XDP counter image as `bpfmount image build` does

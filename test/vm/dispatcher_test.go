@@ -13,8 +13,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/bpfmount/bpfmount/internal/fault"
 	"github.com/bpfmount/bpfmount/loader/dispatcher"
-	"github.com/bpfmount/bpfmount/loader/fault"
 	"github.com/bpfmount/bpfmount/test/vm/progs"
 )
 

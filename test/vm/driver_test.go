@@ -19,8 +19,8 @@ import (
 
 	xdpbpf "github.com/bpfmount/bpfmount/deploy/examples/xdp-counter/bpf"
 	"github.com/bpfmount/bpfmount/deploy/examples/xdp-counter/counter"
+	"github.com/bpfmount/bpfmount/internal/testenv"
 	"github.com/bpfmount/bpfmount/test/programs"
-	"github.com/bpfmount/bpfmount/test/testenv"
 )
 
 // These tests drive the whole driver (gRPC, loader, dispatcher, volumes) in

@@ -23,7 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/mount-utils"
 
-	"github.com/bpfmount/bpfmount/loader/failpoint"
+	"github.com/bpfmount/bpfmount/internal/failpoint"
 )
 
 // Options say how to expose the maps.

@@ -30,28 +30,32 @@ func exampleLayout(dir string) (string, error) {
 	return bytecode.LayoutScheme + layout + ":v1", nil
 }
 
+// exampleLoader is a loader whose pins would go under a temporary
+// directory, and the reference of the example image in a layout there.
+// Resolve needs neither root nor a bpffs.
+func exampleLoader() (l *loader.Loader, ref string, done func()) {
+	dir, err := os.MkdirTemp("", "loader-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	if ref, err = exampleLayout(dir); err != nil {
+		log.Fatal(err)
+	}
+	l, err = loader.New(loader.Options{Root: filepath.Join(dir, "pins"), Fetcher: bytecode.Layout{}, NodeName: "node-1"})
+	if err != nil {
+		log.Fatal(err)
+	}
+	return l, ref, func() { l.Close(); os.RemoveAll(dir) }
+}
+
 // A Request names an image and where to attach its program. Resolve fetches
 // the image and checks the request against it without touching the kernel:
 // it fills in the program (the image's only one), the hook (from the image's
 // labels) and the defaults, and returns the Identity two equal requests
 // share. Its Key names the attachment's pin directory.
 func ExampleLoader_Resolve() {
-	dir, err := os.MkdirTemp("", "loader-example")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	ref, err := exampleLayout(dir)
-	if err != nil {
-		log.Fatal(err)
-	}
-
-	// Root would be a directory on a bpffs; Resolve does not use it.
-	l, err := loader.New(loader.Options{Root: filepath.Join(dir, "pins"), Fetcher: bytecode.Layout{}, NodeName: "node-1"})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer l.Close()
+	l, ref, done := exampleLoader()
+	defer done()
 
 	r, err := l.Resolve(context.Background(), loader.Request{
 		Image:     bytecode.Request{Reference: ref},
@@ -80,22 +84,10 @@ func ExampleLoader_Resolve() {
 // A request the image cannot satisfy is refused by Resolve, before anything
 // is loaded; the error says what to change.
 func ExampleLoader_Resolve_refused() {
-	dir, err := os.MkdirTemp("", "loader-example")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	ref, err := exampleLayout(dir)
-	if err != nil {
-		log.Fatal(err)
-	}
-	l, err := loader.New(loader.Options{Root: filepath.Join(dir, "pins"), Fetcher: bytecode.Layout{}})
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer l.Close()
+	l, ref, done := exampleLoader()
+	defer done()
 
-	_, err = l.Resolve(context.Background(), loader.Request{
+	_, err := l.Resolve(context.Background(), loader.Request{
 		Image:     bytecode.Request{Reference: ref},
 		Interface: "eth0",
 		Direction: loader.Ingress, // tc and tcx only

@@ -83,9 +83,15 @@ clean:
 	rm -rf $(BIN) build
 
 # Each fuzz target for a bounded time (FUZZTIME each); the seed corpus in
-# testdata/fuzz runs in every `make test` anyway.
+# testdata/fuzz runs in every `make test` anyway. Every new interesting input
+# is minimized first, at about len(input)²/2 calls, up to 60 s by default:
+# with two workers both minimizing a few hundred bytes the run makes no
+# progress at all, so minimizing is bounded by a number of calls.
 FUZZTIME ?= 20s
+FUZZMINIMIZE ?= 2000x
+FUZZFLAGS = -run '^$$' -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZE)
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParseAttributes$$' -fuzztime $(FUZZTIME) ./driver
-	$(GO) test -run '^$$' -fuzz '^FuzzParseLabels$$' -fuzztime $(FUZZTIME) ./loader/bytecode
-	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./driver/state
+	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzParseAttributes$$' ./driver
+	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzParseLabels$$' ./loader/bytecode
+	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzDecode$$' ./driver/state
+	$(GO) test $(FUZZFLAGS) -fuzz '^FuzzDecodeIntent$$' ./driver/state

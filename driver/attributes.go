@@ -15,7 +15,7 @@ import (
 	"github.com/bpfmount/bpfmount/loader/bytecode"
 )
 
-// Volume attribute keys (DESIGN.md, "Volume attributes").
+// Volume attribute keys; README.md's "Volume attributes" documents them.
 const (
 	AttrImage      = "image"
 	AttrProgram    = "program"

@@ -30,8 +30,10 @@ import (
 const dockerConfigKey = ".dockerconfigjson"
 
 // NodePublishVolume loads, attaches and exposes the program the volume's
-// attributes describe. See DESIGN.md for the order of steps; every failure
-// undoes what was done.
+// attributes describe: check the request, decide on policy (after the
+// fetch when the hook comes from the image's labels), resolve the image,
+// write an intent, acquire the program, mount its maps, write the record.
+// Every failure undoes what was done.
 func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (resp *csi.NodePublishVolumeResponse, err error) {
 	start := time.Now()
 	hook := req.GetVolumeContext()[AttrType]

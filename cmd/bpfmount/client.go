@@ -77,9 +77,9 @@ func newPublishCmd() *cobra.Command {
 		Use:   "publish --target DIR --attr image=REF --attr interface=IF [--attr key=value ...]",
 		Short: "Load a program and mount its maps at a directory",
 		Long: `Ask the daemon to publish a volume, exactly as kubelet does for a pod:
-the attributes are the volume attributes of DESIGN.md (image, program, type,
-interface, priority, proceedOn, direction, xdpMode, maps, globals,
-pullPolicy). Requests without pod information follow the policy's local
+the attributes are the volume attributes (image, program, type, interface,
+priority, proceedOn, direction, xdpMode, maps, globals, pullPolicy; README's
+"Volume attributes" says what each means). Requests without pod information follow the policy's local
 section.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -12,9 +12,11 @@
 package state
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -118,7 +120,7 @@ func (s *Store) Put(r *Record) error {
 // Get returns a volume's record, or nil when there is none.
 func (s *Store) Get(volumeID string) (*Record, error) {
 	var r Record
-	ok, err := readJSON(filepath.Join(s.volumesDir(), volumeID+".json"), &r)
+	ok, err := s.readJSON(filepath.Join(s.volumesDir(), volumeID+".json"), &r)
 	if !ok || err != nil {
 		return nil, err
 	}
@@ -136,7 +138,7 @@ func (s *Store) List() ([]*Record, error) {
 	var out []*Record
 	err := s.each(s.volumesDir(), func(path string) error {
 		var r Record
-		if _, err := readJSON(path, &r); err != nil {
+		if _, err := s.readJSON(path, &r); err != nil {
 			return err
 		}
 		out = append(out, &r)
@@ -161,7 +163,7 @@ func (s *Store) Intents() ([]*Intent, error) {
 	var out []*Intent
 	err := s.each(s.intentsDir(), func(path string) error {
 		var in Intent
-		if _, err := readJSON(path, &in); err != nil {
+		if _, err := s.readJSON(path, &in); err != nil {
 			return err
 		}
 		out = append(out, &in)
@@ -212,7 +214,7 @@ func writeJSON(path string, v any) error {
 	return nil
 }
 
-func readJSON(path string, v any) (bool, error) {
+func (s *Store) readJSON(path string, v any) (bool, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
@@ -220,29 +222,90 @@ func readJSON(path string, v any) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if err := Decode(b, v); err != nil {
+	if err := s.decode(filepath.Base(path), b, v); err != nil {
 		return false, fmt.Errorf("%s: %w", path, err)
 	}
 	return true, nil
 }
 
-// Decode strictly decodes a record or intent: unknown fields are errors, so
-// a record from a newer, incompatible version is never half-read.
+// decode is Decode plus what only the store knows: the file is named after
+// the volume it describes, the staging path is the one the store gives that
+// volume, and the target lies outside the store's directory. Restore
+// unmounts and removes what a record or intent names, so a file that was
+// edited or damaged must not be able to point it anywhere else.
+func (s *Store) decode(name string, b []byte, v any) error {
+	if err := Decode(b, v); err != nil {
+		return err
+	}
+	var id, target, staging string
+	switch x := v.(type) {
+	case *Record:
+		id, target, staging = x.VolumeID, x.TargetPath, x.StagingPath
+	case *Intent:
+		id, target, staging = x.VolumeID, x.TargetPath, x.StagingPath
+	default:
+		return nil
+	}
+	if name != id+".json" {
+		return fmt.Errorf("decoding state: file %q describes volume %q", name, id)
+	}
+	if staging != "" && staging != s.StagingPath(id) {
+		return fmt.Errorf("decoding state: staging path %q of volume %q is not %s", staging, id, s.StagingPath(id))
+	}
+	if target != "" && (underDir(target, s.dir) || underDir(s.dir, target)) {
+		return fmt.Errorf("decoding state: target path %q overlaps the state directory %s", target, s.dir)
+	}
+	return nil
+}
+
+// underDir reports whether path is dir or below it; both are clean.
+func underDir(path, dir string) bool {
+	dir = filepath.Clean(dir)
+	return path == dir || strings.HasPrefix(path, strings.TrimSuffix(dir, "/")+"/")
+}
+
+// maxPath bounds a stored path, as the kernel's PATH_MAX does.
+const maxPath = 4096
+
+// Decode strictly decodes a record or intent: unknown fields and trailing
+// data are errors, so a record from a newer, incompatible version is never
+// half-read. It also checks what restore acts on: a safe volume ID, a known
+// operation, and paths that are empty or absolute, clean and not /.
 func Decode(b []byte, v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("decoding state: %w", err)
 	}
-	if dec.More() {
+	// More() is false before a stray ']' or '}', so look for any token.
+	if _, err := dec.Token(); err != io.EOF {
 		return errors.New("decoding state: trailing data")
 	}
-	if r, ok := v.(*Record); ok {
-		if r.Version != Version {
-			return fmt.Errorf("decoding state: record version %d, this driver reads version %d", r.Version, Version)
+	var id string
+	var paths []string
+	switch x := v.(type) {
+	case *Record:
+		if x.Version != Version {
+			return fmt.Errorf("decoding state: record version %d, this driver reads version %d", x.Version, Version)
 		}
-		if !ValidVolumeID(r.VolumeID) {
-			return fmt.Errorf("decoding state: invalid volume ID %q", r.VolumeID)
+		id, paths = x.VolumeID, []string{x.TargetPath, x.StagingPath}
+	case *Intent:
+		if x.Op != OpPublish && x.Op != OpUnpublish {
+			return fmt.Errorf("decoding state: unknown intent operation %.40q", x.Op)
+		}
+		id, paths = x.VolumeID, []string{x.TargetPath, x.StagingPath}
+	default:
+		return nil
+	}
+	if !ValidVolumeID(id) {
+		return fmt.Errorf("decoding state: invalid volume ID %.140q", id)
+	}
+	for _, p := range paths {
+		if p == "" {
+			continue
+		}
+		if len(p) > maxPath || strings.ContainsRune(p, 0) || !filepath.IsAbs(p) || filepath.Clean(p) != p || p == "/" {
+			return fmt.Errorf("decoding state: path %.200q is not an absolute, clean path other than /", p)
 		}
 	}
 	return nil

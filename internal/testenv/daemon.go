@@ -21,14 +21,12 @@ import (
 // Daemon is the driver serving on a temporary socket in this process, with
 // its pins in a private bpffs and its state in a temporary directory.
 type Daemon struct {
-	Endpoint  string
-	StateDir  string
-	BPFFSRoot string
-	Node      csi.NodeClient
-	Identity  csi.IdentityClient
-	Driver    *driver.Driver
-	Loader    *loader.Loader
-	Fetcher   bytecode.Fetcher
+	DaemonDirs
+	Node     csi.NodeClient
+	Identity csi.IdentityClient
+	Driver   *driver.Driver
+	Loader   *loader.Loader
+	Fetcher  bytecode.Fetcher
 
 	t      testing.TB
 	conn   *grpc.ClientConn
@@ -54,21 +52,13 @@ type DaemonOptions struct {
 // program the daemon left attached.
 func StartDaemon(t testing.TB, opts DaemonOptions) *Daemon {
 	t.Helper()
-	RequireRoot(t)
-	dir := ShortTempDir(t)
-	d := &Daemon{
-		t:         t,
-		Endpoint:  "unix://" + filepath.Join(dir, "csi.sock"),
-		StateDir:  filepath.Join(dir, "state"),
-		BPFFSRoot: filepath.Join(BPFFS(t), "bpfmount"),
-		Fetcher:   opts.Fetcher,
-	}
+	d := &Daemon{t: t, DaemonDirs: newDaemonDirs(t), Fetcher: opts.Fetcher}
 	if d.Fetcher == nil {
 		d.Fetcher = bytecode.Layout{}
 	}
-	t.Cleanup(d.cleanupMounts)
+	t.Cleanup(d.unmountVolumes)
 	if opts.TmpfsState {
-		mountTmpfs(t, d.StateDir)
+		MountTmpfs(t, d.StateDir)
 	}
 	d.start(opts)
 	t.Cleanup(d.Stop)
@@ -135,9 +125,30 @@ func (d *Daemon) Restart(opts DaemonOptions) {
 	d.start(opts)
 }
 
-// cleanupMounts unmounts whatever staging and target mounts a failed test
+// DaemonDirs are where a test daemon, in this process or its own, listens,
+// keeps its state and pins its programs.
+type DaemonDirs struct {
+	Endpoint  string // unix:// socket in a short temporary directory
+	StateDir  string // in that directory
+	BPFFSRoot string // in the test's private bpffs
+	dir       string
+}
+
+func newDaemonDirs(t testing.TB) DaemonDirs {
+	t.Helper()
+	RequireRoot(t)
+	dir := ShortTempDir(t)
+	return DaemonDirs{
+		Endpoint:  "unix://" + filepath.Join(dir, "csi.sock"),
+		StateDir:  filepath.Join(dir, "state"),
+		BPFFSRoot: filepath.Join(BPFFS(t), "bpfmount"),
+		dir:       dir,
+	}
+}
+
+// unmountVolumes unmounts whatever staging and target mounts a failed test
 // left under the state directory, so the machine stays clean.
-func (d *Daemon) cleanupMounts() {
+func (d DaemonDirs) unmountVolumes() {
 	mounts, _ := filepath.Glob(filepath.Join(d.StateDir, "mounts", "*"))
 	for _, m := range mounts {
 		unmountAll(m)
@@ -153,7 +164,9 @@ func repoRoot() string {
 // RepoPath returns a path inside the repository.
 func RepoPath(rel string) string { return filepath.Join(repoRoot(), rel) }
 
-func mountTmpfs(t testing.TB, dir string) {
+// MountTmpfs creates dir if needed and mounts a private tmpfs there until
+// the test ends.
+func MountTmpfs(t testing.TB, dir string) {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)

@@ -6,8 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
-	"os"
-	"runtime"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -123,38 +121,12 @@ func (v *Veth) SendSeq(start uint32, n, size int) error {
 // newNetns creates an unnamed network namespace and returns a file
 // descriptor holding it, without moving the calling thread.
 func newNetns() (int, error) {
-	fdc := make(chan int, 1)
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- err
-			return
-		}
-		fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err2 := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err2 != nil {
-			errc <- err2
-			return // the thread stays locked and is discarded
-		}
-		runtime.UnlockOSThread()
-		if err != nil {
-			errc <- err
-			return
-		}
-		fdc <- fd
-	}()
-	select {
-	case fd := <-fdc:
-		return fd, nil
-	case err := <-errc:
-		return -1, err
-	}
+	fd := -1
+	err := onNetnsThread(func() error { return unix.Unshare(unix.CLONE_NEWNET) }, func() (err error) {
+		fd, err = unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		return err
+	})
+	return fd, err
 }
 
 func randomHex(n int) string {

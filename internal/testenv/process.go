@@ -40,8 +40,9 @@ func BuildDaemonTo(t testing.TB, tags, bin string) string {
 // ProcDaemon is the daemon running as a separate process, so a test can
 // kill it with SIGKILL and start it again on the same state.
 type ProcDaemon struct {
-	Bin, Endpoint, StateDir, BPFFSRoot, CacheDir, Log string
-	Node                                              csi.NodeClient
+	DaemonDirs
+	Bin, CacheDir, Log string
+	Node               csi.NodeClient
 
 	cmd  *exec.Cmd
 	conn *grpc.ClientConn
@@ -52,23 +53,17 @@ type ProcDaemon struct {
 // The test's cleanup kills it and unmounts whatever it left.
 func NewProcDaemon(t testing.TB, bin string) *ProcDaemon {
 	t.Helper()
-	RequireRoot(t)
-	dir := ShortTempDir(t)
+	dirs := newDaemonDirs(t)
 	p := &ProcDaemon{
-		Bin:       bin,
-		Endpoint:  "unix://" + filepath.Join(dir, "csi.sock"),
-		StateDir:  filepath.Join(dir, "state"),
-		BPFFSRoot: filepath.Join(BPFFS(t), "bpfmount"),
-		CacheDir:  filepath.Join(dir, "cache"),
-		Log:       filepath.Join(dir, "daemon.log"),
+		DaemonDirs: dirs,
+		Bin:        bin,
+		CacheDir:   filepath.Join(dirs.dir, "cache"),
+		Log:        filepath.Join(dirs.dir, "daemon.log"),
 	}
-	mountTmpfs(t, p.StateDir) // as /run is on real nodes
+	MountTmpfs(t, p.StateDir) // as /run is on real nodes
 	t.Cleanup(func() {
 		p.Kill()
-		mounts, _ := filepath.Glob(filepath.Join(p.StateDir, "mounts", "*"))
-		for _, m := range mounts {
-			unmountAll(m)
-		}
+		p.unmountVolumes()
 		if t.Failed() {
 			if b, err := os.ReadFile(p.Log); err == nil {
 				t.Logf("daemon log:\n%s", b)

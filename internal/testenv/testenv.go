@@ -61,9 +61,16 @@ func ShortTempDir(t testing.TB) string {
 }
 
 // inNetns runs fn on a thread switched into the namespace fd, then switches
-// back. If switching back fails the thread is left locked, so the Go runtime
-// discards it rather than reuse a thread in the wrong namespace.
+// back.
 func inNetns(fd int, fn func() error) error {
+	return onNetnsThread(func() error { return unix.Setns(fd, unix.CLONE_NEWNET) }, fn)
+}
+
+// onNetnsThread runs enter, which moves the thread to another network
+// namespace, and then fn, on a locked thread, and then moves the thread back.
+// If switching back fails the thread is left locked, so the Go runtime
+// discards it rather than reuse a thread in the wrong namespace.
+func onNetnsThread(enter, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -73,7 +80,7 @@ func inNetns(fd int, fn func() error) error {
 			return
 		}
 		defer orig.Close()
-		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+		if err := enter(); err != nil {
 			errc <- err
 			return
 		}

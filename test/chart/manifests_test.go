@@ -94,7 +94,7 @@ func decodeFile(t *testing.T, file string) []decoded {
 	return out
 }
 
-// Volume attribute keys the driver accepts (DESIGN.md, "Volume
+// Volume attribute keys the driver accepts (README.md, "Volume
 // attributes").
 var volumeAttributes = []string{
 	"image", "program", "type", "interface", "priority", "proceedOn",

@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -29,45 +27,15 @@ func TestTrafficContinuesAcrossKill(t *testing.T) {
 	}
 	id := testenv.XDPProgram(t, v.Host)
 
-	var sent atomic.Uint32
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var sendErr error
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			// Small paced batches: veth's XDP ring holds 256 frames.
-			if err := v.SendSeq(sent.Load(), 20, 64); err != nil {
-				sendErr = err
-				return
-			}
-			sent.Add(20)
-			time.Sleep(time.Millisecond)
-		}
-	}()
-	waitSent := func(n uint32) {
-		for deadline := time.Now().Add(10 * time.Second); sent.Load() < n; {
-			if time.Now().After(deadline) {
-				t.Fatalf("sender stuck at %d frames", sent.Load())
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
-	waitSent(500)
+	// Small paced batches: veth's XDP ring holds 256 frames.
+	send := v.StartSeq(t, 20, 64, time.Millisecond)
+	send.WaitSent(t, 500)
 	p.Kill()
-	waitSent(sent.Load() + 500) // frames flow with no daemon at all
+	send.WaitSent(t, send.Sent()+500) // frames flow with no daemon at all
 	p.Start(t)
-	waitSent(sent.Load() + 500)
-	close(stop)
-	wg.Wait()
-	if sendErr != nil {
-		t.Fatal(sendErr)
+	send.WaitSent(t, send.Sent()+500)
+	if err := send.Stop(); err != nil {
+		t.Fatal(err)
 	}
 	time.Sleep(50 * time.Millisecond) // let the last frames drain
 
@@ -84,8 +52,8 @@ func TestTrafficContinuesAcrossKill(t *testing.T) {
 	}
 	m.Close()
 	count, gaps := binary.NativeEndian.Uint64(val[0:8]), binary.NativeEndian.Uint64(val[8:16])
-	if gaps != 0 || count != uint64(sent.Load()) {
-		t.Fatalf("sent %d frames; the program saw %d with %d gaps", sent.Load(), count, gaps)
+	if gaps != 0 || count != uint64(send.Sent()) {
+		t.Fatalf("sent %d frames; the program saw %d with %d gaps", send.Sent(), count, gaps)
 	}
 	t.Logf("%d frames, no gap, across kill -9 and restart", count)
 

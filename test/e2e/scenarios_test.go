@@ -7,8 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -180,27 +178,7 @@ func TestE2E(t *testing.T) {
 		defer m.Close()
 		oldPod := c.driverPod(t)
 		// Frames flow, numbered, for the whole upgrade.
-		var sent atomic.Uint32
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		var sendErr error
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				if err := veth.SendSeq(sent.Load(), 50, 64); err != nil {
-					sendErr = err
-					return
-				}
-				sent.Add(50)
-				time.Sleep(2 * time.Millisecond)
-			}
-		}()
+		send := veth.StartSeq(t, 50, 64, 2*time.Millisecond)
 		upStart := time.Now()
 		err = c.helmUpgrade(ctx, chartDir, c.chartValues("v2", healthPort))
 		if err == nil {
@@ -208,8 +186,7 @@ func TestE2E(t *testing.T) {
 		}
 		upDur := time.Since(upStart)
 		time.Sleep(500 * time.Millisecond)
-		close(stop)
-		wg.Wait()
+		sendErr := send.Stop()
 		if err != nil {
 			t.Fatalf("helm upgrade: %v%s", err, c.driverPodEvents(ctx))
 		}
@@ -225,9 +202,9 @@ func TestE2E(t *testing.T) {
 			t.Fatal(err)
 		}
 		count, gaps := binary.LittleEndian.Uint64(v[0:]), binary.LittleEndian.Uint64(v[8:])
-		t.Logf("upgrade took %v; %d frames sent, %d counted, %d gaps", upDur.Round(time.Millisecond), sent.Load(), count, gaps)
-		if gaps != 0 || count != uint64(sent.Load()) {
-			t.Fatalf("across the upgrade: %d frames sent, %d counted, %d gaps; want all counted, no gap", sent.Load(), count, gaps)
+		t.Logf("upgrade took %v; %d frames sent, %d counted, %d gaps", upDur.Round(time.Millisecond), send.Sent(), count, gaps)
+		if gaps != 0 || count != uint64(send.Sent()) {
+			t.Fatalf("across the upgrade: %d frames sent, %d counted, %d gaps; want all counted, no gap", send.Sent(), count, gaps)
 		}
 	})
 

@@ -27,11 +27,8 @@ import (
 // and leave nothing behind: no record, intent, pin, mount, target directory
 // or attached program.
 func TestHostileInput(t *testing.T) {
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
-	v := testenv.NewVeth(t)
-	xdp := testenv.Layout(t, testenv.XDPCounterObject, "v1")
+	d, v, xdp, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
 	tcx := testenv.Layout(t, testenv.TCXOrderObject, "v1")
-	dir := testenv.ShortTempDir(t)
 	target := filepath.Join(dir, "vol")
 	obj, err := os.ReadFile(testenv.RepoPath(testenv.XDPCounterObject))
 	if err != nil {

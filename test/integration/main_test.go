@@ -27,3 +27,25 @@ func publishReq(vol, target string, attrs map[string]string, readOnly bool) *csi
 func unpublishReq(vol, target string) *csi.NodeUnpublishVolumeRequest {
 	return &csi.NodeUnpublishVolumeRequest{VolumeId: vol, TargetPath: target}
 }
+
+// setup is how most tests start: a daemon, a veth whose peer sits in its own
+// network namespace, an OCI layout of object (none when object is ""), and
+// a short directory for targets. Everything is removed when the test ends.
+func setup(t *testing.T, object string, opts testenv.DaemonOptions) (d *testenv.Daemon, v *testenv.Veth, img, dir string) {
+	t.Helper()
+	d = testenv.StartDaemon(t, opts)
+	v = testenv.NewVeth(t)
+	if object != "" {
+		img = testenv.Layout(t, object, "v1")
+	}
+	return d, v, img, testenv.ShortTempDir(t)
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

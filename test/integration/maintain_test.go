@@ -11,13 +11,11 @@ import (
 )
 
 func TestInterfaceRemovalKeepsVolumeReadable(t *testing.T) {
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go d.Driver.Maintain(ctx, 0)
-	v := testenv.NewVeth(t)
-	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
-	target := filepath.Join(testenv.ShortTempDir(t), "vol")
+	target := filepath.Join(dir, "vol")
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-gone", target, xdpAttrs(img, v.Host), true)); err != nil {
 		t.Fatal(err)
 	}
@@ -44,10 +42,8 @@ func TestInterfaceRemovalKeepsVolumeReadable(t *testing.T) {
 }
 
 func TestGarbageCollectionRemovesOnlyOrphans(t *testing.T) {
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
-	v := testenv.NewVeth(t)
-	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
-	target := filepath.Join(testenv.ShortTempDir(t), "vol")
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
+	target := filepath.Join(dir, "vol")
 	ctx := context.Background()
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-kept", target, xdpAttrs(img, v.Host), false)); err != nil {
 		t.Fatal(err)
@@ -59,7 +55,7 @@ func TestGarbageCollectionRemovesOnlyOrphans(t *testing.T) {
 	}
 	orphanStaging := filepath.Join(d.StateDir, "mounts", "vol-orphan")
 	os.MkdirAll(orphanStaging, 0o700)
-	mountTmpfs(t, orphanStaging)
+	testenv.MountTmpfs(t, orphanStaging)
 
 	staging, pins := d.Driver.CollectGarbage()
 	if len(staging) != 1 || staging[0] != "vol-orphan" || len(pins) != 1 {

@@ -37,12 +37,10 @@ func scrape(t *testing.T, srv *httptest.Server, sample string) float64 {
 }
 
 func TestMetricsMoveWithPublish(t *testing.T) {
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
 	srv := httptest.NewServer(metrics.Handler())
 	defer srv.Close()
-	v := testenv.NewVeth(t)
-	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
-	target := filepath.Join(testenv.ShortTempDir(t), "vol")
+	target := filepath.Join(dir, "vol")
 	ctx := context.Background()
 
 	okCount := `bpfmount_publish_duration_seconds_count{code="OK",hook="xdp"}`

@@ -34,10 +34,8 @@ func podAttrs(image, ifname, namespace string) map[string]string {
 }
 
 func TestPodsAreDeniedWithoutPolicy(t *testing.T) {
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
-	v := testenv.NewVeth(t)
-	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
-	target := filepath.Join(testenv.ShortTempDir(t), "vol")
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
+	target := filepath.Join(dir, "vol")
 	expectCode(t, d, publishReq("vol-pod", target, podAttrs(img, v.Host, "web"), true), codes.PermissionDenied, "no policy is configured")
 	d.AssertClean(t, v, target)
 }
@@ -57,9 +55,7 @@ rules:
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{Configure: func(o *driver.Options) { o.Policy = policy.Static(pol) }})
-	v := testenv.NewVeth(t)
-	dir := testenv.ShortTempDir(t)
+	d, v, _, dir := setup(t, "", testenv.DaemonOptions{Configure: func(o *driver.Options) { o.Policy = policy.Static(pol) }})
 	target := filepath.Join(dir, "vol")
 	ctx := context.Background()
 
@@ -111,10 +107,8 @@ func TestSecretsNeverLogged(t *testing.T) {
 		fs.Set("v", "0")
 	})
 
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
-	v := testenv.NewVeth(t)
-	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
-	target := filepath.Join(testenv.ShortTempDir(t), "vol")
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
+	target := filepath.Join(dir, "vol")
 	const secret = "c2VjcmV0LXVzZXI6aHVudGVyMi1kby1ub3QtbG9n" // base64 user:password
 	const token = "eyJhbGciOiJSUzI1NiJ9.token-do-not-log"
 	req := publishReq("vol-secret", target, xdpAttrs(img, v.Host), false)
@@ -168,10 +162,8 @@ func TestDenialBecomesPodEvent(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go rec.Run(ctx)
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{Configure: func(o *driver.Options) { o.Events = rec }})
-	v := testenv.NewVeth(t)
-	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
-	target := filepath.Join(testenv.ShortTempDir(t), "vol")
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{Configure: func(o *driver.Options) { o.Events = rec }})
+	target := filepath.Join(dir, "vol")
 	expectCode(t, d, publishReq("vol-denied", target, podAttrs(img, v.Host, "web"), true), codes.PermissionDenied, "no policy")
 	deadline := time.Now().Add(5 * time.Second)
 	for {

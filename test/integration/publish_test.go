@@ -36,10 +36,8 @@ func xdpAttrs(image, ifname string) map[string]string {
 }
 
 func TestXDPCounterRisesWithTraffic(t *testing.T) {
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
-	v := testenv.NewVeth(t)
-	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
-	target := filepath.Join(testenv.ShortTempDir(t), "vol")
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
+	target := filepath.Join(dir, "vol")
 	ctx := context.Background()
 
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-xdp", target, xdpAttrs(img, v.Host), true)); err != nil {
@@ -76,10 +74,7 @@ func TestXDPCounterRisesWithTraffic(t *testing.T) {
 }
 
 func TestTCXOrderFollowsPriority(t *testing.T) {
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
-	v := testenv.NewVeth(t)
-	img := testenv.Layout(t, testenv.TCXOrderObject, "v1")
-	dir := testenv.ShortTempDir(t)
+	d, v, img, dir := setup(t, testenv.TCXOrderObject, testenv.DaemonOptions{})
 	ctx := context.Background()
 
 	type vol struct {
@@ -147,10 +142,7 @@ func TestTCXOrderFollowsPriority(t *testing.T) {
 }
 
 func TestPublishIsIdempotent(t *testing.T) {
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
-	v := testenv.NewVeth(t)
-	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
-	dir := testenv.ShortTempDir(t)
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
 	target := filepath.Join(dir, "vol")
 	ctx := context.Background()
 	req := publishReq("vol-idem", target, xdpAttrs(img, v.Host), false)
@@ -181,14 +173,12 @@ func TestPublishIsIdempotent(t *testing.T) {
 }
 
 func TestForeignMountAtTarget(t *testing.T) {
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
-	v := testenv.NewVeth(t)
-	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
-	target := filepath.Join(testenv.ShortTempDir(t), "vol")
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
+	target := filepath.Join(dir, "vol")
 	if err := os.Mkdir(target, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	mountTmpfs(t, target)
+	testenv.MountTmpfs(t, target)
 	expectCode(t, d, publishReq("vol-foreign", target, xdpAttrs(img, v.Host), false), codes.FailedPrecondition, "tmpfs")
 	// Unpublish never unmounts a filesystem it did not mount.
 	_, err := d.Node.NodeUnpublishVolume(context.Background(), unpublishReq("vol-foreign", target))
@@ -201,10 +191,7 @@ func TestForeignMountAtTarget(t *testing.T) {
 }
 
 func TestReadOnlyVolumeStopsUnprivilegedWriter(t *testing.T) {
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
-	v := testenv.NewVeth(t)
-	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
-	dir := testenv.ShortTempDir(t)
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
 	if err := os.Chmod(dir, 0o755); err != nil { // let uid 65534 reach the targets
 		t.Fatal(err)
 	}
@@ -255,10 +242,7 @@ func TestReadOnlyVolumeStopsUnprivilegedWriter(t *testing.T) {
 }
 
 func TestIdenticalRequestsShareOneProgram(t *testing.T) {
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
-	v := testenv.NewVeth(t)
-	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
-	dir := testenv.ShortTempDir(t)
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
 	ctx := context.Background()
 	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
 	for _, p := range [][2]string{{"vol-a", a}, {"vol-b", b}} {
@@ -289,10 +273,7 @@ func TestIdenticalRequestsShareOneProgram(t *testing.T) {
 }
 
 func TestSecondXDPProgramOnInterfaceIsRefused(t *testing.T) {
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
-	v := testenv.NewVeth(t)
-	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
-	dir := testenv.ShortTempDir(t)
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
 	ctx := context.Background()
 	a := filepath.Join(dir, "a")
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-first", a, xdpAttrs(img, v.Host), false)); err != nil {
@@ -311,10 +292,7 @@ func TestSecondXDPProgramOnInterfaceIsRefused(t *testing.T) {
 }
 
 func TestRestartKeepsProgramsAttached(t *testing.T) {
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
-	v := testenv.NewVeth(t)
-	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
-	dir := testenv.ShortTempDir(t)
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
 	ctx := context.Background()
 	target := filepath.Join(dir, "vol")
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-restart", target, xdpAttrs(img, v.Host), false)); err != nil {
@@ -344,10 +322,7 @@ func TestRestartKeepsProgramsAttached(t *testing.T) {
 }
 
 func TestUnpublishAfterPinsRemovedAndInterfaceGone(t *testing.T) {
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
-	v := testenv.NewVeth(t)
-	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
-	dir := testenv.ShortTempDir(t)
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
 	ctx := context.Background()
 	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-a", a, xdpAttrs(img, v.Host), false)); err != nil {

@@ -58,9 +58,7 @@ func TestRegistryImagesLoadOnceAndCount(t *testing.T) {
 	reg.Gets()
 
 	fetcher := newRegistryClient(t, bytecode.RegistryOptions{})
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{Fetcher: fetcher})
-	v := testenv.NewVeth(t)
-	dir := testenv.ShortTempDir(t)
+	d, v, _, dir := setup(t, "", testenv.DaemonOptions{Fetcher: fetcher})
 	ctx := context.Background()
 
 	// 20 pods ask for the same uncached image at once.
@@ -158,9 +156,7 @@ local:
 		t.Fatal(err)
 	}
 	fetcher := newRegistryClient(t, bytecode.RegistryOptions{Verifier: verifier})
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{Fetcher: fetcher, Configure: func(o *driver.Options) { o.Policy = policy.Static(pol) }})
-	v := testenv.NewVeth(t)
-	dir := testenv.ShortTempDir(t)
+	d, v, _, dir := setup(t, "", testenv.DaemonOptions{Fetcher: fetcher, Configure: func(o *driver.Options) { o.Policy = policy.Static(pol) }})
 	ctx := context.Background()
 
 	expectCode(t, d, publishReq("vol-unsigned", filepath.Join(dir, "u"), xdpAttrs(unsigned, v.Host), true), codes.PermissionDenied, "not signed")

@@ -218,20 +218,31 @@ func (l *Loader) insert(key, owner string, e *entry) *Program {
 func (l *Loader) Release(key, owner string) error {
 	l.gc.RLock()
 	defer l.gc.RUnlock()
-	l.mu.Lock()
-	e := l.entries[key]
-	l.mu.Unlock()
-	if e == nil {
-		return l.releaseUnknown(key)
-	}
+	var e *entry
 	var unlock func()
-	if e.chain != nil {
-		unlock = l.lockKey(key)
-	} else {
-		unlock = l.lockIface(e.id.Interface)
+	for {
+		l.mu.Lock()
+		e = l.entries[key]
+		l.mu.Unlock()
+		if e == nil {
+			return l.releaseUnknown(key)
+		}
+		if e.chain != nil {
+			unlock = l.lockKey(key)
+		} else {
+			unlock = l.lockIface(e.id.Interface)
+		}
+		l.mu.Lock()
+		if l.entries[key] == e {
+			break // l.mu stays held
+		}
+		// While this waited for the lock, the entry was released (and
+		// perhaps created anew by an Acquire): look again, never act on
+		// a stale entry.
+		l.mu.Unlock()
+		unlock()
 	}
 	defer unlock()
-	l.mu.Lock()
 	delete(e.owners, owner)
 	if len(e.owners) > 0 {
 		l.mu.Unlock()

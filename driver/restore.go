@@ -164,4 +164,3 @@ func countErrors(err error) int {
 	}
 	return 1
 }
-

@@ -334,7 +334,7 @@ func Inspect(dir string) (Mount, error) {
 	}
 	var m Mount
 	for _, mi := range infos {
-		if unescapeOctal(mi.MountPoint) != dir {
+		if UnescapeMountPath(mi.MountPoint) != dir {
 			continue
 		}
 		m.Mounted = true
@@ -347,9 +347,9 @@ func Inspect(dir string) (Mount, error) {
 	return m, nil
 }
 
-// unescapeOctal decodes mountinfo's escapes (\040 for a space, \011, \012,
+// UnescapeMountPath decodes mountinfo's escapes (\040 for a space, \011, \012,
 // \134), which the parser leaves in place.
-func unescapeOctal(s string) string {
+func UnescapeMountPath(s string) string {
 	if !strings.Contains(s, "\\") {
 		return s
 	}

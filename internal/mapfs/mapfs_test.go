@@ -22,8 +22,8 @@ func TestUnescapeOctal(t *testing.T) {
 		`/short\04`:     `/short\04`,
 		`/not\999octal`: `/not\999octal`,
 	} {
-		if got := unescapeOctal(in); got != want {
-			t.Errorf("unescapeOctal(%q) = %q, want %q", in, got, want)
+		if got := UnescapeMountPath(in); got != want {
+			t.Errorf("UnescapeMountPath(%q) = %q, want %q", in, got, want)
 		}
 	}
 }

@@ -152,8 +152,11 @@ func TestUnpublishTouchesOnlyItsOwn(t *testing.T) {
 	dir := testenv.ShortTempDir(t)
 	ctx := context.Background()
 
-	targetA := filepath.Join(dir, "a")
+	targetA, targetB := filepath.Join(dir, "a"), filepath.Join(dir, "b")
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-a", targetA, xdpAttrs(img, v.Host), false)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-b", targetB, xdpAttrs(img, v.Host), false)); err != nil {
 		t.Fatal(err)
 	}
 	mkdir := func(name string) string {
@@ -178,13 +181,14 @@ func TestUnpublishTouchesOnlyItsOwn(t *testing.T) {
 	}
 	empty := mkdir("empty")
 
-	mounted := []string{targetA, foreignBPF, foreignTmpfs, shm}
+	mounted := []string{targetA, targetB, foreignBPF, foreignTmpfs, shm}
 	for _, req := range []struct{ vol, target string }{
 		{"vol-unknown", targetA}, // another volume's target
 		{"vol-unknown", foreignBPF},
 		{"vol-unknown", foreignTmpfs},
 		{"vol-unknown", viaLink},
 		{"vol-unknown", empty},
+		{"vol-b", targetA},      // a real ID, another volume's target
 		{"vol-a", foreignTmpfs}, // a real ID, not its target
 		{"vol-a", foreignBPF},
 	} {
@@ -203,10 +207,12 @@ func TestUnpublishTouchesOnlyItsOwn(t *testing.T) {
 	if fi, err := os.Lstat(viaLink); err != nil || fi.Mode()&os.ModeSymlink == 0 {
 		t.Errorf("the symlink was touched: %v", err)
 	}
-	// vol-a still works, and its own unpublish cleans up.
-	counts(t, testenv.Consumer{}, filepath.Join(targetA, "xdp_stats_map"))
-	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-a", targetA)); err != nil {
-		t.Fatal(err)
+	// Both volumes still work, and their own unpublishes clean up.
+	for _, r := range [][2]string{{"vol-a", targetA}, {"vol-b", targetB}} {
+		counts(t, testenv.Consumer{}, filepath.Join(r[1], "xdp_stats_map"))
+		if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq(r[0], r[1])); err != nil {
+			t.Fatal(err)
+		}
 	}
-	d.AssertClean(t, v, targetA)
+	d.AssertClean(t, v, targetA, targetB)
 }

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/bpfmount/bpfmount/driver"
 	"github.com/bpfmount/bpfmount/internal/testenv"
 )
 
@@ -20,11 +21,18 @@ import (
 // missing is refused with FailedPrecondition naming the path, before
 // anything is fetched, loaded, attached, pinned, mounted or recorded.
 func TestTargetCheckedBeforeLoad(t *testing.T) {
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
-	v := testenv.NewVeth(t)
-	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
+	// The allowed root is one directory, so that even a regression mounts
+	// nowhere but in the test's own temporary directories; a non-empty
+	// /etc-like directory below the root stands in for the host's /etc.
 	dir := testenv.ShortTempDir(t)
 	elsewhere := testenv.ShortTempDir(t)
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Configure: func(o *driver.Options) { o.TargetRoots = []string{dir} }})
+	v := testenv.NewVeth(t)
+	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
+	outside := filepath.Join(elsewhere, "outside")
+	if err := os.Mkdir(outside, 0o755); err != nil {
+		t.Fatal(err)
+	}
 
 	etc := filepath.Join(dir, "etc") // an /etc-like directory: not empty
 	if err := os.Mkdir(etc, 0o755); err != nil {
@@ -46,7 +54,7 @@ func TestTargetCheckedBeforeLoad(t *testing.T) {
 	linkedParent := symlink("linked-parent", elsewhere)
 
 	cases := []struct{ name, target, want string }{
-		{"/etc", "/etc", "outside"},
+		{"outside the root", outside, "outside"},
 		{"not empty", etc, "not empty"},
 		{"symlink to a directory", toDir, "symbolic link"},
 		{"symlink into the state directory", toState, "symbolic link"},
@@ -54,7 +62,7 @@ func TestTargetCheckedBeforeLoad(t *testing.T) {
 		{"below a symlink", filepath.Join(linkedParent, "vol"), "symbolic link"},
 		{"missing parent", filepath.Join(dir, "missing", "vol"), "does not exist"},
 	}
-	watched := []string{"/etc", etc, elsewhere, d.BPFFSRoot, filepath.Join(d.StateDir, "mounts")}
+	watched := []string{etc, elsewhere, d.BPFFSRoot, filepath.Join(d.StateDir, "mounts")}
 	before := map[string]int{}
 	for _, w := range watched {
 		before[w] = len(testenv.MountsUnder(t, w))
@@ -77,7 +85,7 @@ func TestTargetCheckedBeforeLoad(t *testing.T) {
 			}
 		})
 	}
-	if ents, _ := os.ReadDir(elsewhere); len(ents) != 0 {
+	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
 		t.Errorf("something was created behind a symlink: %v", ents)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "missing")); err == nil {

@@ -55,6 +55,13 @@ func (d *Driver) Restore(ctx context.Context) (*RestoreReport, error) {
 			d.markBroken(rec, err, rep)
 			continue
 		}
+		if rec.ReadOnly {
+			// A read-only volume published by a version that left its
+			// bpffs writable: seal it now (a no-op when it already is).
+			if err := mapfs.SealReadOnly(d.store.StagingPath(rec.VolumeID)); err != nil {
+				klog.ErrorS(err, "Cannot make a read-only volume's filesystem read-only", "volume", rec.VolumeID)
+			}
+		}
 		if !p.Attached {
 			klog.InfoS("Volume's program lost its interface; its maps stay mounted", "volume", rec.VolumeID, "interface", rec.Identity.Interface)
 			rep.Detached = append(rep.Detached, rec.VolumeID)

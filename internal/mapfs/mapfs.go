@@ -146,6 +146,19 @@ func Expose(staging string, t *Target, maps map[string]*ebpf.Map, opts Options) 
 	return made, nil
 }
 
+// SealReadOnly makes the bpffs instance mounted at staging read-only, for a
+// read-only volume exposed by a version that left it writable. Anything
+// but a bpffs mounted at staging is left alone.
+func SealReadOnly(staging string) error {
+	if _, ok := bpfMountDev(staging); !ok {
+		return nil
+	}
+	if err := unix.Mount("", staging, "", unix.MS_REMOUNT|unix.MS_RDONLY|mountFlags, "mode=0755"); err != nil {
+		return fmt.Errorf("remounting the bpffs at %s read-only: %w", staging, err)
+	}
+	return nil
+}
+
 // remountBindReadOnly makes the bind mount at the target read-only, reaching
 // it through the checked parent and verifying it is the volume's instance.
 func remountBindReadOnly(t *Target, dev uint64) error {

@@ -280,3 +280,26 @@ func TestWithdrawTouchesOnlyItsOwn(t *testing.T) {
 		t.Fatalf("a directory Expose did not create was removed: %v", err)
 	}
 }
+
+// TestSealReadOnly: a read-only volume exposed writable (by an older
+// version) is sealed in place; anything but a bpffs is left alone.
+func TestSealReadOnly(t *testing.T) {
+	requireRoot(t)
+	staging, target, _ := expose(t, t.TempDir(), "vol", Options{GID: -1})
+	if err := SealReadOnly(staging); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := ebpf.LoadPinnedMap(filepath.Join(target, "counts"), nil); !errors.Is(err, unix.EROFS) {
+		if err == nil {
+			m.Close()
+		}
+		t.Fatalf("read-write open after sealing: %v, want EROFS", err)
+	}
+	plain := t.TempDir()
+	if err := SealReadOnly(plain); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(plain, "f"), nil, 0o600); err != nil {
+		t.Fatalf("a plain directory was made read-only: %v", err)
+	}
+}

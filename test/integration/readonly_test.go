@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/bpfmount/bpfmount/internal/mapfs"
 	"github.com/bpfmount/bpfmount/internal/testenv"
 )
@@ -43,6 +45,35 @@ func TestReadOnlyVolumeHoldsAgainstRoot(t *testing.T) {
 		t.Fatalf("target %+v: want a read-only mount of a read-only bpffs", m)
 	}
 	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-ro-root", target)); err != nil {
+		t.Fatal(err)
+	}
+	d.AssertClean(t, v, target)
+}
+
+// TestRestartSealsReadOnlyVolume: a read-only volume whose bpffs is
+// writable (as an older version left it) is made read-only at start.
+func TestRestartSealsReadOnlyVolume(t *testing.T) {
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
+	v := testenv.NewVeth(t)
+	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
+	target := filepath.Join(testenv.ShortTempDir(t), "ro")
+	ctx := context.Background()
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-seal", target, xdpAttrs(img, v.Host), true)); err != nil {
+		t.Fatal(err)
+	}
+	staging := filepath.Join(d.StateDir, "mounts", "vol-seal")
+	d.Stop()
+	if err := unix.Mount("", staging, "", unix.MS_REMOUNT|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "mode=0755"); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := mapfs.Inspect(target); m.SuperReadOnly {
+		t.Fatal("could not make the volume's bpffs writable for the test")
+	}
+	d.Restart(testenv.DaemonOptions{})
+	if m, _ := mapfs.Inspect(target); !m.SuperReadOnly || !m.ReadOnly {
+		t.Fatalf("after restart the read-only volume is %+v, want sealed", m)
+	}
+	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-seal", target)); err != nil {
 		t.Fatal(err)
 	}
 	d.AssertClean(t, v, target)

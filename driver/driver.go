@@ -46,6 +46,9 @@ type Options struct {
 	Policy policy.Source
 	// Events records load failures and denials on pods; nil records none.
 	Events events.Recorder
+	// TargetRoots are the directories publish targets must lie in (below
+	// them, no symlink is followed); empty means DefaultTargetRoots.
+	TargetRoots []string
 }
 
 // Driver serves the CSI Identity and Node services.
@@ -75,6 +78,11 @@ func New(opts Options) (*Driver, error) {
 		}
 		*d = abs
 	}
+	roots, err := targetRoots(opts.TargetRoots)
+	if err != nil {
+		return nil, err
+	}
+	opts.TargetRoots = roots
 	if opts.Events == nil {
 		opts.Events = events.Discard{}
 	}
@@ -93,9 +101,8 @@ func New(opts Options) (*Driver, error) {
 // metricsState is what the node gauges report at scrape time.
 func (d *Driver) metricsState() metrics.State {
 	var s metrics.State
-	if recs, err := d.store.List(); err == nil {
-		s.Volumes = len(recs)
-	}
+	recs, _ := d.store.List()
+	s.Volumes = liveVolumes(recs)
 	for _, p := range d.loader.Programs() {
 		s.Attachments = append(s.Attachments, metrics.Attachment{
 			Interface: p.Identity.Interface, Hook: string(p.Identity.Hook), Attached: p.Attached,

@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"time"
@@ -56,8 +57,8 @@ func (d *Driver) CollectGarbage() (staging, pins []string) {
 			continue // a publish or unpublish owns it right now
 		}
 		rec, err := d.store.Get(vol)
-		if err == nil && rec == nil {
-			if err := mapfs.Withdraw(filepath.Join(d.store.MountsDir(), vol), ""); err != nil {
+		if err == nil && rec == nil && !d.hasIntent(vol) {
+			if err := mapfs.Withdraw(filepath.Join(d.store.MountsDir(), vol), "", mapfs.Made{}); err != nil {
 				klog.ErrorS(err, "Garbage collection: removing a staging mount", "volume", vol)
 			} else {
 				staging = append(staging, vol)
@@ -65,7 +66,25 @@ func (d *Driver) CollectGarbage() (staging, pins []string) {
 		}
 		unlock()
 	}
-	pins, err = d.loader.Prune()
+	// Every record's pins are kept, broken ones too (their unpublish
+	// removes them), and so are those of kept intents. When a record cannot
+	// be read, its pins are unknown: none is removed.
+	recs, listErr := d.store.List()
+	intents, intentErr := d.store.Intents()
+	if listErr != nil || intentErr != nil {
+		klog.ErrorS(errors.Join(listErr, intentErr), "Garbage collection: some records or intents cannot be read; no pins are removed until they are fixed or removed")
+		return staging, nil
+	}
+	keep := make([]string, 0, len(recs)+len(intents))
+	for _, r := range recs {
+		keep = append(keep, r.Key)
+	}
+	for _, in := range intents {
+		if in.Key != "" {
+			keep = append(keep, in.Key)
+		}
+	}
+	pins, err = d.loader.Prune(keep...)
 	if err != nil {
 		klog.ErrorS(err, "Garbage collection: removing pins")
 	}
@@ -73,4 +92,16 @@ func (d *Driver) CollectGarbage() (staging, pins []string) {
 		klog.InfoS("Collected garbage", "stagingMounts", staging, "pins", pins)
 	}
 	return staging, pins
+}
+
+// hasIntent reports whether an interrupted operation of the volume is kept
+// (Restore could not finish it): its staging mount stays as found.
+func (d *Driver) hasIntent(vol string) bool {
+	ins, _ := d.store.Intents()
+	for _, in := range ins {
+		if in.VolumeID == vol {
+			return true
+		}
+	}
+	return false
 }

@@ -67,7 +67,13 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 		return okPublish(err)
 	}
 
-	rec, dec, err := d.publish(ctx, volID, target, staging, vr, readOnly, gid)
+	var rec *state.Record
+	var dec policy.Decision
+	tgt, err := d.openTarget(target)
+	if err == nil {
+		defer tgt.Close()
+		rec, dec, err = d.publish(ctx, volID, tgt, staging, vr, readOnly, gid)
+	}
 	if err != nil {
 		audit("load", volID, vr, nil, dec, err)
 		reason := events.ReasonFailed
@@ -95,7 +101,7 @@ func okPublish(err error) (*csi.NodePublishVolumeResponse, error) {
 }
 
 // publish does the node-changing part of NodePublishVolume.
-func (d *Driver) publish(ctx context.Context, volID, target, staging string, vr *volumeRequest, readOnly bool, gid string) (_ *state.Record, dec policy.Decision, err error) {
+func (d *Driver) publish(ctx context.Context, volID string, tgt *mapfs.Target, staging string, vr *volumeRequest, readOnly bool, gid string) (_ *state.Record, dec policy.Decision, err error) {
 	// Decide before fetching when the hook is known, so a denied pod
 	// cannot make the node pull anything; otherwise the image's labels
 	// name the hook and the decision follows the fetch.
@@ -116,7 +122,7 @@ func (d *Driver) publish(ctx context.Context, volID, target, staging string, vr 
 	if dec.RequireSignature && !res.Image.Signed {
 		return nil, dec, fault.Errorf(fault.PermissionDenied, "image %q is not signed by a trusted key, and policy rule %q requires a signature", vr.load.Image.Reference, dec.Rule)
 	}
-	rec, err := d.attach(ctx, volID, target, staging, vr, res, readOnly, gid)
+	rec, err := d.attach(ctx, volID, tgt, staging, vr, res, readOnly, gid)
 	return rec, dec, err
 }
 
@@ -141,7 +147,7 @@ func (d *Driver) decide(vr *volumeRequest, hook loader.Hook, readOnly bool) (pol
 }
 
 // attach does the node-changing part of a publish.
-func (d *Driver) attach(ctx context.Context, volID, target, staging string, vr *volumeRequest, res *loader.Resolved, readOnly bool, gid string) (_ *state.Record, err error) {
+func (d *Driver) attach(ctx context.Context, volID string, tgt *mapfs.Target, staging string, vr *volumeRequest, res *loader.Resolved, readOnly bool, gid string) (_ *state.Record, err error) {
 	maps := vr.maps
 	if maps == nil {
 		maps = res.Maps
@@ -152,7 +158,8 @@ func (d *Driver) attach(ctx context.Context, volID, target, staging string, vr *
 		}
 	}
 	key := res.Identity.Key()
-	intent := &state.Intent{Op: state.OpPublish, VolumeID: volID, TargetPath: target, StagingPath: staging, Key: key, Started: time.Now()}
+	target := tgt.Path
+	intent := &state.Intent{Op: state.OpPublish, VolumeID: volID, TargetPath: target, StagingPath: staging, Key: key, Started: time.Now(), CreateTarget: !tgt.Existed}
 	if err := d.store.PutIntent(intent); err != nil {
 		return nil, fmt.Errorf("writing intent: %w", err)
 	}
@@ -185,16 +192,18 @@ func (d *Driver) attach(ctx context.Context, volID, target, staging string, vr *
 	if gid != "" {
 		gidNum, _ = strconv.Atoi(gid)
 	}
-	if err := mapfs.Expose(staging, target, selected, mapfs.Options{ReadOnly: readOnly, GID: gidNum}); err != nil {
+	made, err := mapfs.Expose(staging, tgt, selected, mapfs.Options{ReadOnly: readOnly, GID: gidNum})
+	if err != nil {
 		return nil, fmt.Errorf("mounting the maps of volume %q at %s: %w", volID, target, err)
 	}
 	rec := &state.Record{
 		VolumeID: volID, TargetPath: target, StagingPath: staging, ReadOnly: readOnly, MountGroup: gid,
 		Attributes: vr.attrs, Image: vr.load.Image.Reference, Signed: res.Image.Signed,
 		Identity: res.Identity, Key: key, ProgramID: uint32(prog.ID), Maps: maps, Pod: vr.pod, Created: time.Now().UTC(),
+		Mount: made,
 	}
 	if err := d.store.Put(rec); err != nil {
-		if wErr := mapfs.Withdraw(staging, target); wErr != nil {
+		if wErr := mapfs.Withdraw(staging, target, made); wErr != nil {
 			klog.ErrorS(wErr, "Rolling back publish: unmounting", "volume", volID)
 		}
 		return nil, fmt.Errorf("writing volume record: %w", err)
@@ -230,14 +239,15 @@ func (d *Driver) checkExisting(volID, target, staging string, vr *volumeRequest,
 	if err != nil {
 		return false, status.Error(codes.Internal, err.Error())
 	}
-	if tm.Mounted && sm.Mounted && tm.Dev == sm.Dev {
+	if tm.Mounted && sm.Mounted && tm.Dev == sm.Dev && rec.Broken == "" && (!rec.ReadOnly || tm.ReadOnly && sm.SuperReadOnly) {
 		if !sameRequest(rec, vr, readOnly, gid) {
 			return false, status.Errorf(codes.AlreadyExists, "volume %q is already published at %s with different attributes or read-only flag; unpublish it first", volID, target)
 		}
 		return true, nil
 	}
-	// The record says published but the mounts are not all there (a
-	// crash, or someone unmounted by hand): start over cleanly.
+	// The record says published but the mounts are not all there or not
+	// read-only as recorded (a crash, someone unmounted by hand), or its
+	// program was lost (a reboot, damaged pins): start over cleanly.
 	klog.InfoS("Volume record without its mounts; publishing again", "volume", volID, "target", target)
 	if err := d.unpublish(rec); err != nil {
 		return false, toStatus(err)
@@ -303,7 +313,7 @@ func (d *Driver) unpublish(rec *state.Record) error {
 		return fmt.Errorf("writing intent: %w", err)
 	}
 	failpoint.Hit("unpublish.intent")
-	if err := mapfs.Withdraw(rec.StagingPath, rec.TargetPath); err != nil {
+	if err := d.withdrawRecord(rec); err != nil {
 		return fmt.Errorf("unmounting volume %q: %w", rec.VolumeID, err)
 	}
 	if err := d.loader.Release(rec.Key, rec.VolumeID); err != nil {
@@ -315,24 +325,6 @@ func (d *Driver) unpublish(rec *state.Record) error {
 	}
 	failpoint.Hit("unpublish.record")
 	return d.store.DeleteIntent(rec.VolumeID)
-}
-
-// withdrawUnknown cleans a target for which there is no matching record. It
-// unmounts only bpf filesystems, never another driver's mount. The staging
-// directory is touched only when no record owns it.
-func (d *Driver) withdrawUnknown(volID, target string, recorded bool) error {
-	tm, err := mapfs.Inspect(target)
-	if err != nil {
-		return err
-	}
-	if tm.Mounted && tm.FSType != "bpf" {
-		return status.Errorf(codes.FailedPrecondition, "target %s holds a %s filesystem that bpfmount did not mount; refusing to unmount it", target, tm.FSType)
-	}
-	staging := ""
-	if !recorded {
-		staging = d.store.StagingPath(volID)
-	}
-	return mapfs.Withdraw(staging, target)
 }
 
 // NodeGetCapabilities advertises VOLUME_MOUNT_GROUP: the pins are owned by

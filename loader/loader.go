@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -167,6 +168,11 @@ func (l *Loader) Acquire(ctx context.Context, r *Resolved, owner string) (*Progr
 	key := r.Identity.Key()
 	unlock := l.lockIface(r.Identity.Interface)
 	defer unlock()
+	// The key's lock too: a Release of the same key that finds no entry
+	// removes its pin directory under this lock, never while pins are
+	// being made here. (Order: interface, then key.)
+	unlockKey := l.lockKey(key)
+	defer unlockKey()
 
 	if p := l.join(key, owner); p != nil {
 		return p, nil
@@ -212,20 +218,31 @@ func (l *Loader) insert(key, owner string, e *entry) *Program {
 func (l *Loader) Release(key, owner string) error {
 	l.gc.RLock()
 	defer l.gc.RUnlock()
-	l.mu.Lock()
-	e := l.entries[key]
-	l.mu.Unlock()
-	if e == nil {
-		return l.removePins(key)
-	}
+	var e *entry
 	var unlock func()
-	if e.chain != nil {
-		unlock = l.lockKey(key)
-	} else {
-		unlock = l.lockIface(e.id.Interface)
+	for {
+		l.mu.Lock()
+		e = l.entries[key]
+		l.mu.Unlock()
+		if e == nil {
+			return l.releaseUnknown(key)
+		}
+		if e.chain != nil {
+			unlock = l.lockKey(key)
+		} else {
+			unlock = l.lockIface(e.id.Interface)
+		}
+		l.mu.Lock()
+		if l.entries[key] == e {
+			break // l.mu stays held
+		}
+		// While this waited for the lock, the entry was released (and
+		// perhaps created anew by an Acquire): look again, never act on
+		// a stale entry.
+		l.mu.Unlock()
+		unlock()
 	}
 	defer unlock()
-	l.mu.Lock()
 	delete(e.owners, owner)
 	if len(e.owners) > 0 {
 		l.mu.Unlock()
@@ -245,6 +262,22 @@ func (l *Loader) Release(key, owner string) error {
 	}
 	klog.V(2).InfoS("Detached program", "key", key, "program", e.id.Program, "hook", e.id.Hook, "interface", e.id.Interface)
 	return err
+}
+
+// releaseUnknown removes the pins left under a key no attachment holds,
+// under the key's lock, which every Acquire holds while it makes pins: an
+// Acquire of the identical request either finished first (then its pins
+// stay) or starts after the removal.
+func (l *Loader) releaseUnknown(key string) error {
+	unlock := l.lockKey(key)
+	defer unlock()
+	l.mu.Lock()
+	e := l.entries[key]
+	l.mu.Unlock()
+	if e != nil {
+		return nil // created meanwhile by another owner: not ours to remove
+	}
+	return l.removePins(key)
 }
 
 // Adopt re-opens the pins of an attachment created before a restart and
@@ -270,9 +303,9 @@ func (l *Loader) Adopt(id Identity, owner string) (*Program, error) {
 }
 
 // Prune removes pin directories that no adopted or acquired attachment
-// owns, and returns their keys. It touches nothing outside the loader's
-// own pin directory.
-func (l *Loader) Prune() ([]string, error) {
+// owns and that are not in keep, and returns their keys. It touches nothing
+// outside the loader's own pin directory.
+func (l *Loader) Prune(keep ...string) ([]string, error) {
 	l.gc.Lock()
 	defer l.gc.Unlock()
 	chainErr := l.pruneChains()
@@ -288,7 +321,7 @@ func (l *Loader) Prune() ([]string, error) {
 		l.mu.Lock()
 		_, owned := l.entries[key]
 		l.mu.Unlock()
-		if owned {
+		if owned || slices.Contains(keep, key) {
 			continue
 		}
 		if err := l.removePins(key); err != nil {

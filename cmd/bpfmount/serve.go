@@ -35,6 +35,7 @@ type serveOptions struct {
 	mountBPFFS bool
 	policyPath string
 	policyPoll time.Duration
+	targetRoot []string
 
 	cacheBytes    int64
 	pullTimeout   time.Duration
@@ -83,6 +84,7 @@ flight finish and exits; attached programs stay attached.`,
 	f.StringVar(&o.registrationSocket, "registration-socket", "", "serve kubelet's plugin registration API on this socket (in <kubeletRootDir>/plugins_registry/), so no registrar sidecar is needed")
 	f.StringVar(&o.kubeletPath, "kubelet-registration-path", "", "the CSI socket's path as kubelet sees it (e.g. /var/lib/kubelet/plugins/csi.bpfmount.io/csi.sock); required with --registration-socket")
 	f.DurationVar(&o.gcInterval, "gc-interval", 10*time.Minute, "how often to remove pins and staging mounts no volume owns (0: only at start)")
+	f.StringSliceVar(&o.targetRoot, "target-root", driver.DefaultTargetRoots, "directories publish targets must lie in (repeat or comma-separate); no symlink below them is followed, anything else is refused. On Kubernetes: <kubelet root>/pods")
 	f.BoolVar(&o.mountBPFFS, "mount-bpffs", true, "mount a bpffs at the parent of --bpffs-root when none is mounted there")
 	return cmd
 }
@@ -140,7 +142,7 @@ func (o *serveOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d, err := driver.New(driver.Options{NodeID: o.nodeID, StateDir: o.stateDir, BPFFSRoot: o.bpffsRoot, Loader: ld, Policy: pol, Events: rec})
+	d, err := driver.New(driver.Options{NodeID: o.nodeID, StateDir: o.stateDir, BPFFSRoot: o.bpffsRoot, Loader: ld, Policy: pol, Events: rec, TargetRoots: o.targetRoot})
 	if err != nil {
 		return err
 	}

@@ -56,7 +56,7 @@ step "Starting bpfmount serve (in the node namespace)"
 sock="$work/csi.sock"
 # nsenter execs the daemon, so $! is the daemon itself.
 nsenter --net="$work/node.netns" "$BIN/bpfmount" serve --endpoint "unix://$sock" --node-id demo-node \
-	--state-dir "$work/state" --bpffs-root "$work/bpffs/bpfmount" --image-cache "$work/cache" \
+	--state-dir "$work/state" --bpffs-root "$work/bpffs/bpfmount" --image-cache "$work/cache" --target-root "$work" \
 	>"$work/daemon.log" 2>&1 &
 daemon=$!
 for _ in $(seq 100); do [[ -S $sock ]] && break; sleep 0.05; done

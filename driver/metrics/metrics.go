@@ -47,6 +47,12 @@ var (
 		Namespace: namespace, Name: "attachments_lost_total",
 		Help: "Attachments whose interface disappeared while attached.",
 	})
+	// RestoreErrors counts volumes and interrupted operations the daemon
+	// could not restore at start; it kept them and went on.
+	RestoreErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "restore_errors_total",
+		Help: "Volume records, pins or interrupted operations that could not be restored at start (kept and marked broken; the daemon went on).",
+	})
 )
 
 // Attachment is one attached program, as the snapshot reports it.
@@ -126,7 +132,7 @@ func init() {
 	registry.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		PublishDuration, UnpublishDuration, ImageFetches, PolicyDenials, InterfaceLost,
+		PublishDuration, UnpublishDuration, ImageFetches, PolicyDenials, InterfaceLost, RestoreErrors,
 		state,
 	)
 }

@@ -25,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bpfmount/bpfmount/internal/mapfs"
 	"github.com/bpfmount/bpfmount/loader"
 )
 
@@ -56,6 +57,14 @@ type Record struct {
 	Maps        []string          `json:"maps"`
 	Pod         Pod               `json:"pod,omitzero"`
 	Created     time.Time         `json:"created"`
+	// Mount is what the publish made (the bpffs instance's device, whether
+	// it created the target directory): unpublish removes exactly that.
+	Mount mapfs.Made `json:"mount,omitzero"`
+	// Broken, when set, says why the volume's program could not be
+	// re-adopted at start (its pins were gone or damaged): nothing of it is
+	// counted as loaded, a publish of it starts afresh, and its unpublish
+	// cleans up what is left.
+	Broken string `json:"broken,omitempty"`
 }
 
 // Op names the operation an intent is for.
@@ -77,6 +86,9 @@ type Intent struct {
 	// after attaching left pins under it.
 	Key     string    `json:"key,omitempty"`
 	Started time.Time `json:"started"`
+	// CreateTarget is true when the target did not exist before the
+	// publish, so a rollback may remove the directory it created.
+	CreateTarget bool `json:"createTarget,omitempty"`
 }
 
 // Store is a directory of records and intents.

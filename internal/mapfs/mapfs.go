@@ -14,30 +14,34 @@ package mapfs
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 	"k8s.io/mount-utils"
 
 	"github.com/bpfmount/bpfmount/internal/failpoint"
+	"github.com/bpfmount/bpfmount/internal/fault"
 )
 
 // Options say how to expose the maps.
 type Options struct {
-	// ReadOnly makes the pins 0440 and the target mount read-only; otherwise
-	// the pins are 0660.
+	// ReadOnly makes the pins 0440, the volume's bpffs instance read-only
+	// and the target mount read-only; otherwise the pins are 0660.
 	ReadOnly bool
 	// GID owns the pins when >= 0, so a consumer in that group can open
 	// them without being root. Negative keeps root's group.
 	GID int
 }
 
-// Pin file modes. A read-only bind mount does not stop root from writing a
-// map, but these modes do stop a non-root consumer.
+// Pin file modes. They stop a non-root consumer; a read-only volume's
+// filesystem is also read-only, which stops root.
 const (
 	ModeReadOnly  = 0o440
 	ModeReadWrite = 0o660
@@ -45,29 +49,49 @@ const (
 
 const mountFlags = unix.MS_NOSUID | unix.MS_NODEV | unix.MS_NOEXEC
 
+// Made is what Expose made. The caller records it, so that Withdraw removes
+// exactly that and nothing else.
+type Made struct {
+	// Dev is the device of the volume's bpffs instance: a mount at the
+	// target is the volume's only when it is on this device.
+	Dev uint64 `json:"dev,omitempty"`
+	// TargetCreated is true when Expose created the target directory;
+	// Withdraw removes only a directory it created.
+	TargetCreated bool `json:"targetCreated,omitempty"`
+}
+
 // Expose mounts a fresh bpffs at staging, pins a clone of each map there
-// under its name, and bind-mounts staging onto target, creating both
-// directories if needed. On error it undoes everything it did.
-func Expose(staging, target string, maps map[string]*ebpf.Map, opts Options) (err error) {
+// under its name, and bind-mounts staging onto the checked target, creating
+// the target directory if it was missing. A read-only volume's bpffs
+// instance is remounted read-only once its pins are in place, so even root
+// (CAP_DAC_OVERRIDE) cannot open a pin for writing: BPF_OBJ_GET fails with
+// EROFS. On error it undoes everything it did.
+func Expose(staging string, t *Target, maps map[string]*ebpf.Map, opts Options) (made Made, err error) {
 	var undo []func()
 	defer func() {
 		if err != nil {
 			for i := len(undo) - 1; i >= 0; i-- {
 				undo[i]()
 			}
+			made = Made{}
 		}
 	}()
 	created, err := mkdir(staging, 0o700)
 	if err != nil {
-		return fmt.Errorf("creating staging directory %s: %w", staging, err)
+		return made, fmt.Errorf("creating staging directory %s: %w", staging, err)
 	}
 	if created {
 		undo = append(undo, func() { os.Remove(staging) })
 	}
 	if err := unix.Mount("bpf", staging, "bpf", mountFlags, "mode=0755"); err != nil {
-		return fmt.Errorf("mounting bpffs at %s: %w", staging, err)
+		return made, fmt.Errorf("mounting bpffs at %s: %w", staging, err)
 	}
 	undo = append(undo, func() { unmountAll(staging) })
+	var st unix.Stat_t
+	if err := unix.Stat(staging, &st); err != nil {
+		return made, err
+	}
+	made.Dev = st.Dev
 	failpoint.Hit("mapfs.staged")
 
 	mode := os.FileMode(ModeReadWrite)
@@ -81,27 +105,74 @@ func Expose(staging, target string, maps map[string]*ebpf.Map, opts Options) (er
 	sort.Strings(names)
 	for _, name := range names {
 		if err := pinClone(maps[name], filepath.Join(staging, name), mode, opts.GID); err != nil {
-			return fmt.Errorf("exposing map %s: %w", name, err)
+			return made, fmt.Errorf("exposing map %s: %w", name, err)
 		}
 	}
-
-	failpoint.Hit("mapfs.pinned")
-	created, err = mkdir(target, 0o750)
-	if err != nil {
-		return fmt.Errorf("creating target directory %s: %w", target, err)
-	}
-	if created {
-		undo = append(undo, func() { os.Remove(target) })
-	}
-	if err := unix.Mount(staging, target, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind-mounting %s onto %s: %w", staging, target, err)
-	}
-	undo = append(undo, func() { unmountAll(target) })
-	failpoint.Hit("mapfs.bound")
 	if opts.ReadOnly {
-		if err := unix.Mount("", target, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|mountFlags, ""); err != nil {
-			return fmt.Errorf("remounting %s read-only: %w", target, err)
+		// The superblock, not only a mount: BPF_OBJ_GET ignores mount
+		// flags but not a read-only filesystem.
+		if err := unix.Mount("", staging, "", unix.MS_REMOUNT|unix.MS_RDONLY|mountFlags, "mode=0755"); err != nil {
+			return made, fmt.Errorf("remounting the bpffs at %s read-only: %w", staging, err)
 		}
+	}
+	failpoint.Hit("mapfs.pinned")
+
+	if !t.Existed {
+		if err := unix.Mkdirat(int(t.parent.Fd()), t.name, 0o750); err != nil {
+			return made, fault.Errorf(fault.Precondition, "creating target directory %s: %v", t.Path, err)
+		}
+		made.TargetCreated = true
+		undo = append(undo, func() { unix.Unlinkat(int(t.parent.Fd()), t.name, unix.AT_REMOVEDIR) })
+	}
+	dir, err := t.openDir()
+	if err != nil {
+		return made, err
+	}
+	defer dir.Close()
+	if _, err := dir.Readdirnames(1); !errors.Is(err, io.EOF) {
+		return made, fault.Errorf(fault.Precondition, "target %s is not empty (any more); bpfmount mounts only onto an empty directory", t.Path)
+	}
+	if err := unix.Mount(staging, procPath(dir), "", unix.MS_BIND, ""); err != nil {
+		return made, fmt.Errorf("bind-mounting %s onto %s: %w", staging, t.Path, err)
+	}
+	dev := made.Dev
+	undo = append(undo, func() { unmountOurs(t.parent, t.name, dev) })
+	if opts.ReadOnly {
+		if err := remountBindReadOnly(t, made.Dev); err != nil {
+			return made, err
+		}
+	}
+	failpoint.Hit("mapfs.bound")
+	return made, nil
+}
+
+// SealReadOnly makes the bpffs instance mounted at staging read-only, for a
+// read-only volume exposed by a version that left it writable. Anything
+// but a bpffs mounted at staging is left alone.
+func SealReadOnly(staging string) error {
+	if _, ok := bpfMountDev(staging); !ok {
+		return nil
+	}
+	if err := unix.Mount("", staging, "", unix.MS_REMOUNT|unix.MS_RDONLY|mountFlags, "mode=0755"); err != nil {
+		return fmt.Errorf("remounting the bpffs at %s read-only: %w", staging, err)
+	}
+	return nil
+}
+
+// remountBindReadOnly makes the bind mount at the target read-only, reaching
+// it through the checked parent and verifying it is the volume's instance.
+func remountBindReadOnly(t *Target, dev uint64) error {
+	fd, err := unix.Openat(int(t.parent.Fd()), t.name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("re-opening target %s: %w", t.Path, err)
+	}
+	f := os.NewFile(uintptr(fd), t.Path)
+	defer f.Close()
+	if d, err := devOf(f); err != nil || d != dev {
+		return fmt.Errorf("target %s is not the volume's mount after bind-mounting it: %w", t.Path, errNotOurs)
+	}
+	if err := unix.Mount("", procPath(f), "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|mountFlags, ""); err != nil {
+		return fmt.Errorf("remounting %s read-only: %w", t.Path, err)
 	}
 	return nil
 }
@@ -125,25 +196,34 @@ func pinClone(m *ebpf.Map, path string, mode os.FileMode, gid int) error {
 	return os.Chmod(path, mode)
 }
 
-// Withdraw unmounts target and staging and removes both directories. It is
-// idempotent: missing directories and absent mounts are fine. A target that
-// still holds files after unmounting is not removed and is an error. An
-// empty staging is skipped.
-func Withdraw(staging, target string) error {
+// Withdraw undoes what Expose made: it unmounts from target only mounts of
+// the volume's own bpffs instance (made.Dev, or staging's device when it is
+// still mounted), removes the target directory only when Expose created it,
+// and unmounts and removes staging (the driver's own directory). Nothing at
+// target is reached through a symlink. It is idempotent: missing
+// directories and absent mounts are fine. A created target that still holds
+// files after unmounting is not removed and is an error; one with another
+// filesystem mounted on it is left alone.
+func Withdraw(staging, target string, made Made) error {
 	var errs []error
-	for _, dir := range []string{target, staging} {
-		if dir == "" {
-			continue
+	dev := made.Dev
+	if staging != "" {
+		if d, ok := bpfMountDev(staging); ok {
+			dev = d
 		}
-		if err := unmountAll(dir); err != nil {
+	}
+	if target != "" {
+		if err := withdrawTarget(target, dev, made.TargetCreated); err != nil {
 			errs = append(errs, err)
-			continue
-		}
-		if dir == target {
+		} else {
 			failpoint.Hit("mapfs.target-unmounted")
 		}
-		if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("removing %s: %w", dir, err))
+	}
+	if staging != "" && len(errs) == 0 {
+		if err := unmountAll(staging); err != nil {
+			errs = append(errs, err)
+		} else if err := os.Remove(staging); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("removing %s: %w", staging, err))
 		}
 	}
 	if len(errs) == 0 {
@@ -152,11 +232,55 @@ func Withdraw(staging, target string) error {
 	return errors.Join(errs...)
 }
 
-// unmountAll unmounts dir until nothing is mounted there (mounts may be
-// stacked by an earlier double publish).
+func withdrawTarget(target string, dev uint64, created bool) error {
+	parent, name, err := openParentNoFollow(target)
+	if errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if err != nil {
+		// A symlink on the way, or worse: nothing there was made by us.
+		return nil
+	}
+	defer parent.Close()
+	if _, err := unmountOurs(parent, name, dev); err != nil {
+		return err
+	}
+	if !created {
+		return nil
+	}
+	err = unix.Unlinkat(int(parent.Fd()), name, unix.AT_REMOVEDIR)
+	switch {
+	case err == nil, errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.EBUSY):
+		// Gone, replaced by a file, or someone else's mount sits on it:
+		// none of those is ours to remove.
+		return nil
+	case errors.Is(err, unix.ENOTEMPTY), errors.Is(err, unix.EEXIST):
+		return fmt.Errorf("target %s still holds files after unmounting; remove them, then unpublish again", target)
+	}
+	return fmt.Errorf("removing %s: %w", target, err)
+}
+
+// bpfMountDev returns the device of the bpffs mounted at dir, if one is.
+func bpfMountDev(dir string) (uint64, bool) {
+	fd, err := unix.Open(dir, unix.O_PATH|unix.O_NOFOLLOW|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return 0, false
+	}
+	f := os.NewFile(uintptr(fd), dir)
+	defer f.Close()
+	var sfs unix.Statfs_t
+	if err := unix.Fstatfs(fd, &sfs); err != nil || sfs.Type != unix.BPF_FS_MAGIC || !isMountRoot(f) {
+		return 0, false
+	}
+	d, err := devOf(f)
+	return d, err == nil
+}
+
+// unmountAll unmounts the driver's own staging directory until nothing is
+// mounted there (mounts may be stacked by an earlier double publish).
 func unmountAll(dir string) error {
 	for i := 0; i < 16; i++ {
-		err := unix.Unmount(dir, 0)
+		err := unix.Unmount(dir, unix.UMOUNT_NOFOLLOW)
 		switch {
 		case err == nil:
 			continue
@@ -165,7 +289,7 @@ func unmountAll(dir string) error {
 		case errors.Is(err, unix.EBUSY):
 			// A consumer still has it open: detach it now, the kernel
 			// frees it when the last user goes.
-			if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			if err := unix.Unmount(dir, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil {
 				return fmt.Errorf("unmounting %s: %w", dir, err)
 			}
 		default:
@@ -181,7 +305,7 @@ func mkdir(dir string, mode os.FileMode) (created bool, err error) {
 		return true, nil
 	}
 	if errors.Is(err, fs.ErrExist) {
-		st, statErr := os.Stat(dir)
+		st, statErr := os.Lstat(dir)
 		if statErr != nil {
 			return false, statErr
 		}
@@ -204,6 +328,9 @@ type Mount struct {
 	Dev string
 	// ReadOnly is true for a read-only mount.
 	ReadOnly bool
+	// SuperReadOnly is true when the filesystem instance itself is
+	// read-only (what stops root from opening a pin for writing).
+	SuperReadOnly bool
 	// Count is how many mounts are stacked there.
 	Count int
 }
@@ -220,19 +347,35 @@ func Inspect(dir string) (Mount, error) {
 	}
 	var m Mount
 	for _, mi := range infos {
-		if mi.MountPoint != dir {
+		if UnescapeMountPath(mi.MountPoint) != dir {
 			continue
 		}
 		m.Mounted = true
 		m.Count++
 		m.FSType = mi.FsType
 		m.Dev = fmt.Sprintf("%d:%d", mi.Major, mi.Minor)
-		m.ReadOnly = false
-		for _, o := range mi.MountOptions {
-			if o == "ro" {
-				m.ReadOnly = true
-			}
-		}
+		m.ReadOnly = slices.Contains(mi.MountOptions, "ro")
+		m.SuperReadOnly = slices.Contains(mi.SuperOptions, "ro")
 	}
 	return m, nil
 }
+
+// UnescapeMountPath decodes mountinfo's escapes (\040 for a space, \011, \012,
+// \134), which the parser leaves in place.
+func UnescapeMountPath(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) && isOctal(s[i+1]) && isOctal(s[i+2]) && isOctal(s[i+3]) {
+			b.WriteByte((s[i+1]-'0')<<6 | (s[i+2]-'0')<<3 | (s[i+3] - '0'))
+			i += 3
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func isOctal(c byte) bool { return c >= '0' && c <= '7' }

@@ -12,6 +12,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	"k8s.io/mount-utils"
+
+	"github.com/bpfmount/bpfmount/internal/mapfs"
 )
 
 // XDPProgram returns the ID of the XDP program attached to an interface, or
@@ -63,8 +65,9 @@ func MountsUnder(t testing.TB, dir string) []string {
 	}
 	var out []string
 	for _, mi := range infos {
-		if mi.MountPoint == dir || strings.HasPrefix(mi.MountPoint, dir+"/") {
-			out = append(out, mi.MountPoint)
+		mp := mapfs.UnescapeMountPath(mi.MountPoint) // "\040" for a space
+		if mp == dir || strings.HasPrefix(mp, dir+"/") {
+			out = append(out, mp)
 		}
 	}
 	return out

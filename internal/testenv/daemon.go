@@ -71,7 +71,8 @@ func (d *Daemon) start(opts DaemonOptions) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dopts := driver.Options{NodeID: "test-node", StateDir: d.StateDir, BPFFSRoot: d.BPFFSRoot, Loader: ld}
+	// Tests publish below the temporary directory.
+	dopts := driver.Options{NodeID: "test-node", StateDir: d.StateDir, BPFFSRoot: d.BPFFSRoot, Loader: ld, TargetRoots: []string{os.TempDir()}}
 	if opts.Configure != nil {
 		opts.Configure(&dopts)
 	}

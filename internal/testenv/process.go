@@ -85,7 +85,7 @@ func (p *ProcDaemon) Start(t testing.TB, env ...string) {
 	}
 	defer logf.Close()
 	p.cmd = exec.Command(p.Bin, "serve", "--endpoint", p.Endpoint, "--node-id", "test-node",
-		"--state-dir", p.StateDir, "--bpffs-root", p.BPFFSRoot, "--image-cache", p.CacheDir, "--mount-bpffs=false", "-v=2")
+		"--state-dir", p.StateDir, "--bpffs-root", p.BPFFSRoot, "--image-cache", p.CacheDir, "--mount-bpffs=false", "--target-root", os.TempDir(), "-v=2")
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -450,6 +450,7 @@ func checkDaemonSet(t *testing.T, sc scenario, ds *appsv1.DaemonSet) {
 		"policy":                    "/etc/bpfmount/policy.yaml",
 		"kubelet-registration-path": pluginDir + "/csi.sock",
 		"registration-socket":       "/registration/" + driverName + "-reg.sock",
+		"target-root":               sc.root + "/pods", // volumes only below kubelet's pods directory
 		"health-address":            ":" + strconv.Itoa(sc.healthPort),
 		"v":                         strconv.Itoa(sc.logLevel),
 	}

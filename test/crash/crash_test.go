@@ -8,12 +8,16 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 
 	"github.com/bpfmount/bpfmount/internal/failpoint"
+	"github.com/bpfmount/bpfmount/internal/mapfs"
 	"github.com/bpfmount/bpfmount/internal/testenv"
 )
 
@@ -46,8 +50,13 @@ func bin(t *testing.T) string {
 	return daemonBin
 }
 
+// mountGroup is the pod's fsGroup: the pins must belong to it.
+const mountGroup = 4242
+
 func publishReq(vol, target, image, ifname string) *csi.NodePublishVolumeRequest {
-	return testenv.PublishRequest(vol, target, map[string]string{"image": image, "interface": ifname}, true)
+	req := testenv.PublishRequest(vol, target, map[string]string{"image": image, "interface": ifname}, true)
+	req.VolumeCapability = testenv.MountCapability(strconv.Itoa(mountGroup))
+	return req
 }
 
 // retry calls op until it succeeds, as kubelet does.
@@ -82,8 +91,34 @@ func assertPublished(t *testing.T, p *testenv.ProcDaemon, v *testenv.Veth, targe
 	if testenv.XDPProgram(t, v.Host) == 0 {
 		t.Fatal("no XDP program attached")
 	}
-	if _, code := testenv.RunConsumer(t, testenv.Consumer{}, "read-counter", filepath.Join(target, "xdp_stats_map")); code != 0 {
+	pin := filepath.Join(target, "xdp_stats_map")
+	if _, code := testenv.RunConsumer(t, testenv.Consumer{}, "read-counter", pin); code != 0 {
 		t.Fatal("the published map cannot be read")
+	}
+	assertReadOnly(t, target, pin)
+}
+
+// assertReadOnly checks what a read-only volume promises, whichever step
+// the daemon was killed at: a read-only mount of a read-only bpffs, 0440
+// pins of the pod's group, and no write even for root.
+func assertReadOnly(t *testing.T, target, pin string) {
+	t.Helper()
+	m, err := mapfs.Inspect(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.ReadOnly || !m.SuperReadOnly {
+		t.Errorf("target %+v: want a read-only mount of a read-only bpffs", m)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(pin, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode&0o777 != mapfs.ModeReadOnly || st.Gid != mountGroup {
+		t.Errorf("pin mode %o group %d, want %o and %d", st.Mode&0o777, st.Gid, mapfs.ModeReadOnly, mountGroup)
+	}
+	if out, code := testenv.RunConsumer(t, testenv.Consumer{}, "write-map", pin); code == testenv.HelperOK || !strings.Contains(out, "read-only file system") {
+		t.Errorf("root writing through the read-only volume: exit %d (%s), want EROFS", code, strings.TrimSpace(out))
 	}
 }
 

@@ -180,10 +180,10 @@ func TestForeignMountAtTarget(t *testing.T) {
 	}
 	testenv.MountTmpfs(t, target)
 	expectCode(t, d, publishReq("vol-foreign", target, xdpAttrs(img, v.Host), false), codes.FailedPrecondition, "tmpfs")
-	// Unpublish never unmounts a filesystem it did not mount.
-	_, err := d.Node.NodeUnpublishVolume(context.Background(), unpublishReq("vol-foreign", target))
-	if status.Code(err) != codes.FailedPrecondition {
-		t.Fatalf("unpublish of a foreign mount: %v, want FailedPrecondition", err)
+	// Unpublish never unmounts a filesystem it did not mount: with no
+	// record and nothing of its own there, it answers OK untouched.
+	if _, err := d.Node.NodeUnpublishVolume(context.Background(), unpublishReq("vol-foreign", target)); err != nil {
+		t.Fatalf("unpublish of an unknown volume at a foreign mount: %v, want OK", err)
 	}
 	if m := testenv.MountsUnder(t, target); len(m) != 1 {
 		t.Fatalf("the foreign mount was touched: %v", m)
@@ -223,8 +223,11 @@ func TestReadOnlyVolumeStopsUnprivilegedWriter(t *testing.T) {
 	if p, _ := counts(t, pod, filepath.Join(roTarget, "xdp_stats_map")); p < 5 {
 		t.Fatalf("unprivileged reader saw %d packets, want >= 5", p)
 	}
-	if out, code := testenv.RunConsumer(t, pod, "write-map", filepath.Join(roTarget, "xdp_stats_map")); code != testenv.HelperDenied {
-		t.Fatalf("unprivileged write to a read-only volume: exit %d (%s), want permission denied", code, strings.TrimSpace(out))
+	// Refused by the read-only filesystem (EROFS) before the mode is
+	// looked at.
+	if out, code := testenv.RunConsumer(t, pod, "write-map", filepath.Join(roTarget, "xdp_stats_map")); code == testenv.HelperOK ||
+		code != testenv.HelperDenied && !strings.Contains(out, "read-only file system") {
+		t.Fatalf("unprivileged write to a read-only volume: exit %d (%s), want permission denied or read-only file system", code, strings.TrimSpace(out))
 	}
 	if out, code := testenv.RunConsumer(t, pod, "write-map", filepath.Join(rwTarget, "xdp_stats_map")); code != testenv.HelperOK {
 		t.Fatalf("unprivileged write to a read-write volume: exit %d (%s), want success", code, strings.TrimSpace(out))

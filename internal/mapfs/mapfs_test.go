@@ -1,0 +1,305 @@
+package mapfs
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/bpfmount/bpfmount/internal/fault"
+)
+
+func TestUnescapeOctal(t *testing.T) {
+	for in, want := range map[string]string{
+		`/a\040b`:       "/a b",
+		`/tab\011x`:     "/tab\tx",
+		`/back\134s`:    `/back\s`,
+		`/plain`:        "/plain",
+		`/short\04`:     `/short\04`,
+		`/not\999octal`: `/not\999octal`,
+	} {
+		if got := UnescapeMountPath(in); got != want {
+			t.Errorf("UnescapeMountPath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// TestOpenTargetRefuses covers targets a publish must refuse before
+// anything is loaded; none needs root.
+func TestOpenTargetRefuses(t *testing.T) {
+	root := t.TempDir()
+	outside := t.TempDir()
+	mk := func(p string) string {
+		t.Helper()
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	link := func(to, at string) string {
+		t.Helper()
+		if err := os.Symlink(to, at); err != nil {
+			t.Fatal(err)
+		}
+		return at
+	}
+	notEmpty := mk(filepath.Join(root, "etc"))
+	if err := os.WriteFile(filepath.Join(notEmpty, "passwd"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(root, "file")
+	os.WriteFile(file, nil, 0o644)
+	mk(filepath.Join(outside, "empty"))
+	dirLink := link(outside, filepath.Join(root, "dirlink"))
+	targetLink := link(filepath.Join(outside, "empty"), filepath.Join(root, "targetlink"))
+	relLink := link("..", filepath.Join(root, "up"))
+
+	cases := map[string]string{
+		"outside the root":            filepath.Join(outside, "vol"),
+		"the root itself":             root,
+		"not empty":                   notEmpty,
+		"a file":                      file,
+		"a symlink":                   targetLink,
+		"below a symlinked directory": filepath.Join(dirLink, "vol"),
+		"below a relative symlink":    filepath.Join(relLink, filepath.Base(outside), "vol"),
+		"missing parent":              filepath.Join(root, "missing", "vol"),
+		"not clean":                   root + "/a/../b",
+		"relative":                    "vol",
+	}
+	for name, path := range cases {
+		t.Run(name, func(t *testing.T) {
+			tg, err := OpenTarget(path, []string{root})
+			if err == nil {
+				tg.Close()
+				t.Fatalf("OpenTarget(%q) accepted it", path)
+			}
+			if k := fault.Of(err); k != fault.Precondition && k != fault.Invalid {
+				t.Errorf("kind %v, want precondition or invalid: %v", k, err)
+			}
+			if !strings.Contains(err.Error(), path) && !strings.Contains(err.Error(), filepath.Dir(path)) {
+				t.Errorf("error does not name the path: %v", err)
+			}
+		})
+	}
+}
+
+func TestOpenTargetAccepts(t *testing.T) {
+	root := t.TempDir()
+	// A symlink in the root itself is the administrator's and is followed.
+	linkedRoot := filepath.Join(t.TempDir(), "root")
+	if err := os.Symlink(root, linkedRoot); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(root, "empty dir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for path, existed := range map[string]bool{
+		filepath.Join(root, "new"):             false,
+		filepath.Join(root, "empty dir"):       true,
+		filepath.Join(linkedRoot, "empty dir"): true,
+	} {
+		tg, err := OpenTarget(path, []string{"/nonexistent", root, linkedRoot})
+		if err != nil {
+			t.Fatalf("OpenTarget(%q): %v", path, err)
+		}
+		if tg.Existed != existed {
+			t.Errorf("%s: Existed %v, want %v", path, tg.Existed, existed)
+		}
+		tg.Close()
+	}
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: mounting needs root")
+	}
+}
+
+func newArray(t *testing.T) *ebpf.Map {
+	t.Helper()
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	if err := m.Put(uint32(0), uint64(42)); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func expose(t *testing.T, root string, name string, opts Options) (staging, target string, made Made) {
+	t.Helper()
+	staging = filepath.Join(t.TempDir(), "staging")
+	target = filepath.Join(root, name)
+	tg, err := OpenTarget(target, []string{root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.Close()
+	made, err = Expose(staging, tg, map[string]*ebpf.Map{"counts": newArray(t)}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Withdraw(staging, target, made) })
+	return staging, target, made
+}
+
+// TestReadOnlyHoldsAgainstRoot: this test runs as root, with
+// CAP_DAC_OVERRIDE, which ignores the 0440 mode: only a read-only bpffs
+// superblock makes a read-write BPF_OBJ_GET fail.
+func TestReadOnlyHoldsAgainstRoot(t *testing.T) {
+	requireRoot(t)
+	root := t.TempDir()
+	_, target, made := expose(t, root, "vol with space", Options{ReadOnly: true, GID: 1234})
+	if !made.TargetCreated || made.Dev == 0 {
+		t.Fatalf("made %+v, want a created target and a device", made)
+	}
+	pin := filepath.Join(target, "counts")
+	if m, err := ebpf.LoadPinnedMap(pin, nil); !errors.Is(err, unix.EROFS) {
+		if err == nil {
+			m.Close()
+		}
+		t.Fatalf("read-write open of a read-only pin as root: %v, want EROFS", err)
+	}
+	m, err := ebpf.LoadPinnedMap(pin, &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("read-only open: %v", err)
+	}
+	defer m.Close()
+	var v uint64
+	if err := m.Lookup(uint32(0), &v); err != nil || v != 42 {
+		t.Fatalf("read %d, %v; want 42", v, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(pin, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode&0o777 != ModeReadOnly || st.Gid != 1234 {
+		t.Errorf("pin mode %o gid %d, want %o and 1234", st.Mode&0o777, st.Gid, ModeReadOnly)
+	}
+	mi, err := Inspect(target) // a space in the path: mountinfo escapes it
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !mi.Mounted || mi.FSType != "bpf" || !mi.ReadOnly || !mi.SuperReadOnly {
+		t.Fatalf("target mount %+v, want a read-only bpf mount of a read-only instance", mi)
+	}
+}
+
+func TestReadWriteStaysWritable(t *testing.T) {
+	requireRoot(t)
+	_, target, _ := expose(t, t.TempDir(), "vol", Options{GID: -1})
+	m, err := ebpf.LoadPinnedMap(filepath.Join(target, "counts"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if err := m.Put(uint32(0), uint64(7)); err != nil {
+		t.Fatal(err)
+	}
+	if mi, _ := Inspect(target); mi.ReadOnly || mi.SuperReadOnly {
+		t.Fatalf("read-write target mounted read-only: %+v", mi)
+	}
+}
+
+// TestWithdrawTouchesOnlyItsOwn: a withdraw removes its own mount and the
+// directory it created, and never a foreign mount or a directory it did
+// not create.
+func TestWithdrawTouchesOnlyItsOwn(t *testing.T) {
+	requireRoot(t)
+	root := t.TempDir()
+	staging, target, made := expose(t, root, "vol", Options{GID: -1})
+
+	// A foreign tmpfs, and one reached through a symlink.
+	foreign := filepath.Join(root, "foreign dir")
+	os.Mkdir(foreign, 0o755)
+	if err := unix.Mount("tmpfs", foreign, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(foreign, unix.MNT_DETACH)
+	viaLink := filepath.Join(root, "link")
+	os.Symlink(foreign, viaLink)
+	for _, p := range []string{foreign, viaLink} {
+		if err := Withdraw("", p, made); err != nil {
+			t.Fatal(err)
+		}
+		if err := Withdraw("", p, Made{TargetCreated: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if mi, _ := Inspect(foreign); !mi.Mounted || mi.FSType != "tmpfs" {
+		t.Fatalf("foreign tmpfs touched: %+v", mi)
+	}
+
+	// Our own target, withdrawn by another volume's device: untouched.
+	if err := Withdraw("", target, Made{Dev: made.Dev + 1, TargetCreated: true}); err != nil {
+		t.Fatal(err)
+	}
+	if mi, _ := Inspect(target); !mi.Mounted {
+		t.Fatal("a withdraw with another device unmounted the target")
+	}
+	if err := Withdraw(staging, target, made); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(target); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("created target not removed: %v", err)
+	}
+	if mi, _ := Inspect(staging); mi.Mounted {
+		t.Fatal("staging still mounted")
+	}
+
+	// A directory that existed before is unmounted but kept.
+	kept := filepath.Join(root, "kept")
+	os.Mkdir(kept, 0o755)
+	tg, err := OpenTarget(kept, []string{root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	staging2 := filepath.Join(t.TempDir(), "staging")
+	made2, err := Expose(staging2, tg, map[string]*ebpf.Map{"counts": newArray(t)}, Options{GID: -1})
+	tg.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if made2.TargetCreated {
+		t.Fatal("an existing target recorded as created")
+	}
+	if err := Withdraw(staging2, kept, made2); err != nil {
+		t.Fatal(err)
+	}
+	if mi, _ := Inspect(kept); mi.Mounted {
+		t.Fatal("kept target still mounted")
+	}
+	if _, err := os.Stat(kept); err != nil {
+		t.Fatalf("a directory Expose did not create was removed: %v", err)
+	}
+}
+
+// TestSealReadOnly: a read-only volume exposed writable (by an older
+// version) is sealed in place; anything but a bpffs is left alone.
+func TestSealReadOnly(t *testing.T) {
+	requireRoot(t)
+	staging, target, _ := expose(t, t.TempDir(), "vol", Options{GID: -1})
+	if err := SealReadOnly(staging); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := ebpf.LoadPinnedMap(filepath.Join(target, "counts"), nil); !errors.Is(err, unix.EROFS) {
+		if err == nil {
+			m.Close()
+		}
+		t.Fatalf("read-write open after sealing: %v, want EROFS", err)
+	}
+	plain := t.TempDir()
+	if err := SealReadOnly(plain); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(plain, "f"), nil, 0o600); err != nil {
+		t.Fatalf("a plain directory was made read-only: %v", err)
+	}
+}

@@ -1,0 +1,213 @@
+package mapfs
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/bpfmount/bpfmount/internal/fault"
+)
+
+// Target is a mount point checked before anything is loaded: it lies under
+// an allowed root, no component of it below the root is a symlink, its
+// parent exists, and it is missing or an empty directory. The parent stays
+// open (O_PATH), so what Expose mounts onto is what was checked, whatever
+// happens to the path in between.
+type Target struct {
+	// Path is the target as asked.
+	Path string
+	// Existed is true when the directory was there before (then Withdraw
+	// never removes it).
+	Existed bool
+
+	parent *os.File
+	name   string
+}
+
+// Close releases the target's parent descriptor.
+func (t *Target) Close() error {
+	if t == nil || t.parent == nil {
+		return nil
+	}
+	return t.parent.Close()
+}
+
+// Under reports whether path is root or below it, lexically.
+func Under(path, root string) bool {
+	if root == "/" {
+		return strings.HasPrefix(path, "/")
+	}
+	return path == root || strings.HasPrefix(path, root+"/")
+}
+
+// OpenTarget checks path as a publish target. roots are the directories
+// targets may lie in (the administrator's choice, so symlinks in a root
+// itself are followed); below the root no symlink is followed. Every
+// refusal is a fault.Precondition or fault.Invalid naming the path.
+func OpenTarget(path string, roots []string) (*Target, error) {
+	if !filepath.IsAbs(path) || filepath.Clean(path) != path || path == "/" {
+		return nil, fault.Errorf(fault.Invalid, "target %q must be an absolute, clean path other than /", path)
+	}
+	root := ""
+	for _, r := range roots {
+		if Under(path, r) && path != r && len(r) > len(root) {
+			root = r
+		}
+	}
+	if root == "" {
+		return nil, fault.Errorf(fault.Precondition, "target %s is outside the directories this node allows targets in (%s); publish below one of them, or have the administrator add one with --target-root",
+			path, strings.Join(roots, ", "))
+	}
+	rootFD, err := unix.Open(root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fault.Errorf(fault.Precondition, "target root %s of target %s cannot be opened: %v", root, path, err)
+	}
+	defer unix.Close(rootFD)
+	dir, name := filepath.Split(path)
+	rel := strings.TrimPrefix(strings.TrimPrefix(filepath.Clean(dir), root), "/")
+	if rel == "" {
+		rel = "."
+	}
+	fd, err := unix.Openat2(rootFD, rel, &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	switch {
+	case errors.Is(err, unix.ENOENT):
+		return nil, fault.Errorf(fault.Precondition, "the parent directory %s of target %s does not exist; create it first (kubelet does for pods)", filepath.Clean(dir), path)
+	case errors.Is(err, unix.ELOOP), errors.Is(err, unix.EXDEV):
+		return nil, fault.Errorf(fault.Precondition, "the parent directory of target %s is reached through a symbolic link; give the real path", path)
+	case errors.Is(err, unix.ENOTDIR):
+		return nil, fault.Errorf(fault.Precondition, "a component of target %s below %s is not a directory", path, root)
+	case err != nil:
+		return nil, fault.Errorf(fault.Precondition, "opening the parent directory of target %s: %v", path, err)
+	}
+	t := &Target{Path: path, parent: os.NewFile(uintptr(fd), filepath.Clean(dir)), name: name}
+	if err := t.check(); err != nil {
+		t.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// check looks at the target itself: missing, or an empty directory.
+func (t *Target) check() error {
+	var st unix.Stat_t
+	err := unix.Fstatat(int(t.parent.Fd()), t.name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	if errors.Is(err, unix.ENOENT) {
+		t.Existed = false
+		return nil
+	}
+	if err != nil {
+		return fault.Errorf(fault.Precondition, "checking target %s: %v", t.Path, err)
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+	case unix.S_IFLNK:
+		return fault.Errorf(fault.Precondition, "target %s is a symbolic link; bpfmount mounts only onto a real, empty directory", t.Path)
+	default:
+		return fault.Errorf(fault.Precondition, "target %s exists and is not a directory", t.Path)
+	}
+	t.Existed = true
+	f, err := t.openDir()
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Readdirnames(1); !errors.Is(err, io.EOF) {
+		if err == nil {
+			return fault.Errorf(fault.Precondition, "target %s is not empty; bpfmount mounts only onto a missing or empty directory", t.Path)
+		}
+		return fault.Errorf(fault.Precondition, "reading target %s: %v", t.Path, err)
+	}
+	return nil
+}
+
+// openDir opens the target directory itself, never through a symlink.
+func (t *Target) openDir() (*os.File, error) {
+	fd, err := unix.Openat(int(t.parent.Fd()), t.name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+		return nil, fault.Errorf(fault.Precondition, "target %s is not a directory (or became a symbolic link)", t.Path)
+	}
+	if err != nil {
+		return nil, fault.Errorf(fault.Precondition, "opening target %s: %v", t.Path, err)
+	}
+	return os.NewFile(uintptr(fd), t.Path), nil
+}
+
+// procPath names an open descriptor so mount(2) and umount(2) act on what
+// it refers to instead of resolving a path again.
+func procPath(f *os.File) string { return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) }
+
+// devOf returns the device of the filesystem an open file is on.
+func devOf(f *os.File) (uint64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return 0, err
+	}
+	return st.Dev, nil
+}
+
+// openParentNoFollow opens the parent of path without following any
+// symlink, for tearing down what a record says was made there.
+func openParentNoFollow(path string) (*os.File, string, error) {
+	dir, name := filepath.Split(path)
+	fd, err := unix.Openat2(unix.AT_FDCWD, filepath.Clean(dir), &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return os.NewFile(uintptr(fd), filepath.Clean(dir)), name, nil
+}
+
+// errNotOurs says the object at a path is not the one we made.
+var errNotOurs = errors.New("not made by bpfmount")
+
+// unmountOurs unmounts, at name in parent, every stacked mount whose
+// filesystem is dev, and stops at the first one that is not: a mount
+// bpfmount did not make is never touched. It reports how many it removed.
+func unmountOurs(parent *os.File, name string, dev uint64) (int, error) {
+	n := 0
+	for i := 0; i < 16; i++ {
+		fd, err := unix.Openat(int(parent.Fd()), name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+			return n, nil // gone, or a symlink or file: nothing of ours
+		}
+		if err != nil {
+			return n, err
+		}
+		f := os.NewFile(uintptr(fd), name)
+		d, err := devOf(f)
+		if err != nil || dev == 0 || d != dev || !isMountRoot(f) {
+			f.Close()
+			return n, err
+		}
+		err = unix.Unmount(procPath(f), 0)
+		if errors.Is(err, unix.EBUSY) {
+			err = unix.Unmount(procPath(f), unix.MNT_DETACH)
+		}
+		f.Close()
+		if err != nil {
+			return n, fmt.Errorf("unmounting %s: %w", filepath.Join(parent.Name(), name), err)
+		}
+		n++
+	}
+	return n, fmt.Errorf("unmounting %s: still mounted after 16 unmounts", filepath.Join(parent.Name(), name))
+}
+
+// isMountRoot reports whether an open directory is the root of a mount.
+func isMountRoot(f *os.File) bool {
+	var stx unix.Statx_t
+	if err := unix.Statx(int(f.Fd()), "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS, &stx); err != nil {
+		return false
+	}
+	return stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0
+}

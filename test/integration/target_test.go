@@ -132,7 +132,7 @@ func TestTargetWithSpace(t *testing.T) {
 	if err := os.Mkdir(foreign, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	mountTmpfs(t, foreign)
+	testenv.MountTmpfs(t, foreign)
 	_, err := d.Node.NodePublishVolume(ctx, publishReq("vol-space-2", foreign, xdpAttrs(img, v.Host), false))
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "tmpfs") {
 		t.Fatalf("publish onto a foreign tmpfs: %v, want FailedPrecondition naming tmpfs", err)
@@ -180,9 +180,9 @@ func TestUnpublishTouchesOnlyItsOwn(t *testing.T) {
 	}
 	t.Cleanup(func() { unix.Unmount(foreignBPF, unix.MNT_DETACH) })
 	foreignTmpfs := mkdir("foreign-tmpfs")
-	mountTmpfs(t, foreignTmpfs)
+	testenv.MountTmpfs(t, foreignTmpfs)
 	shm := mkdir("shm") // like /dev/shm, reached through a symlink
-	mountTmpfs(t, shm)
+	testenv.MountTmpfs(t, shm)
 	viaLink := filepath.Join(dir, "shm-link")
 	if err := os.Symlink(shm, viaLink); err != nil {
 		t.Fatal(err)

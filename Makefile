@@ -4,7 +4,7 @@
 export GOTOOLCHAIN := local
 GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS  := -s -w -X github.com/bpfmount/bpfmount/driver.Version=$(VERSION)
+LDFLAGS  := -s -w -X github.com/bpfmount/bpfmount/driver.Version=$(VERSION) -X main.version=$(VERSION)
 BIN      := bin
 EXAMPLE_OBJ := deploy/examples/xdp-counter/bpf/xdpcounter_bpfel.o
 EXAMPLE_LAYOUT := build/layouts/xdp-counter
@@ -14,7 +14,10 @@ EXAMPLE_LAYOUT := build/layouts/xdp-counter
 all: build
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/bpfmount ./cmd/bpfmount
+	# bpfmount is the client alone (starts in a few ms); its serve and image
+	# exec bpfmountd, the whole program, which works alone too.
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/bpfmountd ./cmd/bpfmount
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -tags bpfmount_cli -o $(BIN)/bpfmount ./cmd/bpfmount
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/xdp-counter-reader ./deploy/examples/xdp-counter/reader
 
 # The example bytecode image, as an OCI layout built by bpfmount itself.

@@ -1,7 +1,10 @@
+//go:build !bpfmount_cli
+
 package main
 
 import (
 	"context"
+	"flag"
 	"errors"
 	"fmt"
 	"net"
@@ -23,6 +26,7 @@ import (
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/driver/registration"
+	"github.com/bpfmount/bpfmount/internal/endpoint"
 	"github.com/bpfmount/bpfmount/loader"
 )
 
@@ -66,7 +70,7 @@ flight finish and exits; attached programs stay attached.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context()) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.endpoint, "endpoint", defaultEndpoint, "CSI socket (unix:///path)")
+	f.StringVar(&o.endpoint, "endpoint", endpoint.Default, "CSI socket (unix:///path)")
 	f.StringVar(&o.nodeID, "node-id", "", "node name (default: $KUBE_NODE_NAME, then the host name)")
 	f.StringVar(&o.stateDir, "state-dir", defaultStateDir, "directory for volume records and staging mounts (tmpfs on real nodes)")
 	f.StringVar(&o.bpffsRoot, "bpffs-root", defaultBPFFSRoot, "directory on a bpffs for the driver's pins")
@@ -84,7 +88,22 @@ flight finish and exits; attached programs stay attached.`,
 	f.StringVar(&o.kubeletPath, "kubelet-registration-path", "", "the CSI socket's path as kubelet sees it (e.g. /var/lib/kubelet/plugins/csi.bpfmount.io/csi.sock); required with --registration-socket")
 	f.DurationVar(&o.gcInterval, "gc-interval", 10*time.Minute, "how often to remove pins and staging mounts no volume owns (0: only at start)")
 	f.BoolVar(&o.mountBPFFS, "mount-bpffs", true, "mount a bpffs at the parent of --bpffs-root when none is mounted there")
+	addLogFlags(cmd)
 	return cmd
+}
+
+// addLogFlags gives cmd klog's flags: -v (log verbosity) in its help, the
+// rest accepted but hidden, as kubectl does, so they do not bury the
+// daemon's own flags. Only serve logs, so only serve has them.
+func addLogFlags(cmd *cobra.Command) {
+	gf := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(gf)
+	cmd.Flags().AddGoFlagSet(gf)
+	gf.VisitAll(func(f *flag.Flag) {
+		if f.Name != "v" {
+			cmd.Flags().MarkHidden(f.Name)
+		}
+	})
 }
 
 func (o *serveOptions) run(ctx context.Context) error {

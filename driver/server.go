@@ -51,8 +51,8 @@ func Listen(endpoint string) (net.Listener, error) {
 
 // NewServer returns a gRPC server serving d's Identity and Node services,
 // with every call logged, secrets stripped.
-func NewServer(d *Driver) *grpc.Server {
-	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(logCalls))
+func NewServer(d *Driver, opts ...grpc.ServerOption) *grpc.Server {
+	srv := grpc.NewServer(append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(logCalls)}, opts...)...)
 	csi.RegisterIdentityServer(srv, d)
 	csi.RegisterNodeServer(srv, d)
 	return srv

@@ -34,7 +34,7 @@ type connOptions struct {
 
 func (o *connOptions) flags(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.StringVar(&o.endpoint, "endpoint", endpoint.Default, "the daemon's CSI socket")
+	f.StringVar(&o.endpoint, "endpoint", endpoint.FromEnv(), "the daemon's CSI socket ($"+endpoint.EnvVar+" when set)")
 	f.DurationVar(&o.timeout, "timeout", 2*time.Minute, "how long to wait for the daemon")
 }
 

@@ -6,12 +6,27 @@ package endpoint
 import (
 	"fmt"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 )
 
-// Default is the daemon's CSI socket when --endpoint is not given.
+// Default is the daemon's CSI socket when neither --endpoint nor
+// $BPFMOUNT_ENDPOINT is given.
 const Default = "unix:///run/bpfmount/csi.sock"
+
+// EnvVar names the socket for the daemon and the client alike (the chart
+// sets it in the driver's container, so `bpfmount list` there needs no
+// flag).
+const EnvVar = "BPFMOUNT_ENDPOINT"
+
+// FromEnv is --endpoint's default: $BPFMOUNT_ENDPOINT, else Default.
+func FromEnv() string {
+	if v := os.Getenv(EnvVar); v != "" {
+		return v
+	}
+	return Default
+}
 
 // Parse turns "unix:///path", "unix:/path" or "/path" into a socket path.
 // Only unix sockets are served: the socket is the driver's only access

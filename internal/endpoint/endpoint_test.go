@@ -21,3 +21,14 @@ func TestParse(t *testing.T) {
 		}
 	}
 }
+
+func TestFromEnv(t *testing.T) {
+	t.Setenv(EnvVar, "")
+	if got := FromEnv(); got != Default {
+		t.Errorf("FromEnv() with %s empty = %q, want %q", EnvVar, got, Default)
+	}
+	t.Setenv(EnvVar, "unix:///csi/csi.sock")
+	if got := FromEnv(); got != "unix:///csi/csi.sock" {
+		t.Errorf("FromEnv() = %q, want the variable's value", got)
+	}
+}

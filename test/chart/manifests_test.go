@@ -94,8 +94,8 @@ func decodeFile(t *testing.T, file string) []decoded {
 	return out
 }
 
-// Volume attribute keys the driver accepts (DESIGN.md, "Volume
-// attributes").
+// Volume attribute keys the driver accepts (README.md, "Volume
+// attributes"; driver/attributes.go parses them).
 var volumeAttributes = []string{
 	"image", "program", "type", "interface", "priority", "proceedOn",
 	"direction", "xdpMode", "maps", "globals", "pullPolicy",

@@ -30,11 +30,13 @@ demo: build $(EXAMPLE_LAYOUT)/index.json
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags bpfmount_cli ./cmd/bpfmount
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
 
 # Every test, on the real kernel. Without root the kernel tests skip and say why.
 test: vet test-chart
 	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -tags bpfmount_cli ./cmd/bpfmount
 
 # Chart tests: a separate module, so Helm and Kubernetes libraries stay out
 # of the main go.mod.

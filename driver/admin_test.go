@@ -72,10 +72,10 @@ func TestListVolumes(t *testing.T) {
 		Version: 1, VolumeID: "csi-b", TargetPath: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/c/mount",
 		StagingPath: "/run/bpfmount/mounts/csi-b", ReadOnly: true, Image: "registry.example/bpf/c:v1", Signed: true,
 		Attributes: map[string]string{"csi.storage.k8s.io/serviceAccount.tokens": "SECRET-TOKEN", "image": "registry.example/bpf/c:v1"},
-		Identity: loader.Identity{Digest: "sha256:aa", Program: "xdp_count", Hook: "xdp", Interface: "eth0", Priority: 50, XDPMode: "skb"},
-		Key:      "k1", ProgramID: 42, Maps: []string{"stats"},
-		Pod:      state.Pod{Name: "web-0", Namespace: "apps", UID: "u", ServiceAccount: "sa"},
-		Created:  created,
+		Identity:   loader.Identity{Digest: "sha256:aa", Program: "xdp_count", Hook: "xdp", Interface: "eth0", Priority: 50, XDPMode: "skb"},
+		Key:        "k1", ProgramID: 42, Maps: []string{"stats"},
+		Pod:     state.Pod{Name: "web-0", Namespace: "apps", UID: "u", ServiceAccount: "sa"},
+		Created: created,
 	}
 	local := &state.Record{
 		Version: 1, VolumeID: "a-local", TargetPath: "/run/bpf/tc", Image: "oci:/srv/tc:v1",

@@ -73,4 +73,15 @@ func TestClientBuildForwardsToDaemon(t *testing.T) {
 	if out, _ := runCLI("image", "build", "-o", "l", "x.o"); out != "daemon: image build -o l x.o\n" {
 		t.Errorf("image build: %q", out)
 	}
+
+	// A client build installed as bpfmountd is refused, not exec'd in a loop.
+	if b, err := os.ReadFile(cli); err != nil {
+		t.Fatal(err)
+	} else if err := os.WriteFile(filepath.Join(dir, "bpfmountd"), b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out, err = runCLI("serve")
+	if err == nil || !strings.Contains(out, "is the client-only build too") {
+		t.Errorf("serve with a client build as bpfmountd: %v, %q", err, out)
+	}
 }

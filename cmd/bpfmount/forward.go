@@ -16,6 +16,9 @@ import (
 // daemonBinary is the whole program's name beside the client.
 const daemonBinary = "bpfmountd"
 
+// forwardedEnv marks a process the client exec'd as bpfmountd.
+const forwardedEnv = "BPFMOUNT_FORWARDED_TO"
+
 // daemonCommands stand in for serve and image: they exec the whole
 // program with the same arguments, so the client never links the daemon's
 // packages and `bpfmount serve` still works. Exec (not a child) keeps the
@@ -33,12 +36,17 @@ func forwardCmd(name, short string) *cobra.Command {
 		Short:              short,
 		DisableFlagParsing: true, // every flag, --help included, is the daemon's
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if p := os.Getenv(forwardedEnv); p != "" {
+				// A client build installed as bpfmountd would exec itself
+				// for ever.
+				return fmt.Errorf("%s is the client-only build too, not the full program: reinstall it (make build puts both in bin/)", p)
+			}
 			path, err := findDaemon()
 			if err != nil {
 				return err
 			}
 			argv := append([]string{path, name}, args...)
-			return syscall.Exec(path, argv, os.Environ())
+			return syscall.Exec(path, argv, append(os.Environ(), forwardedEnv+"="+path))
 		},
 	}
 }

@@ -100,6 +100,18 @@ func (o *targetOptions) absTarget() error {
 	return nil
 }
 
+// resolveParent follows symlinks in target's parent directory (such as
+// /var/run -> /run), so the daemon gets, and records, the real path: it
+// does not follow links on its own. A parent that does not exist is left
+// as it is.
+func resolveParent(target string) string {
+	dir, err := filepath.EvalSymlinks(filepath.Dir(target))
+	if err != nil {
+		return target
+	}
+	return filepath.Join(dir, filepath.Base(target))
+}
+
 // derivedVolumeID is publish's volume ID when none is given: the same
 // target always gets the same ID.
 func derivedVolumeID(target string) string {
@@ -127,9 +139,6 @@ itself is made by the daemon. Unpublish with the same --target.`,
 			if err := o.absTarget(); err != nil {
 				return err
 			}
-			if o.volumeID == "" {
-				o.volumeID = derivedVolumeID(o.target)
-			}
 			vc := map[string]string{}
 			for _, a := range attrs {
 				k, v, ok := strings.Cut(a, "=")
@@ -146,6 +155,10 @@ itself is made by the daemon. Unpublish with the same --target.`,
 			created, err := mkdirParents(filepath.Dir(o.target))
 			if err != nil {
 				return err
+			}
+			o.target = resolveParent(o.target)
+			if o.volumeID == "" {
+				o.volumeID = derivedVolumeID(o.target)
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
 			defer cancel()
@@ -240,9 +253,13 @@ volume is published is an error.`,
 				}
 				v, ok := volumeAt(vols, o.target)
 				if !ok {
+					v, ok = volumeAt(vols, resolveParent(o.target))
+				}
+				if !ok {
 					return fmt.Errorf("no volume is published at %s (`bpfmount list` shows the targets there are)", o.target)
 				}
-				o.volumeID = v.VolumeID
+				// The daemon's own spelling of the target, the one it recorded.
+				o.volumeID, o.target = v.VolumeID, v.Target
 			}
 			if _, err := d.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: o.volumeID, TargetPath: o.target}); err != nil {
 				return rpcError(err)

@@ -351,3 +351,31 @@ func TestEndpointFromEnvironment(t *testing.T) {
 		t.Errorf("list with $BPFMOUNT_ENDPOINT = %q, %v", out, err)
 	}
 }
+
+// A target reached through a symlinked parent (/var/run -> /run) is sent
+// as its real path, which the daemon records, and unpublish through the
+// link finds it.
+func TestTargetThroughSymlinkedParent(t *testing.T) {
+	base := shortTempDir(t)
+	real := filepath.Join(base, "run")
+	if err := os.Mkdir(real, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(real, filepath.Join(base, "var-run")); err != nil {
+		t.Fatal(err)
+	}
+	f := startFake(t, &fakeDaemon{volumes: []admin.Volume{{VolumeID: "v", Target: filepath.Join(real, "vol")}}}, true)
+	viaLink := filepath.Join(base, "var-run", "vol")
+	if _, err := run(t, "publish", "--endpoint", f.endpoint, "--target", viaLink, "--attr", "image=x"); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.publishes[0]; got.TargetPath != filepath.Join(real, "vol") || got.VolumeId != derivedVolumeID(filepath.Join(real, "vol")) {
+		t.Errorf("publish sent target %q volume %q; want the real path %q and its ID", got.TargetPath, got.VolumeId, filepath.Join(real, "vol"))
+	}
+	if _, err := run(t, "unpublish", "--endpoint", f.endpoint, "--target", viaLink); err != nil {
+		t.Fatalf("unpublish through the link: %v", err)
+	}
+	if len(f.unpublishes) != 1 || f.unpublishes[0].VolumeId != "v" || f.unpublishes[0].TargetPath != filepath.Join(real, "vol") {
+		t.Errorf("unpublishes %v, want one for v at the recorded target", f.unpublishes)
+	}
+}

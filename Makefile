@@ -13,9 +13,10 @@ EXAMPLE_LAYOUT := build/layouts/xdp-counter
 
 all: build
 
+# bin/bpfmount is the client alone (it starts in a few ms: none of the
+# daemon's packages is linked); its serve and image exec bin/bpfmountd, the
+# whole program, which also works alone.
 build:
-	# bpfmount is the client alone (starts in a few ms); its serve and image
-	# exec bpfmountd, the whole program, which works alone too.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/bpfmountd ./cmd/bpfmount
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -tags bpfmount_cli -o $(BIN)/bpfmount ./cmd/bpfmount
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/xdp-counter-reader ./deploy/examples/xdp-counter/reader

@@ -4,7 +4,7 @@
 export GOTOOLCHAIN := local
 GO       ?= go
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS  := -s -w -X github.com/bpfmount/bpfmount/driver.Version=$(VERSION)
+LDFLAGS  := -s -w -X github.com/bpfmount/bpfmount/driver.Version=$(VERSION) -X main.version=$(VERSION)
 BIN      := bin
 EXAMPLE_OBJ := deploy/examples/xdp-counter/bpf/xdpcounter_bpfel.o
 EXAMPLE_LAYOUT := build/layouts/xdp-counter
@@ -13,8 +13,12 @@ EXAMPLE_LAYOUT := build/layouts/xdp-counter
 
 all: build
 
+# bin/bpfmount is the client alone (it starts in a few ms: none of the
+# daemon's packages is linked); its serve and image exec bin/bpfmountd, the
+# whole program, which also works alone.
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/bpfmount ./cmd/bpfmount
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/bpfmountd ./cmd/bpfmount
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -tags bpfmount_cli -o $(BIN)/bpfmount ./cmd/bpfmount
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/xdp-counter-reader ./deploy/examples/xdp-counter/reader
 
 # The example bytecode image, as an OCI layout built by bpfmount itself.
@@ -27,11 +31,13 @@ demo: build $(EXAMPLE_LAYOUT)/index.json
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags bpfmount_cli ./cmd/bpfmount
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo 'gofmt: files above need formatting'; exit 1; }
 
 # Every test, on the real kernel. Without root the kernel tests skip and say why.
 test: vet test-chart
 	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -tags bpfmount_cli ./cmd/bpfmount
 
 # Chart tests: a separate module, so Helm and Kubernetes libraries stay out
 # of the main go.mod.

@@ -15,7 +15,7 @@ import (
 	"github.com/bpfmount/bpfmount/loader/bytecode"
 )
 
-// Volume attribute keys; README.md's "Volume attributes" documents them.
+// Volume attribute keys (README.md, "Volume attributes", documents each).
 const (
 	AttrImage      = "image"
 	AttrProgram    = "program"

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,28 +15,13 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
+
+	"github.com/bpfmount/bpfmount/internal/endpoint"
 )
 
 // ParseEndpoint turns "unix:///path", "unix:/path" or "/path" into a socket
-// path. Only unix sockets are served: the socket is the driver's only
-// access control.
-func ParseEndpoint(ep string) (string, error) {
-	if strings.HasPrefix(ep, "/") {
-		return ep, nil
-	}
-	u, err := url.Parse(ep)
-	if err != nil || u.Scheme != "unix" {
-		return "", fmt.Errorf("endpoint %q: want unix:///path/to/csi.sock", ep)
-	}
-	p := u.Path
-	if p == "" {
-		p = u.Opaque
-	}
-	if !filepath.IsAbs(p) {
-		return "", fmt.Errorf("endpoint %q: the socket path must be absolute", ep)
-	}
-	return p, nil
-}
+// path (see package endpoint, which the CLI shares).
+func ParseEndpoint(ep string) (string, error) { return endpoint.Parse(ep) }
 
 // Listen opens the CSI socket with mode 0600: whoever can reach it can load
 // programs into the kernel, so only root may.
@@ -67,8 +51,8 @@ func Listen(endpoint string) (net.Listener, error) {
 
 // NewServer returns a gRPC server serving d's Identity and Node services,
 // with every call logged, secrets stripped.
-func NewServer(d *Driver) *grpc.Server {
-	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(logCalls))
+func NewServer(d *Driver, opts ...grpc.ServerOption) *grpc.Server {
+	srv := grpc.NewServer(append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(logCalls)}, opts...)...)
 	csi.RegisterIdentityServer(srv, d)
 	csi.RegisterNodeServer(srv, d)
 	return srv

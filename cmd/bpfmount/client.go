@@ -5,85 +5,138 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/bpfmount/bpfmount/driver"
-	"github.com/bpfmount/bpfmount/driver/state"
+	"github.com/bpfmount/bpfmount/driver/admin"
+	"github.com/bpfmount/bpfmount/internal/endpoint"
 )
 
-type clientOptions struct {
+// connOptions are the flags every client command has.
+type connOptions struct {
 	endpoint string
-	volumeID string
-	target   string
 	timeout  time.Duration
 }
 
-func (o *clientOptions) flags(cmd *cobra.Command) {
+func (o *connOptions) flags(cmd *cobra.Command) {
 	f := cmd.Flags()
-	f.StringVar(&o.endpoint, "endpoint", defaultEndpoint, "the daemon's CSI socket")
-	f.StringVar(&o.volumeID, "volume-id", "", "volume ID (default: derived from --target)")
-	f.StringVar(&o.target, "target", "", "directory where the maps are mounted (required)")
+	f.StringVar(&o.endpoint, "endpoint", endpoint.FromEnv(), "the daemon's CSI socket ($"+endpoint.EnvVar+" when set)")
 	f.DurationVar(&o.timeout, "timeout", 2*time.Minute, "how long to wait for the daemon")
-	cmd.MarkFlagRequired("target")
 }
 
-// resolve makes the target absolute and derives the volume ID from it, so
-// that publish and unpublish of one target agree without a second flag.
-func (o *clientOptions) resolve() error {
-	abs, err := filepath.Abs(o.target)
-	if err != nil {
-		return err
-	}
-	o.target = abs
-	if o.volumeID == "" {
-		sum := sha256.Sum256([]byte(abs))
-		o.volumeID = "local-" + hex.EncodeToString(sum[:8])
-	}
-	return nil
+// daemon is a connection to `bpfmount serve`.
+type daemon struct {
+	conn  *grpc.ClientConn
+	node  csi.NodeClient
+	admin *admin.Client
+	path  string
 }
 
-func (o *clientOptions) dial() (csi.NodeClient, func(), error) {
-	path, err := driver.ParseEndpoint(o.endpoint)
+func (o *connOptions) dial() (*daemon, error) {
+	path, err := endpoint.Parse(o.endpoint)
 	if err != nil {
-		return nil, nil, err
+		return nil, fmt.Errorf("--endpoint: %w", err)
 	}
 	if _, err := os.Stat(path); err != nil {
-		return nil, nil, fmt.Errorf("cannot reach the daemon at %s: %v (is `bpfmount serve` running?)", path, err)
+		return nil, fmt.Errorf("cannot reach the daemon at %s: %v (is `bpfmount serve` running? --endpoint names its socket)", path, err)
 	}
 	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return csi.NewNodeClient(conn), func() { conn.Close() }, nil
+	return &daemon{conn: conn, node: csi.NewNodeClient(conn), admin: admin.NewClient(conn), path: path}, nil
+}
+
+func (d *daemon) Close() { d.conn.Close() }
+
+// volumes asks the daemon for every volume it knows.
+func (d *daemon) volumes(ctx context.Context) ([]admin.Volume, error) {
+	resp, err := d.admin.ListVolumes(ctx)
+	if status.Code(err) == codes.Unimplemented {
+		return nil, fmt.Errorf("the daemon at %s cannot list volumes (it predates %s): upgrade it", d.path, admin.ListVolumesMethod)
+	}
+	if err != nil {
+		return nil, rpcError(err)
+	}
+	return resp.Volumes, nil
+}
+
+// targetOptions are publish's and unpublish's volume flags.
+type targetOptions struct {
+	connOptions
+	volumeID string
+	target   string
+}
+
+func (o *targetOptions) flags(cmd *cobra.Command, idHelp string) {
+	o.connOptions.flags(cmd)
+	f := cmd.Flags()
+	f.StringVar(&o.volumeID, "volume-id", "", idHelp)
+	f.StringVar(&o.target, "target", "", "directory where the maps are mounted (required)")
+	cmd.MarkFlagRequired("target")
+}
+
+// absTarget makes --target absolute and clean, as the daemon records it.
+func (o *targetOptions) absTarget() error {
+	abs, err := filepath.Abs(o.target)
+	if err != nil {
+		return fmt.Errorf("--target %q: %w", o.target, err)
+	}
+	o.target = abs
+	return nil
+}
+
+// resolveParent follows symlinks in target's parent directory (such as
+// /var/run -> /run), so the daemon gets, and records, the real path: it
+// does not follow links on its own. A parent that does not exist is left
+// as it is.
+func resolveParent(target string) string {
+	dir, err := filepath.EvalSymlinks(filepath.Dir(target))
+	if err != nil {
+		return target
+	}
+	return filepath.Join(dir, filepath.Base(target))
+}
+
+// derivedVolumeID is publish's volume ID when none is given: the same
+// target always gets the same ID.
+func derivedVolumeID(target string) string {
+	sum := sha256.Sum256([]byte(target))
+	return "local-" + hex.EncodeToString(sum[:8])
 }
 
 func newPublishCmd() *cobra.Command {
-	o := &clientOptions{}
+	o := &targetOptions{}
 	var attrs []string
 	var readOnly bool
 	cmd := &cobra.Command{
 		Use:   "publish --target DIR --attr image=REF --attr interface=IF [--attr key=value ...]",
 		Short: "Load a program and mount its maps at a directory",
-		Long: `Ask the daemon to publish a volume, exactly as kubelet does for a pod:
-the attributes are the volume attributes (image, program, type, interface,
-priority, proceedOn, direction, xdpMode, maps, globals, pullPolicy; README's
-"Volume attributes" says what each means). Requests without pod information follow the policy's local
-section.`,
+		Long: `Ask the daemon to publish a volume, exactly as kubelet does for a pod.
+The --attr pairs are the volume attributes a pod's inline volume carries
+(image, program, type, interface, priority, proceedOn, direction, xdpMode,
+maps, globals, pullPolicy; README.md's "Volume attributes" describes each).
+Requests without pod information follow the policy's local section.
+
+The target's missing parent directories are created (mode 0755); the target
+itself is made by the daemon. Unpublish with the same --target.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.resolve(); err != nil {
+			if err := o.absTarget(); err != nil {
 				return err
 			}
 			vc := map[string]string{}
@@ -94,14 +147,22 @@ section.`,
 				}
 				vc[k] = v
 			}
-			client, closeFn, err := o.dial()
+			d, err := o.dial()
 			if err != nil {
 				return err
 			}
-			defer closeFn()
+			defer d.Close()
+			created, err := mkdirParents(filepath.Dir(o.target))
+			if err != nil {
+				return err
+			}
+			o.target = resolveParent(o.target)
+			if o.volumeID == "" {
+				o.volumeID = derivedVolumeID(o.target)
+			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
 			defer cancel()
-			_, err = client.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{
+			_, err = d.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{
 				VolumeId:   o.volumeID,
 				TargetPath: o.target,
 				Readonly:   readOnly,
@@ -112,44 +173,113 @@ section.`,
 				VolumeContext: vc,
 			})
 			if err != nil {
+				removeCreated(created) // a failed publish leaves nothing behind
 				return rpcError(err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "published volume %s at %s\n", o.volumeID, o.target)
 			return nil
 		},
 	}
-	o.flags(cmd)
+	o.flags(cmd, "volume ID (default: derived from --target)")
 	cmd.Flags().StringArrayVar(&attrs, "attr", nil, "volume attribute key=value (repeatable)")
 	cmd.Flags().BoolVar(&readOnly, "readonly", false, "expose the maps read-only")
 	return cmd
 }
 
+// mkdirParents creates dir and its missing parents with mode 0755, and
+// returns the ones it created, deepest last.
+func mkdirParents(dir string) ([]string, error) {
+	var missing []string
+	for p := dir; ; p = filepath.Dir(p) {
+		if _, err := os.Lstat(p); err == nil {
+			break
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("--target's parent %s: %w", dir, err)
+		}
+		missing = append(missing, p)
+		if p == filepath.Dir(p) {
+			break
+		}
+	}
+	var created []string
+	for i := len(missing) - 1; i >= 0; i-- {
+		if err := os.Mkdir(missing[i], 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+			removeCreated(created)
+			return nil, fmt.Errorf("creating --target's parent directory: %w", err)
+		}
+		// Mkdir's mode is cut by the umask; the documented mode is 0755.
+		if err := os.Chmod(missing[i], 0o755); err != nil {
+			removeCreated(append(created, missing[i]))
+			return nil, fmt.Errorf("creating --target's parent directory: %w", err)
+		}
+		created = append(created, missing[i])
+	}
+	return created, nil
+}
+
+// removeCreated removes directories mkdirParents made, deepest first, as
+// long as they are empty.
+func removeCreated(dirs []string) {
+	for i := len(dirs) - 1; i >= 0; i-- {
+		os.Remove(dirs[i])
+	}
+}
+
 func newUnpublishCmd() *cobra.Command {
-	o := &clientOptions{}
+	o := &targetOptions{}
 	cmd := &cobra.Command{
-		Use:   "unpublish --target DIR",
+		Use:   "unpublish --target DIR [--volume-id ID]",
 		Short: "Unmount a volume's maps and unload its program when no other volume shares it",
-		Args:  cobra.NoArgs,
+		Long: `Ask the daemon to unpublish the volume mounted at --target. Without
+--volume-id the daemon's list of volumes names the volume at that target,
+so a volume published with any --volume-id is found; a target where no
+volume is published is an error.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.resolve(); err != nil {
+			if err := o.absTarget(); err != nil {
 				return err
 			}
-			client, closeFn, err := o.dial()
+			d, err := o.dial()
 			if err != nil {
 				return err
 			}
-			defer closeFn()
+			defer d.Close()
 			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
 			defer cancel()
-			if _, err := client.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: o.volumeID, TargetPath: o.target}); err != nil {
+			if o.volumeID == "" {
+				vols, err := d.volumes(ctx)
+				if err != nil {
+					return err
+				}
+				v, ok := volumeAt(vols, o.target)
+				if !ok {
+					v, ok = volumeAt(vols, resolveParent(o.target))
+				}
+				if !ok {
+					return fmt.Errorf("no volume is published at %s (`bpfmount list` shows the targets there are)", o.target)
+				}
+				// The daemon's own spelling of the target, the one it recorded.
+				o.volumeID, o.target = v.VolumeID, v.Target
+			}
+			if _, err := d.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: o.volumeID, TargetPath: o.target}); err != nil {
 				return rpcError(err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "unpublished volume %s from %s\n", o.volumeID, o.target)
 			return nil
 		},
 	}
-	o.flags(cmd)
+	o.flags(cmd, "volume ID (default: the volume the daemon has at --target)")
 	return cmd
+}
+
+// volumeAt finds the volume published at target (absolute and clean).
+func volumeAt(vols []admin.Volume, target string) (admin.Volume, bool) {
+	for _, v := range vols {
+		if filepath.Clean(v.Target) == target {
+			return v, true
+		}
+	}
+	return admin.Volume{}, false
 }
 
 func rpcError(err error) error {
@@ -159,87 +289,89 @@ func rpcError(err error) error {
 	return err
 }
 
-// listEntry is one line of `bpfmount list`.
-type listEntry struct {
-	Volume    string   `json:"volume"`
-	Pod       string   `json:"pod,omitempty"`
-	Program   string   `json:"program"`
-	Hook      string   `json:"hook"`
-	Interface string   `json:"interface"`
-	Direction string   `json:"direction,omitempty"`
-	Priority  int      `json:"priority"`
-	ProgramID uint32   `json:"programID"`
-	Digest    string   `json:"digest"`
-	Maps      []string `json:"maps"`
-	Target    string   `json:"target"`
-	ReadOnly  bool     `json:"readOnly"`
-}
-
 func newListCmd() *cobra.Command {
-	var stateDir, output string
+	o := &connOptions{}
+	var output string
 	cmd := &cobra.Command{
 		Use:   "list",
 		Short: "List published volumes and their programs",
-		Args:  cobra.NoArgs,
+		Long: `Ask the daemon for every volume it has published. -o wide adds the program
+ID, image, digest, maps and read-only; -o json prints every field the
+daemon returns.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if _, err := os.Stat(filepath.Join(stateDir, "volumes")); err != nil {
-				return fmt.Errorf("no volume records in %s: %v (is this the daemon's --state-dir?)", stateDir, err)
+			if output != "table" && output != "wide" && output != "json" {
+				return fmt.Errorf("-o %q: want table, wide or json", output)
 			}
-			store, err := state.Open(stateDir)
+			d, err := o.dial()
 			if err != nil {
 				return err
 			}
-			recs, err := store.List()
+			defer d.Close()
+			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
+			defer cancel()
+			vols, err := d.volumes(ctx)
 			if err != nil {
 				return err
 			}
-			entries := make([]listEntry, 0, len(recs))
-			for _, r := range recs {
-				e := listEntry{
-					Volume: r.VolumeID, Program: r.Identity.Program, Hook: string(r.Identity.Hook),
-					Interface: r.Identity.Interface, Direction: r.Identity.Direction, Priority: r.Identity.Priority,
-					ProgramID: r.ProgramID, Digest: r.Identity.Digest, Maps: r.Maps, Target: r.TargetPath, ReadOnly: r.ReadOnly,
-				}
-				if r.Pod.Name != "" {
-					e.Pod = r.Pod.Namespace + "/" + r.Pod.Name
-				}
-				entries = append(entries, e)
-			}
-			sort.Slice(entries, func(i, j int) bool { return entries[i].Volume < entries[j].Volume })
-			out := cmd.OutOrStdout()
-			switch output {
-			case "json":
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(entries)
-			case "", "table":
-				tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "VOLUME\tPOD\tPROGRAM\tHOOK\tINTERFACE\tPRIORITY\tID\tDIGEST\tMAPS")
-				for _, e := range entries {
-					hook := e.Hook
-					if e.Direction != "" {
-						hook += "/" + e.Direction
-					}
-					digest := e.Digest
-					if len(digest) > 19 {
-						digest = digest[:19]
-					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\n", e.Volume, orDash(e.Pod), e.Program, hook,
-						e.Interface, e.Priority, e.ProgramID, digest, strings.Join(e.Maps, ","))
-				}
-				return tw.Flush()
-			}
-			return fmt.Errorf("-o %q: want table or json", output)
+			return printVolumes(cmd.OutOrStdout(), output, vols)
 		},
 	}
-	cmd.Flags().StringVar(&stateDir, "state-dir", defaultStateDir, "the daemon's state directory")
-	cmd.Flags().StringVarP(&output, "output", "o", "table", "table or json")
+	o.flags(cmd)
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "table, wide or json")
 	return cmd
 }
 
-func orDash(s string) string {
-	if s == "" {
-		return "-"
+func printVolumes(out io.Writer, format string, vols []admin.Volume) error {
+	if format == "json" {
+		if vols == nil {
+			vols = []admin.Volume{}
+		}
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(vols)
 	}
-	return s
+	wide := format == "wide"
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	header := "VOLUME\tPOD\tPROGRAM\tHOOK\tINTERFACE\tPRIORITY\tTARGET"
+	if wide {
+		header += "\tPROGRAM ID\tIMAGE\tDIGEST\tMAPS\tREAD-ONLY"
+	}
+	fmt.Fprintln(tw, header)
+	for _, v := range vols {
+		pod := "-"
+		if v.PodName != "" {
+			pod = v.PodNamespace + "/" + v.PodName
+		}
+		hook := v.Hook
+		if v.Direction != "" {
+			hook += "/" + v.Direction
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s", cell(v.VolumeID), cell(pod), cell(v.Program), cell(hook), cell(v.Interface), v.Priority, cell(v.Target))
+		if wide {
+			digest := v.Digest
+			if len(digest) > 19 { // "sha256:" and 12 hex digits
+				digest = digest[:19]
+			}
+			maps := strings.Join(v.Maps, ",")
+			if maps == "" {
+				maps = "-"
+			}
+			fmt.Fprintf(tw, "\t%d\t%s\t%s\t%s\t%t", v.ProgramID, cell(v.Image), cell(digest), cell(maps), v.ReadOnly)
+		}
+		fmt.Fprintln(tw)
+	}
+	return tw.Flush()
+}
+
+// cell keeps a table cell on its line and in its column: names can come
+// from a pod author, so control characters (tabs, newlines, escapes) are
+// shown as '?'.
+func cell(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return '?'
+		}
+		return r
+	}, s)
 }

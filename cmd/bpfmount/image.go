@@ -1,3 +1,5 @@
+//go:build !bpfmount_cli
+
 package main
 
 import (

@@ -1,8 +1,11 @@
+//go:build !bpfmount_cli
+
 package main
 
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/http"
@@ -23,8 +26,12 @@ import (
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/driver/registration"
+	"github.com/bpfmount/bpfmount/internal/endpoint"
 	"github.com/bpfmount/bpfmount/loader"
 )
+
+// cancelWait is how long calls cancelled at shutdown get to return.
+const cancelWait = 5 * time.Second
 
 type serveOptions struct {
 	endpoint   string
@@ -47,6 +54,8 @@ type serveOptions struct {
 	healthAddr  string
 	gcInterval  time.Duration
 
+	shutdownGrace time.Duration
+
 	registrationSocket string
 	kubeletPath        string
 }
@@ -61,13 +70,14 @@ func newServeCmd() *cobra.Command {
 On start the daemon re-adopts the programs its volume records describe
 (their links are pinned, so they kept running), finishes or rolls back
 operations a crash interrupted, and removes pins no volume owns; only then
-does it serve. SIGTERM or SIGINT stops accepting calls, lets the calls in
-flight finish and exits; attached programs stay attached.`,
+does it serve. SIGTERM or SIGINT stops accepting calls and lets the calls in
+flight finish for --shutdown-grace; then it cancels them, waits up to 5 s
+for them to roll back, and exits. Attached programs stay attached.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context()) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.endpoint, "endpoint", defaultEndpoint, "CSI socket (unix:///path)")
+	f.StringVar(&o.endpoint, "endpoint", endpoint.FromEnv(), "CSI socket, unix:///path ($"+endpoint.EnvVar+" when set)")
 	f.StringVar(&o.nodeID, "node-id", "", "node name (default: $KUBE_NODE_NAME, then the host name)")
 	f.StringVar(&o.stateDir, "state-dir", defaultStateDir, "directory for volume records and staging mounts (tmpfs on real nodes)")
 	f.StringVar(&o.bpffsRoot, "bpffs-root", defaultBPFFSRoot, "directory on a bpffs for the driver's pins")
@@ -78,7 +88,7 @@ flight finish and exits; attached programs stay attached.`,
 	f.DurationVar(&o.pullTimeout, "pull-timeout", 2*time.Minute, "how long one image pull may take")
 	f.StringVar(&o.dockerConfig, "docker-config", "", "node-wide registry credentials (a docker config.json); a pod's nodePublishSecretRef takes precedence")
 	f.StringVar(&o.verifyKey, "verify-key", "", "PEM public key(s) that image signatures (cosign format) are verified with, offline")
-	f.BoolVar(&o.requireSigned, "require-signatures", false, "refuse every registry image without a valid signature by --verify-key")
+	f.BoolVar(&o.requireSigned, "require-signatures", false, "refuse every image without a signature that verifies with --verify-key: registry images must carry one, and local oci: layouts, which carry none, are refused")
 	f.StringVar(&o.metricsAddr, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics (empty: off)")
 	f.StringVar(&o.healthAddr, "health-address", "", "serve http://ADDR/healthz (empty: off)")
 	f.StringVar(&o.registrationSocket, "registration-socket", "", "serve kubelet's plugin registration API on this socket (in <kubeletRootDir>/plugins_registry/), so no registrar sidecar is needed")
@@ -86,7 +96,23 @@ flight finish and exits; attached programs stay attached.`,
 	f.DurationVar(&o.gcInterval, "gc-interval", 10*time.Minute, "how often to remove pins and staging mounts no volume owns (0: only at start)")
 	f.StringSliceVar(&o.targetRoot, "target-root", driver.DefaultTargetRoots, "directories publish targets must lie in (repeat or comma-separate); no symlink below them is followed, anything else is refused. On Kubernetes: <kubelet root>/pods")
 	f.BoolVar(&o.mountBPFFS, "mount-bpffs", true, "mount a bpffs at the parent of --bpffs-root when none is mounted there")
+	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 20*time.Second, "on SIGTERM or SIGINT, how long calls in flight may run before they are cancelled; keep it, plus 5 s, below the pod's terminationGracePeriodSeconds")
+	addLogFlags(cmd)
 	return cmd
+}
+
+// addLogFlags gives cmd klog's flags: -v (log verbosity) in its help, the
+// rest accepted but hidden, as kubectl does, so they do not bury the
+// daemon's own flags. Only serve logs, so only serve has them.
+func addLogFlags(cmd *cobra.Command) {
+	gf := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(gf)
+	cmd.Flags().AddGoFlagSet(gf)
+	gf.VisitAll(func(f *flag.Flag) {
+		if f.Name != "v" {
+			cmd.Flags().MarkHidden(f.Name)
+		}
+	})
 }
 
 func (o *serveOptions) run(ctx context.Context) error {
@@ -183,7 +209,9 @@ func (o *serveOptions) run(ctx context.Context) error {
 	}()
 	klog.InfoS("Serving", "driver", driver.Name, "version", driver.Version, "node", o.nodeID, "endpoint", o.endpoint,
 		"stateDir", o.stateDir, "bpffsRoot", o.bpffsRoot, "chaining", ld.CanChain())
-	return driver.Serve(ctx, driver.NewServer(d), l)
+	srv := driver.NewServer(d, serverOptions()...)
+	driver.RegisterAdmin(srv, d)
+	return serveUntil(ctx, srv, l, o.shutdownGrace, cancelWait)
 }
 
 // ensureBPFFS makes sure root is a directory on a bpffs. Nodes usually have

@@ -67,7 +67,7 @@ step "Publishing a volume: image=oci:$LAYOUT interface=veth-demo (read-only)"
 vol="$work/volume"
 "$BIN/bpfmount" publish --endpoint "unix://$sock" --target "$vol" --readonly \
 	--attr "image=oci:$LAYOUT" --attr interface=veth-demo
-"$BIN/bpfmount" list --state-dir "$work/state"
+"$BIN/bpfmount" list --endpoint "unix://$sock" -o wide
 echo
 echo "The volume holds the program's map:"
 ls -l "$vol"

@@ -95,7 +95,7 @@ func decodeFile(t *testing.T, file string) []decoded {
 }
 
 // Volume attribute keys the driver accepts (README.md, "Volume
-// attributes").
+// attributes"; driver/attributes.go parses them).
 var volumeAttributes = []string{
 	"image", "program", "type", "interface", "priority", "proceedOn",
 	"direction", "xdpMode", "maps", "globals", "pullPolicy",

@@ -457,6 +457,9 @@ func checkDaemonSet(t *testing.T, sc scenario, ds *appsv1.DaemonSet) {
 	if sc.metrics {
 		want["metrics-address"] = ":" + strconv.Itoa(sc.metricsPort)
 	}
+	if pod.TerminationGracePeriodSeconds != nil {
+		want["shutdown-grace"] = shutdownGrace(*pod.TerminationGracePeriodSeconds)
+	}
 	for _, a := range sc.extraArgs {
 		k, v, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
 		want[k] = v
@@ -467,6 +470,9 @@ func checkDaemonSet(t *testing.T, sc scenario, ds *appsv1.DaemonSet) {
 	env := map[string]corev1.EnvVar{}
 	for _, e := range c.Env {
 		env[e.Name] = e
+	}
+	if e := env["BPFMOUNT_ENDPOINT"]; e.Value != want["endpoint"] {
+		t.Errorf("BPFMOUNT_ENDPOINT env = %+v, want %q (the --endpoint serve gets, for `bpfmount list` in the container)", e, want["endpoint"])
 	}
 	if e := env["KUBE_NODE_NAME"]; e.ValueFrom == nil || e.ValueFrom.FieldRef == nil || e.ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
 		t.Errorf("KUBE_NODE_NAME env = %+v, want fieldRef spec.nodeName", e)

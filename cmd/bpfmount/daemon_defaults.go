@@ -1,8 +1,9 @@
+//go:build !bpfmount_cli
+
 package main
 
-// Defaults shared by the daemon and the client commands.
+// Defaults of the daemon's directories.
 const (
-	defaultEndpoint   = "unix:///run/bpfmount/csi.sock"
 	defaultStateDir   = "/run/bpfmount"
 	defaultBPFFSRoot  = "/sys/fs/bpf/bpfmount"
 	defaultImageCache = "/var/cache/bpfmount"

@@ -1,0 +1,381 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/bpfmount/bpfmount/driver/admin"
+)
+
+// fakeDaemon serves the CSI node service and the admin service on a unix
+// socket and records what it is asked.
+type fakeDaemon struct {
+	csi.UnimplementedNodeServer
+	endpoint string
+
+	mu          sync.Mutex
+	publishes   []*csi.NodePublishVolumeRequest
+	unpublishes []*csi.NodeUnpublishVolumeRequest
+	lists       int
+	volumes     []admin.Volume
+	publishErr  error
+}
+
+func (f *fakeDaemon) NodePublishVolume(_ context.Context, r *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.publishes = append(f.publishes, r)
+	if f.publishErr != nil {
+		return nil, f.publishErr
+	}
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+func (f *fakeDaemon) NodeUnpublishVolume(_ context.Context, r *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.unpublishes = append(f.unpublishes, r)
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+func (f *fakeDaemon) ListVolumes(context.Context, *admin.ListVolumesRequest) (*admin.ListVolumesResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.lists++
+	return &admin.ListVolumesResponse{Volumes: f.volumes}, nil
+}
+
+// shortTempDir is a temporary directory short enough for a socket path.
+func shortTempDir(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "bpfmount-cli-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// startFake serves f; withAdmin false is a daemon that predates the admin
+// service.
+func startFake(t *testing.T, f *fakeDaemon, withAdmin bool) *fakeDaemon {
+	t.Helper()
+	sock := filepath.Join(shortTempDir(t), "csi.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	csi.RegisterNodeServer(srv, f)
+	if withAdmin {
+		admin.Register(srv, f)
+	}
+	go srv.Serve(l)
+	t.Cleanup(srv.Stop)
+	f.endpoint = "unix://" + sock
+	return f
+}
+
+// run runs the CLI with args and returns its output and error.
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := newRootCmd()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(args)
+	err := cmd.Execute()
+	return out.String(), err
+}
+
+func TestPublishRequest(t *testing.T) {
+	f := startFake(t, &fakeDaemon{}, true)
+	target := filepath.Join(shortTempDir(t), "vol")
+	out, err := run(t, "publish", "--endpoint", f.endpoint, "--target", target, "--readonly",
+		"--attr", "image=oci:/srv/counter:v1", "--attr", "interface=eth0", "--attr", "globals=a=01")
+	if err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	if len(f.publishes) != 1 {
+		t.Fatalf("%d publish calls, want 1", len(f.publishes))
+	}
+	r := f.publishes[0]
+	if r.TargetPath != target || !r.Readonly || r.VolumeId != derivedVolumeID(target) {
+		t.Errorf("request: target %q readonly %v volume %q; want %q true %q", r.TargetPath, r.Readonly, r.VolumeId, target, derivedVolumeID(target))
+	}
+	want := map[string]string{"image": "oci:/srv/counter:v1", "interface": "eth0", "globals": "a=01"}
+	if !reflect.DeepEqual(r.VolumeContext, want) {
+		t.Errorf("volume context %v, want %v", r.VolumeContext, want)
+	}
+	if r.GetVolumeCapability().GetMount() == nil ||
+		r.GetVolumeCapability().GetAccessMode().GetMode() != csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER {
+		t.Errorf("capability %v, want a single-node-writer mount", r.GetVolumeCapability())
+	}
+	if !strings.Contains(out, "published volume "+r.VolumeId+" at "+target) {
+		t.Errorf("output %q", out)
+	}
+}
+
+func TestPublishVolumeIDAndRelativeTarget(t *testing.T) {
+	f := startFake(t, &fakeDaemon{}, true)
+	dir := shortTempDir(t)
+	t.Chdir(dir)
+	if _, err := run(t, "publish", "--endpoint", f.endpoint, "--target", "sub/../vol", "--volume-id", "mine", "--attr", "image=x"); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.publishes[0]; r.VolumeId != "mine" || r.TargetPath != filepath.Join(dir, "vol") || r.Readonly {
+		t.Errorf("request volume %q target %q readonly %v; want mine, %s, false", r.VolumeId, r.TargetPath, r.Readonly, filepath.Join(dir, "vol"))
+	}
+}
+
+func TestPublishCreatesParents(t *testing.T) {
+	old := syscall.Umask(0o077) // the mode must be 0755 whatever the umask
+	defer syscall.Umask(old)
+	f := startFake(t, &fakeDaemon{}, true)
+	base := shortTempDir(t)
+	target := filepath.Join(base, "run", "bpf", "counter")
+	if _, err := run(t, "publish", "--endpoint", f.endpoint, "--target", target, "--attr", "image=x"); err != nil {
+		t.Fatalf("publish on a missing parent: %v", err)
+	}
+	for _, d := range []string{filepath.Join(base, "run"), filepath.Join(base, "run", "bpf")} {
+		st, err := os.Stat(d)
+		if err != nil || !st.IsDir() || st.Mode().Perm() != 0o755 {
+			t.Errorf("%s: %v, %v; want a directory with mode 0755", d, st, err)
+		}
+	}
+	if _, err := os.Lstat(target); err == nil {
+		t.Errorf("the CLI created the target itself; the daemon makes it")
+	}
+}
+
+func TestFailedPublishRemovesParentsItMade(t *testing.T) {
+	f := startFake(t, &fakeDaemon{publishErr: status.Error(codes.InvalidArgument, `attribute "interface": no such interface`)}, true)
+	base := shortTempDir(t)
+	target := filepath.Join(base, "a", "b", "vol")
+	_, err := run(t, "publish", "--endpoint", f.endpoint, "--target", target, "--attr", "image=x")
+	if err == nil || err.Error() != `InvalidArgument: attribute "interface": no such interface` {
+		t.Fatalf("err = %v, want the daemon's code and message", err)
+	}
+	if _, err := os.Lstat(filepath.Join(base, "a")); err == nil {
+		t.Errorf("a failed publish left the parent directories it created")
+	}
+	if _, err := os.Lstat(base); err != nil {
+		t.Errorf("removed a directory it did not create: %v", err)
+	}
+}
+
+func TestPublishBadInput(t *testing.T) {
+	f := startFake(t, &fakeDaemon{}, true)
+	target := filepath.Join(shortTempDir(t), "x", "vol")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--attr", "novalue"}, `--attr "novalue": want key=value`},
+		{[]string{"--attr", "=v"}, `want key=value`},
+		{[]string{"--endpoint", "tcp://127.0.0.1:1"}, "--endpoint"},
+		{[]string{"--endpoint", "unix:///nonexistent/csi.sock"}, "cannot reach the daemon at /nonexistent/csi.sock"},
+	} {
+		args := append([]string{"publish", "--endpoint", f.endpoint, "--target", target}, c.args...)
+		_, err := run(t, args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("publish %q: err = %v, want %q", c.args, err, c.want)
+		}
+	}
+	if _, err := run(t, "publish", "--endpoint", f.endpoint); err == nil || !strings.Contains(err.Error(), `"target" not set`) {
+		t.Errorf("publish without --target: err = %v", err)
+	}
+	if len(f.publishes) != 0 {
+		t.Errorf("bad input reached the daemon: %v", f.publishes)
+	}
+	if _, err := os.Lstat(filepath.Dir(target)); err == nil {
+		t.Errorf("bad input created %s", filepath.Dir(target))
+	}
+}
+
+func TestUnpublishFindsVolumeByTarget(t *testing.T) {
+	target := filepath.Join(shortTempDir(t), "vol")
+	f := startFake(t, &fakeDaemon{volumes: []admin.Volume{
+		{VolumeID: "other", Target: "/elsewhere"},
+		{VolumeID: "published-with-its-own-id", Target: target},
+	}}, true)
+	out, err := run(t, "unpublish", "--endpoint", f.endpoint, "--target", target+"/")
+	if err != nil {
+		t.Fatalf("unpublish: %v", err)
+	}
+	if len(f.unpublishes) != 1 || f.unpublishes[0].VolumeId != "published-with-its-own-id" || f.unpublishes[0].TargetPath != target {
+		t.Fatalf("unpublish calls %v, want one for published-with-its-own-id at %s", f.unpublishes, target)
+	}
+	if !strings.Contains(out, "unpublished volume published-with-its-own-id from "+target) {
+		t.Errorf("output %q", out)
+	}
+}
+
+func TestUnpublishUnknownTarget(t *testing.T) {
+	f := startFake(t, &fakeDaemon{volumes: []admin.Volume{{VolumeID: "v", Target: "/run/bpf/a"}}}, true)
+	_, err := run(t, "unpublish", "--endpoint", f.endpoint, "--target", "/run/bpf/b")
+	if err == nil || !strings.Contains(err.Error(), "no volume is published at /run/bpf/b") {
+		t.Fatalf("err = %v, want one naming the target", err)
+	}
+	if len(f.unpublishes) != 0 {
+		t.Errorf("an unknown target reached NodeUnpublishVolume: %v", f.unpublishes)
+	}
+}
+
+func TestUnpublishWithVolumeID(t *testing.T) {
+	f := startFake(t, &fakeDaemon{}, true)
+	if _, err := run(t, "unpublish", "--endpoint", f.endpoint, "--target", "/run/bpf/a", "--volume-id", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	if f.lists != 0 || len(f.unpublishes) != 1 || f.unpublishes[0].VolumeId != "v1" {
+		t.Errorf("lists %d, unpublishes %v; want no list and one call for v1", f.lists, f.unpublishes)
+	}
+}
+
+func TestOldDaemonWithoutAdmin(t *testing.T) {
+	f := startFake(t, &fakeDaemon{}, false)
+	for _, args := range [][]string{{"list"}, {"unpublish", "--target", "/run/bpf/a"}} {
+		_, err := run(t, append(args, "--endpoint", f.endpoint)...)
+		if err == nil || !strings.Contains(err.Error(), "cannot list volumes") || !strings.Contains(err.Error(), "upgrade it") {
+			t.Errorf("%v against a daemon without the admin service: err = %v", args, err)
+		}
+	}
+}
+
+var testVolumes = []admin.Volume{
+	{
+		VolumeID: "csi-0a1b", Target: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/counter/mount",
+		PodNamespace: "apps", PodName: "web-0", PodUID: "u", Image: "registry.example/bpf/counter:v1",
+		Digest: "sha256:0123456789abcdef0123456789abcdef", Signed: true, Program: "xdp_count", Hook: "xdp",
+		Interface: "eth0", Priority: 50, XDPMode: "native", ProgramID: 42, Maps: []string{"stats", "cfg"},
+		ReadOnly: true, Created: "2026-11-26T09:00:00Z",
+	},
+	{
+		VolumeID: "local-1", Target: "/run/bpf/tc", Image: "oci:/srv/tc:v1", Digest: "sha256:ff",
+		Program: "tc_\tcount\n", Hook: "tcx", Direction: "ingress", Interface: "veth0", Priority: 0, ProgramID: 7,
+	},
+}
+
+func TestListFormats(t *testing.T) {
+	f := startFake(t, &fakeDaemon{volumes: testVolumes}, true)
+
+	out, err := run(t, "list", "--endpoint", f.endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("table has %d lines, want a header and 2 rows:\n%s", len(lines), out)
+	}
+	for _, w := range []string{"VOLUME", "POD", "PROGRAM", "HOOK", "INTERFACE", "PRIORITY", "TARGET"} {
+		if !strings.Contains(lines[0], w) {
+			t.Errorf("header %q lacks %s", lines[0], w)
+		}
+	}
+	if strings.Contains(lines[0], "DIGEST") {
+		t.Errorf("the default table has wide columns: %q", lines[0])
+	}
+	if f := strings.Fields(lines[1]); !reflect.DeepEqual(f, []string{"csi-0a1b", "apps/web-0", "xdp_count", "xdp", "eth0", "50", testVolumes[0].Target}) {
+		t.Errorf("row 1 = %q", f)
+	}
+	// Control characters in names stay out of the table's layout.
+	if f := strings.Fields(lines[2]); !reflect.DeepEqual(f, []string{"local-1", "-", "tc_?count?", "tcx/ingress", "veth0", "0", "/run/bpf/tc"}) {
+		t.Errorf("row 2 = %q", f)
+	}
+
+	out, err = run(t, "list", "--endpoint", f.endpoint, "-o", "wide")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines = strings.Split(strings.TrimRight(out, "\n"), "\n")
+	for _, w := range []string{"PROGRAM ID", "IMAGE", "DIGEST", "MAPS", "READ-ONLY"} {
+		if !strings.Contains(lines[0], w) {
+			t.Errorf("wide header %q lacks %s", lines[0], w)
+		}
+	}
+	for _, w := range []string{" 42 ", "registry.example/bpf/counter:v1", "sha256:0123456789ab ", "stats,cfg", "true"} {
+		if !strings.Contains(lines[1]+" ", w) {
+			t.Errorf("wide row %q lacks %q", lines[1], w)
+		}
+	}
+
+	out, err = run(t, "list", "--endpoint", f.endpoint, "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []admin.Volume
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("-o json is not JSON: %v\n%s", err, out)
+	}
+	if !reflect.DeepEqual(got, testVolumes) {
+		t.Errorf("-o json lost fields:\n got %+v\nwant %+v", got, testVolumes)
+	}
+}
+
+func TestListEmptyAndBadFormat(t *testing.T) {
+	f := startFake(t, &fakeDaemon{}, true)
+	out, err := run(t, "list", "--endpoint", f.endpoint, "-o", "json")
+	if err != nil || strings.TrimSpace(out) != "[]" {
+		t.Errorf("-o json with no volumes = %q, %v; want []", out, err)
+	}
+	out, err = run(t, "list", "--endpoint", f.endpoint)
+	if err != nil || strings.Count(out, "\n") != 1 {
+		t.Errorf("table with no volumes = %q, %v; want the header only", out, err)
+	}
+	if _, err := run(t, "list", "--endpoint", f.endpoint, "-o", "yaml"); err == nil || !strings.Contains(err.Error(), "want table, wide or json") {
+		t.Errorf("-o yaml: err = %v", err)
+	}
+	if f.lists != 2 {
+		t.Errorf("%d list calls, want 2 (a bad -o asks nothing)", f.lists)
+	}
+}
+
+func TestEndpointFromEnvironment(t *testing.T) {
+	f := startFake(t, &fakeDaemon{volumes: testVolumes[:1]}, true)
+	t.Setenv("BPFMOUNT_ENDPOINT", f.endpoint)
+	out, err := run(t, "list")
+	if err != nil || !strings.Contains(out, "csi-0a1b") {
+		t.Errorf("list with $BPFMOUNT_ENDPOINT = %q, %v", out, err)
+	}
+}
+
+// A target reached through a symlinked parent (/var/run -> /run) is sent
+// as its real path, which the daemon records, and unpublish through the
+// link finds it.
+func TestTargetThroughSymlinkedParent(t *testing.T) {
+	base := shortTempDir(t)
+	real := filepath.Join(base, "run")
+	if err := os.Mkdir(real, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(real, filepath.Join(base, "var-run")); err != nil {
+		t.Fatal(err)
+	}
+	f := startFake(t, &fakeDaemon{volumes: []admin.Volume{{VolumeID: "v", Target: filepath.Join(real, "vol")}}}, true)
+	viaLink := filepath.Join(base, "var-run", "vol")
+	if _, err := run(t, "publish", "--endpoint", f.endpoint, "--target", viaLink, "--attr", "image=x"); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.publishes[0]; got.TargetPath != filepath.Join(real, "vol") || got.VolumeId != derivedVolumeID(filepath.Join(real, "vol")) {
+		t.Errorf("publish sent target %q volume %q; want the real path %q and its ID", got.TargetPath, got.VolumeId, filepath.Join(real, "vol"))
+	}
+	if _, err := run(t, "unpublish", "--endpoint", f.endpoint, "--target", viaLink); err != nil {
+		t.Fatalf("unpublish through the link: %v", err)
+	}
+	if len(f.unpublishes) != 1 || f.unpublishes[0].VolumeId != "v" || f.unpublishes[0].TargetPath != filepath.Join(real, "vol") {
+		t.Errorf("unpublishes %v, want one for v at the recorded target", f.unpublishes)
+	}
+}

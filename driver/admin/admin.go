@@ -1,0 +1,115 @@
+// Package admin is the wire format of bpfmount's admin service, served by
+// the daemon next to the CSI services on the same socket: the questions the
+// command-line client asks that CSI has no call for (which volumes exist).
+//
+// It has no generated code. The service is described by a hand-written
+// grpc.ServiceDesc and its messages are plain Go structs carried as JSON
+// (content subtype "bpfmount-json"), so the client needs neither protoc nor
+// the driver's packages: the CLI links only this package, grpc and the CSI
+// types, and starts in a few milliseconds.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/encoding"
+)
+
+// ServiceName is the gRPC service name.
+const ServiceName = "bpfmount.v1.Admin"
+
+// ListVolumesMethod is the full method name of ListVolumes.
+const ListVolumesMethod = "/" + ServiceName + "/ListVolumes"
+
+// ListVolumesRequest asks for every volume the daemon knows.
+type ListVolumesRequest struct{}
+
+// ListVolumesResponse lists the daemon's volumes, sorted by volume ID.
+type ListVolumesResponse struct {
+	Volumes []Volume `json:"volumes"`
+}
+
+// Volume is one published volume as the daemon's record describes it.
+// Attributes are not included: they may carry a service account token.
+type Volume struct {
+	VolumeID     string   `json:"volumeID"`
+	Target       string   `json:"target"`
+	PodNamespace string   `json:"podNamespace,omitempty"`
+	PodName      string   `json:"podName,omitempty"`
+	PodUID       string   `json:"podUID,omitempty"`
+	Image        string   `json:"image"`
+	Digest       string   `json:"digest"`
+	Signed       bool     `json:"signed"`
+	Program      string   `json:"program"`
+	Hook         string   `json:"hook"`
+	Direction    string   `json:"direction,omitempty"`
+	Interface    string   `json:"interface"`
+	Priority     int      `json:"priority"`
+	XDPMode      string   `json:"xdpMode,omitempty"`
+	ProgramID    uint32   `json:"programID"`
+	Maps         []string `json:"maps"`
+	ReadOnly     bool     `json:"readOnly"`
+	// Created is RFC 3339 (a string, so the message stays plain JSON).
+	Created string `json:"created,omitempty"`
+}
+
+// Server is what the daemon implements.
+type Server interface {
+	ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error)
+}
+
+// Register serves srv on s.
+func Register(s grpc.ServiceRegistrar, srv Server) {
+	s.RegisterService(&serviceDesc, srv)
+}
+
+var serviceDesc = grpc.ServiceDesc{
+	ServiceName: ServiceName,
+	HandlerType: (*Server)(nil),
+	Methods: []grpc.MethodDesc{{
+		MethodName: "ListVolumes",
+		Handler: func(srv any, ctx context.Context, dec func(any) error, interceptor grpc.UnaryServerInterceptor) (any, error) {
+			req := new(ListVolumesRequest)
+			if err := dec(req); err != nil {
+				return nil, err
+			}
+			call := func(ctx context.Context, req any) (any, error) {
+				return srv.(Server).ListVolumes(ctx, req.(*ListVolumesRequest))
+			}
+			if interceptor == nil {
+				return call(ctx, req)
+			}
+			return interceptor(ctx, req, &grpc.UnaryServerInfo{Server: srv, FullMethod: ListVolumesMethod}, call)
+		},
+	}},
+	Metadata: "bpfmount/admin",
+}
+
+// Client calls the admin service.
+type Client struct{ cc grpc.ClientConnInterface }
+
+// NewClient returns a client on cc.
+func NewClient(cc grpc.ClientConnInterface) *Client { return &Client{cc: cc} }
+
+// ListVolumes returns every volume the daemon knows.
+func (c *Client) ListVolumes(ctx context.Context) (*ListVolumesResponse, error) {
+	out := new(ListVolumesResponse)
+	if err := c.cc.Invoke(ctx, ListVolumesMethod, &ListVolumesRequest{}, out, grpc.CallContentSubtype(codecName)); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+const codecName = "bpfmount-json"
+
+// jsonCodec carries the admin messages. gRPC picks a codec by the call's
+// content subtype, so CSI calls on the same connection keep protobuf.
+type jsonCodec struct{}
+
+func (jsonCodec) Marshal(v any) ([]byte, error)      { return json.Marshal(v) }
+func (jsonCodec) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+func (jsonCodec) Name() string                       { return codecName }
+
+func init() { encoding.RegisterCodec(jsonCodec{}) }

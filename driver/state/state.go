@@ -71,10 +71,6 @@ type Intent struct {
 	VolumeID    string `json:"volumeID"`
 	TargetPath  string `json:"targetPath"`
 	StagingPath string `json:"stagingPath"`
-	// Key is the loader identity's key once known: a publish that crashed
-	// after attaching left pins under it.
-	Key     string    `json:"key,omitempty"`
-	Started time.Time `json:"started"`
 }
 
 // Store is a directory of records and intents.

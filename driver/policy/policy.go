@@ -25,9 +25,9 @@ type Decision struct {
 // Policy is a parsed node policy. It is immutable once parsed, so it can be
 // shared between goroutines without locking.
 type Policy struct {
-	configured bool        // false only for Default: changes the pod denial message
-	rules      []rule      // in file order
-	local      *conditions // nil: local requests are allowed unconditionally
+	configured bool            // false only for Default: changes the pod denial message
+	rules      []rule          // in file order
+	local      *conditions     // nil: local requests are allowed unconditionally
 	named      map[string]bool // namespaces some rule names exactly (metric labels)
 }
 

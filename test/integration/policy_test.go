@@ -70,7 +70,7 @@ rules:
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-ok", target, podAttrs(img, v.Host, "net-observability"), true)); err != nil {
 		t.Fatalf("allowed pod: %v", err)
 	}
-	rec, _ := d.Driver.Store().Get("vol-ok")
+	rec, _ := d.Record("vol-ok")
 	if rec.Pod.Namespace != "net-observability" || rec.Pod.Name != "reader" {
 		t.Fatalf("record lacks the pod: %+v", rec.Pod)
 	}

@@ -83,7 +83,7 @@ func TestRegistryImagesLoadOnceAndCount(t *testing.T) {
 	if m, b := reg.Gets(); m != 1 || b != 2 {
 		t.Fatalf("20 concurrent publishes made %d manifest and %d blob GETs; want 1 and 2 (config, layer)", m, b)
 	}
-	rec, _ := d.Driver.Store().Get("vol-0")
+	rec, _ := d.Record("vol-0")
 	if rec.Identity.Digest != digest {
 		t.Fatalf("record digest %s, pushed %s", rec.Identity.Digest, digest)
 	}
@@ -168,7 +168,7 @@ local:
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-signed", filepath.Join(dir, "s"), xdpAttrs(signed, v.Host), true)); err != nil {
 		t.Fatalf("signed image: %v", err)
 	}
-	if rec, _ := d.Driver.Store().Get("vol-signed"); !rec.Signed {
+	if rec, _ := d.Record("vol-signed"); !rec.Signed {
 		t.Fatal("the record does not say the image was verified")
 	}
 	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-signed", filepath.Join(dir, "s"))); err != nil {

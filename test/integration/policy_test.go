@@ -111,13 +111,18 @@ func TestSecretsNeverLogged(t *testing.T) {
 		fs.Set("v", "0")
 	})
 
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
+	// The tokens come only with a pod's request, which the policy must allow.
+	pol, err := policy.Parse([]byte("apiVersion: bpfmount.io/v1alpha1\nkind: NodePolicy\nrules:\n- name: web\n  namespaces: [web]\n  images: [\"oci:/**\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Configure: func(o *driver.Options) { o.Policy = policy.Static(pol) }})
 	v := testenv.NewVeth(t)
 	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
 	target := filepath.Join(testenv.ShortTempDir(t), "vol")
 	const secret = "c2VjcmV0LXVzZXI6aHVudGVyMi1kby1ub3QtbG9n" // base64 user:password
 	const token = "eyJhbGciOiJSUzI1NiJ9.token-do-not-log"
-	req := publishReq("vol-secret", target, xdpAttrs(img, v.Host), false)
+	req := publishReq("vol-secret", target, podAttrs(img, v.Host, "web"), false)
 	req.Secrets = map[string]string{".dockerconfigjson": `{"auths":{"registry.example":{"auth":"` + secret + `"}}}`}
 	req.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"] = `{"":{"token":"` + token + `"}}`
 	if _, err := d.Node.NodePublishVolume(context.Background(), req); err != nil {

@@ -69,8 +69,11 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest,
 	// Logged only now: nothing unchecked reaches the log.
 	klog.InfoS("Publish request", publishLogValues(pr)...)
 	err = d.publishVolume(ctx, pr, out)
-	if err == nil && out.rec == nil {
+	switch {
+	case err == nil && out.rec == nil:
 		return nil // already published as asked
+	case fault.Of(err) == fault.Aborted:
+		return err // transient: kubelet retries; no event for it
 	}
 	d.report(pr, out, err)
 	return err

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
+	"github.com/bpfmount/bpfmount/driver/events"
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/driver/state"
@@ -870,6 +871,73 @@ func TestClip(t *testing.T) {
 	} {
 		if got := clip(c.in, c.n); got != c.want {
 			t.Errorf("clip(%q, %d) = %q, want %q", c.in, c.n, got, c.want)
+		}
+	}
+}
+
+type recordedEvent struct {
+	warning        bool
+	pod            events.Pod
+	reason, detail string
+}
+
+type fakeEvents struct {
+	mu  sync.Mutex
+	got []recordedEvent
+}
+
+func (e *fakeEvents) Warning(p events.Pod, reason, msg string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.got = append(e.got, recordedEvent{true, p, reason, msg})
+}
+
+func (e *fakeEvents) Normal(p events.Pod, reason, msg string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.got = append(e.got, recordedEvent{false, p, reason, msg})
+}
+
+// The pod hears why its volume did or did not mount, in bounded words; a
+// busy volume, which kubelet retries, makes no event.
+func TestPodEvents(t *testing.T) {
+	ctx := context.Background()
+	rec := &fakeEvents{}
+	f := &fakes{loader: newFakeLoader(), store: newFakeStore(), mounts: newFakeMounts()}
+	pol := mustPolicy(t, "rules:\n- name: web\n  namespaces: [web]\n  images: [\"registry.example/bpf/*\"]\n")
+	d, err := newDriver(Options{NodeID: "n", StateDir: "/state", BPFFSRoot: "/bpffs", Policy: policy.Static(pol), Events: rec}, f.loader, f.store, f.mounts)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	denied := podAttrs("web")
+	denied[AttrImage] = "evil.example/" + strings.Repeat("x", 1000)
+	d.NodePublishVolume(ctx, publishReq("vol-1", testTarget, denied))
+	f.loader.acquireErr = fault.Errorf(fault.Precondition, "%s", strings.Repeat("y", 10000))
+	d.NodePublishVolume(ctx, publishReq("vol-1", testTarget, podAttrs("web")))
+	f.loader.acquireErr = nil
+	unlock, _ := d.locks.tryLock("vol-1")
+	d.NodePublishVolume(ctx, publishReq("vol-1", testTarget, podAttrs("web")))
+	unlock()
+	if _, err := d.NodePublishVolume(ctx, publishReq("vol-1", testTarget, podAttrs("web"))); err != nil {
+		t.Fatal(err)
+	}
+	d.NodePublishVolume(ctx, publishReq("vol-1", testTarget, podAttrs("web"))) // already published: nothing new
+
+	want := []struct {
+		warning bool
+		reason  string
+	}{{true, events.ReasonDenied}, {true, events.ReasonFailed}, {false, events.ReasonLoaded}}
+	if len(rec.got) != len(want) {
+		t.Fatalf("events %+v, want %d", rec.got, len(want))
+	}
+	for i, w := range want {
+		e := rec.got[i]
+		if e.warning != w.warning || e.reason != w.reason || e.pod != (events.Pod{Namespace: "web", Name: "pod-1", UID: "uid-1"}) {
+			t.Errorf("event %d: %+v, want warning=%v reason %s", i, e, w.warning, w.reason)
+		}
+		if len(e.detail) > 2*maxLogError {
+			t.Errorf("event %d: %d bytes", i, len(e.detail))
 		}
 	}
 }

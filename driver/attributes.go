@@ -15,7 +15,7 @@ import (
 	"github.com/bpfmount/bpfmount/loader/bytecode"
 )
 
-// Volume attribute keys (DESIGN.md, "Volume attributes").
+// Volume attribute keys, documented in README.md ("Volume attributes").
 const (
 	AttrImage      = "image"
 	AttrProgram    = "program"

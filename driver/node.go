@@ -63,6 +63,8 @@ type publishOutcome struct {
 func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest, out *publishOutcome) error {
 	pr, err := d.checkPublishRequest(req)
 	if err != nil {
+		// Only for the metric: hookLabel maps any unknown type to "invalid".
+		out.hook = loader.Hook(req.GetVolumeContext()[AttrType])
 		return err
 	}
 	out.hook = pr.vol.load.Hook

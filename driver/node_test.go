@@ -764,6 +764,9 @@ func TestMetricLabelsFromClosedSets(t *testing.T) {
 	f.d.NodeUnpublishVolume(ctx, unpublishReq("vol-1", testTarget))
 
 	hooks := []string{"xdp", "tc", "tcx", "unknown", "invalid"}
+	if got := labelValues(t, metrics.PublishDuration)["hook"]; !slices.Contains(got, "invalid") {
+		t.Errorf("hook labels %v: a request with an unknown type is not counted as invalid", got)
+	}
 	for _, h := range []*prometheus.HistogramVec{metrics.PublishDuration, metrics.UnpublishDuration} {
 		for _, v := range labelValues(t, h)["hook"] {
 			if !slices.Contains(hooks, v) {

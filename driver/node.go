@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -231,7 +232,7 @@ func (u *undoStack) push(what string, do func() error) { *u = append(*u, undoSte
 func (u undoStack) run(volID string) {
 	for i := len(u) - 1; i >= 0; i-- {
 		if err := u[i].do(); err != nil {
-			klog.ErrorS(err, "Rolling back publish: "+u[i].what, "volume", volID)
+			klog.ErrorS(errors.New(clip(err.Error(), maxLogError)), "Rolling back publish: "+u[i].what, "volume", volID)
 		}
 	}
 }
@@ -271,7 +272,7 @@ func (d *Driver) checkExisting(volID, target, staging string, vr *volumeRequest,
 	}
 	// The record says published but the mounts are not all there (a
 	// crash, or someone unmounted by hand): start over cleanly.
-	klog.InfoS("Volume record without its mounts; publishing again", "volume", volID, "target", target)
+	klog.InfoS("Volume record without its mounts; publishing again", "volume", volID, "target", clip(target, maxLogValue))
 	return false, d.unpublish(rec)
 }
 

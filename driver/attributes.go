@@ -98,6 +98,9 @@ func parseAttributes(ctx map[string]string) (*volumeRequest, error) {
 			if k == keyServiceAccountTk {
 				continue
 			}
+			if err := checkKubeletKey(k); err != nil {
+				return nil, err
+			}
 			if err := checkText(k, v, maxValueLen); err != nil {
 				return nil, err
 			}
@@ -369,6 +372,20 @@ func checkText(key, v string, limit int) error {
 		if r < ' ' || r == 0x7f || (ascii && r > '~') {
 			return invalid("volume attribute %q holds a control or non-ASCII character (%U); only printable ASCII is accepted", key, r)
 		}
+	}
+	return nil
+}
+
+// checkKubeletKey accepts kubelet's key names: short, printable ASCII.
+// They are kept in the record and logged, so a hostile one must not carry
+// control characters or look-alikes.
+func checkKubeletKey(k string) error {
+	ok := len(k) <= 128
+	for i := 0; i < len(k) && ok; i++ {
+		ok = k[i] > ' ' && k[i] < 0x7f
+	}
+	if !ok {
+		return invalid("volume attribute key %.80q is not a kubelet key: those are at most 128 printable ASCII characters", k)
 	}
 	return nil
 }

@@ -83,6 +83,9 @@ func TestParseAttributesRejects(t *testing.T) {
 		{base("interface", "eth:0"), "not an interface name"},
 		{base("csi.storage.k8s.io/pod.name", strings.Repeat("p", 5000)), "more than the 4096"},
 		{base("program", "\xff"), "not valid UTF-8"},
+		{base(keyPodNamespace, "web", kubeletPrefix+"x\x1b[31m", "1"), "not a kubelet key"},
+		{base(keyPodNamespace, "web", kubeletPrefix+"\u0430", "1"), "not a kubelet key"},
+		{base(keyPodNamespace, "web", kubeletPrefix+strings.Repeat("k", 200), "1"), "not a kubelet key"},
 	}
 	for _, c := range cases {
 		_, err := parseAttributes(c.attrs)

@@ -70,7 +70,7 @@ func TestListVolumes(t *testing.T) {
 	created := time.Date(2026, 11, 26, 9, 0, 0, 0, time.UTC)
 	pod := &state.Record{
 		Version: 1, VolumeID: "csi-b", TargetPath: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/c/mount",
-		StagingPath: "/run/bpfmount/mounts/csi-b", ReadOnly: true, Image: "registry.example/bpf/c:v1", Signed: true,
+		StagingPath: store.StagingPath("csi-b"), ReadOnly: true, Image: "registry.example/bpf/c:v1", Signed: true,
 		Attributes: map[string]string{"csi.storage.k8s.io/serviceAccount.tokens": "SECRET-TOKEN", "image": "registry.example/bpf/c:v1"},
 		Identity:   loader.Identity{Digest: "sha256:aa", Program: "xdp_count", Hook: "xdp", Interface: "eth0", Priority: 50, XDPMode: "skb"},
 		Key:        "k1", ProgramID: 42, Maps: []string{"stats"},

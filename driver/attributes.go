@@ -15,7 +15,7 @@ import (
 	"github.com/bpfmount/bpfmount/loader/bytecode"
 )
 
-// Volume attribute keys (README.md, "Volume attributes", documents each).
+// Volume attribute keys, documented in README.md ("Volume attributes").
 const (
 	AttrImage      = "image"
 	AttrProgram    = "program"
@@ -37,7 +37,6 @@ const (
 	keyPodNamespace     = kubeletPrefix + "pod.namespace"
 	keyPodUID           = kubeletPrefix + "pod.uid"
 	keyServiceAccount   = kubeletPrefix + "serviceAccount.name"
-	keyEphemeral        = kubeletPrefix + "ephemeral"
 	keyServiceAccountTk = kubeletPrefix + "serviceAccount.tokens" // secret: never stored or logged
 )
 
@@ -53,6 +52,14 @@ const (
 	maxImageLen  = 1024
 	maxGlobalLen = 4096 // bytes of one global's value
 	maxListLen   = 64   // entries in a comma list
+
+	// The whole volume context: kubelet adds five keys of its own, so 64
+	// leaves room for every attribute and more; 16 KiB holds them all at
+	// realistic sizes. The service account tokens are bounded apart: they
+	// are never stored or logged, and their size grows with audiences.
+	maxAttrs      = 64
+	maxAttrsBytes = 16 << 10
+	maxTokensLen  = 64 << 10
 )
 
 var (
@@ -66,20 +73,18 @@ type volumeRequest struct {
 	maps  []string // nil: every map
 	attrs map[string]string
 	pod   state.Pod
+	// fromPod is true when the request carries any kubelet key: it is
+	// then a pod's request, decided by the policy's rules; only requests
+	// with none are local (the standalone CLI).
+	fromPod bool
 }
-
-func invalid(format string, args ...any) error {
-	return &attrError{fmt.Sprintf(format, args...)}
-}
-
-// attrError is a bad attribute; the server turns it into InvalidArgument.
-type attrError struct{ msg string }
-
-func (e *attrError) Error() string { return e.msg }
 
 // parseAttributes checks every volume attribute and turns them into a load
 // request. It touches nothing outside the process.
 func parseAttributes(ctx map[string]string) (*volumeRequest, error) {
+	if err := checkSize(ctx); err != nil {
+		return nil, err
+	}
 	vr := &volumeRequest{attrs: map[string]string{}}
 	keys := make([]string, 0, len(ctx))
 	for k := range ctx {
@@ -89,8 +94,12 @@ func parseAttributes(ctx map[string]string) (*volumeRequest, error) {
 	for _, k := range keys {
 		v := ctx[k]
 		if strings.HasPrefix(k, kubeletPrefix) {
+			vr.fromPod = true
 			if k == keyServiceAccountTk {
 				continue
+			}
+			if err := checkKubeletKey(k); err != nil {
+				return nil, err
 			}
 			if err := checkText(k, v, maxValueLen); err != nil {
 				return nil, err
@@ -114,10 +123,37 @@ func parseAttributes(ctx map[string]string) (*volumeRequest, error) {
 		Name: ctx[keyPodName], Namespace: ctx[keyPodNamespace],
 		UID: ctx[keyPodUID], ServiceAccount: ctx[keyServiceAccount],
 	}
+	if vr.fromPod && vr.pod.Namespace == "" {
+		// Half a pod's request must not pass as a local one, which the
+		// policy treats far more leniently.
+		return nil, invalid("the volume context holds kubelet keys (%s*) but no %q: a pod's request must name its namespace (is podInfoOnMount set on the CSIDriver?)", kubeletPrefix, keyPodNamespace)
+	}
 	if err := vr.parse(); err != nil {
 		return nil, err
 	}
 	return vr, nil
+}
+
+// checkSize bounds the volume context as a whole, before any key is looked
+// at, so that no amount of extra keys makes the driver store or log much.
+func checkSize(ctx map[string]string) error {
+	if len(ctx) > maxAttrs {
+		return invalid("the volume context has %d keys, more than the %d allowed: remove the unused ones", len(ctx), maxAttrs)
+	}
+	total := 0
+	for k, v := range ctx {
+		if k == keyServiceAccountTk {
+			if len(v) > maxTokensLen {
+				return invalid("volume attribute %q is %d bytes long, more than the %d allowed", keyServiceAccountTk, len(v), maxTokensLen)
+			}
+			continue
+		}
+		total += len(k) + len(v)
+	}
+	if total > maxAttrsBytes {
+		return invalid("the volume context holds %d bytes of keys and values, more than the %d allowed", total, maxAttrsBytes)
+	}
+	return nil
 }
 
 func (vr *volumeRequest) parse() error {
@@ -336,6 +372,20 @@ func checkText(key, v string, limit int) error {
 		if r < ' ' || r == 0x7f || (ascii && r > '~') {
 			return invalid("volume attribute %q holds a control or non-ASCII character (%U); only printable ASCII is accepted", key, r)
 		}
+	}
+	return nil
+}
+
+// checkKubeletKey accepts kubelet's key names: short, printable ASCII.
+// They are kept in the record and logged, so a hostile one must not carry
+// control characters or look-alikes.
+func checkKubeletKey(k string) error {
+	ok := len(k) <= 128
+	for i := 0; i < len(k) && ok; i++ {
+		ok = k[i] > ' ' && k[i] < 0x7f
+	}
+	if !ok {
+		return invalid("volume attribute key %.80q is not a kubelet key: those are at most 128 printable ASCII characters", k)
 	}
 	return nil
 }

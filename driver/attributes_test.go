@@ -2,8 +2,12 @@ package driver
 
 import (
 	"bytes"
+	"fmt"
+	"maps"
 	"strings"
 	"testing"
+
+	"google.golang.org/grpc/codes"
 
 	"github.com/bpfmount/bpfmount/loader"
 )
@@ -79,6 +83,9 @@ func TestParseAttributesRejects(t *testing.T) {
 		{base("interface", "eth:0"), "not an interface name"},
 		{base("csi.storage.k8s.io/pod.name", strings.Repeat("p", 5000)), "more than the 4096"},
 		{base("program", "\xff"), "not valid UTF-8"},
+		{base(keyPodNamespace, "web", kubeletPrefix+"x\x1b[31m", "1"), "not a kubelet key"},
+		{base(keyPodNamespace, "web", kubeletPrefix+"\u0430", "1"), "not a kubelet key"},
+		{base(keyPodNamespace, "web", kubeletPrefix+strings.Repeat("k", 200), "1"), "not a kubelet key"},
 	}
 	for _, c := range cases {
 		_, err := parseAttributes(c.attrs)
@@ -88,6 +95,82 @@ func TestParseAttributesRejects(t *testing.T) {
 		if err != nil && codeOf(err).String() != "InvalidArgument" {
 			t.Errorf("%v: code %s, want InvalidArgument", c.attrs, codeOf(err))
 		}
+	}
+}
+
+// A request with any kubelet key is a pod's, and a pod's request names its
+// namespace: half a pod's request must not pass as a local one.
+func TestParseAttributesPodOrLocal(t *testing.T) {
+	base := map[string]string{"image": "registry.example/x:1", "interface": "eth0"}
+	with := func(kv ...string) map[string]string {
+		m := maps.Clone(base)
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	for _, c := range []struct {
+		name    string
+		attrs   map[string]string
+		fromPod bool
+		err     string
+	}{
+		{"local", base, false, ""},
+		{"pod", with(keyPodName, "p", keyPodNamespace, "web"), true, ""},
+		{"pod name, uid and ephemeral without namespace", with(keyPodName, "p", keyPodUID, "u", kubeletPrefix+"ephemeral", "true"), false, "no \"csi.storage.k8s.io/pod.namespace\""},
+		{"empty namespace", with(keyPodName, "p", keyPodNamespace, ""), false, "must name its namespace"},
+		{"only an unknown kubelet key", with(kubeletPrefix+"whatever", "x"), false, "must name its namespace"},
+		{"only the tokens", with(keyServiceAccountTk, "{}"), false, "must name its namespace"},
+	} {
+		vr, err := parseAttributes(c.attrs)
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) || codeOf(err) != codes.InvalidArgument {
+				t.Errorf("%s: got %v, want InvalidArgument containing %q", c.name, err, c.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", c.name, err)
+			continue
+		}
+		if vr.fromPod != c.fromPod {
+			t.Errorf("%s: fromPod = %v, want %v", c.name, vr.fromPod, c.fromPod)
+		}
+	}
+}
+
+// The volume context is bounded as a whole: in keys and in bytes.
+func TestParseAttributesBounds(t *testing.T) {
+	pod := func(extra int, valueLen int) map[string]string {
+		m := map[string]string{"image": "registry.example/x:1", "interface": "eth0", keyPodNamespace: "web", keyPodName: "p"}
+		for i := 0; i < extra; i++ {
+			m[fmt.Sprintf("%sextra%d", kubeletPrefix, i)] = strings.Repeat("v", valueLen)
+		}
+		return m
+	}
+	if _, err := parseAttributes(pod(maxAttrs-4, 1)); err != nil {
+		t.Fatalf("%d keys refused: %v", maxAttrs, err)
+	}
+	if _, err := parseAttributes(pod(maxAttrs-3, 1)); err == nil || !strings.Contains(err.Error(), "more than the 64 allowed") {
+		t.Fatalf("%d keys: got %v", maxAttrs+1, err)
+	}
+	if _, err := parseAttributes(pod(1000, 1)); err == nil || codeOf(err) != codes.InvalidArgument {
+		t.Fatalf("1000 keys: got %v", err)
+	}
+	// 5 values of 4000 bytes: each under the per-value bound, too many together.
+	if _, err := parseAttributes(pod(5, 4000)); err == nil || !strings.Contains(err.Error(), "more than the 16384 allowed") {
+		t.Fatalf("20 KB of values: got %v", err)
+	}
+	// The tokens do not count towards the total (they are never kept) but
+	// have their own bound.
+	tok := pod(0, 0)
+	tok[keyServiceAccountTk] = strings.Repeat("t", 20<<10)
+	if _, err := parseAttributes(tok); err != nil {
+		t.Fatalf("20 KiB of tokens refused: %v", err)
+	}
+	tok[keyServiceAccountTk] = strings.Repeat("t", maxTokensLen+1)
+	if _, err := parseAttributes(tok); err == nil || !strings.Contains(err.Error(), "serviceAccount.tokens") {
+		t.Fatalf("oversized tokens: got %v", err)
 	}
 }
 
@@ -106,6 +189,14 @@ func FuzzParseAttributes(f *testing.F) {
 				t.Fatalf("error %v has code %s", err, codeOf(err))
 			}
 			return
+		}
+		if vr.fromPod && vr.pod.Namespace == "" {
+			t.Fatalf("accepted a pod request without a namespace: %+v", vr.pod)
+		}
+		for _, k := range []string{k1, k2, k3} {
+			if strings.HasPrefix(k, kubeletPrefix) && !vr.fromPod {
+				t.Fatalf("request with key %q taken as local", k)
+			}
 		}
 		lr := vr.load
 		if lr.Image.Reference == "" || lr.Interface == "" || len(lr.Interface) > 15 {
@@ -127,7 +218,7 @@ func BenchmarkParseAttributes(b *testing.B) {
 		"image":     "registry.example/bpf/xdp-counter@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
 		"interface": "eth0", "priority": "50", "proceedOn": "pass,dispatcher_return", "maps": "xdp_stats_map",
 		keyPodName: "reader", keyPodNamespace: "net-observability", keyPodUID: "0b4e6f2a-1111-2222-3333-444455556666",
-		keyServiceAccount: "default", keyEphemeral: "true",
+		keyServiceAccount: "default", kubeletPrefix + "ephemeral": "true",
 	}
 	b.ReportAllocs()
 	for b.Loop() {

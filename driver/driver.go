@@ -1,15 +1,6 @@
-// Package driver implements bpfmount's CSI Identity and Node services.
-//
-// NodePublishVolume turns a volume's attributes into a loader request,
-// loads and attaches the program (or joins an identical attachment), and
-// mounts the program's maps at the target path; NodeUnpublishVolume undoes
-// it. Each published volume has a record in the state directory, so a
-// restarted driver knows what it owns. There is no controller service:
-// bpfmount volumes are CSI ephemeral inline volumes.
 package driver
 
 import (
-	"context"
 	"errors"
 	"path/filepath"
 	"sync"
@@ -21,6 +12,7 @@ import (
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/driver/state"
+	"github.com/bpfmount/bpfmount/internal/fault"
 	"github.com/bpfmount/bpfmount/loader"
 )
 
@@ -57,17 +49,15 @@ type Driver struct {
 	csi.UnimplementedNodeServer
 
 	opts   Options
-	store  *state.Store
-	loader *loader.Loader
+	store  *countingStore
+	loader programLoader
+	mounts mounter
 	locks  volumeLocks
 	ready  atomic.Bool
 }
 
 // New opens the state directory. Call Restore before serving.
 func New(opts Options) (*Driver, error) {
-	if opts.NodeID == "" {
-		return nil, errors.New("driver: node ID is empty")
-	}
 	if opts.Loader == nil {
 		return nil, errors.New("driver: no loader")
 	}
@@ -83,26 +73,36 @@ func New(opts Options) (*Driver, error) {
 		return nil, err
 	}
 	opts.TargetRoots = roots
+	store, err := state.Open(opts.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	d, err := newDriver(opts, opts.Loader, store, hostMounts{})
+	if err != nil {
+		return nil, err
+	}
+	metrics.SetStateFunc(d.metricsState)
+	return d, nil
+}
+
+// newDriver builds a driver on the given dependencies; tests pass fakes.
+func newDriver(opts Options, ld programLoader, st recordStore, mnt mounter) (*Driver, error) {
+	if opts.NodeID == "" {
+		return nil, errors.New("driver: node ID is empty")
+	}
 	if opts.Events == nil {
 		opts.Events = events.Discard{}
 	}
 	if opts.Policy == nil {
 		opts.Policy = policy.Static(policy.Default())
 	}
-	store, err := state.Open(opts.StateDir)
-	if err != nil {
-		return nil, err
-	}
-	d := &Driver{opts: opts, store: store, loader: opts.Loader}
-	metrics.SetStateFunc(d.metricsState)
-	return d, nil
+	return &Driver{opts: opts, store: newCountingStore(st), loader: ld, mounts: mnt}, nil
 }
 
-// metricsState is what the node gauges report at scrape time.
+// metricsState is what the node gauges report at scrape time. Everything
+// in it is kept in memory: a scrape reads no file.
 func (d *Driver) metricsState() metrics.State {
-	var s metrics.State
-	recs, _ := d.store.List()
-	s.Volumes = liveVolumes(recs)
+	s := metrics.State{Volumes: d.store.count()}
 	for _, p := range d.loader.Programs() {
 		s.Attachments = append(s.Attachments, metrics.Attachment{
 			Interface: p.Identity.Interface, Hook: string(p.Identity.Hook), Attached: p.Attached,
@@ -118,8 +118,11 @@ func (d *Driver) metricsState() metrics.State {
 	return s
 }
 
-// Store returns the driver's record store.
-func (d *Driver) Store() *state.Store { return d.store }
+// DigestsInUse returns the image digests some volume uses, so the image
+// cache never evicts them. It reads no file.
+func (d *Driver) DigestsInUse() map[string]bool {
+	return d.store.digestsInUse()
+}
 
 // volumeLocks lets one operation at a time work on a volume; a second
 // concurrent call gets Aborted, as the CSI spec asks.
@@ -145,32 +148,11 @@ func (l *volumeLocks) tryLock(id string) (unlock func(), ok bool) {
 	}, true
 }
 
-var _ csi.IdentityServer = (*Driver)(nil)
-var _ csi.NodeServer = (*Driver)(nil)
-
-// GetPluginInfo returns the driver's name and version.
-func (d *Driver) GetPluginInfo(context.Context, *csi.GetPluginInfoRequest) (*csi.GetPluginInfoResponse, error) {
-	return &csi.GetPluginInfoResponse{Name: Name, VendorVersion: Version}, nil
-}
-
-// GetPluginCapabilities advertises nothing: no controller service, no
-// topology constraints.
-func (d *Driver) GetPluginCapabilities(context.Context, *csi.GetPluginCapabilitiesRequest) (*csi.GetPluginCapabilitiesResponse, error) {
-	return &csi.GetPluginCapabilitiesResponse{}, nil
-}
-
-// Probe reports ready once the driver has rebuilt its state.
-func (d *Driver) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
-	return &csi.ProbeResponse{Ready: wrapperspbBool(d.ready.Load())}, nil
-}
-
-// DigestsInUse returns the image digests some volume uses, so the image
-// cache never evicts them.
-func (d *Driver) DigestsInUse() map[string]bool {
-	out := map[string]bool{}
-	recs, _ := d.store.List()
-	for _, r := range recs {
-		out[r.Identity.Digest] = true
+// lockVolume takes the volume's lock or fails with Aborted.
+func (d *Driver) lockVolume(volID string) (unlock func(), err error) {
+	unlock, ok := d.locks.tryLock(volID)
+	if !ok {
+		return nil, fault.Errorf(fault.Aborted, "an operation on volume %q is already in progress; retry later", volID)
 	}
-	return out
+	return unlock, nil
 }

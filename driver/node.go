@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -13,7 +14,6 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
 
 	"github.com/bpfmount/bpfmount/driver/events"
@@ -26,110 +26,119 @@ import (
 	"github.com/bpfmount/bpfmount/loader"
 )
 
+var _ csi.NodeServer = (*Driver)(nil)
+
 // dockerConfigKey is the key of a kubernetes.io/dockerconfigjson Secret.
 const dockerConfigKey = ".dockerconfigjson"
 
 // NodePublishVolume loads, attaches and exposes the program the volume's
-// attributes describe: check the request, decide on policy (after the
-// fetch when the hook comes from the image's labels), resolve the image,
-// write an intent, acquire the program, mount its maps, write the record.
-// Every failure undoes what was done.
-func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (resp *csi.NodePublishVolumeResponse, err error) {
+// attributes describe (the steps are in the package documentation); every
+// failure undoes what was done.
+func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	start := time.Now()
-	hook := req.GetVolumeContext()[AttrType]
-	defer func() { observe(metrics.PublishDuration, hook, start, err) }()
-	volID, target := req.GetVolumeId(), req.GetTargetPath()
-	if err := d.checkVolumeAndTarget(volID, target); err != nil {
-		return nil, err
-	}
-	gid, err := checkCapability(req.GetVolumeCapability())
-	if err != nil {
-		return nil, err
-	}
-	vr, err := parseAttributes(req.GetVolumeContext())
+	var out publishOutcome
+	err := d.publish(ctx, req, &out)
+	observe(metrics.PublishDuration, out.hook, start, err)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	if err := attachSecrets(vr, req.GetSecrets()); err != nil {
-		return nil, err
-	}
-	readOnly := req.GetReadonly() || req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+	return &csi.NodePublishVolumeResponse{}, nil
+}
 
-	unlock, ok := d.locks.tryLock(volID)
-	if !ok {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %q is already in progress; retry later", volID)
+// publishRequest is a checked NodePublishVolume request.
+type publishRequest struct {
+	volID, target, staging string
+	readOnly               bool
+	gid                    string // volume_mount_group, "" for none
+	vol                    *volumeRequest
+}
+
+// publishOutcome is what a publish learned, for metrics, audit and events.
+type publishOutcome struct {
+	hook loader.Hook     // the hook, once known
+	dec  policy.Decision // the policy's last decision
+	rec  *state.Record   // the new record; nil when none was made
+}
+
+// publish is NodePublishVolume with fault errors.
+func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest, out *publishOutcome) error {
+	pr, err := d.checkPublishRequest(req)
+	if err != nil {
+		// Only for the metric: hookLabel maps any unknown type to "invalid".
+		out.hook = loader.Hook(req.GetVolumeContext()[AttrType])
+		return err
+	}
+	out.hook = pr.vol.load.Hook
+	// Logged only now: nothing unchecked reaches the log.
+	klog.InfoS("Publish request", publishLogValues(pr)...)
+	err = d.publishVolume(ctx, pr, out)
+	switch {
+	case err == nil && out.rec == nil:
+		return nil // already published as asked
+	case fault.Of(err) == fault.Aborted:
+		return err // transient: kubelet retries; no event for it
+	}
+	d.report(pr, out, err)
+	return err
+}
+
+// publishVolume does the steps after the request is checked.
+func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *publishOutcome) (err error) {
+	vr := pr.vol
+	// Policy first, on everything known before the fetch: a pod no rule
+	// allows makes the node read no file and contact no registry.
+	if out.dec, err = d.authorize(pr, vr.load.Hook); err != nil {
+		return err
+	}
+	unlock, err := d.lockVolume(pr.volID)
+	if err != nil {
+		return err
 	}
 	defer unlock()
 
-	staging := d.store.StagingPath(volID)
-	done, err := d.checkExisting(volID, target, staging, vr, readOnly, gid)
+	done, err := d.checkExisting(pr.volID, pr.target, pr.staging, vr, pr.readOnly, pr.gid)
 	if err != nil || done {
-		return okPublish(err)
+		return err
 	}
-
-	var rec *state.Record
-	var dec policy.Decision
-	tgt, err := d.openTarget(target)
-	if err == nil {
-		defer tgt.Close()
-		rec, dec, err = d.publish(ctx, volID, tgt, staging, vr, readOnly, gid)
-	}
+	// The target before anything is fetched or loaded: under an allowed
+	// root, no symlink, missing or an empty directory. It stays open, so
+	// the mount lands on what was checked.
+	tgt, err := d.mounts.OpenTarget(pr.target, d.opts.TargetRoots)
 	if err != nil {
-		audit("load", volID, vr, nil, dec, err)
-		reason := events.ReasonFailed
-		if dec.Reason != "" && !dec.Allowed {
-			reason = events.ReasonDenied
-		}
-		d.opts.Events.Warning(podRef(vr.pod), reason, fmt.Sprintf("bpfmount could not load the program of volume %s: %v", volID, err))
-		return nil, toStatus(err)
+		return err
 	}
-	hook = string(rec.Identity.Hook)
-	failpoint.Hit("publish.done")
-	audit("load", volID, vr, rec, dec, nil)
-	d.opts.Events.Normal(podRef(vr.pod), events.ReasonLoaded, fmt.Sprintf("loaded %s program %q (id %d) on %s for volume %s",
-		rec.Identity.Hook, rec.Identity.Program, rec.ProgramID, rec.Identity.Interface, volID))
-	klog.V(2).InfoS("Published volume", "volume", volID, "target", target, "program", rec.Identity.Program,
-		"id", rec.ProgramID, "maps", rec.Maps, "duration", time.Since(start))
-	return &csi.NodePublishVolumeResponse{}, nil
-}
+	defer tgt.Close()
 
-func okPublish(err error) (*csi.NodePublishVolumeResponse, error) {
-	if err != nil {
-		return nil, err
-	}
-	return &csi.NodePublishVolumeResponse{}, nil
-}
-
-// publish does the node-changing part of NodePublishVolume.
-func (d *Driver) publish(ctx context.Context, volID string, tgt *mapfs.Target, staging string, vr *volumeRequest, readOnly bool, gid string) (_ *state.Record, dec policy.Decision, err error) {
-	// Decide before fetching when the hook is known, so a denied pod
-	// cannot make the node pull anything; otherwise the image's labels
-	// name the hook and the decision follows the fetch.
-	if vr.load.Hook != "" {
-		if dec, err = d.decide(vr, vr.load.Hook, readOnly); err != nil {
-			return nil, dec, err
-		}
-	}
 	res, err := d.loader.Resolve(ctx, vr.load)
 	if err != nil {
-		return nil, dec, err
+		return err
 	}
+	out.hook = res.Identity.Hook
 	if vr.load.Hook == "" {
-		if dec, err = d.decide(vr, res.Identity.Hook, readOnly); err != nil {
-			return nil, dec, err
+		// The image named the hook: decide again, now on all of it.
+		if out.dec, err = d.authorize(pr, res.Identity.Hook); err != nil {
+			return err
 		}
 	}
-	if dec.RequireSignature && !res.Image.Signed {
-		return nil, dec, fault.Errorf(fault.PermissionDenied, "image %q is not signed by a trusted key, and policy rule %q requires a signature", vr.load.Image.Reference, dec.Rule)
+	if out.dec.RequireSignature && !res.Image.Signed {
+		return fault.Errorf(fault.PermissionDenied, "image %q is not signed by a trusted key, and policy rule %q requires a signature", vr.load.Image.Reference, out.dec.Rule)
 	}
-	rec, err := d.attach(ctx, volID, tgt, staging, vr, res, readOnly, gid)
-	return rec, dec, err
+	maps, err := chooseMaps(vr, res)
+	if err != nil {
+		return err
+	}
+	out.rec, err = d.createVolume(ctx, pr, tgt, res, maps)
+	return err
 }
 
-// decide applies the node policy.
-func (d *Driver) decide(vr *volumeRequest, hook loader.Hook, readOnly bool) (policy.Decision, error) {
-	dec := d.opts.Policy.Current().Decide(policy.Request{
-		Local:          vr.pod.Namespace == "",
+// authorize is the policy's one decision point. An empty hook means the
+// image will name it: the request is then denied only when no rule could
+// allow it for any hook, and decided again once the hook is known.
+func (d *Driver) authorize(pr *publishRequest, hook loader.Hook) (policy.Decision, error) {
+	vr := pr.vol
+	pol := d.opts.Policy.Current()
+	dec := pol.Decide(policy.Request{
+		Local:          !vr.fromPod,
 		Namespace:      vr.pod.Namespace,
 		ServiceAccount: vr.pod.ServiceAccount,
 		Pod:            vr.pod.Name,
@@ -137,79 +146,105 @@ func (d *Driver) decide(vr *volumeRequest, hook loader.Hook, readOnly bool) (pol
 		Interface:      vr.load.Interface,
 		Hook:           string(hook),
 		Priority:       vr.load.Priority,
-		ReadOnly:       readOnly,
+		ReadOnly:       pr.readOnly,
 	})
 	if !dec.Allowed {
-		metrics.PolicyDenials.WithLabelValues(vr.pod.Namespace).Inc()
+		metrics.PolicyDenials.WithLabelValues(pol.NamespaceLabel(vr.pod.Namespace)).Inc()
 		return dec, fault.Errorf(fault.PermissionDenied, "%s", dec.Reason)
 	}
 	return dec, nil
 }
 
-// attach does the node-changing part of a publish.
-func (d *Driver) attach(ctx context.Context, volID string, tgt *mapfs.Target, staging string, vr *volumeRequest, res *loader.Resolved, readOnly bool, gid string) (_ *state.Record, err error) {
-	maps := vr.maps
-	if maps == nil {
-		maps = res.Maps
+// chooseMaps returns the maps to expose: those the request names, all of
+// them present in the image, or else every map of the image.
+func chooseMaps(vr *volumeRequest, res *loader.Resolved) ([]string, error) {
+	if vr.maps == nil {
+		return res.Maps, nil
 	}
-	for _, m := range maps {
+	for _, m := range vr.maps {
 		if !slices.Contains(res.Maps, m) {
 			return nil, invalid("map %q not in image %q (it holds: %s)", m, vr.load.Image.Reference, listOrNone(res.Maps))
 		}
 	}
-	key := res.Identity.Key()
-	target := tgt.Path
-	intent := &state.Intent{Op: state.OpPublish, VolumeID: volID, TargetPath: target, StagingPath: staging, Key: key, Started: time.Now(), CreateTarget: !tgt.Existed}
-	if err := d.store.PutIntent(intent); err != nil {
-		return nil, fmt.Errorf("writing intent: %w", err)
-	}
-	failpoint.Hit("publish.intent")
+	return vr.maps, nil
+}
+
+// createVolume writes the publish intent, acquires the program, mounts the
+// chosen maps at the target and writes the volume's record. On error it
+// undoes the steps done, last first, so nothing is left behind.
+func (d *Driver) createVolume(ctx context.Context, pr *publishRequest, tgt *mapfs.Target, res *loader.Resolved, maps []string) (_ *state.Record, err error) {
+	volID := pr.volID
+	var undo undoStack
 	defer func() {
-		// The intent goes when the operation ends: on success the record
-		// is the truth, on failure the rollback below has run.
-		if rmErr := d.store.DeleteIntent(volID); rmErr != nil && err == nil {
-			err = rmErr
+		if err != nil {
+			undo.run(volID)
 		}
 	}()
+
+	key := res.Identity.Key()
+	intent := &state.Intent{Op: state.OpPublish, VolumeID: volID, TargetPath: pr.target, StagingPath: pr.staging, Key: key, CreateTarget: !tgt.Existed}
+	if err := d.store.PutIntent(intent); err != nil {
+		return nil, fmt.Errorf("writing the intent of volume %q: %w", volID, err)
+	}
+	undo.push("deleting the intent", func() error { return d.store.DeleteIntent(volID) })
+	failpoint.Hit("publish.intent")
 
 	prog, err := d.loader.Acquire(ctx, res, volID)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err != nil {
-			if relErr := d.loader.Release(key, volID); relErr != nil {
-				klog.ErrorS(relErr, "Rolling back publish: releasing program", "volume", volID)
-			}
-		}
-	}()
+	undo.push("releasing the program", func() error { return d.loader.Release(key, volID) })
 
 	selected := make(map[string]*ebpf.Map, len(maps))
 	for _, m := range maps {
 		selected[m] = prog.Maps[m]
 	}
-	gidNum := -1
-	if gid != "" {
-		gidNum, _ = strconv.Atoi(gid)
+	gid := -1
+	if pr.gid != "" {
+		gid, _ = strconv.Atoi(pr.gid) // checked by checkCapability
 	}
-	made, err := mapfs.Expose(staging, tgt, selected, mapfs.Options{ReadOnly: readOnly, GID: gidNum})
+	made, err := d.mounts.Expose(pr.staging, tgt, selected, mapfs.Options{ReadOnly: pr.readOnly, GID: gid})
 	if err != nil {
-		return nil, fmt.Errorf("mounting the maps of volume %q at %s: %w", volID, target, err)
+		return nil, fmt.Errorf("mounting the maps of volume %q at %s: %w", volID, pr.target, err)
 	}
+	undo.push("unmounting", func() error { return d.mounts.Withdraw(pr.staging, pr.target, made) })
+
 	rec := &state.Record{
-		VolumeID: volID, TargetPath: target, StagingPath: staging, ReadOnly: readOnly, MountGroup: gid,
-		Attributes: vr.attrs, Image: vr.load.Image.Reference, Signed: res.Image.Signed,
-		Identity: res.Identity, Key: key, ProgramID: uint32(prog.ID), Maps: maps, Pod: vr.pod, Created: time.Now().UTC(),
+		VolumeID: volID, TargetPath: pr.target, StagingPath: pr.staging, ReadOnly: pr.readOnly, MountGroup: pr.gid,
+		Attributes: pr.vol.attrs, Image: pr.vol.load.Image.Reference, Signed: res.Image.Signed,
+		Identity: res.Identity, Key: key, ProgramID: uint32(prog.ID), Maps: maps, Pod: pr.vol.pod, Created: time.Now().UTC(),
 		Mount: made,
 	}
 	if err := d.store.Put(rec); err != nil {
-		if wErr := mapfs.Withdraw(staging, target, made); wErr != nil {
-			klog.ErrorS(wErr, "Rolling back publish: unmounting", "volume", volID)
-		}
-		return nil, fmt.Errorf("writing volume record: %w", err)
+		return nil, fmt.Errorf("writing the record of volume %q: %w", volID, err)
 	}
 	failpoint.Hit("publish.record")
+	// The record is the truth from here on; a leftover intent next to a
+	// record is ignored (and removed) at the next start.
+	if err := d.store.DeleteIntent(volID); err != nil {
+		klog.ErrorS(err, "Deleting a publish intent; it is removed at the next start", "volume", volID)
+	}
 	return rec, nil
+}
+
+// undoStack holds the steps that roll back a partly done operation.
+type undoStack []undoStep
+
+type undoStep struct {
+	what string
+	do   func() error
+}
+
+func (u *undoStack) push(what string, do func() error) { *u = append(*u, undoStep{what, do}) }
+
+// run undoes every step, last first. A step that fails is logged and the
+// others still run: the error that caused the rollback is the one to return.
+func (u undoStack) run(volID string) {
+	for i := len(u) - 1; i >= 0; i-- {
+		if err := u[i].do(); err != nil {
+			klog.ErrorS(errors.New(clip(err.Error(), maxLogError)), "Rolling back publish: "+u[i].what, "volume", volID)
+		}
+	}
 }
 
 // checkExisting implements publish idempotency from what is really mounted.
@@ -217,42 +252,39 @@ func (d *Driver) attach(ctx context.Context, volID string, tgt *mapfs.Target, st
 func (d *Driver) checkExisting(volID, target, staging string, vr *volumeRequest, readOnly bool, gid string) (done bool, err error) {
 	rec, err := d.store.Get(volID)
 	if err != nil {
-		return false, status.Errorf(codes.Internal, "reading the record of volume %q: %v", volID, err)
+		return false, fmt.Errorf("reading the record of volume %q: %w", volID, err)
 	}
-	tm, err := mapfs.Inspect(target)
+	tm, err := d.mounts.Inspect(target)
 	if err != nil {
-		return false, status.Error(codes.Internal, err.Error())
+		return false, err
 	}
 	if rec != nil && rec.TargetPath != target {
-		return false, status.Errorf(codes.FailedPrecondition, "volume %q is already published at %s; unpublish it there first", volID, rec.TargetPath)
+		return false, fault.Errorf(fault.Precondition, "volume %q is already published at %s; unpublish it there first", volID, rec.TargetPath)
 	}
 	if tm.Mounted && tm.FSType != "bpf" {
-		return false, status.Errorf(codes.FailedPrecondition, "target %s already has a %s filesystem mounted; bpfmount mounts only onto an empty directory", target, tm.FSType)
+		return false, fault.Errorf(fault.Precondition, "target %s already has a %s filesystem mounted; bpfmount mounts only onto an empty directory", target, tm.FSType)
 	}
 	if rec == nil {
 		if tm.Mounted {
-			return false, status.Errorf(codes.AlreadyExists, "target %s already holds another bpf filesystem, not volume %q", target, volID)
+			return false, fault.Errorf(fault.AlreadyExists, "target %s already holds another bpf filesystem, not volume %q", target, volID)
 		}
 		return false, nil
 	}
-	sm, err := mapfs.Inspect(staging)
+	sm, err := d.mounts.Inspect(staging)
 	if err != nil {
-		return false, status.Error(codes.Internal, err.Error())
+		return false, err
 	}
 	if tm.Mounted && sm.Mounted && tm.Dev == sm.Dev && rec.Broken == "" && (!rec.ReadOnly || tm.ReadOnly && sm.SuperReadOnly) {
 		if !sameRequest(rec, vr, readOnly, gid) {
-			return false, status.Errorf(codes.AlreadyExists, "volume %q is already published at %s with different attributes or read-only flag; unpublish it first", volID, target)
+			return false, fault.Errorf(fault.AlreadyExists, "volume %q is already published at %s with different attributes or read-only flag; unpublish it first", volID, target)
 		}
 		return true, nil
 	}
 	// The record says published but the mounts are not all there or not
 	// read-only as recorded (a crash, someone unmounted by hand), or its
 	// program was lost (a reboot, damaged pins): start over cleanly.
-	klog.InfoS("Volume record without its mounts; publishing again", "volume", volID, "target", target)
-	if err := d.unpublish(rec); err != nil {
-		return false, toStatus(err)
-	}
-	return false, nil
+	klog.InfoS("Volume record without its mounts; publishing again", "volume", volID, "target", clip(target, maxLogValue))
+	return false, d.unpublish(rec)
 }
 
 func sameRequest(rec *state.Record, vr *volumeRequest, readOnly bool, gid string) bool {
@@ -270,47 +302,53 @@ func sameRequest(rec *state.Record, vr *volumeRequest, readOnly bool, gid string
 // NodeUnpublishVolume unmounts the volume, removes its target directory,
 // releases its program (detaching it when no other volume shares it) and
 // deletes its record. It is idempotent.
-func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (resp *csi.NodeUnpublishVolumeResponse, err error) {
+func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
 	start := time.Now()
-	hook := ""
-	defer func() { observe(metrics.UnpublishDuration, hook, start, err) }()
+	var hook loader.Hook
+	err := d.unpublishRequest(req, &hook)
+	observe(metrics.UnpublishDuration, hook, start, err)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+// unpublishRequest is NodeUnpublishVolume with fault errors; it sets hook
+// once the volume's record names it.
+func (d *Driver) unpublishRequest(req *csi.NodeUnpublishVolumeRequest, hook *loader.Hook) error {
 	volID, target := req.GetVolumeId(), req.GetTargetPath()
 	if err := d.checkVolumeAndTarget(volID, target); err != nil {
-		return nil, err
+		return err
 	}
-	unlock, ok := d.locks.tryLock(volID)
-	if !ok {
-		return nil, status.Errorf(codes.Aborted, "an operation on volume %q is already in progress; retry later", volID)
+	klog.InfoS("Unpublish request", "volume", volID, "target", clip(target, maxLogValue))
+	unlock, err := d.lockVolume(volID)
+	if err != nil {
+		return err
 	}
 	defer unlock()
 
 	rec, err := d.store.Get(volID)
 	if err != nil {
-		return nil, status.Errorf(codes.Internal, "reading the record of volume %q: %v", volID, err)
-	}
-	if rec != nil {
-		hook = string(rec.Identity.Hook)
+		return fmt.Errorf("reading the record of volume %q: %w", volID, err)
 	}
 	if rec == nil || rec.TargetPath != target {
 		// Unknown volume, or a target this volume was never published at:
 		// make sure nothing of ours is mounted there, and succeed.
-		if err := d.withdrawUnknown(volID, target, rec != nil); err != nil {
-			return nil, toStatus(err)
-		}
-		return &csi.NodeUnpublishVolumeResponse{}, nil
+		return d.withdrawUnknown(volID, target, rec != nil)
 	}
+	*hook = rec.Identity.Hook
 	if err := d.unpublish(rec); err != nil {
-		return nil, toStatus(err)
+		return err
 	}
 	audit("unload", volID, nil, rec, policy.Decision{}, nil)
-	return &csi.NodeUnpublishVolumeResponse{}, nil
+	return nil
 }
 
 // unpublish tears down a recorded volume: intent, unmount, release, record.
 func (d *Driver) unpublish(rec *state.Record) error {
-	intent := &state.Intent{Op: state.OpUnpublish, VolumeID: rec.VolumeID, TargetPath: rec.TargetPath, StagingPath: rec.StagingPath, Key: rec.Key, Started: time.Now()}
+	intent := &state.Intent{Op: state.OpUnpublish, VolumeID: rec.VolumeID, TargetPath: rec.TargetPath, StagingPath: rec.StagingPath, Key: rec.Key}
 	if err := d.store.PutIntent(intent); err != nil {
-		return fmt.Errorf("writing intent: %w", err)
+		return fmt.Errorf("writing the intent of volume %q: %w", rec.VolumeID, err)
 	}
 	failpoint.Hit("unpublish.intent")
 	if err := d.withdrawRecord(rec); err != nil {
@@ -341,26 +379,50 @@ func (d *Driver) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.Nod
 	return &csi.NodeGetInfoResponse{NodeId: d.opts.NodeID}, nil
 }
 
+// checkPublishRequest checks every field of a publish request, touching
+// nothing outside the process.
+func (d *Driver) checkPublishRequest(req *csi.NodePublishVolumeRequest) (*publishRequest, error) {
+	volID, target := req.GetVolumeId(), req.GetTargetPath()
+	if err := d.checkVolumeAndTarget(volID, target); err != nil {
+		return nil, err
+	}
+	gid, err := checkCapability(req.GetVolumeCapability())
+	if err != nil {
+		return nil, err
+	}
+	vr, err := parseAttributes(req.GetVolumeContext())
+	if err != nil {
+		return nil, err
+	}
+	if err := attachSecrets(vr, req.GetSecrets()); err != nil {
+		return nil, err
+	}
+	return &publishRequest{
+		volID: volID, target: target, staging: d.store.StagingPath(volID), gid: gid, vol: vr,
+		readOnly: req.GetReadonly() || req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY,
+	}, nil
+}
+
 // checkVolumeAndTarget validates the fields every node call carries.
 func (d *Driver) checkVolumeAndTarget(volID, target string) error {
 	if volID == "" {
-		return status.Error(codes.InvalidArgument, "volume_id is required")
+		return invalid("volume_id is required")
 	}
 	if !state.ValidVolumeID(volID) {
-		return status.Errorf(codes.InvalidArgument, "volume_id %.80q is not a safe name: use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit", volID)
+		return invalid("volume_id %.80q is not a safe name: use 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit", volID)
 	}
 	if target == "" {
-		return status.Error(codes.InvalidArgument, "target_path is required")
+		return invalid("target_path is required")
 	}
 	if len(target) > 4096 || strings.ContainsRune(target, 0) {
-		return status.Error(codes.InvalidArgument, "target_path is too long or holds a NUL byte")
+		return invalid("target_path is too long or holds a NUL byte")
 	}
 	if !filepath.IsAbs(target) || filepath.Clean(target) != target || target == "/" {
-		return status.Errorf(codes.InvalidArgument, "target_path %.200q must be an absolute, clean path other than /", target)
+		return invalid("target_path %.200q must be an absolute, clean path other than /", target)
 	}
 	for _, own := range []string{d.opts.StateDir, d.opts.BPFFSRoot} {
 		if underDir(target, own) || underDir(own, target) {
-			return status.Errorf(codes.InvalidArgument, "target_path %s overlaps the driver's own directory %s", target, own)
+			return invalid("target_path %s overlaps the driver's own directory %s", target, own)
 		}
 	}
 	return nil
@@ -370,20 +432,20 @@ func (d *Driver) checkVolumeAndTarget(volID, target string) error {
 // other than bpf and no mount flags, and returns the mount group.
 func checkCapability(vc *csi.VolumeCapability) (gid string, err error) {
 	if vc == nil {
-		return "", status.Error(codes.InvalidArgument, "volume_capability is required")
+		return "", invalid("volume_capability is required")
 	}
 	if vc.GetBlock() != nil {
-		return "", status.Error(codes.InvalidArgument, "block volumes are not supported: a bpfmount volume is a directory of pinned maps; use a mount volume")
+		return "", invalid("block volumes are not supported: a bpfmount volume is a directory of pinned maps; use a mount volume")
 	}
 	mnt := vc.GetMount()
 	if mnt == nil {
-		return "", status.Error(codes.InvalidArgument, "volume_capability must be a mount capability")
+		return "", invalid("volume_capability must be a mount capability")
 	}
 	if fs := mnt.GetFsType(); fs != "" && fs != "bpf" {
-		return "", status.Errorf(codes.InvalidArgument, "fsType %q is not supported: bpfmount volumes are bpf filesystems; leave fsType empty", fs)
+		return "", invalid("fsType %.40q is not supported: bpfmount volumes are bpf filesystems; leave fsType empty", fs)
 	}
-	if len(mnt.GetMountFlags()) > 0 {
-		return "", status.Errorf(codes.InvalidArgument, "mount flags %q are not supported: bpfmount sets nosuid,nodev,noexec itself", mnt.GetMountFlags())
+	if flags := mnt.GetMountFlags(); len(flags) > 0 {
+		return "", invalid("mount flags %.200q are not supported: bpfmount sets nosuid,nodev,noexec itself", strings.Join(flags, ","))
 	}
 	switch vc.GetAccessMode().GetMode() {
 	case csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER,
@@ -391,15 +453,15 @@ func checkCapability(vc *csi.VolumeCapability) (gid string, err error) {
 		csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER,
 		csi.VolumeCapability_AccessMode_SINGLE_NODE_MULTI_WRITER:
 	case csi.VolumeCapability_AccessMode_UNKNOWN:
-		return "", status.Error(codes.InvalidArgument, "volume_capability.access_mode is required")
+		return "", invalid("volume_capability.access_mode is required")
 	default:
-		return "", status.Errorf(codes.InvalidArgument, "access mode %s is not supported: bpfmount volumes are node-local; use a SINGLE_NODE mode", vc.GetAccessMode().GetMode())
+		return "", invalid("access mode %s is not supported: bpfmount volumes are node-local; use a SINGLE_NODE mode", vc.GetAccessMode().GetMode())
 	}
 	gid = mnt.GetVolumeMountGroup()
 	if gid != "" {
 		n, err := strconv.Atoi(gid)
 		if err != nil || n < 0 || n > 1<<31-1 || strconv.Itoa(n) != gid {
-			return "", status.Errorf(codes.InvalidArgument, "volume_mount_group %.40q is not a numeric group ID", gid)
+			return "", invalid("volume_mount_group %.40q is not a numeric group ID", gid)
 		}
 	}
 	return gid, nil
@@ -412,7 +474,7 @@ func attachSecrets(vr *volumeRequest, secrets map[string]string) error {
 	}
 	cfg, ok := secrets[dockerConfigKey]
 	if !ok {
-		return status.Errorf(codes.InvalidArgument, "nodePublishSecretRef must name a kubernetes.io/dockerconfigjson Secret (with key %s)", dockerConfigKey)
+		return invalid("nodePublishSecretRef must name a kubernetes.io/dockerconfigjson Secret (with key %s)", dockerConfigKey)
 	}
 	vr.load.Image.DockerConfigJSON = []byte(cfg)
 	return nil
@@ -425,21 +487,57 @@ func listOrNone(l []string) string {
 	return strings.Join(l, ", ")
 }
 
-// audit logs one structured line per load and unload decision.
+// report audits a publish that changed something or failed, and tells the
+// pod in an event.
+func (d *Driver) report(pr *publishRequest, out *publishOutcome, err error) {
+	if err == nil {
+		failpoint.Hit("publish.done")
+	}
+	audit("load", pr.volID, pr.vol, out.rec, out.dec, err)
+	pod := podRef(pr.vol.pod)
+	if err != nil {
+		reason := events.ReasonFailed
+		if out.dec.Reason != "" && !out.dec.Allowed {
+			reason = events.ReasonDenied
+		}
+		d.opts.Events.Warning(pod, reason, fmt.Sprintf("bpfmount could not load the program of volume %s: %s", pr.volID, clip(err.Error(), maxLogError)))
+		return
+	}
+	rec := out.rec
+	d.opts.Events.Normal(pod, events.ReasonLoaded, fmt.Sprintf("loaded %s program %q (id %d) on %s for volume %s",
+		rec.Identity.Hook, rec.Identity.Program, rec.ProgramID, rec.Identity.Interface, pr.volID))
+	klog.V(2).InfoS("Published volume", "volume", pr.volID, "target", clip(pr.target, maxLogValue), "program", rec.Identity.Program,
+		"id", rec.ProgramID, "maps", rec.Maps)
+}
+
+// publishLogValues are a checked request's fields, each bounded, for the
+// log. The service account tokens are never among the attributes.
+func publishLogValues(pr *publishRequest) []any {
+	attrs := make(map[string]string, len(pr.vol.attrs))
+	for k, v := range pr.vol.attrs {
+		attrs[clip(k, maxLogValue)] = clip(v, maxLogValue)
+	}
+	return []any{"volume", pr.volID, "target", clip(pr.target, maxLogValue), "readOnly", pr.readOnly,
+		"mountGroup", pr.gid, "attributes", attrs}
+}
+
+// audit logs one structured line per load and unload decision, every value
+// bounded.
 func audit(action, volID string, vr *volumeRequest, rec *state.Record, dec policy.Decision, err error) {
 	kv := []any{"action", action, "volume", volID}
 	var pod state.Pod
 	switch {
 	case rec != nil:
 		pod = rec.Pod
-		kv = append(kv, "image", rec.Image, "digest", rec.Identity.Digest, "program", rec.Identity.Program,
+		kv = append(kv, "image", clip(rec.Image, maxLogValue), "digest", rec.Identity.Digest, "program", clip(rec.Identity.Program, maxLogValue),
 			"hook", rec.Identity.Hook, "interface", rec.Identity.Interface, "priority", rec.Identity.Priority, "programID", rec.ProgramID)
 	case vr != nil:
 		pod = vr.pod
-		kv = append(kv, "image", vr.load.Image.Reference, "program", vr.load.Program, "hook", vr.load.Hook,
+		kv = append(kv, "image", clip(vr.load.Image.Reference, maxLogValue), "program", clip(vr.load.Program, maxLogValue), "hook", vr.load.Hook,
 			"interface", vr.load.Interface, "priority", vr.load.Priority)
 	}
-	kv = append(kv, "pod", pod.Name, "namespace", pod.Namespace, "serviceAccount", pod.ServiceAccount)
+	kv = append(kv, "pod", clip(pod.Name, maxLogValue), "namespace", clip(pod.Namespace, maxLogValue),
+		"serviceAccount", clip(pod.ServiceAccount, maxLogValue))
 	if action == "load" {
 		decision := "allow"
 		switch {
@@ -451,7 +549,7 @@ func audit(action, volID string, vr *volumeRequest, rec *state.Record, dec polic
 		kv = append(kv, "decision", decision, "rule", dec.Rule)
 	}
 	if err != nil {
-		kv = append(kv, "result", "error", "code", codeOf(err).String(), "error", err.Error())
+		kv = append(kv, "result", "error", "code", codeOf(err).String(), "error", clip(err.Error(), maxLogError))
 	} else {
 		kv = append(kv, "result", "ok")
 	}
@@ -462,10 +560,29 @@ func podRef(p state.Pod) events.Pod {
 	return events.Pod{Namespace: p.Namespace, Name: p.Name, UID: p.UID}
 }
 
-// observe records a call's duration by hook and gRPC code.
-func observe(h *prometheus.HistogramVec, hook string, start time.Time, err error) {
-	if hook == "" {
-		hook = "unknown"
+// observe records a call's duration by hook and gRPC code, both from
+// closed sets.
+func observe(h *prometheus.HistogramVec, hook loader.Hook, start time.Time, err error) {
+	h.WithLabelValues(hookLabel(hook), codeLabel(err)).Observe(time.Since(start).Seconds())
+}
+
+// hookLabel is a known hook, "unknown" before the hook is known, or
+// "invalid": a metric label never holds text a request chose.
+func hookLabel(h loader.Hook) string {
+	switch {
+	case h == "":
+		return "unknown"
+	case slices.Contains(loader.Hooks, h):
+		return string(h)
 	}
-	h.WithLabelValues(hook, codeOf(err).String()).Observe(time.Since(start).Seconds())
+	return "invalid"
+}
+
+// codeLabel is the name of the call's gRPC code.
+func codeLabel(err error) string {
+	c := codeOf(err)
+	if c > codes.Unauthenticated {
+		c = codes.Unknown
+	}
+	return c.String()
 }

@@ -73,19 +73,21 @@ func Serve(ctx context.Context, srv *grpc.Server, l net.Listener) error {
 	}
 }
 
-// logCalls logs each call and its outcome. protosanitizer strips fields the
-// CSI spec marks secret; the service account token key is dropped by hand
-// because volume_context is not marked secret.
+// logCalls logs each call and its outcome, every value bounded. The
+// requests that change the node are logged by the driver itself once they
+// are checked (nothing unchecked reaches the log); others, at -v=4, with
+// secrets stripped by protosanitizer and the whole line clipped.
 func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
-	if klog.V(4).Enabled() || isMutating(info.FullMethod) {
-		klog.InfoS("CSI call", "method", info.FullMethod, "request", protosanitizer.StripSecrets(redact(req)))
+	mutating := isMutating(info.FullMethod)
+	if klog.V(4).Enabled() && !mutating {
+		klog.InfoS("CSI call", "method", info.FullMethod, "request", clip(protosanitizer.StripSecrets(req).String(), maxLogError))
 	}
 	resp, err := handler(ctx, req)
 	if err != nil {
 		st, _ := status.FromError(err)
-		klog.InfoS("CSI call failed", "method", info.FullMethod, "code", st.Code().String(), "error", st.Message(), "duration", time.Since(start))
-	} else if klog.V(4).Enabled() || isMutating(info.FullMethod) {
+		klog.InfoS("CSI call failed", "method", info.FullMethod, "code", st.Code().String(), "error", clip(st.Message(), maxLogError), "duration", time.Since(start))
+	} else if klog.V(4).Enabled() || mutating {
 		klog.InfoS("CSI call done", "method", info.FullMethod, "duration", time.Since(start))
 	}
 	return resp, err
@@ -93,26 +95,4 @@ func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler 
 
 func isMutating(method string) bool {
 	return strings.HasSuffix(method, "/NodePublishVolume") || strings.HasSuffix(method, "/NodeUnpublishVolume")
-}
-
-func redact(req any) any {
-	r, ok := req.(*csi.NodePublishVolumeRequest)
-	if !ok {
-		return req
-	}
-	if _, has := r.GetVolumeContext()[keyServiceAccountTk]; !has {
-		return req
-	}
-	c := &csi.NodePublishVolumeRequest{
-		VolumeId: r.VolumeId, PublishContext: r.PublishContext, StagingTargetPath: r.StagingTargetPath,
-		TargetPath: r.TargetPath, VolumeCapability: r.VolumeCapability, Readonly: r.Readonly,
-		Secrets: r.Secrets, VolumeContext: map[string]string{},
-	}
-	for k, v := range r.GetVolumeContext() {
-		if k == keyServiceAccountTk {
-			v = "***stripped***"
-		}
-		c.VolumeContext[k] = v
-	}
-	return c
 }

@@ -30,14 +30,6 @@ func targetRoots(roots []string) ([]string, error) {
 	return out, nil
 }
 
-// openTarget checks a publish target before anything is loaded: it lies
-// under an allowed root, no component below the root is a symlink, its
-// parent exists, and it is missing or an empty directory. The returned
-// target is what Expose mounts onto; close it when done.
-func (d *Driver) openTarget(target string) (*mapfs.Target, error) {
-	return mapfs.OpenTarget(target, d.opts.TargetRoots)
-}
-
 // withdrawUnknown answers an unpublish for which no record matches (an
 // unknown volume, or a target the volume was never published at). Nothing
 // at the target is touched unless it is this volume's own bpffs instance,
@@ -51,11 +43,11 @@ func (d *Driver) withdrawUnknown(volID, target string, recorded bool) error {
 		klog.InfoS("Unpublish at a target the volume was never published at; nothing to do", "volume", volID, "target", target)
 		return nil
 	}
-	return mapfs.Withdraw(d.store.StagingPath(volID), target, mapfs.Made{})
+	return d.mounts.Withdraw(d.store.StagingPath(volID), target, mapfs.Made{})
 }
 
 // withdrawRecord removes what a record says its publish made. The staging
 // path is recomputed from the volume ID, never taken from the file.
 func (d *Driver) withdrawRecord(rec *state.Record) error {
-	return mapfs.Withdraw(d.store.StagingPath(rec.VolumeID), rec.TargetPath, rec.Mount)
+	return d.mounts.Withdraw(d.store.StagingPath(rec.VolumeID), rec.TargetPath, rec.Mount)
 }

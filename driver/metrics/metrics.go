@@ -40,7 +40,7 @@ var (
 	// PolicyDenials counts publishes the node policy denied, by namespace.
 	PolicyDenials = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "policy_denials_total",
-		Help: "Publish requests denied by the node policy, by pod namespace (\"\" for local requests).",
+		Help: "Publish requests denied by the node policy, by pod namespace: a namespace a policy rule names exactly, \"other\" for any other, \"local\" for requests without a pod.",
 	}, []string{"namespace"})
 	// InterfaceLost counts attachments dropped because their interface vanished.
 	InterfaceLost = prometheus.NewCounter(prometheus.CounterOpts{

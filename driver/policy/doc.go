@@ -53,6 +53,11 @@
 // closest rule (the one failing the fewest conditions, first in file on
 // ties) and why it did not match.
 //
+// A request whose hook is not known yet (the volume names no type; the
+// image's labels will) passes the hooks condition of every rule: it is
+// denied only when no rule could allow it for any hook. The driver asks
+// again, with the hook, once the image is fetched; the same rule decides.
+//
 // With no policy file at all (Default), pods are denied and local requests
 // are allowed, local oci: layouts included. A local section that is present
 // but has no images field allows any image; once it lists images, the same

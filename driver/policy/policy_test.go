@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -596,5 +597,104 @@ func TestGlobFastPaths(t *testing.T) {
 				t.Errorf("glob %q on %q: got %v, path.Match says %v", p, s, got, want)
 			}
 		}
+	}
+}
+
+// Before the image names the hook, a request is denied only when no rule
+// could allow it for any hook; the first rule matching the pod still
+// decides, so the decision with the hook can only narrow it.
+func TestDecideBeforeHookIsKnown(t *testing.T) {
+	p := mustParse(t, testPolicy)
+	req := func(ns, sa, image, ifname string, prio int, ro bool) Request {
+		return Request{Namespace: ns, ServiceAccount: sa, Image: image, Interface: ifname, Priority: prio, ReadOnly: ro}
+	}
+	for _, c := range []struct {
+		name    string
+		r       Request
+		allowed bool
+		reason  string
+	}{
+		{"allowed for some hook", req("monitoring", "collector", "registry.example/bpf/x:1", "eth0", 50, false), true, ""},
+		{"namespace matches no rule", req("other", "", "registry.example/bpf/x:1", "eth0", 50, false), false, "no rule matches"},
+		{"image not allowed", req("monitoring", "collector", "evil.example/x:1", "eth0", 50, false), false, "allows images"},
+		{"interface not allowed", req("monitoring", "collector", "registry.example/bpf/x:1", "wlan0", 50, false), false, "allows interfaces"},
+		{"priority not allowed", req("monitoring", "collector", "registry.example/bpf/x:1", "eth0", 5, false), false, "allows priorities"},
+		{"read-write where read-only is required", req("monitoring", "other-sa", "registry.example/other/x:1", "eth0", 50, false), false, "read-only"},
+		{"digest required", req("secure", "", "registry.example/bpf/x:1", "eth0", 50, false), false, "pinned by digest"},
+		{"oci layout without an oci pattern", req("dev", "", "oci:/srv/bytecode/x", "eth0", 50, false), false, "oci:"},
+		{"local request", Request{Local: true, Image: "registry.example/bpf/x:1", Interface: "eth0", Priority: 50}, true, ""},
+		{"local request, image not allowed", Request{Local: true, Image: "evil.example/x:1", Interface: "eth0", Priority: 50}, false, "local section"},
+	} {
+		d := p.Decide(c.r)
+		if d.Allowed != c.allowed || !strings.Contains(d.Reason, c.reason) {
+			t.Errorf("%s: %+v, want allowed=%v and a reason containing %q", c.name, d, c.allowed, c.reason)
+		}
+		if !d.Allowed {
+			continue
+		}
+		// The hook, once known, is decided by the same rule.
+		for _, h := range allHooks {
+			r := c.r
+			r.Hook = h
+			d2 := p.Decide(r)
+			if d2.Rule != d.Rule {
+				t.Errorf("%s: hook %s decided by rule %q, not %q", c.name, h, d2.Rule, d.Rule)
+			}
+		}
+	}
+	r := req("monitoring", "collector", "registry.example/bpf/x:1", "eth0", 50, false)
+	r.Hook = "tc"
+	if d := p.Decide(r); d.Allowed || !strings.Contains(d.Reason, `allows hooks ["xdp", "tcx"] only, not "tc"`) {
+		t.Errorf("tc after the fetch: %+v", d)
+	}
+}
+
+// Metric labels name only the namespaces the policy names exactly.
+func TestNamespaceLabel(t *testing.T) {
+	p := mustParse(t, testPolicy)
+	for ns, want := range map[string]string{
+		"monitoring": "monitoring", "no": "no", "lab": "lab",
+		"net-1":    OtherLabel, // matched by a glob only: unbounded
+		"attacker": OtherLabel, "": LocalLabel,
+	} {
+		if got := p.NamespaceLabel(ns); got != want {
+			t.Errorf("NamespaceLabel(%q) = %q, want %q", ns, got, want)
+		}
+	}
+	if got := Default().NamespaceLabel("kube-system"); got != OtherLabel {
+		t.Errorf("Default().NamespaceLabel = %q", got)
+	}
+	var nilPolicy *Policy
+	if got := nilPolicy.NamespaceLabel("x"); got != OtherLabel {
+		t.Errorf("nil policy: %q", got)
+	}
+}
+
+// A rule's conditions and the local section are one type, decoded with the
+// same care for strings: a quoted YAML 1.1 boolean or a number is a string.
+func TestRuleConditionsDecoded(t *testing.T) {
+	p := mustParse(t, `apiVersion: bpfmount.io/v1alpha1
+kind: NodePolicy
+rules:
+- name: a
+  namespaces: ["a"]
+  images: ["reg/*"]
+  interfaces: ["no", 123]
+  hooks: ["tcx"]
+  priorities: {min: 7, max: 9}
+  readOnlyOnly: true
+  requireDigest: true
+  requireSignature: true
+local:
+  images: ["reg/*"]
+  interfaces: [456]
+`)
+	c := p.rules[0].conditions
+	if !slices.Equal(c.interfacesRaw, []string{"no", "123"}) || !slices.Equal(c.hooks, []string{"tcx"}) ||
+		c.minPrio != 7 || c.maxPrio != 9 || !c.readOnlyOnly || !c.requireDigest || !c.requireSignature {
+		t.Fatalf("rule conditions: %+v", c)
+	}
+	if !slices.Equal(p.local.interfacesRaw, []string{"456"}) {
+		t.Fatalf("local conditions: %+v", p.local)
 	}
 }

@@ -82,10 +82,9 @@ type Intent struct {
 	VolumeID    string `json:"volumeID"`
 	TargetPath  string `json:"targetPath"`
 	StagingPath string `json:"stagingPath"`
-	// Key is the loader identity's key once known: a publish that crashed
-	// after attaching left pins under it.
-	Key     string    `json:"key,omitempty"`
-	Started time.Time `json:"started"`
+	// Key is the loader identity's key: garbage collection keeps its pins
+	// while an interrupted operation's intent is kept.
+	Key string `json:"key,omitempty"`
 	// CreateTarget is true when the target did not exist before the
 	// publish, so a rollback may remove the directory it created.
 	CreateTarget bool `json:"createTarget,omitempty"`
@@ -279,13 +278,15 @@ func underDir(path, dir string) bool {
 // maxPath bounds a stored path, as the kernel's PATH_MAX does.
 const maxPath = 4096
 
-// Decode strictly decodes a record or intent: unknown fields and trailing
-// data are errors, so a record from a newer, incompatible version is never
-// half-read. It also checks what restore acts on: a safe volume ID, a known
-// operation, and paths that are empty or absolute, clean and not /.
+// Decode decodes a record or intent. Trailing data is an error, and so is
+// a record of another format version (an incompatible change bumps
+// Version). Unknown fields are not: releases add optional fields within a
+// version, and an upgrade or a rollback must still read the records and
+// intents the other release wrote. It also checks what restore acts on: a
+// safe volume ID, a known operation, and paths that are empty or absolute,
+// clean and not /.
 func Decode(b []byte, v any) error {
 	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("decoding state: %w", err)
 	}

@@ -133,7 +133,6 @@ func TestListSortsAndReportsBadFiles(t *testing.T) {
 	bad := map[string]string{
 		"garbage.json":   "not json",
 		"newer.json":     `{"version":2,"volumeID":"newer"}`,
-		"unknown.json":   `{"version":1,"volumeID":"unknown","future":1}`,
 		"renamed.json":   `{"version":1,"volumeID":"other"}`,
 		"escape.json":    `{"version":1,"volumeID":"escape","stagingPath":"/etc"}`,
 		"relative.json":  `{"version":1,"volumeID":"relative","targetPath":"etc"}`,
@@ -333,5 +332,27 @@ func TestDecodeRejects(t *testing.T) {
 	var r Record
 	if err := Decode([]byte(" {\"version\":1,\"volumeID\":\"v\"}\n\t "), &r); err != nil {
 		t.Errorf("Decode refused surrounding white space: %v", err)
+	}
+}
+
+// An intent written by the previous release (with fields this one dropped)
+// and a record with a field a later release added both decode: an upgrade
+// or a rollback in the middle of an operation must not lose it.
+func TestDecodeAcrossReleases(t *testing.T) {
+	var in Intent
+	old := `{"op":"publish","volumeID":"v1","targetPath":"/var/lib/kubelet/pods/x/vol","stagingPath":"/run/bpfmount/mounts/v1","key":"abc","started":"2026-01-01T00:00:00Z"}`
+	if err := Decode([]byte(old), &in); err != nil {
+		t.Fatalf("intent of the previous release: %v", err)
+	}
+	if in.Op != OpPublish || in.VolumeID != "v1" {
+		t.Errorf("decoded %+v", in)
+	}
+	var rec Record
+	newer := `{"version":1,"volumeID":"v2","keepAttachedUntil":"2027-01-01T00:00:00Z"}`
+	if err := Decode([]byte(newer), &rec); err != nil {
+		t.Fatalf("record with a later release's optional field: %v", err)
+	}
+	if rec.VolumeID != "v2" {
+		t.Errorf("decoded %+v", rec)
 	}
 }

@@ -33,13 +33,19 @@ const (
 	PermissionDenied
 	// Canceled means the caller gave up (context cancelled or timed out).
 	Canceled
+	// AlreadyExists means the request conflicts with something already in
+	// place (a volume published with other attributes, a foreign mount).
+	AlreadyExists
+	// Aborted means another operation on the same object is in flight; a
+	// retry later may succeed.
+	Aborted
 )
 
 var names = map[Kind]string{
 	Internal: "internal", Invalid: "invalid", NotFound: "not found",
 	Precondition: "precondition", Exhausted: "exhausted",
 	Unavailable: "unavailable", PermissionDenied: "permission denied",
-	Canceled: "canceled",
+	Canceled: "canceled", AlreadyExists: "already exists", Aborted: "aborted",
 }
 
 func (k Kind) String() string { return names[k] }

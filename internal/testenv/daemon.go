@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/bpfmount/bpfmount/driver"
+	"github.com/bpfmount/bpfmount/driver/state"
 	"github.com/bpfmount/bpfmount/loader"
 	"github.com/bpfmount/bpfmount/loader/bytecode"
 )
@@ -124,6 +125,16 @@ func (d *Daemon) Stop() {
 func (d *Daemon) Restart(opts DaemonOptions) {
 	d.Stop()
 	d.start(opts)
+}
+
+// Record reads a volume's record from the daemon's state directory; nil
+// when the volume has none.
+func (d *Daemon) Record(volumeID string) (*state.Record, error) {
+	st, err := state.Open(d.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	return st.Get(volumeID)
 }
 
 // DaemonDirs are where a test daemon, in this process or its own, listens,

@@ -18,8 +18,9 @@ type Registry struct {
 	Host string
 	srv  *httptest.Server
 
-	mu   sync.Mutex
-	gets map[string]int // "manifest" or "blob" -> count
+	mu       sync.Mutex
+	gets     map[string]int // "manifest" or "blob" -> count
+	requests int            // every request, of any method
 }
 
 // StartRegistry starts a registry for the test.
@@ -28,6 +29,9 @@ func StartRegistry(t testing.TB) *Registry {
 	r := &Registry{gets: map[string]int{}}
 	inner := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	r.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		r.mu.Lock()
+		r.requests++
+		r.mu.Unlock()
 		if req.Method == http.MethodGet {
 			r.mu.Lock()
 			switch {
@@ -55,4 +59,13 @@ func (r *Registry) Gets() (manifests, blobs int) {
 	m, b := r.gets["manifest"], r.gets["blob"]
 	r.gets = map[string]int{}
 	return m, b
+}
+
+// Requests returns and resets the count of every request, of any method.
+func (r *Registry) Requests() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := r.requests
+	r.requests = 0
+	return n
 }

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -55,6 +56,13 @@ func TestHostileInput(t *testing.T) {
 		return a
 	}
 	long := strings.Repeat("a", 5000)
+	manyKeys := func(n int) map[string]string {
+		a := with("csi.storage.k8s.io/pod.namespace", "web")
+		for i := range n {
+			a[fmt.Sprintf("csi.storage.k8s.io/extra-%d", i)] = "x"
+		}
+		return a
+	}
 
 	type tc struct {
 		name     string
@@ -143,6 +151,14 @@ func TestHostileInput(t *testing.T) {
 		{name: "interface slash", attrs: with("interface", "a/b"), code: codes.InvalidArgument, fragment: "not an interface name"},
 		{name: "interface dotdot", attrs: with("interface", ".."), code: codes.InvalidArgument, fragment: "not an interface name"},
 		{name: "kubelet key control char", attrs: with("csi.storage.k8s.io/pod.name", "p\x1b[31m"), code: codes.InvalidArgument, fragment: "control"},
+		{name: "half a pod's request", attrs: with("csi.storage.k8s.io/pod.name", "p", "csi.storage.k8s.io/pod.uid", "u", "csi.storage.k8s.io/ephemeral", "true"), code: codes.InvalidArgument, fragment: "must name its namespace"},
+		{name: "too many kubelet keys", attrs: manyKeys(1000), code: codes.InvalidArgument, fragment: "more than the 64 allowed"},
+		{name: "volume context too large", attrs: with("csi.storage.k8s.io/pod.namespace", "web", "csi.storage.k8s.io/pod.name", long[:4000],
+			"csi.storage.k8s.io/pod.uid", long[:4000], "csi.storage.k8s.io/serviceAccount.name", long[:4000], "csi.storage.k8s.io/x", long[:4000], "program", long[:1000]),
+			code: codes.InvalidArgument, fragment: "more than the 16384 allowed"},
+		// Policy comes before any file or registry is touched: a denied pod
+		// naming a missing layout is denied, not told the layout is missing.
+		{name: "denied pod, missing layout", attrs: with("csi.storage.k8s.io/pod.namespace", "web", "image", "oci:/nonexistent/layout:v1"), code: codes.PermissionDenied, fragment: "no policy"},
 		{name: "oci relative path", attrs: with("image", "oci:layouts/x:v1"), code: codes.InvalidArgument, fragment: "absolute and clean"},
 		{name: "oci unclean path", attrs: with("image", "oci:/tmp/../etc:v1"), code: codes.InvalidArgument, fragment: "absolute and clean"},
 		{name: "oci empty tag", attrs: with("image", "oci:/tmp/x:"), code: codes.InvalidArgument, fragment: "empty tag"},

@@ -57,7 +57,7 @@ func TestMetricsMoveWithPublish(t *testing.T) {
 	if got := scrape(t, srv, fmt.Sprintf(`bpfmount_attachments{hook="xdp",interface=%q}`, v.Host)); got != 1 {
 		t.Fatalf("attachments on %s = %v", v.Host, got)
 	}
-	denials := `bpfmount_policy_denials_total{namespace="web"}`
+	denials := `bpfmount_policy_denials_total{namespace="other"}` // no policy names "web"
 	dBefore := scrape(t, srv, denials)
 	d.Node.NodePublishVolume(ctx, publishReq("vol-denied", target+"x", podAttrs(img, v.Host, "web"), true))
 	if got := scrape(t, srv, denials); got != dBefore+1 {

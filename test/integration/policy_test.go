@@ -66,7 +66,7 @@ rules:
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-ok", target, podAttrs(img, v.Host, "net-observability"), true)); err != nil {
 		t.Fatalf("allowed pod: %v", err)
 	}
-	rec, _ := d.Driver.Store().Get("vol-ok")
+	rec, _ := d.Record("vol-ok")
 	if rec.Pod.Namespace != "net-observability" || rec.Pod.Name != "reader" {
 		t.Fatalf("record lacks the pod: %+v", rec.Pod)
 	}
@@ -107,11 +107,16 @@ func TestSecretsNeverLogged(t *testing.T) {
 		fs.Set("v", "0")
 	})
 
-	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
+	// The tokens come only with a pod's request, which the policy must allow.
+	pol, err := policy.Parse([]byte("apiVersion: bpfmount.io/v1alpha1\nkind: NodePolicy\nrules:\n- name: web\n  namespaces: [web]\n  images: [\"oci:/**\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{Configure: func(o *driver.Options) { o.Policy = policy.Static(pol) }})
 	target := filepath.Join(dir, "vol")
 	const secret = "c2VjcmV0LXVzZXI6aHVudGVyMi1kby1ub3QtbG9n" // base64 user:password
 	const token = "eyJhbGciOiJSUzI1NiJ9.token-do-not-log"
-	req := publishReq("vol-secret", target, xdpAttrs(img, v.Host), false)
+	req := publishReq("vol-secret", target, podAttrs(img, v.Host, "web"), false)
 	req.Secrets = map[string]string{".dockerconfigjson": `{"auths":{"registry.example":{"auth":"` + secret + `"}}}`}
 	req.VolumeContext["csi.storage.k8s.io/serviceAccount.tokens"] = `{"":{"token":"` + token + `"}}`
 	if _, err := d.Node.NodePublishVolume(context.Background(), req); err != nil {

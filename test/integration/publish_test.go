@@ -43,7 +43,7 @@ func TestXDPCounterRisesWithTraffic(t *testing.T) {
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-xdp", target, xdpAttrs(img, v.Host), true)); err != nil {
 		t.Fatalf("publish: %v", err)
 	}
-	rec, err := d.Driver.Store().Get("vol-xdp")
+	rec, err := d.Record("vol-xdp")
 	if err != nil || rec == nil {
 		t.Fatalf("no record after publish: %v", err)
 	}
@@ -101,7 +101,7 @@ func TestTCXOrderFollowsPriority(t *testing.T) {
 	ids := testenv.TCXPrograms(t, v.Host, "ingress")
 	var want []ebpf.ProgramID
 	for _, id := range []string{"vol-early", "vol-mid", "vol-late"} {
-		rec, _ := d.Driver.Store().Get(id)
+		rec, _ := d.Record(id)
 		want = append(want, ebpf.ProgramID(rec.ProgramID))
 	}
 	if fmt.Sprint(ids) != fmt.Sprint(want) {
@@ -253,8 +253,8 @@ func TestIdenticalRequestsShareOneProgram(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	ra, _ := d.Driver.Store().Get("vol-a")
-	rb, _ := d.Driver.Store().Get("vol-b")
+	ra, _ := d.Record("vol-a")
+	rb, _ := d.Record("vol-b")
 	if ra.ProgramID != rb.ProgramID || ra.Key != rb.Key {
 		t.Fatalf("identical requests got programs %d and %d", ra.ProgramID, rb.ProgramID)
 	}

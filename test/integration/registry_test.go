@@ -81,7 +81,7 @@ func TestRegistryImagesLoadOnceAndCount(t *testing.T) {
 	if m, b := reg.Gets(); m != 1 || b != 2 {
 		t.Fatalf("20 concurrent publishes made %d manifest and %d blob GETs; want 1 and 2 (config, layer)", m, b)
 	}
-	rec, _ := d.Driver.Store().Get("vol-0")
+	rec, _ := d.Record("vol-0")
 	if rec.Identity.Digest != digest {
 		t.Fatalf("record digest %s, pushed %s", rec.Identity.Digest, digest)
 	}
@@ -164,11 +164,51 @@ local:
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-signed", filepath.Join(dir, "s"), xdpAttrs(signed, v.Host), true)); err != nil {
 		t.Fatalf("signed image: %v", err)
 	}
-	if rec, _ := d.Driver.Store().Get("vol-signed"); !rec.Signed {
+	if rec, _ := d.Record("vol-signed"); !rec.Signed {
 		t.Fatal("the record does not say the image was verified")
 	}
 	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-signed", filepath.Join(dir, "s"))); err != nil {
 		t.Fatal(err)
 	}
 	d.AssertClean(t, v, filepath.Join(dir, "s"))
+}
+
+// A pod the policy denies makes the node contact no registry, also when
+// the volume names no type (the hook is known only from the image).
+func TestDeniedPodNeverReachesRegistry(t *testing.T) {
+	reg := testenv.StartRegistry(t)
+	ref := reg.Host + "/bpf/xdp-counter:v1"
+	pushExample(t, newRegistryClient(t, bytecode.RegistryOptions{}), ref)
+	pol, err := policy.Parse([]byte(`apiVersion: bpfmount.io/v1alpha1
+kind: NodePolicy
+rules:
+- name: web
+  namespaces: ["web"]
+  images: ["` + reg.Host + `/bpf/*"]
+  hooks: ["tcx"]
+  interfaces: ["eth*"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fetcher := newRegistryClient(t, bytecode.RegistryOptions{})
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Fetcher: fetcher, Configure: func(o *driver.Options) { o.Policy = policy.Static(pol) }})
+	v := testenv.NewVeth(t)
+	target := filepath.Join(testenv.ShortTempDir(t), "vol")
+	reg.Requests()
+
+	for _, c := range []struct {
+		name     string
+		ns       string
+		fragment string
+	}{
+		{"namespace no rule names", "attacker", "no rule matches"},
+		{"interface the rule does not allow", "web", "allows interfaces"},
+	} {
+		expectCode(t, d, publishReq("vol-denied", target, podAttrs(ref, v.Host, c.ns), true), codes.PermissionDenied, c.fragment)
+		if n := reg.Requests(); n != 0 {
+			t.Fatalf("%s: a denied pod made %d requests to the registry", c.name, n)
+		}
+	}
+	d.AssertClean(t, v, target)
 }

@@ -60,7 +60,7 @@ func detached(t *testing.T, ifname string) uint32 {
 
 func record(t *testing.T, d *testenv.Daemon, vol string) *state.Record {
 	t.Helper()
-	rec, err := d.Driver.Store().Get(vol)
+	rec, err := stateStore(t, d).Get(vol)
 	if err != nil || rec == nil {
 		t.Fatalf("record of %s: %v, %v", vol, rec, err)
 	}
@@ -89,7 +89,7 @@ func TestBrokenVolumeDoesNotStopNode(t *testing.T) {
 	// The pod is known to the record (as for a kubelet request).
 	rec := record(t, d, "vol-bad")
 	rec.Pod = state.Pod{Namespace: "team", Name: "reader", UID: "uid-1"}
-	if err := d.Driver.Store().Put(rec); err != nil {
+	if err := stateStore(t, d).Put(rec); err != nil {
 		t.Fatal(err)
 	}
 
@@ -242,7 +242,7 @@ func TestUnreadableRecordKeepsItsMounts(t *testing.T) {
 	if err := os.WriteFile(recFile, append([]byte(`{"unknownField":1,`), good[1:]...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.Driver.Store().PutIntent(&state.Intent{Op: state.OpPublish, VolumeID: "vol-garbled", TargetPath: target, StagingPath: rec.StagingPath, Key: rec.Key, CreateTarget: true}); err != nil {
+	if err := stateStore(t, d).PutIntent(&state.Intent{Op: state.OpPublish, VolumeID: "vol-garbled", TargetPath: target, StagingPath: rec.StagingPath, Key: rec.Key, CreateTarget: true}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -275,4 +275,15 @@ func TestUnreadableRecordKeepsItsMounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.AssertClean(t, v, target)
+}
+
+// stateStore opens the daemon's state directory, to damage records as a
+// crash or a reboot would.
+func stateStore(t *testing.T, d *testenv.Daemon) *state.Store {
+	t.Helper()
+	st, err := state.Open(d.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

@@ -87,7 +87,7 @@ func TestDriverXDPChainFromVolumes(t *testing.T) {
 	}
 	dispatcherID := testenv.XDPProgram(t, v.Host)
 	for _, vol := range []string{"vol-first", "vol-stop", "vol-last"} {
-		rec, _ := d.Driver.Store().Get(vol)
+		rec, _ := d.Record(vol)
 		if rec.ProgramID == dispatcherID {
 			t.Fatal("a member is attached directly instead of through the dispatcher")
 		}

@@ -1,0 +1,92 @@
+// Package driver implements bpfmount's CSI Identity and Node services.
+//
+// NodePublishVolume turns a volume's attributes into a loader request,
+// loads and attaches the program (or joins an identical attachment), and
+// mounts the program's maps at the target path; NodeUnpublishVolume undoes
+// it. Each published volume has a record in the state directory, so a
+// restarted driver knows what it owns. There is no controller service:
+// bpfmount volumes are CSI ephemeral inline volumes.
+//
+// The driver uses three things through small interfaces (interfaces.go):
+// the loader, the state store and the mounts of package mapfs. New wires
+// the real ones; the unit tests build a bare driver on fakes and run
+// without root.
+//
+// # Volume lifecycle
+//
+// A publish runs these steps, in this order (node.go):
+//
+//  1. Check the request: volume ID, target path, capability, secrets and
+//     every volume attribute, the whole volume context bounded in keys and
+//     bytes. Any csi.storage.k8s.io/ key makes it a pod's request, which
+//     must name its namespace; a request with none is local (the CLI).
+//     Nothing outside the process is touched, nothing is logged before.
+//  2. Log the checked request, every value cut to a bounded length.
+//  3. Ask the policy, on everything known before the fetch (namespace,
+//     service account, image reference, interface, priority, read-only,
+//     and the hook when the request names it). When the hook is not named
+//     the request is denied only if no rule could allow it for any hook.
+//     A denied request reads no file and contacts no registry.
+//  4. Take the volume's lock.
+//  5. Compare with what is there (checkExisting): the same request already
+//     published succeeds at once; a different one, or a foreign mount at
+//     the target, fails; a record whose mounts are gone is cleaned up and
+//     the publish starts afresh.
+//  6. Resolve: fetch the image (registry or oci: layout) and check the
+//     request against it.
+//  7. Ask the policy again when the image named the hook; check the
+//     signature when the deciding rule requires one.
+//  8. Create the volume (createVolume): write the publish intent, acquire
+//     the program, expose the chosen maps at the target, write the record,
+//     delete the intent. A failure undoes the steps done, last first.
+//  9. Report: one audit line, and an event on the pod.
+//
+// An unpublish checks its arguments, takes the volume's lock and reads the
+// record. Without one (or for another target) it only makes sure nothing
+// of bpfmount's is mounted there. Otherwise it writes the unpublish intent,
+// unmounts, releases the program (detaching it when no other volume shares
+// it), deletes the record and then the intent.
+//
+// At start, Restore re-adopts every recorded attachment, rolls back
+// publishes and finishes unpublishes that a crash interrupted (their
+// intents say which), and removes pins and staging mounts no volume owns.
+//
+// # Errors
+//
+// Inside the module an error carries a fault kind (package
+// internal/fault); the exported RPC methods turn it into a gRPC status, once
+// (errors.go). The message always says what was wrong. The codes:
+//
+//   - InvalidArgument: a request field or volume attribute is missing,
+//     unknown or malformed; the volume context is too large; a pod's
+//     request has no namespace; the image does not hold what the request
+//     names (program, map, hook) or its bytecode is refused. Retrying the
+//     same request cannot succeed.
+//   - PermissionDenied: the node policy denies the request, a rule requires
+//     a signature the image lacks, or a registry refused the credentials.
+//   - NotFound: the image, its tag or the interface does not exist.
+//   - AlreadyExists: the volume is published at this target with other
+//     attributes, or another bpf filesystem is mounted there.
+//   - FailedPrecondition: the volume is published at another target, the
+//     target holds a filesystem bpfmount did not mount, the interface is
+//     taken, the kernel lacks a feature, or pull policy Never misses.
+//   - Aborted: another operation on the same volume is in flight; retry.
+//   - ResourceExhausted: a dispatcher has no free slot.
+//   - Unavailable: a registry could not be reached; retry.
+//   - DeadlineExceeded, Canceled: the caller's deadline passed, or it gave
+//     up.
+//   - Internal: anything else (an unexpected kernel or file system error).
+//
+// # Locks
+//
+//   - Each volume ID has a lock (volumeLocks), held for a whole publish or
+//     unpublish; a concurrent call for the same volume gets Aborted rather
+//     than waiting, as the CSI spec asks. Garbage collection skips volumes
+//     whose lock is taken.
+//   - The loader serializes work per interface (direct attachments) and per
+//     identity key (dispatcher members), and lets Prune run only when no
+//     load or release is in flight.
+//   - The in-memory volume counts (countingStore) have their own mutex,
+//     held only to update or copy them.
+//   - A policy is immutable; the policy watcher swaps whole policies.
+package driver

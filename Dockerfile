@@ -10,21 +10,28 @@
 # carry nothing but the binary (and CA certificates for the driver, which
 # pulls bytecode images over TLS). Base images are build arguments, so a
 # mirror can be used: --build-arg GO_IMAGE=registry.example/golang:1.26.
-# GO_IMAGE must provide at least the Go version in go.mod (GOTOOLCHAIN=local
-# below refuses to download another toolchain).
+# The default is pinned by digest so a build is reproducible; bump it
+# deliberately. GO_IMAGE must be a Debian-based Go image (the reader stage
+# uses apt-get); with GOTOOLCHAIN=auto an image older than go.mod's Go
+# version fetches that toolchain through the module proxy.
+#
+# Without a registry (as in this project's CI), deploy/image/build.sh
+# (`make image`) makes a local Go image with debootstrap and builds this
+# file with buildah.
 
-ARG GO_IMAGE=golang:1.26
+ARG GO_IMAGE=golang:1.26@sha256:3aff6657219a4d9c14e27fb1d8976c49c29fddb70ba835014f477e1c70636647
 ARG BASE_IMAGE=scratch
 
 FROM ${GO_IMAGE} AS build
-ENV CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-trimpath -buildvcs=false"
+ENV CGO_ENABLED=0 GOTOOLCHAIN=auto GOFLAGS="-trimpath -buildvcs=false"
 WORKDIR /src
 # Dependencies first: this layer is reused until go.mod or go.sum change.
 COPY go.mod go.sum ./
-RUN go mod download
+RUN --mount=type=cache,target=/root/go/pkg/mod go mod download
 COPY . .
 ARG VERSION=dev
-RUN go build -ldflags "-s -w -X github.com/bpfmount/bpfmount/driver.Version=${VERSION}" \
+RUN --mount=type=cache,target=/root/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
+    go build -ldflags "-s -w -X github.com/bpfmount/bpfmount/driver.Version=${VERSION}" \
         -o /out/bpfmount ./cmd/bpfmount \
  && go build -ldflags "-s -w" -o /out/xdp-counter-reader ./deploy/examples/xdp-counter/reader
 
@@ -42,6 +49,15 @@ COPY --from=build /out/xdp-counter-reader /out/xdp-counter-reader
 RUN setcap cap_bpf=ep /out/xdp-counter-reader && getcap /out/xdp-counter-reader
 
 FROM ${BASE_IMAGE} AS xdp-counter-reader
+ARG VERSION=dev
+ARG CREATED
+ARG REVISION
+LABEL org.opencontainers.image.title="xdp-counter-reader" \
+      org.opencontainers.image.description="Example reader of the bpfmount XDP counter: serves the counts of a pinned map it opens through a bpfmount volume" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="https://github.com/bpfmount/bpfmount"
 COPY --from=reader-caps /out/xdp-counter-reader /xdp-counter-reader
 USER 65534:65534
 ENTRYPOINT ["/xdp-counter-reader"]
@@ -51,6 +67,15 @@ ENTRYPOINT ["/xdp-counter-reader"]
 # program: mounts are made with system calls, so the image needs no mount,
 # umount or shell.
 FROM ${BASE_IMAGE} AS bpfmount
+ARG VERSION=dev
+ARG CREATED
+ARG REVISION
+LABEL org.opencontainers.image.title="bpfmount" \
+      org.opencontainers.image.description="CSI node plugin that loads eBPF programs for pods and mounts their pinned maps" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="https://github.com/bpfmount/bpfmount"
 COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY --from=build /out/bpfmount /bpfmount
 USER 0:0

@@ -9,7 +9,7 @@ BIN      := bin
 EXAMPLE_OBJ := deploy/examples/xdp-counter/bpf/xdpcounter_bpfel.o
 EXAMPLE_LAYOUT := build/layouts/xdp-counter
 
-.PHONY: all build demo test vet generate bench clean fuzz manifests test-chart test-vm bench-vm e2e
+.PHONY: all build demo test vet generate bench clean fuzz manifests test-chart test-vm bench-vm e2e image
 
 all: build
 
@@ -54,13 +54,20 @@ test-vm:
 bench-vm:
 	test/vm/run.sh bench
 
-# End to end on a real single-node Kubernetes (root): helm install, pods whose
-# inline volumes load programs, policy denials, sharing, an upgrade under
-# traffic, uninstall. Builds Kubernetes v1.34.4 once (about 20 min cold on
-# 2 cores), cached in test/e2e/.cache/bin.
-e2e:
+# The release images, built from the Dockerfile with buildah (root, no
+# Docker engine): build/images/bpfmount-$(VERSION).tar and
+# build/images/xdp-counter-reader-$(VERSION).tar, OCI archives.
+image:
+	deploy/image/build.sh $(VERSION)
+
+# End to end on a real single-node Kubernetes (root): helm install of the
+# images `make image` built, pods whose inline volumes load programs, policy
+# denials, sharing, an upgrade under traffic, uninstall. Builds Kubernetes
+# v1.34.4 once (about 20 min cold on 2 cores), cached in test/e2e/.cache/bin.
+e2e: image
 	test/e2e/build-k8s.sh
-	cd test/e2e && $(GO) vet ./... && BPFMOUNT_E2E=1 $(GO) test -count=1 -timeout 30m -v ./...
+	cd test/e2e && $(GO) vet ./... && BPFMOUNT_E2E=1 BPFMOUNT_E2E_IMAGES=$(abspath build/images) \
+		BPFMOUNT_E2E_IMAGE_VERSION=$(VERSION) $(GO) test -count=1 -timeout 30m -v ./...
 
 # deploy/manifests/bpfmount.yaml, rendered from the chart (a test fails when
 # the committed file drifts).
@@ -78,7 +85,8 @@ bench:
 	@printf '```\n' >> docs/benchmarks.md
 	@printf '\n## Pod start latency (real Kubernetes, test/e2e)\n\n```\n' >> docs/benchmarks.md
 	test/e2e/build-k8s.sh
-	cd test/e2e && BPFMOUNT_E2E_BENCH=1 $(GO) test -count=1 -timeout 30m -run '^TestPodStartBench$$' -v . 2>&1 | grep -E '^ +(bpfmount volume|emptyDir|ratio)' >> $(abspath docs/benchmarks.md)
+	deploy/image/build.sh $(VERSION)
+	cd test/e2e && BPFMOUNT_E2E_BENCH=1 BPFMOUNT_E2E_IMAGES=$(abspath build/images) BPFMOUNT_E2E_IMAGE_VERSION=$(VERSION) $(GO) test -count=1 -timeout 30m -run '^TestPodStartBench$$' -v . 2>&1 | grep -E '^ +(bpfmount volume|emptyDir|ratio)' >> $(abspath docs/benchmarks.md)
 	@printf '```\n' >> docs/benchmarks.md
 
 # Regenerate the committed eBPF objects and their Go bindings (needs clang).

@@ -125,24 +125,49 @@ func setup(t *testing.T) *cluster {
 	return theCluster
 }
 
-// buildImagesFirst builds the static binaries before the cluster exists
-// (nothing is imported yet).
+// buildImagesFirst builds the static binaries the test runs on the host
+// (bpfmount for `image build`, and the pause container's binary) before the
+// cluster exists, and checks that the release images are there.
 func (c *cluster) buildImagesFirst() error {
 	for n, b := range map[string][2]string{
-		"bpfmount":           {repoRoot, "./cmd/bpfmount"},
-		"xdp-counter-reader": {repoRoot, "./deploy/examples/xdp-counter/reader"},
-		"pause":              {filepath.Join(repoRoot, "test", "e2e"), "./pause"},
+		"bpfmount": {repoRoot, "./cmd/bpfmount"},
+		"pause":    {filepath.Join(repoRoot, "test", "e2e"), "./pause"},
 	} {
 		if err := goBuild(b[0], b[1], filepath.Join(c.bin, n), ""); err != nil {
 			return err
 		}
 	}
-	for _, tag := range []string{"v1", "v2"} {
-		if err := goBuild(repoRoot, "./cmd/bpfmount", filepath.Join(c.bin, "bpfmount-"+tag), "-X github.com/bpfmount/bpfmount/driver.Version=e2e-"+tag); err != nil {
-			return err
+	for _, a := range releaseImages() {
+		if _, err := os.Stat(a.archive); err != nil {
+			return fmt.Errorf("release image %s: %v (build it with `make image`, or run the e2e with `make e2e`)", a.archive, err)
 		}
 	}
 	return nil
+}
+
+// releaseImage is an image `make image` built from the Dockerfile.
+type releaseImage struct {
+	archive string   // OCI archive
+	built   string   // the name inside it
+	tags    []string // the names the test's pods and chart use
+}
+
+// releaseImages are the driver and reader images `make image` wrote to
+// BPFMOUNT_E2E_IMAGES for BPFMOUNT_E2E_IMAGE_VERSION. The driver image is
+// tagged v1 and v2 so that the upgrade scenario rolls the DaemonSet to a new
+// pod of the released image.
+func releaseImages() []releaseImage {
+	dir, ver := os.Getenv("BPFMOUNT_E2E_IMAGES"), os.Getenv("BPFMOUNT_E2E_IMAGE_VERSION")
+	if dir == "" {
+		dir = filepath.Join(repoRoot, "build", "images")
+	}
+	if ver == "" {
+		ver = "dev"
+	}
+	return []releaseImage{
+		{filepath.Join(dir, "bpfmount-"+ver+".tar"), "bpfmount/bpfmount:" + ver, []string{driverRepo + ":v1", driverRepo + ":v2"}},
+		{filepath.Join(dir, "xdp-counter-reader-"+ver+".tar"), "bpfmount/xdp-counter-reader:" + ver, []string{readerImage}},
+	}
 }
 
 // afterUp imports the images and writes the bytecode layouts.
@@ -150,13 +175,14 @@ func (c *cluster) afterUp() error {
 	if err := c.importImage(pauseImage, []string{"/pause"}, "65535:65535", file{path: "/pause", src: filepath.Join(c.bin, "pause")}); err != nil {
 		return err
 	}
-	if err := c.importImage(readerImage, []string{"/xdp-counter-reader"}, "65534:65534",
-		file{path: "/xdp-counter-reader", src: filepath.Join(c.bin, "xdp-counter-reader"), caps: 1 << capBPF}); err != nil {
-		return err
-	}
-	for _, tag := range []string{"v1", "v2"} {
-		if err := c.importImage(driverRepo+":"+tag, []string{"/bpfmount"}, "0:0", file{path: "/bpfmount", src: filepath.Join(c.bin, "bpfmount-"+tag)}); err != nil {
+	for _, a := range releaseImages() {
+		if err := c.ctr("images", "import", a.archive); err != nil {
 			return err
+		}
+		for _, t := range a.tags {
+			if err := c.ctr("images", "tag", "--force", a.built, t); err != nil {
+				return err
+			}
 		}
 	}
 	return c.bytecodeLayouts(repoRoot)

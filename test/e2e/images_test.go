@@ -3,7 +3,6 @@ package e2e
 import (
 	"archive/tar"
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -19,8 +18,10 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 )
 
-// Images are built from static binaries and imported into the test's
-// containerd; pods use imagePullPolicy Never.
+// The driver and reader images are the release images `make image` builds
+// from the Dockerfile; the pause image is made here from a static binary.
+// All are imported into the test's containerd; pods use imagePullPolicy
+// Never.
 const (
 	pauseImage    = "bpfmount-e2e.local/pause:1"
 	driverRepo    = "bpfmount-e2e.local/bpfmount"
@@ -44,7 +45,6 @@ func goBuild(dir, pkg, out string, ldflags string) error {
 type file struct {
 	path string // in the image
 	src  string // on the host
-	caps uint64 // file capabilities (permitted and effective), 0: none
 }
 
 // image makes a one-layer image of files with an entrypoint and writes it
@@ -58,9 +58,6 @@ func image(ref, out string, entrypoint []string, user string, files ...file) err
 			return err
 		}
 		hdr := &tar.Header{Name: f.path[1:], Mode: 0o755, Size: int64(len(data)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0), Format: tar.FormatPAX}
-		if f.caps != 0 {
-			hdr.PAXRecords = map[string]string{"SCHILY.xattr.security.capability": string(vfsCaps(f.caps))}
-		}
 		if err := tw.WriteHeader(hdr); err != nil {
 			return err
 		}
@@ -96,18 +93,6 @@ func image(ref, out string, entrypoint []string, user string, files ...file) err
 	}
 	return tarball.WriteToFile(out, tag, img)
 }
-
-// vfsCaps encodes a security.capability xattr (VFS_CAP_REVISION_2) with
-// caps permitted and effective.
-func vfsCaps(caps uint64) []byte {
-	b := make([]byte, 20)
-	binary.LittleEndian.PutUint32(b[0:], 0x02000000|0x1) // revision 2, effective
-	binary.LittleEndian.PutUint32(b[4:], uint32(caps))
-	binary.LittleEndian.PutUint32(b[12:], uint32(caps>>32))
-	return b
-}
-
-const capBPF = 39
 
 func (c *cluster) importImage(ref string, entrypoint []string, user string, files ...file) error {
 	tarPath := filepath.Join(c.work, "image.tar")

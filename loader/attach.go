@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -315,11 +316,8 @@ func linkAttached(l link.Link) bool {
 func classifyLoadError(id Identity, err error) error {
 	var ve *ebpf.VerifierError
 	if errors.As(err, &ve) {
-		lines := ve.Log
-		if len(lines) > 8 {
-			lines = lines[len(lines)-8:]
-		}
-		return fault.Errorf(fault.Invalid, "the kernel verifier rejected %s: %s", describeIdentity(id), strings.Join(lines, " | "))
+		return fault.Errorf(fault.Invalid, "the kernel verifier rejected %s (%v); the end of its log:\n%s\nfix the program and rebuild the image",
+			describeIdentity(id), ve.Cause, verifierTail(ve.Log))
 	}
 	if errors.Is(err, unix.EPERM) {
 		return fault.Errorf(fault.Precondition, "the kernel refused to load %s: %v (the driver needs CAP_BPF and CAP_NET_ADMIN, and kernel lockdown must allow BPF)", describeIdentity(id), err)
@@ -328,4 +326,43 @@ func classifyLoadError(id Identity, err error) error {
 		return fault.Errorf(fault.Precondition, "this kernel cannot load %s: %v", describeIdentity(id), err)
 	}
 	return fmt.Errorf("loading %s: %w", describeIdentity(id), err)
+}
+
+// Bounds on the verifier log quoted in an error: the log can be megabytes,
+// and it quotes the object's source lines, which the image's author wrote.
+const (
+	verifierTailLines = 20
+	verifierTailBytes = 4 << 10
+	verifierLineBytes = 240
+)
+
+// verifierTail returns the last lines of a verifier log, each cut short
+// and stripped of control characters, within verifierTailBytes.
+func verifierTail(log []string) string {
+	var lines []string
+	size := 0
+	for i := len(log) - 1; i >= 0 && len(lines) < verifierTailLines; i-- {
+		l := strings.Map(func(r rune) rune {
+			if r < 0x20 || r == 0x7f {
+				return ' '
+			}
+			return r
+		}, strings.TrimSpace(log[i]))
+		if l == "" {
+			continue
+		}
+		if len(l) > verifierLineBytes {
+			l = strings.ToValidUTF8(l[:verifierLineBytes], "") + "…"
+		}
+		if size+len(l)+1 > verifierTailBytes {
+			break
+		}
+		size += len(l) + 1
+		lines = append(lines, "  "+l)
+	}
+	if len(lines) == 0 {
+		return "  (the kernel gave no log)"
+	}
+	slices.Reverse(lines)
+	return strings.Join(lines, "\n")
 }

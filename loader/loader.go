@@ -45,11 +45,11 @@ type Loader struct {
 	gc sync.RWMutex
 
 	mu      sync.Mutex
-	entries map[string]*entry               // by Identity.Key
-	ifaces  namedLocks                      // direct attachments: one interface at a time
-	keys    namedLocks                      // dispatcher members: one identity key at a time
-	chains  map[string]*dispatcher.Chain    // by dispatcher.PinDirName
-	specs   map[string]*ebpf.CollectionSpec // parsed objects by image digest
+	entries map[string]*entry            // by Identity.Key
+	ifaces  namedLocks                   // direct attachments: one interface at a time
+	keys    namedLocks                   // dispatcher members: one identity key at a time
+	chains  map[string]*dispatcher.Chain // by dispatcher.PinDirName
+	specs   specCache                    // parsed objects by image digest
 }
 
 // entry is one loaded and attached program and the owners sharing it.
@@ -103,7 +103,7 @@ func New(opts Options) (*Loader, error) {
 		canChain: dispatcher.Supported() == nil,
 		entries:  map[string]*entry{},
 		chains:   map[string]*dispatcher.Chain{},
-		specs:    map[string]*ebpf.CollectionSpec{},
+		specs:    newSpecCache(specCacheBytes),
 	}
 	if !l.canChain {
 		klog.InfoS("Kernel rejects freplace (BPF_PROG_TYPE_EXT): XDP and TC dispatchers are unavailable; a lone XDP program attaches directly and tcx keeps working")

@@ -18,19 +18,66 @@ import (
 // parsing costs about as much as loading, so it is cached.
 func (l *Loader) spec(img *bytecode.Image) (*ebpf.CollectionSpec, error) {
 	l.mu.Lock()
-	s, ok := l.specs[img.Digest]
+	s := l.specs.get(img.Digest)
 	l.mu.Unlock()
-	if ok {
+	if s != nil {
 		return s, nil
 	}
-	s, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(img.Object))
+	s, err := parseSpec(img.Object)
 	if err != nil {
 		return nil, fault.Errorf(fault.Invalid, "image %q: cannot read its ELF object: %v", img.Reference, err)
 	}
 	l.mu.Lock()
-	l.specs[img.Digest] = s
+	l.specs.put(img.Digest, s, len(img.Object))
 	l.mu.Unlock()
 	return s, nil
+}
+
+// parseSpec parses an object; a panic on hostile input is an error, not
+// the end of the daemon.
+func parseSpec(obj []byte) (s *ebpf.CollectionSpec, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s, err = nil, fmt.Errorf("malformed object (%v)", r)
+		}
+	}()
+	return ebpf.LoadCollectionSpecFromReader(bytes.NewReader(obj))
+}
+
+// specCacheBytes bounds the parsed objects kept, counted by the size of
+// the objects they came from: a node that saw many large images must not
+// keep them all.
+const specCacheBytes = 64 << 20
+
+// specCache keeps parsed objects, oldest evicted first past its bound.
+// The Loader's mu guards it.
+type specCache struct {
+	max, total int
+	specs      map[string]*ebpf.CollectionSpec
+	sizes      map[string]int
+	order      []string // insertion order
+}
+
+func newSpecCache(max int) specCache {
+	return specCache{max: max, specs: map[string]*ebpf.CollectionSpec{}, sizes: map[string]int{}}
+}
+
+func (c *specCache) get(digest string) *ebpf.CollectionSpec { return c.specs[digest] }
+
+func (c *specCache) put(digest string, s *ebpf.CollectionSpec, size int) {
+	if _, ok := c.specs[digest]; ok || size > c.max/4 {
+		return
+	}
+	for c.total+size > c.max && len(c.order) > 0 {
+		old := c.order[0]
+		c.order = c.order[1:]
+		c.total -= c.sizes[old]
+		delete(c.specs, old)
+		delete(c.sizes, old)
+	}
+	c.specs[digest], c.sizes[digest] = s, size
+	c.order = append(c.order, digest)
+	c.total += size
 }
 
 // resolve checks a request against its image and fills in the defaults.

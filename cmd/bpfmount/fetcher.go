@@ -15,6 +15,7 @@ func newFetcher(o *serveOptions, inUse func() map[string]bool) (*bytecode.Regist
 	opts := bytecode.RegistryOptions{
 		CacheDir:         o.imageCache,
 		MaxCacheBytes:    o.cacheBytes,
+		MaxUnpackedBytes: o.maxUnpacked,
 		PullTimeout:      o.pullTimeout,
 		DockerConfigPath: o.dockerConfig,
 		RequireSignature: o.requireSigned,

@@ -28,6 +28,7 @@ import (
 	"github.com/bpfmount/bpfmount/driver/registration"
 	"github.com/bpfmount/bpfmount/internal/endpoint"
 	"github.com/bpfmount/bpfmount/loader"
+	"github.com/bpfmount/bpfmount/loader/bytecode"
 )
 
 // cancelWait is how long calls cancelled at shutdown get to return.
@@ -45,6 +46,7 @@ type serveOptions struct {
 	targetRoot []string
 
 	cacheBytes    int64
+	maxUnpacked   int64
 	pullTimeout   time.Duration
 	dockerConfig  string
 	verifyKey     string
@@ -85,6 +87,7 @@ for them to roll back, and exits. Attached programs stay attached.`,
 	f.StringVar(&o.policyPath, "policy", "", "node policy file (YAML; reloaded on change). Without one, pods may not load programs and the local CLI may")
 	f.DurationVar(&o.policyPoll, "policy-reload-interval", 5*time.Second, "how often to check the policy file for changes")
 	f.Int64Var(&o.cacheBytes, "image-cache-size", 1<<30, "bytes of image cache before unused images are evicted, least recently used first (0: no limit)")
+	f.Int64Var(&o.maxUnpacked, "image-max-unpacked-size", bytecode.DefaultMaxUnpackedBytes, "bytes an image's layer may unpack to; a layer that inflates past it (a gzip bomb) is refused (at most 65 MiB)")
 	f.DurationVar(&o.pullTimeout, "pull-timeout", 2*time.Minute, "how long one image pull may take")
 	f.StringVar(&o.dockerConfig, "docker-config", "", "node-wide registry credentials (a docker config.json); a pod's nodePublishSecretRef takes precedence")
 	f.StringVar(&o.verifyKey, "verify-key", "", "PEM public key(s) that image signatures (cosign format) are verified with, offline")

@@ -25,6 +25,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/bpfmount/bpfmount/internal/atomicfile"
 	"github.com/bpfmount/bpfmount/internal/mapfs"
 	"github.com/bpfmount/bpfmount/loader"
 )
@@ -213,16 +214,7 @@ func writeJSON(path string, v any) error {
 	if err != nil {
 		return err
 	}
-	dir, base := filepath.Split(path)
-	tmp := filepath.Join(dir, "."+base+".tmp")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("writing %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("renaming %s: %w", tmp, err)
-	}
-	return nil
+	return atomicfile.WriteFile(path, b, 0o600, "")
 }
 
 func (s *Store) readJSON(path string, v any) (bool, error) {

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"io/fs"
 	"maps"
 	"os"
@@ -18,8 +17,9 @@ import (
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/bpfmount/bpfmount/internal/atomicfile"
 )
 
 // The image cache is content-addressed:
@@ -212,34 +212,11 @@ func (c *cache) saveLocked() error {
 	if err != nil {
 		return err
 	}
-	if err := c.writeFileAtomic("index.json", raw); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(c.dir, "index.json"), raw, 0o600, c.tmpDir()); err != nil {
 		return fmt.Errorf("image cache: writing index: %v", err)
 	}
 	c.dirty = false
 	c.lastSave = c.now()
-	return nil
-}
-
-// writeFileAtomic writes a file under dir by temp file and rename, so a
-// reader sees the old or the new content, never a part.
-func (c *cache) writeFileAtomic(name string, data []byte) error {
-	f, err := os.CreateTemp(c.tmpDir(), "index-*")
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	if err := os.Rename(f.Name(), filepath.Join(c.dir, name)); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
 	return nil
 }
 
@@ -271,24 +248,9 @@ func (c *cache) writeBlob(digest string, data []byte) error {
 	if digestOf(data) != digest {
 		return &errCorrupt{digest}
 	}
-	f, err := os.CreateTemp(c.tmpDir(), "blob-*")
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, bytes.NewReader(data)); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	if err := os.Rename(f.Name(), p); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	return nil
+	// The temp file lives in tmp/, never in blobs/, where an orphan sweep
+	// would take it for an unreferenced blob.
+	return atomicfile.WriteFile(p, data, 0o600, c.tmpDir())
 }
 
 func digestOf(data []byte) string {
@@ -357,9 +319,9 @@ func (c *cache) lookup(key, digest string) (cacheRef, bool) {
 	return cacheRef{}, false
 }
 
-// load rebuilds a cached image as a v1.Image, every blob checked. A
-// damaged image is dropped from the index and reported as *errCorrupt.
-func (c *cache) load(digest string) (v1.Image, error) {
+// load reads a cached image's parts, every blob checked. A damaged image
+// is dropped from the index and reported as *errCorrupt.
+func (c *cache) load(digest string) (imageParts, error) {
 	c.mu.Lock()
 	e, ok := c.idx.Images[digest]
 	var blobs []cacheBlob
@@ -369,26 +331,32 @@ func (c *cache) load(digest string) (v1.Image, error) {
 	}
 	c.mu.Unlock()
 	if !ok {
-		return nil, fs.ErrNotExist
+		return imageParts{}, fs.ErrNotExist
 	}
-	core := &cachedCore{mediaType: mt, blobs: map[string]*cachedBlob{}}
-	for i, b := range blobs {
-		data, err := c.readBlob(b.Digest, b.Size)
+	data := map[string][]byte{}
+	for _, b := range blobs {
+		d, err := c.readBlob(b.Digest, b.Size)
 		if err != nil {
 			// Missing or damaged: the entry is useless; forget it.
-			c.mu.Lock()
-			c.dropLocked(digest)
-			c.saveLocked()
-			c.mu.Unlock()
-			return nil, &errCorrupt{b.Digest}
+			c.forget(digest)
+			return imageParts{}, &errCorrupt{b.Digest}
 		}
-		if i == 0 {
-			core.manifest = data
-		} else {
-			core.blobs[b.Digest] = &cachedBlob{digest: b.Digest, data: data}
-		}
+		data[b.Digest] = d
 	}
-	return core.image()
+	m, err := v1.ParseManifest(bytes.NewReader(data[digest]))
+	if err != nil || len(m.Layers) != 1 || data[m.Config.Digest.String()] == nil || data[m.Layers[0].Digest.String()] == nil || !mt.IsImage() {
+		// Only a changed index file can name blobs that do not fit.
+		c.forget(digest)
+		return imageParts{}, &errCorrupt{digest}
+	}
+	return imageParts{digest: digest, manifest: m, config: data[m.Config.Digest.String()], layer: data[m.Layers[0].Digest.String()]}, nil
+}
+
+func (c *cache) forget(digest string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.dropLocked(digest)
+	c.saveLocked()
 }
 
 // commit records a pulled image under the given reference keys.
@@ -537,62 +505,3 @@ func (c *cache) evict(max int64, inUse map[string]bool) []string {
 	c.saveLocked()
 	return evicted
 }
-
-// cachedCore serves a cached image to go-containerregistry from memory.
-type cachedCore struct {
-	mediaType types.MediaType
-	manifest  []byte
-	blobs     map[string]*cachedBlob
-}
-
-type cachedBlob struct {
-	digest string
-	data   []byte
-	mt     types.MediaType
-}
-
-func (c *cachedCore) image() (v1.Image, error) {
-	m, err := v1.ParseManifest(bytes.NewReader(c.manifest))
-	if err != nil {
-		return nil, err
-	}
-	for _, l := range append([]v1.Descriptor{m.Config}, m.Layers...) {
-		if b, ok := c.blobs[l.Digest.String()]; ok {
-			b.mt = l.MediaType
-		}
-	}
-	if c.mediaType == "" {
-		c.mediaType = m.MediaType
-	}
-	return partial.CompressedToImage(c)
-}
-
-func (c *cachedCore) RawManifest() ([]byte, error)        { return c.manifest, nil }
-func (c *cachedCore) MediaType() (types.MediaType, error) { return c.mediaType, nil }
-
-func (c *cachedCore) RawConfigFile() ([]byte, error) {
-	m, err := v1.ParseManifest(bytes.NewReader(c.manifest))
-	if err != nil {
-		return nil, err
-	}
-	b, ok := c.blobs[m.Config.Digest.String()]
-	if !ok {
-		return nil, fmt.Errorf("config blob %s is not cached", m.Config.Digest)
-	}
-	return b.data, nil
-}
-
-func (c *cachedCore) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error) {
-	b, ok := c.blobs[h.String()]
-	if !ok {
-		return nil, fmt.Errorf("blob %s is not cached", h)
-	}
-	return b, nil
-}
-
-func (b *cachedBlob) Digest() (v1.Hash, error) { return v1.NewHash(b.digest) }
-func (b *cachedBlob) Compressed() (io.ReadCloser, error) {
-	return io.NopCloser(bytes.NewReader(b.data)), nil
-}
-func (b *cachedBlob) Size() (int64, error)                { return int64(len(b.data)), nil }
-func (b *cachedBlob) MediaType() (types.MediaType, error) { return b.mt, nil }

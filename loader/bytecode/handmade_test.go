@@ -119,7 +119,7 @@ func TestHandmadeImages(t *testing.T) {
 		wantError string
 	}{
 		{name: "v2 labels, tar+gzip, OCI", img: handImage{gzip: true, file: "xdpcounter_bpfel.o", labels: v2Labels}, progs: v2Progs, mapsWant: v2Maps},
-		{name: "v2 labels, plain tar, OCI", img: handImage{file: "/xdpcounter_bpfel.o", labels: v2Labels}, progs: v2Progs, mapsWant: v2Maps},
+		{name: "v2 labels, plain tar, OCI", img: handImage{file: "bpf/xdpcounter_bpfel.o", labels: v2Labels}, progs: v2Progs, mapsWant: v2Maps},
 		{name: "v2 labels, tar+gzip, Docker", img: handImage{docker: true, gzip: true, file: "prog.o", labels: v2Labels}, progs: v2Progs, mapsWant: v2Maps},
 		{name: "v2 labels, plain tar, Docker", img: handImage{docker: true, file: "prog.o", labels: v2Labels}, progs: v2Progs, mapsWant: v2Maps},
 		{name: "v1 labels, tar+gzip", img: handImage{gzip: true, file: "xdpcounter_bpfel.o", labels: v1Labels}, progs: v2Progs, mapsWant: map[string]string{}},

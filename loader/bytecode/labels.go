@@ -58,10 +58,10 @@ func ParseLabels(labels map[string]string) (*Labels, error) {
 			LabelPrograms, LabelV1FunctionName, LabelV1ProgramType)
 	}
 	if !IsIdentifier(fn) {
-		return nil, fmt.Errorf("label %s: %q is not a function name", LabelV1FunctionName, fn)
+		return nil, fmt.Errorf("label %s: %s is not a function name", LabelV1FunctionName, clip(fn))
 	}
 	if !IsIdentifier(typ) {
-		return nil, fmt.Errorf("label %s: %q is not a program type", LabelV1ProgramType, typ)
+		return nil, fmt.Errorf("label %s: %s is not a program type", LabelV1ProgramType, clip(typ))
 	}
 	return &Labels{
 		Programs: map[string]string{fn: typ},
@@ -70,17 +70,24 @@ func ParseLabels(labels map[string]string) (*Labels, error) {
 	}, nil
 }
 
+// maxLabelNames bounds the programs or maps a label may list: their names
+// reach error messages and records.
+const maxLabelNames = 256
+
 func parseNameMap(label, raw string) (map[string]string, error) {
 	var m map[string]string
 	if err := json.Unmarshal([]byte(raw), &m); err != nil {
 		return nil, fmt.Errorf("label %s is not a JSON object of name to type: %v", label, err)
 	}
+	if len(m) > maxLabelNames {
+		return nil, fmt.Errorf("label %s lists %d names, more than the %d allowed", label, len(m), maxLabelNames)
+	}
 	for k, v := range m {
 		if !IsIdentifier(k) {
-			return nil, fmt.Errorf("label %s: %q is not a plain identifier", label, k)
+			return nil, fmt.Errorf("label %s: %s is not a plain identifier", label, clip(k))
 		}
 		if !IsIdentifier(v) {
-			return nil, fmt.Errorf("label %s: type %q of %q is not a plain identifier", label, v, k)
+			return nil, fmt.Errorf("label %s: type %s of %s is not a plain identifier", label, clip(v), clip(k))
 		}
 	}
 	return m, nil

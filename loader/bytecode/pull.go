@@ -13,7 +13,6 @@ import (
 	"net/url"
 	"runtime"
 	"sort"
-	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -22,13 +21,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 
 	"github.com/bpfmount/bpfmount/internal/fault"
-)
-
-// Bounds checked against the manifest before anything is downloaded, so a
-// reference to an ordinary container image fails fast.
-const (
-	maxConfigSize = 4 << 20
-	maxLayerSize  = MaxObjectSize + 1<<20 // tar headers; gzip rarely grows data
 )
 
 type pullResult struct {
@@ -52,9 +44,9 @@ func (r *Registry) pull(ctx context.Context, ref name.Reference, refStr string, 
 	if err != nil {
 		return nil, fail(err)
 	}
-	desc, err := p.Get(ctx, ref)
+	desc, err := r.getManifest(ctx, p, ref, refStr)
 	if err != nil {
-		return nil, fail(err)
+		return nil, err
 	}
 	var index string
 	if desc.MediaType.IsIndex() {
@@ -67,22 +59,19 @@ func (r *Registry) pull(ctx context.Context, ref name.Reference, refStr string, 
 			return nil, err
 		}
 		index = desc.Digest.String()
-		if desc, err = p.Get(ctx, ref.Context().Digest(child.Digest.String())); err != nil {
-			return nil, fail(err)
+		if desc, err = r.getManifest(ctx, p, ref.Context().Digest(child.Digest.String()), refStr); err != nil {
+			return nil, err
 		}
 	}
 	if !desc.MediaType.IsImage() {
-		return nil, fault.Errorf(fault.Invalid, "image %q is a %s, not an image manifest: a bytecode image is one OCI image with one layer", refStr, desc.MediaType)
+		return nil, fault.Errorf(fault.Invalid, "image %q is a %s, not an image manifest: a bytecode image is one OCI image with one layer", refStr, clip(string(desc.MediaType)))
 	}
 	m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
 	if err != nil {
 		return nil, fault.Errorf(fault.Invalid, "image %q: malformed manifest: %v", refStr, err)
 	}
-	if len(m.Layers) != 1 {
-		return nil, fault.Errorf(fault.Invalid, "image %q has %d layers; a bytecode image has exactly one, holding the ELF object", refStr, len(m.Layers))
-	}
-	if m.Config.Size > maxConfigSize || m.Layers[0].Size > maxLayerSize {
-		return nil, fault.Errorf(fault.Invalid, "image %q is too large for a bytecode image (config %d bytes, layer %d bytes)", refStr, m.Config.Size, m.Layers[0].Size)
+	if err := checkManifest(refStr, desc.MediaType, m, r.maxUnpacked); err != nil {
+		return nil, err
 	}
 	img, err := desc.Image()
 	if err != nil {
@@ -102,38 +91,43 @@ func (r *Registry) pull(ctx context.Context, ref name.Reference, refStr string, 
 		r.cache.release(all, written)
 	}()
 
-	core := &cachedCore{mediaType: desc.MediaType, manifest: desc.Manifest, blobs: map[string]*cachedBlob{}}
-	for _, b := range blobs {
-		d := b.Digest.String()
-		data, err := r.cache.readBlob(d, b.Size)
-		if err != nil {
-			if data, err = fetchBlob(img, b); err != nil {
-				var bad *errBadBlob
-				if errors.As(err, &bad) {
-					return nil, fault.Errorf(fault.Invalid, "image %q: %v: the registry serves corrupted content (or it was damaged in transit); nothing was cached: retry, or push the image again", refStr, err)
-				}
-				return nil, fail(err)
-			}
-			if err := r.cache.writeBlob(d, data); err != nil {
-				return nil, fault.Errorf(fault.Internal, "image %q: writing the image cache: %v", refStr, err)
-			}
-			written = append(written, d)
+	// Every blob is checked against its digest as it arrives, and the image
+	// is decoded, before anything is written: a cache holds only images
+	// that verified.
+	data := make([][]byte, len(blobs))
+	fetched := make([]bool, len(blobs))
+	for i, b := range blobs {
+		if data[i], err = r.cache.readBlob(b.Digest.String(), b.Size); err == nil {
+			continue
 		}
-		core.blobs[d] = &cachedBlob{digest: d, data: data}
+		if data[i], err = fetchBlob(img, b); err != nil {
+			var bad *errBadBlob
+			if errors.As(err, &bad) {
+				return nil, fault.Errorf(fault.Invalid, "image %q: %v: the registry serves corrupted content (or it was damaged in transit); nothing was cached: retry, or push the image again", refStr, err)
+			}
+			return nil, fail(err)
+		}
+		fetched[i] = true
+	}
+	image, err := decode(ctx, refStr, imageParts{digest: digest, manifest: m, config: data[0], layer: data[1]}, r.maxUnpacked)
+	if err != nil {
+		return nil, err
+	}
+	for i, b := range blobs {
+		if !fetched[i] {
+			continue
+		}
+		d := b.Digest.String()
+		if err := r.cache.writeBlob(d, data[i]); err != nil {
+			return nil, fault.Errorf(fault.Internal, "image %q: writing the image cache: %v", refStr, err)
+		}
+		written = append(written, d)
 	}
 	if _, err := r.cache.readBlob(digest, int64(len(desc.Manifest))); err != nil {
 		if err := r.cache.writeBlob(digest, desc.Manifest); err != nil {
 			return nil, fault.Errorf(fault.Internal, "image %q: writing the image cache: %v", refStr, err)
 		}
 		written = append(written, digest)
-	}
-	v1img, err := core.image()
-	if err != nil {
-		return nil, fault.Errorf(fault.Invalid, "image %q: %v", refStr, err)
-	}
-	image, err := FromImage(refStr, v1img)
-	if err != nil {
-		return nil, err
 	}
 
 	res := &pullResult{image: image, digest: digest, index: index}
@@ -205,7 +199,7 @@ func pickPlatform(ref string, im *v1.IndexManifest) (*v1.Descriptor, error) {
 	}
 	sort.Strings(have)
 	return nil, fault.Errorf(fault.NotFound, "image %q has no variant for %s/%s (it has: %s): build and push the image for this architecture",
-		ref, want.OS, want.Architecture, strings.Join(have, ", "))
+		ref, want.OS, want.Architecture, clipList(have))
 }
 
 // classify turns a go-containerregistry or network error into a fault

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"maps"
 	"net"
@@ -23,6 +24,11 @@ import (
 
 // DefaultPullTimeout bounds a pull when RegistryOptions.PullTimeout is 0.
 const DefaultPullTimeout = 2 * time.Minute
+
+// manifestTimeout bounds the download of one manifest or index: a few KiB
+// that a healthy registry sends at once. A registry that drips them is cut
+// off well before the pull's own timeout.
+const manifestTimeout = 30 * time.Second
 
 // Events passed to RegistryOptions.Observe.
 const (
@@ -47,6 +53,10 @@ type RegistryOptions struct {
 	MaxCacheBytes int64
 	// PullTimeout bounds one pull (0: DefaultPullTimeout).
 	PullTimeout time.Duration
+	// MaxUnpackedBytes bounds a layer's decompressed size, for registry
+	// images and local layouts alike (0: DefaultMaxUnpackedBytes; at most
+	// MaxObjectSize plus 1 MiB). A layer that inflates past it is refused.
+	MaxUnpackedBytes int64
 	// DockerConfigPath names a node-wide docker config.json with registry
 	// credentials (optional; a missing file means none). It is read at each
 	// pull; only inline "auths" entries are used.
@@ -83,11 +93,14 @@ type FetchOptions struct {
 // content-addressed cache on disk. It also serves `oci:` references through
 // Layout. It is safe for concurrent use.
 type Registry struct {
-	opts      RegistryOptions
-	timeout   time.Duration
-	cache     *cache
-	transport http.RoundTripper
-	now       func() time.Time
+	opts        RegistryOptions
+	timeout     time.Duration
+	maxUnpacked int64
+	// manifestTimeout is the package constant but for tests.
+	manifestTimeout time.Duration
+	cache           *cache
+	transport       http.RoundTripper
+	now             func() time.Time
 
 	group     singleflight.Group
 	flightMu  sync.Mutex
@@ -126,9 +139,16 @@ func NewRegistry(opts RegistryOptions) (*Registry, error) {
 	if opts.RequireSignature && opts.Verifier == nil {
 		return nil, errors.New("image signatures are required but no verification key is given")
 	}
-	r := &Registry{opts: opts, timeout: opts.PullTimeout, now: time.Now, flights: map[string]*flight{}}
+	if opts.MaxUnpackedBytes < 0 || opts.MaxUnpackedBytes > maxUnpackedLimit {
+		return nil, fmt.Errorf("image unpacked-size bound %d is out of range 1..%d (0: the default, %d)", opts.MaxUnpackedBytes, maxUnpackedLimit, DefaultMaxUnpackedBytes)
+	}
+	r := &Registry{opts: opts, timeout: opts.PullTimeout, maxUnpacked: opts.MaxUnpackedBytes,
+		manifestTimeout: manifestTimeout, now: time.Now, flights: map[string]*flight{}}
 	if r.timeout <= 0 {
 		r.timeout = DefaultPullTimeout
+	}
+	if r.maxUnpacked == 0 {
+		r.maxUnpacked = DefaultMaxUnpackedBytes
 	}
 	c, err := openCache(opts.CacheDir, func() time.Time { return r.now() })
 	if err != nil {
@@ -139,7 +159,7 @@ func NewRegistry(opts RegistryOptions) (*Registry, error) {
 	if t, ok := inner.(*http.Transport); ok {
 		inner = t.Clone()
 	}
-	r.transport = &httpGuard{inner: inner, allow: r.allowHTTP}
+	r.transport = &httpGuard{inner: inner, allow: r.allowHTTP, timeout: func() time.Duration { return r.manifestTimeout }}
 	return r, nil
 }
 
@@ -176,7 +196,7 @@ func (r *Registry) FetchWith(ctx context.Context, req Request, fo FetchOptions) 
 		if require {
 			return nil, fault.Errorf(fault.PermissionDenied, "image %q: a signature is required, and local OCI layouts carry none: push the image to a registry and sign it", req.Reference)
 		}
-		return Layout{}.Fetch(ctx, req)
+		return Layout{MaxUnpackedBytes: r.maxUnpacked}.Fetch(ctx, req)
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fault.Errorf(fault.Canceled, "image %q: %w", req.Reference, err)
@@ -209,7 +229,7 @@ func (r *Registry) FetchWith(ctx context.Context, req Request, fo FetchOptions) 
 	)
 	if policy != PullAlways {
 		if cr, ok := r.cache.lookup(ref.Name(), digestID); ok {
-			im, err := r.loadCached(req.Reference, cr.Digest)
+			im, err := r.loadCached(ctx, req.Reference, cr.Digest)
 			switch {
 			case err == nil:
 				img, resolved = im, cr
@@ -261,12 +281,12 @@ func (r *Registry) FetchWith(ctx context.Context, req Request, fo FetchOptions) 
 
 // loadCached rebuilds a cached image; a damaged or vanished entry is a
 // cache miss (see isCacheMiss).
-func (r *Registry) loadCached(ref, digest string) (*Image, error) {
-	v1img, err := r.cache.load(digest)
+func (r *Registry) loadCached(ctx context.Context, ref, digest string) (*Image, error) {
+	parts, err := r.cache.load(digest)
 	if err != nil {
 		return nil, err
 	}
-	im, err := FromImage(ref, v1img)
+	im, err := decode(ctx, ref, parts, r.maxUnpacked)
 	if err != nil {
 		return nil, err
 	}
@@ -461,8 +481,9 @@ var retryBackoff = remote.Backoff{Duration: 250 * time.Millisecond, Factor: 2, J
 // falls back to HTTP on its own for private addresses; credentials must not
 // go out in clear text there.
 type httpGuard struct {
-	inner http.RoundTripper
-	allow func(host string) bool
+	inner   http.RoundTripper
+	allow   func(host string) bool
+	timeout func() time.Duration // of a request that is not a blob's
 }
 
 func (g *httpGuard) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -472,5 +493,124 @@ func (g *httpGuard) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		return nil, fmt.Errorf("plain HTTP to %s is not allowed: the registry must serve TLS, or the node must list it as insecure", req.URL.Host)
 	}
-	return g.inner.RoundTrip(req)
+	if isBlobRequest(req) {
+		// Blob reads are bounded by the size their descriptor declares and
+		// by the pull's timeout.
+		return g.inner.RoundTrip(req)
+	}
+	// Everything else (manifests, indexes, tag lists, tokens) is small and
+	// quick; a registry that sends more, or drips it, is hostile or broken
+	// and is cut off.
+	ctx, cancel := context.WithTimeout(req.Context(), g.timeout())
+	resp, err := g.inner.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		cancel()
+		if req.Context().Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, &errSlow{url: req.URL.Redacted(), limit: g.timeout()}
+		}
+		return nil, err
+	}
+	if resp.ContentLength > maxManifestSize {
+		resp.Body.Close()
+		cancel()
+		return nil, &errTooLarge{url: req.URL.Redacted(), limit: maxManifestSize}
+	}
+	resp.Body = &cappedBody{ReadCloser: resp.Body, left: maxManifestSize, url: req.URL.Redacted(),
+		parent: req.Context(), ctx: ctx, cancel: cancel, timeout: g.timeout()}
+	return resp, nil
+}
+
+// isBlobRequest reports whether req fetches a blob, directly or by a
+// redirect from a blob URL (registries send blobs from a CDN).
+func isBlobRequest(req *http.Request) bool {
+	for hops := 0; req != nil && hops < 16; hops++ {
+		if strings.Contains(req.URL.Path, "/blobs/") {
+			return true
+		}
+		if req.Response == nil {
+			return false
+		}
+		req = req.Response.Request
+	}
+	return false
+}
+
+// errSlow marks a registry response that did not arrive in time.
+type errSlow struct {
+	url   string
+	limit time.Duration
+}
+
+func (e *errSlow) Error() string {
+	return fmt.Sprintf("the registry did not answer %s within %v", e.url, e.limit)
+}
+
+// errTooLarge marks a registry response cut off at its size limit.
+type errTooLarge struct {
+	url   string
+	limit int64
+}
+
+func (e *errTooLarge) Error() string {
+	return fmt.Sprintf("the registry's response to %s is larger than %d bytes", e.url, e.limit)
+}
+
+// cappedBody fails with *errTooLarge past left bytes and with *errSlow
+// once its own deadline passes.
+type cappedBody struct {
+	io.ReadCloser
+	left    int64
+	url     string
+	parent  context.Context
+	ctx     context.Context
+	cancel  context.CancelFunc
+	timeout time.Duration
+}
+
+func (b *cappedBody) Close() error {
+	b.cancel()
+	return b.ReadCloser.Close()
+}
+
+func (b *cappedBody) Read(p []byte) (n int, err error) {
+	defer func() {
+		if err != nil && err != io.EOF && b.parent.Err() == nil && errors.Is(b.ctx.Err(), context.DeadlineExceeded) {
+			err = &errSlow{url: b.url, limit: b.timeout}
+		}
+	}()
+	if b.left <= 0 {
+		var one [1]byte
+		if n, _ := b.ReadCloser.Read(one[:]); n > 0 {
+			return 0, &errTooLarge{url: b.url, limit: maxManifestSize}
+		}
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err = b.ReadCloser.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
+
+// getManifest fetches a manifest or index within manifestTimeout and
+// maxManifestSize.
+func (r *Registry) getManifest(ctx context.Context, p *remote.Puller, ref name.Reference, refStr string) (*remote.Descriptor, error) {
+	desc, err := p.Get(ctx, ref)
+	if err == nil {
+		return desc, nil
+	}
+	var big *errTooLarge
+	var slow *errSlow
+	switch {
+	case errors.As(err, &big):
+		return nil, fault.Errorf(fault.Invalid, "image %q: the registry sent a manifest larger than %d bytes, which no bytecode image has; it was cut off (the reference names something else, or the registry is broken)", refStr, maxManifestSize)
+	case ctx.Err() == nil && errors.As(err, &slow):
+		return nil, fault.Errorf(fault.Unavailable, "image %q: the registry did not send the manifest within %v: it is slow or broken; retry later", refStr, slow.limit)
+	case strings.Contains(err.Error(), "does not match requested digest"):
+		// go-containerregistry's check of a manifest fetched by digest; it
+		// has no error type of its own.
+		return nil, fault.Errorf(fault.Invalid, "image %q: the registry served a manifest that does not match the digest asked for: it serves corrupted or tampered content", refStr)
+	}
+	return nil, classify(ctx, refStr, "pulling", err)
 }

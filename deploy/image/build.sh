@@ -19,7 +19,10 @@
 #
 # Usage: deploy/image/build.sh [version]   (make image; root)
 # Environment: GO_IMAGE (skip the local base), DEBIAN_MIRROR (debootstrap's
-# mirror; its default when unset), IMAGE_OUT (default build/images).
+# mirror; its default when unset), IMAGE_OUT (default build/images),
+# BUILDAH_STORE (buildah's storage, default ~/.cache/bpfmount/buildah:
+# outside the work tree, like Go's build cache, so a fresh clone on the same
+# machine reuses the Go base image and the module-download layer).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -39,8 +42,9 @@ done
 # images apart from anything else the machine builds.
 export STORAGE_DRIVER=vfs
 export BUILDAH_ISOLATION=chroot
-store=(--root "$root/build/buildah/storage" --runroot "$root/build/buildah/run")
-mkdir -p "$out" "$root/build/buildah"
+cache=${BUILDAH_STORE:-${XDG_CACHE_HOME:-$HOME/.cache}/bpfmount/buildah}
+store=(--root "$cache/storage" --runroot "$cache/run")
+mkdir -p "$out" "$cache"
 
 go_image=${GO_IMAGE:-}
 if [ -z "$go_image" ]; then
@@ -49,14 +53,14 @@ if [ -z "$go_image" ]; then
 	go_image=localhost/bpfmount-build/golang:$gov
 	if ! buildah "${store[@]}" inspect --type image "$go_image" >/dev/null 2>&1; then
 		echo "== making the Go build image $go_image (debootstrap + this machine's Go $gov)"
-		rootfs=$root/build/buildah/rootfs
+		rootfs=$cache/rootfs
 		rm -rf "$rootfs"
 		# minbase has apt; ca-certificates and libcap2-bin are what the
 		# Dockerfile's stages take from the Go image (the driver's CA bundle,
 		# setcap for the reader).
 		debootstrap --variant=minbase --include=ca-certificates,libcap2-bin \
-			bookworm "$rootfs" ${DEBIAN_MIRROR:-} >"$root/build/buildah/debootstrap.log" 2>&1 || {
-			tail -20 "$root/build/buildah/debootstrap.log" >&2
+			bookworm "$rootfs" ${DEBIAN_MIRROR:-} >"$cache/debootstrap.log" 2>&1 || {
+			tail -20 "$cache/debootstrap.log" >&2
 			exit 1
 		}
 		rm -rf "$rootfs/var/cache/apt/archives/"*.deb
@@ -96,3 +100,6 @@ for target in bpfmount xdp-counter-reader; do
 	buildah "${store[@]}" push --quiet "$ref" "oci-archive:$out/$target-$version.tar:$ref" >/dev/null
 	echo "   $out/$target-$version.tar ($(du -h "$out/$target-$version.tar" | cut -f1))"
 done
+# Layers of earlier builds that no tag names any more (vfs copies whole
+# layers: they add up).
+buildah "${store[@]}" rmi --prune >/dev/null 2>&1 || true

@@ -26,6 +26,8 @@ type hostOptions struct {
 	memory  string
 	retries int
 	qemu    string
+	smp     int
+	files   string
 	cmdline string
 	keep    bool
 	verbose bool
@@ -52,6 +54,8 @@ func hostMain(argv []string) (int, error) {
 	fl.StringVar(&o.memory, "memory", "1G", "guest memory")
 	fl.IntVar(&o.retries, "retries", 1, "boot again this many times when the VM dies before the test binary starts")
 	fl.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "qemu binary")
+	fl.IntVar(&o.smp, "smp", 1, "virtual CPUs")
+	fl.StringVar(&o.files, "files", os.Getenv("VMEXEC_FILES"), "host files to copy into the VM at the same absolute path, comma-separated")
 	fl.BoolVar(&o.verbose, "v", false, "print the qemu command line and timings")
 	fl.StringVar(&o.cmdline, "append", "", "more kernel command line")
 	fl.BoolVar(&o.keep, "keep", false, "keep the work directory (initramfs, console and output logs)")
@@ -99,7 +103,21 @@ func hostMain(argv []string) (int, error) {
 		defer os.RemoveAll(work)
 	}
 	initrd := filepath.Join(work, "initramfs.cpio")
-	if err := buildInitramfs(initrd, bin, args, mods, o.kernel); err != nil {
+	var files []string
+	for _, f := range strings.Split(o.files, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		abs, err := filepath.Abs(f)
+		if err != nil {
+			return 2, err
+		}
+		if st, err := os.Stat(abs); err != nil || !st.Mode().IsRegular() {
+			return 2, fmt.Errorf("-files: %s is not a regular file", abs)
+		}
+		files = append(files, abs)
+	}
+	if err := buildInitramfs(initrd, bin, args, mods, files, o.kernel); err != nil {
 		return 2, fmt.Errorf("building the initramfs: %w", err)
 	}
 
@@ -150,7 +168,7 @@ func checkStatic(bin string) error {
 	return nil
 }
 
-func buildInitramfs(out, bin string, args, mods []string, kernel string) error {
+func buildInitramfs(out, bin string, args, mods, files []string, kernel string) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -183,6 +201,16 @@ func buildInitramfs(out, bin string, args, mods []string, kernel string) error {
 			return nil
 		})
 	}
+	// Files the tests find by their host path (objects of the repository,
+	// prebuilt binaries): the same path in the guest. Executables keep
+	// their execute bit.
+	for _, f := range files {
+		perm := uint32(0o644)
+		if st, err := os.Stat(f); err == nil && st.Mode()&0o111 != 0 {
+			perm = 0o755
+		}
+		r.File(f, f, perm)
+	}
 	cfg := guestConfig{
 		Binary: testBin,
 		Dir:    pkg,
@@ -214,12 +242,13 @@ func buildInitramfs(out, bin string, args, mods []string, kernel string) error {
 }
 
 // passEnv returns the host environment the tests see in the guest: the
-// variables starting with VMTEST_ (test knobs) and GOTRACEBACK.
+// variables starting with VMTEST_ or BPFMOUNT_TEST_ (test knobs) and
+// GOTRACEBACK.
 func passEnv() map[string]string {
 	out := map[string]string{}
 	for _, kv := range os.Environ() {
 		k, v, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "VMTEST_") || k == "GOTRACEBACK" {
+		if strings.HasPrefix(k, "VMTEST_") || strings.HasPrefix(k, "BPFMOUNT_TEST_") || k == "GOTRACEBACK" {
 			out[k] = v
 		}
 	}
@@ -235,9 +264,10 @@ func boot(o hostOptions, vmlinuz, initrd, work string) (int, bool, error) {
 	os.Remove(output)
 	args := []string{
 		"-accel", "tcg",
-		// qemu 7.2's TCG double-faults now and then on 6.12 with cmpxchg16b
-		// and with two vCPUs: neither, and boots are clean.
-		"-cpu", "max,-cx16", "-smp", "1", "-m", o.memory,
+		// qemu 7.2's TCG double-faults now and then on 6.12 with
+		// cmpxchg16b: without it boots are clean. One vCPU unless a test
+		// needs two (-smp): frames on one CPU meeting a swap on the other.
+		"-cpu", "max,-cx16", "-smp", strconv.Itoa(max(o.smp, 1)), "-m", o.memory,
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", vmlinuz, "-initrd", initrd,
 		"-append", strings.TrimSpace("console=ttyS0 rdinit=/init panic=-1 oops=panic mitigations=off quiet " + o.cmdline),

@@ -234,9 +234,10 @@ func (l *Loader) Release(key, owner string) error {
 	delete(l.entries, key)
 	l.mu.Unlock()
 	var err error
-	if e.chain != nil && e.attached {
+	if e.chain != nil {
 		// A new revision without this member; the chain's own copy of
-		// the program goes with the old revision.
+		// the program goes with the old revision. On a deleted interface
+		// the chain just drops the member's pins.
 		err = e.chain.Update(nil, []string{key})
 	}
 	err = errors.Join(err, e.destroy())

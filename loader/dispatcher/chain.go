@@ -16,8 +16,10 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/bpfmount/bpfmount/internal/failpoint"
 	"github.com/bpfmount/bpfmount/internal/fault"
 )
 
@@ -412,6 +414,10 @@ func (c *Chain) set(members []Member) error {
 	if len(members) == 0 {
 		return c.clear()
 	}
+	if c.cur != nil && c.interfaceGone() {
+		c.dropSlots(members)
+		return nil
+	}
 	sorted := slices.Clone(members)
 	slices.SortFunc(sorted, Compare)
 	if c.cur == nil && c.target.Hook == TC {
@@ -427,6 +433,7 @@ func (c *Chain) set(members []Member) error {
 		rev.destroy()
 		return err
 	}
+	failpoint.Hit("chain.swapped")
 	old := c.cur
 	c.cur = rev
 	c.builds.Add(1)
@@ -455,6 +462,7 @@ func (c *Chain) build(members []Member) (_ *revision, err error) {
 	if r.dispatcher, err = loadDispatcher(c.target.Hook, members); err != nil {
 		return nil, err
 	}
+	failpoint.Hit("chain.loaded")
 	for i, m := range members {
 		prog, err := m.Program.Clone()
 		if err != nil {
@@ -474,6 +482,7 @@ func (c *Chain) build(members []Member) (_ *revision, err error) {
 	if err := r.dispatcher.Pin(filepath.Join(dir, "dispatcher")); err != nil {
 		return nil, fmt.Errorf("pinning the dispatcher: %w", err)
 	}
+	failpoint.Hit("chain.attached")
 	return r, nil
 }
 
@@ -498,6 +507,36 @@ func (c *Chain) swap(r *revision) error {
 	}
 	c.xdpLink, c.mode = l, mode
 	return nil
+}
+
+// interfaceGone reports whether the chain's interface was deleted: the
+// kernel detached the dispatcher, and no revision can be swapped in.
+func (c *Chain) interfaceGone() bool {
+	if c.xdpLink != nil {
+		info, err := c.xdpLink.Info()
+		if err == nil && info.XDP() != nil && info.XDP().Ifindex == 0 {
+			return true
+		}
+	}
+	_, err := netlink.LinkByIndex(c.target.Ifindex)
+	return errors.As(err, &netlink.LinkNotFoundError{})
+}
+
+// dropSlots removes from the live revision, in place, the members not in
+// keep: on a deleted interface nothing runs any more, and the members'
+// pins go as their volumes leave, until the last one clears the chain.
+func (c *Chain) dropSlots(keep []Member) {
+	var slots []slot
+	for _, s := range c.cur.slots {
+		if slices.ContainsFunc(keep, func(m Member) bool { return m.Key == s.member.Key }) {
+			slots = append(slots, s)
+			continue
+		}
+		s.link.Unpin()
+		s.link.Close()
+		s.member.Program.Close()
+	}
+	c.cur.slots = slots
 }
 
 // clear detaches the dispatcher and removes every pin of the chain.
@@ -547,6 +586,7 @@ func (c *Chain) retire(r *revision) {
 	go func() {
 		defer c.retiring.Done()
 		waitForReaders()
+		failpoint.Hit("chain.retiring")
 		r.destroy()
 		c.rmu.Lock()
 		delete(c.retired, r.n)

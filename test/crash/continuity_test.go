@@ -2,14 +2,9 @@ package crash
 
 import (
 	"context"
-	"encoding/binary"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/bpfmount/bpfmount/internal/testenv"
@@ -29,63 +24,20 @@ func TestTrafficContinuesAcrossKill(t *testing.T) {
 	}
 	id := testenv.XDPProgram(t, v.Host)
 
-	var sent atomic.Uint32
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	var sendErr error
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			// Small paced batches: veth's XDP ring holds 256 frames.
-			if err := v.SendSeq(sent.Load(), 20, 64); err != nil {
-				sendErr = err
-				return
-			}
-			sent.Add(20)
-			time.Sleep(time.Millisecond)
-		}
-	}()
-	waitSent := func(n uint32) {
-		for deadline := time.Now().Add(10 * time.Second); sent.Load() < n; {
-			if time.Now().After(deadline) {
-				t.Fatalf("sender stuck at %d frames", sent.Load())
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
-	waitSent(500)
+	s := startSeqSender(v)
+	s.waitFor(t, 500)
 	p.Kill()
-	waitSent(sent.Load() + 500) // frames flow with no daemon at all
+	s.waitFor(t, 500) // frames flow with no daemon at all
 	p.Start(t)
-	waitSent(sent.Load() + 500)
-	close(stop)
-	wg.Wait()
-	if sendErr != nil {
-		t.Fatal(sendErr)
-	}
-	time.Sleep(50 * time.Millisecond) // let the last frames drain
+	s.waitFor(t, 500)
+	sent := s.halt(t)
 
 	if got := testenv.XDPProgram(t, v.Host); got != id {
 		t.Fatalf("XDP program changed from %d to %d across the restart", id, got)
 	}
-	m, err := ebpf.LoadPinnedMap(filepath.Join(target, "seq_map"), &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var val [24]byte
-	if err := m.Lookup(uint32(0), &val); err != nil {
-		t.Fatal(err)
-	}
-	m.Close()
-	count, gaps := binary.NativeEndian.Uint64(val[0:8]), binary.NativeEndian.Uint64(val[8:16])
-	if gaps != 0 || count != uint64(sent.Load()) {
-		t.Fatalf("sent %d frames; the program saw %d with %d gaps", sent.Load(), count, gaps)
+	count, gaps := seqSeen(t, target)
+	if gaps != 0 || count != uint64(sent) {
+		t.Fatalf("sent %d frames; the program saw %d with %d gaps", sent, count, gaps)
 	}
 	t.Logf("%d frames, no gap, across kill -9 and restart", count)
 

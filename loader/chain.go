@@ -244,17 +244,3 @@ func (l *Loader) Chains() []ChainStat {
 	}
 	return out
 }
-
-// WaitChains waits until the dispatcher revisions swapped out so far are
-// torn down (that happens in the background, after an RCU grace period).
-func (l *Loader) WaitChains() {
-	l.mu.Lock()
-	chains := make([]*dispatcher.Chain, 0, len(l.chains))
-	for _, c := range l.chains {
-		chains = append(chains, c)
-	}
-	l.mu.Unlock()
-	for _, c := range chains {
-		c.Wait()
-	}
-}

@@ -149,7 +149,6 @@ func TestDriverXDPChainFromVolumes(t *testing.T) {
 		}
 		targets = append(targets, target(vol))
 	}
-	d.Loader.WaitChains()
 	d.AssertClean(t, v, targets...)
 }
 
@@ -208,7 +207,6 @@ func TestDriverTCChainOrder(t *testing.T) {
 		}
 		targets = append(targets, filepath.Join(dir, vl.id))
 	}
-	d.Loader.WaitChains()
 	d.AssertClean(t, v, targets...)
 }
 
@@ -243,7 +241,6 @@ func TestPublishKth(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		d.Loader.WaitChains()
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nkernel %s: publish latency of the k-th XDP program on one interface, %d rounds, through gRPC\n\n", os.Getenv("VMEXEC_KERNEL"), rounds)

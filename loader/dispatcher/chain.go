@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfmount/bpfmount/internal/fault"
+	"github.com/bpfmount/bpfmount/loader/internal/xdplink"
 )
 
 // Chain is the dispatcher of one attach point and the members it runs. It
@@ -75,7 +76,7 @@ func Open(target Target, dir string) (_ *Chain, err error) {
 			if info, err := l.Info(); err == nil {
 				live = info.Program
 			}
-			c.mode = xdpModeOf(target.Ifindex)
+			c.mode = xdplink.ModeOf(target.Ifindex)
 		}
 	case TC:
 		f, err := findFilter(target)
@@ -105,6 +106,14 @@ func Open(target Target, dir string) (_ *Chain, err error) {
 			return nil, fmt.Errorf("adopting revision %d of the dispatcher of %s: %w", n, target.describe(), err)
 		}
 		c.cur = r
+	}
+	if c.cur == nil && (c.xdpLink == nil || c.interfaceGone()) {
+		// Nothing of this chain runs (its interface went, or a crash came
+		// before its first swap): an empty chain keeps no pins.
+		if err := c.clear(); err != nil {
+			return nil, err
+		}
+		return c, nil
 	}
 	c.removeStale()
 	return c, nil

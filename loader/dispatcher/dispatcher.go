@@ -59,6 +59,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/bpfmount/bpfmount/loader/internal/xdplink"
 )
 
 // Hook is the kind of attach point a dispatcher serves.
@@ -78,9 +80,9 @@ const (
 
 // XDP attach modes of a chain's dispatcher.
 const (
-	XDPModeAuto   = "auto"   // native, falling back to skb
-	XDPModeNative = "native" // driver mode
-	XDPModeSKB    = "skb"    // generic mode
+	XDPModeAuto   = xdplink.Auto   // native, falling back to skb
+	XDPModeNative = xdplink.Native // driver mode
+	XDPModeSKB    = xdplink.SKB    // generic mode
 )
 
 // Slots is the number of members a dispatcher can hold.

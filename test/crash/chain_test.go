@@ -28,7 +28,7 @@ import (
 // sent, without a gap, across the kill.
 func TestCrashDuringChainChange(t *testing.T) {
 	if err := dispatcher.Supported(); err != nil {
-		t.Skipf("skipping: this kernel cannot chain programs (%v); `make test-vm` runs this test in VMs that can", err)
+		t.Skipf("skipping: %v; `make test-vm` runs this test in VMs whose kernels chain", err)
 	}
 	b := bin(t)
 	for _, step := range failpoint.ChainSteps {

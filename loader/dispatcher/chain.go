@@ -30,6 +30,9 @@ type Chain struct {
 	xdpLink link.Link  // XDP: the dispatcher's link, pinned at dir/link
 	mode    string     // XDP: the mode the dispatcher is attached in
 	closed  bool
+	// libxdpDir, when set, receives each live revision in libxdp's pin
+	// layout (see WithLibxdpPins).
+	libxdpDir string
 	builds  atomic.Uint64
 
 	// Revisions swapped out and not yet torn down (see retire).
@@ -47,11 +50,14 @@ type Chain struct {
 // tc filter runs, is re-opened with its members; revisions that never went
 // live or were left behind by a crash are removed. Without pins the chain
 // is empty and nothing is attached until the first change.
-func Open(target Target, dir string) (_ *Chain, err error) {
+func Open(target Target, dir string, opts ...Option) (_ *Chain, err error) {
 	if err := target.validate(); err != nil {
 		return nil, err
 	}
 	c := &Chain{target: target, dir: dir}
+	for _, o := range opts {
+		o(c)
+	}
 	revs, err := listRevisions(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return c, nil
@@ -116,6 +122,7 @@ func Open(target Target, dir string) (_ *Chain, err error) {
 		return c, nil
 	}
 	c.removeStale()
+	c.removeStaleLibxdp()
 	return c, nil
 }
 

@@ -63,7 +63,7 @@ func (c *Chain) set(members []Member) error {
 		return err
 	}
 	if err := c.swap(rev); err != nil {
-		rev.destroy()
+		c.destroyRev(rev)
 		return err
 	}
 	failpoint.Hit("chain.swapped")
@@ -89,7 +89,7 @@ func (c *Chain) build(members []Member) (_ *revision, err error) {
 	r := &revision{n: n, dir: dir}
 	defer func() {
 		if err != nil {
-			r.destroy()
+			c.destroyRev(r)
 		}
 	}()
 	if r.dispatcher, err = loadDispatcher(c.target.Hook, members); err != nil {
@@ -114,6 +114,9 @@ func (c *Chain) build(members []Member) (_ *revision, err error) {
 	}
 	if err := r.dispatcher.Pin(filepath.Join(dir, "dispatcher")); err != nil {
 		return nil, fmt.Errorf("pinning the dispatcher: %w", err)
+	}
+	if err := c.publishLibxdp(r); err != nil {
+		return nil, err
 	}
 	failpoint.Hit("chain.attached")
 	return r, nil
@@ -193,11 +196,12 @@ func (c *Chain) clear() error {
 	}
 	if c.cur != nil {
 		waitForReaders()
-		c.cur.destroy()
+		c.destroyRev(c.cur)
 		c.cur = nil
 	}
 	c.retiring.Wait()
 	c.removeStale()
+	c.removeStaleLibxdp()
 	if err := os.Remove(c.dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		errs = append(errs, fmt.Errorf("removing %s: %w", c.dir, err))
 	}
@@ -220,7 +224,7 @@ func (c *Chain) retire(r *revision) {
 		defer c.retiring.Done()
 		waitForReaders()
 		failpoint.Hit("chain.retiring")
-		r.destroy()
+		c.destroyRev(r)
 		c.rmu.Lock()
 		delete(c.retired, r.n)
 		c.rmu.Unlock()
@@ -254,6 +258,12 @@ func (r *revision) close() {
 	if r.dispatcher != nil {
 		r.dispatcher.Close()
 	}
+}
+
+// destroyRev destroys r and withdraws its libxdp pins.
+func (c *Chain) destroyRev(r *revision) {
+	c.withdrawLibxdp(r)
+	r.destroy()
 }
 
 // destroy detaches a revision that is not (or no longer) live and removes

@@ -28,6 +28,7 @@ type hostOptions struct {
 	qemu    string
 	smp     int
 	files   string
+	rootfs  string
 	cmdline string
 	keep    bool
 	verbose bool
@@ -55,6 +56,7 @@ func hostMain(argv []string) (int, error) {
 	fl.IntVar(&o.retries, "retries", 1, "boot again this many times when the VM dies before the test binary starts")
 	fl.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "qemu binary")
 	fl.IntVar(&o.smp, "smp", 1, "virtual CPUs")
+	fl.StringVar(&o.rootfs, "rootfs", os.Getenv("VMEXEC_ROOTFS"), "a directory tree merged into the VM's root filesystem (e.g. unpacked Debian packages)")
 	fl.StringVar(&o.files, "files", os.Getenv("VMEXEC_FILES"), "host files to copy into the VM at the same absolute path, comma-separated")
 	fl.BoolVar(&o.verbose, "v", false, "print the qemu command line and timings")
 	fl.StringVar(&o.cmdline, "append", "", "more kernel command line")
@@ -117,7 +119,7 @@ func hostMain(argv []string) (int, error) {
 		}
 		files = append(files, abs)
 	}
-	if err := buildInitramfs(initrd, bin, args, mods, files, o.kernel); err != nil {
+	if err := buildInitramfs(initrd, bin, args, mods, files, o.rootfs, o.kernel); err != nil {
 		return 2, fmt.Errorf("building the initramfs: %w", err)
 	}
 
@@ -168,7 +170,7 @@ func checkStatic(bin string) error {
 	return nil
 }
 
-func buildInitramfs(out, bin string, args, mods, files []string, kernel string) error {
+func buildInitramfs(out, bin string, args, mods, files []string, rootfs, kernel string) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -177,12 +179,19 @@ func buildInitramfs(out, bin string, args, mods, files []string, kernel string) 
 		return fmt.Errorf("vmexec itself must be static to run as /init: %w", err)
 	}
 	r := newInitramfs()
+	if rootfs != "" {
+		if err := r.Tree(rootfs); err != nil {
+			return fmt.Errorf("-rootfs: %w", err)
+		}
+	}
 	r.File("init", self, 0o755)
 	const pkg = "/pkg"
 	testBin := pkg + "/" + filepath.Base(bin)
 	r.File(testBin, bin, 0o755)
 	r.Dir(pkg)
-	r.Dir("/bin")
+	if _, ok := r.entries["bin"]; !ok {
+		r.Dir("/bin")
+	}
 	// The package's testdata, for tests that read it relative to their
 	// working directory.
 	if wd, err := os.Getwd(); err == nil {

@@ -28,6 +28,7 @@
 //	-qemu PATH       qemu binary (default qemu-system-x86_64)
 //	-smp N           virtual CPUs (default 1)
 //	-files LIST      host files copied into the VM at the same absolute path, comma-separated [VMEXEC_FILES]
+//	-rootfs DIR      a directory tree merged into the VM's root filesystem [VMEXEC_ROOTFS]
 //	-v               print the qemu command line and timings to stderr
 //
 // The guest sees VMEXEC_KERNEL=<name> in its environment; tests use it to

@@ -33,7 +33,7 @@ type Chain struct {
 	// libxdpDir, when set, receives each live revision in libxdp's pin
 	// layout (see WithLibxdpPins).
 	libxdpDir string
-	builds  atomic.Uint64
+	builds    atomic.Uint64
 
 	// Revisions swapped out and not yet torn down (see retire).
 	retiring sync.WaitGroup

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/bpfmount/bpfmount/loader/dispatcher"
+	"github.com/bpfmount/bpfmount/test/vm/progs"
 )
 
 // xdpLoader is Debian's xdp-loader (xdp-tools 1.3.1), which run.sh puts in
@@ -98,5 +99,43 @@ func TestLibxdpSeesChain(t *testing.T) {
 	}
 	if p := pins(); len(p) != 0 {
 		t.Fatalf("libxdp pins left after emptying the chain: %v", p)
+	}
+}
+
+// What libxdp 1.3.1 cannot do with a bpfmount chain: join it. bpfmount
+// attaches its XDP dispatcher with a bpf_link (pinned, so it survives the
+// daemon); libxdp attaches and swaps dispatchers through netlink
+// (XDP_FLAGS_REPLACE), which the kernel refuses for a program held by a
+// link. `xdp-loader load` on such an interface fails and changes nothing:
+// the chain keeps its dispatcher and members.
+func TestLibxdpCannotJoinLinkedChain(t *testing.T) {
+	requireVM(t)
+	requireXDPLoader(t)
+	h := xdpCase
+	host, _ := vethPair(t)
+	c, err := dispatcher.Open(h.target(host), pinDir(t), dispatcher.WithLibxdpPins(libxdpDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer setChain(c)
+	a := loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
+	if err := setChain(c, members(a)...); err != nil {
+		t.Fatal(err)
+	}
+	before := c.Revision()
+	obj := filepath.Join(t.TempDir(), "members.o")
+	if err := os.WriteFile(obj, progs.Object(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(xdpLoader, "load", "-m", "native", "-n", "xdp_count", host.Name, obj).CombinedOutput()
+	t.Logf("xdp-loader load: %v\n%s", err, out)
+	if err == nil {
+		t.Fatal("xdp-loader joined a chain attached with a bpf_link: libxdp can now share bpfmount's chains; turn this test around")
+	}
+	if _, got := xdpLoaderStatus(t, host.Name); len(got) != 1 || c.Revision() != before {
+		t.Fatalf("after the refused load the chain shows %v (revision %d, was %d)", got, c.Revision(), before)
+	}
+	if ret, trail := testRun(t, c); ret != h.final || len(trail) != 1 || trail[0] != 1 {
+		t.Fatalf("the chain no longer runs its member: verdict %d, trail %v", ret, trail)
 	}
 }

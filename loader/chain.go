@@ -44,7 +44,11 @@ func (l *Loader) chainFor(t dispatcher.Target) (*dispatcher.Chain, error) {
 	if c, ok := l.chains[name]; ok {
 		return c, nil
 	}
-	c, err := dispatcher.Open(t, filepath.Join(l.root, "dispatchers", name))
+	var opts []dispatcher.Option
+	if l.libxdp != "" {
+		opts = append(opts, dispatcher.WithLibxdpPins(l.libxdp))
+	}
+	c, err := dispatcher.Open(t, filepath.Join(l.root, "dispatchers", name), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("opening the dispatcher of %s on %q: %w", t.Hook, t.Interface, err)
 	}

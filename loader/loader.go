@@ -28,6 +28,10 @@ type Options struct {
 	Fetcher bytecode.Fetcher
 	// NodeName names this host in error messages.
 	NodeName string
+	// LibxdpDir, when set, is libxdp's pin directory (<bpffs>/xdp): XDP
+	// dispatchers publish their members there, so that libxdp's tools
+	// (xdp-loader status) list them.
+	LibxdpDir string
 }
 
 // Loader loads, attaches, pins and shares eBPF programs. It is safe for
@@ -37,6 +41,7 @@ type Loader struct {
 	node     string
 	fetch    bytecode.Fetcher
 	canChain bool // the kernel accepts freplace, so dispatchers can run
+	libxdp   string
 
 	// gc lets Prune see a consistent world: loads and releases hold it
 	// shared, Prune exclusively, so it never removes the pins of an
@@ -97,6 +102,7 @@ func New(opts Options) (*Loader, error) {
 	}
 	l := &Loader{
 		root:     opts.Root,
+		libxdp:   opts.LibxdpDir,
 		node:     opts.NodeName,
 		fetch:    opts.Fetcher,
 		canChain: dispatcher.Supported() == nil,

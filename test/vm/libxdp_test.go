@@ -1,13 +1,18 @@
 package vm
 
 import (
+	"context"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/bpfmount/bpfmount/loader"
+	"github.com/bpfmount/bpfmount/loader/bytecode"
 	"github.com/bpfmount/bpfmount/loader/dispatcher"
 	"github.com/bpfmount/bpfmount/test/vm/progs"
 )
@@ -137,5 +142,56 @@ func TestLibxdpCannotJoinLinkedChain(t *testing.T) {
 	}
 	if ret, trail := testRun(t, c); ret != h.final || len(trail) != 1 || trail[0] != 1 {
 		t.Fatalf("the chain no longer runs its member: verdict %d, trail %v", ret, trail)
+	}
+}
+
+// The loader's LibxdpDir option: XDP volumes chained by the loader show in
+// xdp-loader status, and their libxdp pins go with the last of them.
+func TestLoaderPublishesToLibxdp(t *testing.T) {
+	requireVM(t)
+	requireXDPLoader(t)
+	img, err := bytecode.Build(progs.Object(), "members_bpfel.o", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layout := filepath.Join(t.TempDir(), "layout")
+	if err := bytecode.WriteLayout(layout, "v1", img); err != nil {
+		t.Fatal(err)
+	}
+	l, err := loader.New(loader.Options{Root: pinDir(t), Fetcher: bytecode.Layout{}, NodeName: "vm", LibxdpDir: libxdpDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	host, _ := vethPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	held := map[string]string{} // key -> owner
+	for _, prio := range []int{30, 5} {
+		r, err := l.Resolve(ctx, loader.Request{
+			Image: bytecode.Request{Reference: bytecode.LayoutScheme + layout + ":v1"}, Program: progs.MembersProgXdpMember,
+			Hook: loader.HookXDP, Interface: host.Name, Priority: prio,
+			Globals: map[string][]byte{progs.MembersVarVerdict: binary.LittleEndian.AppendUint32(nil, xdpPass)},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		owner := fmt.Sprint("vol-", prio)
+		p, err := l.Acquire(ctx, r, owner)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held[p.Key] = owner
+	}
+	if _, got := xdpLoaderStatus(t, host.Name); strings.Join(got, ",") != "5 xdp_member,30 xdp_member" {
+		t.Fatalf("xdp-loader sees %v, want the two volumes' programs at priorities 5 and 30", got)
+	}
+	for key, owner := range held {
+		if err := l.Release(key, owner); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(libxdpDir, fmt.Sprintf("dispatch-%d-*", host.Index))); len(m) != 0 {
+		t.Fatalf("libxdp pins left after the last release: %v", m)
 	}
 }

@@ -64,7 +64,10 @@ suite_run_61='^(TestXDP|TestSecondXDP|TestIdentical|TestReadOnly|TestRestartKeep
 status=0
 suites=0
 files=
+# Debian's xdp-tools, merged into the VMs of test/vm for the libxdp tests.
+rootfs="${VMEXEC_CACHE:-$PWD/test/vm/.cache}/xdp-tools/root"
 if [[ $mode == test ]]; then
+	export VMTEST_LIBXDP=1
 	files=$(suite_files)
 	export BPFMOUNT_TEST_BINDIR=$PWD/bin/vm
 	export BPFMOUNT_TEST_STRESS_CALLS=${BPFMOUNT_TEST_STRESS_CALLS:-40}
@@ -83,7 +86,7 @@ for k in "${kernels[@]}"; do
 		# shellcheck disable=SC2086
 		VMEXEC_TIMEOUT=${VMEXEC_TIMEOUT:-20m} run "$k" "-files=$files" -timeout 30m "${flags[@]}" $VMTEST_PACKAGES
 	else
-		run "$k" "" "${flags[@]}" ./test/vm/
+		run "$k" "-rootfs=$rootfs" "${flags[@]}" ./test/vm/
 		if ((suites)); then
 			# Frames on one vCPU meet swaps on the other.
 			VMTEST_CPUS=2 run "$k" "-smp 2" "${flags[@]}" -run '^TestRemoveMiddleUnderTraffic$' ./test/vm/

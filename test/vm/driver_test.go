@@ -127,6 +127,24 @@ func TestDriverXDPChainFromVolumes(t *testing.T) {
 		t.Fatalf("eleventh program: %v; want ResourceExhausted naming the interface and the volumes", err)
 	}
 
+	// All ten run on every frame.
+	ten := []string{"vol-first", "vol-last"}
+	for i := 0; i < 8; i++ {
+		ten = append(ten, fmt.Sprint("vol-fill-", i))
+	}
+	base := map[string]uint64{}
+	for _, vol := range ten {
+		base[vol] = packets(t, target(vol))
+	}
+	if err := v.Send(20, 64); err != nil {
+		t.Fatal(err)
+	}
+	for _, vol := range ten {
+		if d := packets(t, target(vol)) - base[vol]; d < 20 {
+			t.Errorf("%s counted %d of 20 frames with ten programs chained", vol, d)
+		}
+	}
+
 	// A restart keeps the chain attached and counting.
 	d.Restart(testenv.DaemonOptions{})
 	if got := testenv.XDPProgram(t, v.Host); got == 0 {

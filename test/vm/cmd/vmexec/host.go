@@ -27,6 +27,7 @@ type hostOptions struct {
 	retries int
 	qemu    string
 	smp     int
+	mttcg   bool
 	files   string
 	rootfs  string
 	cmdline string
@@ -56,6 +57,7 @@ func hostMain(argv []string) (int, error) {
 	fl.IntVar(&o.retries, "retries", 1, "boot again this many times when the VM dies before the test binary starts")
 	fl.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "qemu binary")
 	fl.IntVar(&o.smp, "smp", 1, "virtual CPUs")
+	fl.BoolVar(&o.mttcg, "mttcg", false, "with -smp, one host thread per vCPU (qemu 7.2 runs cross-modified code wrongly then)")
 	fl.StringVar(&o.rootfs, "rootfs", os.Getenv("VMEXEC_ROOTFS"), "a directory tree merged into the VM's root filesystem (e.g. unpacked Debian packages)")
 	fl.StringVar(&o.files, "files", os.Getenv("VMEXEC_FILES"), "host files to copy into the VM at the same absolute path, comma-separated")
 	fl.BoolVar(&o.verbose, "v", false, "print the qemu command line and timings")
@@ -271,8 +273,17 @@ func boot(o hostOptions, vmlinuz, initrd, work string) (int, bool, error) {
 	output := filepath.Join(work, "output.log")
 	os.Remove(console)
 	os.Remove(output)
+	// With several vCPUs, one host thread runs them in turn: qemu 7.2's
+	// multi-threaded TCG executes stale code on one vCPU while the kernel
+	// rewrites it from another (6.12 oopses in bpf_dispatcher_xdp_func,
+	// which every XDP attach rewrites). The guest still has the CPUs, and
+	// its threads still interleave at any instruction boundary.
+	accel := "tcg"
+	if o.smp > 1 && !o.mttcg {
+		accel = "tcg,thread=single"
+	}
 	args := []string{
-		"-accel", "tcg",
+		"-accel", accel,
 		// qemu 7.2's TCG double-faults now and then on 6.12 with
 		// cmpxchg16b: without it boots are clean. One vCPU unless a test
 		// needs two (-smp): frames on one CPU meeting a swap on the other.

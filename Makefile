@@ -44,9 +44,12 @@ test: vet test-chart
 test-chart:
 	cd test/chart && $(GO) vet ./... && $(GO) test -count=1 ./...
 
-# Dispatcher kernel tests in qemu VMs booting Debian's 6.1 and 6.12 kernels
-# (this host's kernel rejects freplace); fetches and caches qemu and the
-# kernels on first use (test/vm/.cache). Needs root.
+# Kernel tests in qemu VMs booting Debian's 6.1 and 6.12 kernels, where XDP
+# and tc programs chain through the dispatchers (this host's kernel rejects
+# freplace): the dispatcher tests (test/vm, the swap under traffic also on
+# two vCPUs), then the driver's integration and crash suites with the same
+# static binaries (all on 6.12; on 6.1 those touching xdp and tc). Fetches
+# and caches qemu and the kernels on first use (test/vm/.cache). Needs root.
 test-vm:
 	test/vm/run.sh test
 

@@ -14,11 +14,11 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfmount/bpfmount/internal/failpoint"
 	"github.com/bpfmount/bpfmount/internal/fault"
+	"github.com/bpfmount/bpfmount/loader/internal/xdplink"
 )
 
 // load loads the identity's program, attaches it and pins it. On error
@@ -111,50 +111,27 @@ func (l *Loader) checkHookFree(id Identity) error {
 }
 
 func (l *Loader) attachXDP(e *entry, ifc *net.Interface) error {
-	try := func(flags link.XDPAttachFlags) (link.Link, error) {
-		return link.AttachXDP(link.XDPOptions{Program: e.prog, Interface: ifc.Index, Flags: flags})
-	}
-	var lnk link.Link
-	var err error
-	switch e.id.XDPMode {
-	case XDPModeNative:
-		lnk, err = try(link.XDPDriverMode)
-		e.mode = XDPModeNative
-	case XDPModeSKB:
-		lnk, err = try(link.XDPGenericMode)
-		e.mode = XDPModeSKB
-	default:
-		lnk, err = try(link.XDPDriverMode)
-		e.mode = XDPModeNative
-		if err != nil && !isBusy(err) {
-			lnk, err = try(link.XDPGenericMode)
-			e.mode = XDPModeSKB
-		}
-	}
+	lnk, mode, err := xdplink.Attach(e.prog, ifc.Index, e.id.XDPMode)
 	if err != nil {
-		return xdpAttachError(e.id, ifc, err)
+		return xdpAttachError(e.id, ifc, mode, err)
 	}
-	e.link = lnk
+	e.link, e.mode = lnk, mode
 	return nil
 }
 
-func xdpAttachError(id Identity, ifc *net.Interface, err error) error {
-	if isBusy(err) {
+func xdpAttachError(id Identity, ifc *net.Interface, mode string, err error) error {
+	if xdplink.IsBusy(err) {
 		owner := ""
-		if nl, nlErr := netlink.LinkByIndex(ifc.Index); nlErr == nil && nl.Attrs().Xdp != nil && nl.Attrs().Xdp.ProgId != 0 {
-			owner = fmt.Sprintf(" (program id %d)", nl.Attrs().Xdp.ProgId)
+		if pid := xdplink.Owner(ifc.Index); pid != 0 {
+			owner = fmt.Sprintf(" (program id %d)", pid)
 		}
 		return fault.Errorf(fault.Precondition, "interface %q already has an XDP program%s that bpfmount does not manage; remove it (ip link set dev %s xdp off) or choose another interface",
 			id.Interface, owner, id.Interface)
 	}
-	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) && id.XDPMode == XDPModeNative {
-		return fault.Errorf(fault.Precondition, "interface %q does not support %s XDP: use xdpMode=skb or auto", id.Interface, id.XDPMode)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) && mode == XDPModeNative {
+		return fault.Errorf(fault.Precondition, "interface %q does not support %s XDP: use xdpMode=skb or auto", id.Interface, mode)
 	}
 	return fmt.Errorf("attaching XDP program %q to %q: %w", id.Program, id.Interface, err)
-}
-
-func isBusy(err error) bool {
-	return errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST)
 }
 
 // attachTCX places the program among bpfmount's own tcx programs on the

@@ -44,7 +44,11 @@ func (l *Loader) chainFor(t dispatcher.Target) (*dispatcher.Chain, error) {
 	if c, ok := l.chains[name]; ok {
 		return c, nil
 	}
-	c, err := dispatcher.Open(t, filepath.Join(l.root, "dispatchers", name))
+	var opts []dispatcher.Option
+	if l.libxdp != "" {
+		opts = append(opts, dispatcher.WithLibxdpPins(l.libxdp))
+	}
+	c, err := dispatcher.Open(t, filepath.Join(l.root, "dispatchers", name), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("opening the dispatcher of %s on %q: %w", t.Hook, t.Interface, err)
 	}
@@ -243,18 +247,4 @@ func (l *Loader) Chains() []ChainStat {
 		out = append(out, ChainStat{Interface: t.Interface, Hook: string(t.Hook), Direction: t.Direction, Members: len(c.Members()), Revisions: c.Builds()})
 	}
 	return out
-}
-
-// WaitChains waits until the dispatcher revisions swapped out so far are
-// torn down (that happens in the background, after an RCU grace period).
-func (l *Loader) WaitChains() {
-	l.mu.Lock()
-	chains := make([]*dispatcher.Chain, 0, len(l.chains))
-	for _, c := range l.chains {
-		chains = append(chains, c)
-	}
-	l.mu.Unlock()
-	for _, c := range chains {
-		c.Wait()
-	}
 }

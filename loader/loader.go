@@ -29,6 +29,10 @@ type Options struct {
 	Fetcher bytecode.Fetcher
 	// NodeName names this host in error messages.
 	NodeName string
+	// LibxdpDir, when set, is libxdp's pin directory (<bpffs>/xdp): XDP
+	// dispatchers publish their members there, so that libxdp's tools
+	// (xdp-loader status) list them.
+	LibxdpDir string
 }
 
 // Loader loads, attaches, pins and shares eBPF programs. It is safe for
@@ -38,6 +42,7 @@ type Loader struct {
 	node     string
 	fetch    bytecode.Fetcher
 	canChain bool // the kernel accepts freplace, so dispatchers can run
+	libxdp   string
 
 	// gc lets Prune see a consistent world: loads and releases hold it
 	// shared, Prune exclusively, so it never removes the pins of an
@@ -98,6 +103,7 @@ func New(opts Options) (*Loader, error) {
 	}
 	l := &Loader{
 		root:     opts.Root,
+		libxdp:   opts.LibxdpDir,
 		node:     opts.NodeName,
 		fetch:    opts.Fetcher,
 		canChain: dispatcher.Supported() == nil,
@@ -251,9 +257,10 @@ func (l *Loader) Release(key, owner string) error {
 	delete(l.entries, key)
 	l.mu.Unlock()
 	var err error
-	if e.chain != nil && e.attached {
+	if e.chain != nil {
 		// A new revision without this member; the chain's own copy of
-		// the program goes with the old revision.
+		// the program goes with the old revision. On a deleted interface
+		// the chain just drops the member's pins.
 		err = e.chain.Update(nil, []string{key})
 	}
 	err = errors.Join(err, e.destroy())

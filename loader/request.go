@@ -8,6 +8,7 @@ import (
 	"sort"
 
 	"github.com/bpfmount/bpfmount/loader/bytecode"
+	"github.com/bpfmount/bpfmount/loader/dispatcher"
 )
 
 // Hook names an attach point.
@@ -23,17 +24,17 @@ const (
 // Hooks lists the supported hooks.
 var Hooks = []Hook{HookXDP, HookTC, HookTCX}
 
-// Directions of tc and tcx hooks.
+// Directions of tc and tcx hooks (the dispatcher's own).
 const (
-	Ingress = "ingress"
-	Egress  = "egress"
+	Ingress = dispatcher.Ingress
+	Egress  = dispatcher.Egress
 )
 
-// XDP attach modes.
+// XDP attach modes (the dispatcher's own).
 const (
-	XDPModeAuto   = "auto"   // native, falling back to skb
-	XDPModeNative = "native" // driver mode
-	XDPModeSKB    = "skb"    // generic mode
+	XDPModeAuto   = dispatcher.XDPModeAuto   // native, falling back to skb
+	XDPModeNative = dispatcher.XDPModeNative // driver mode
+	XDPModeSKB    = dispatcher.XDPModeSKB    // generic mode
 )
 
 // DispatcherReturn is the proceed-on action that continues the chain when a

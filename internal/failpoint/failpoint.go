@@ -19,4 +19,11 @@ var (
 	UnpublishSteps = []string{
 		"unpublish.intent", "mapfs.target-unmounted", "mapfs.withdrawn", "unpublish.released", "unpublish.record",
 	}
+	// ChainSteps are the steps of a dispatcher change (loader/dispatcher):
+	// the new revision's dispatcher loaded; its members attached and
+	// everything pinned; the revision swapped in; and, after the grace
+	// period, the old revision about to be torn down.
+	ChainSteps = []string{
+		"chain.loaded", "chain.attached", "chain.swapped", "chain.retiring",
+	}
 )

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -108,6 +109,9 @@ func AssertClean(t testing.TB, stateDir, bpffsRoot string, v *Veth, targets ...s
 	if f := Files(t, filepath.Join(d.BPFFSRoot, "programs")); len(f) > 0 {
 		t.Errorf("pins left behind: %v", f)
 	}
+	if f := Files(t, filepath.Join(d.BPFFSRoot, "dispatchers")); len(f) > 0 {
+		t.Errorf("dispatcher pins left behind: %v", f)
+	}
 	if m := MountsUnder(t, filepath.Join(d.StateDir, "mounts")); len(m) > 0 {
 		t.Errorf("staging mounts left behind: %v", m)
 	}
@@ -129,4 +133,43 @@ func AssertClean(t testing.TB, stateDir, bpffsRoot string, v *Veth, targets ...s
 			}
 		}
 	}
+}
+
+// XDPRuns reports whether the program with the given ID runs on an
+// interface's XDP hook: attached directly (the lone-program path), or as a
+// member of the dispatcher attached there (a freplace link whose target is
+// the interface's XDP program).
+func XDPRuns(t testing.TB, ifname string, id uint32) bool {
+	t.Helper()
+	top := XDPProgram(t, ifname)
+	if top == 0 || id == 0 {
+		return false
+	}
+	if top == id {
+		return true
+	}
+	return slices.Contains(Extensions(t, top), ebpf.ProgramID(id))
+}
+
+// Extensions returns the programs attached by freplace links to the
+// program target (a dispatcher's members, of every revision still
+// attached to it).
+func Extensions(t testing.TB, target uint32) []ebpf.ProgramID {
+	t.Helper()
+	var out []ebpf.ProgramID
+	it := new(link.Iterator)
+	defer it.Close()
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err != nil {
+			continue
+		}
+		if tr := info.Tracing(); tr != nil && tr.TargetObjectId == target {
+			out = append(out, info.Program)
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("listing links: %v", err)
+	}
+	return out
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -21,9 +22,27 @@ func BuildDaemon(t testing.TB, tags string) string {
 	return BuildDaemonTo(t, tags, filepath.Join(t.TempDir(), "bpfmount"))
 }
 
-// BuildDaemonTo builds the bpfmount binary at bin.
+// PrebuiltEnv names a directory of daemon binaries built beforehand
+// (bpfmount, and bpfmount-TAGS for a build with tags): where the tests run
+// without a Go toolchain, as in the VMs of `make test-vm`, BuildDaemon
+// returns those instead of building.
+const PrebuiltEnv = "BPFMOUNT_TEST_BINDIR"
+
+// BuildDaemonTo builds the bpfmount binary at bin (or returns the
+// prebuilt one, see PrebuiltEnv).
 func BuildDaemonTo(t testing.TB, tags, bin string) string {
 	t.Helper()
+	if dir := os.Getenv(PrebuiltEnv); dir != "" {
+		name := "bpfmount"
+		if tags != "" {
+			name += "-" + strings.ReplaceAll(tags, ",", "-")
+		}
+		p := filepath.Join(dir, name)
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("%s=%s but it holds no %s: %v", PrebuiltEnv, dir, name, err)
+		}
+		return p
+	}
 	args := []string{"build", "-trimpath", "-ldflags=-s -w", "-o", bin} // as the Makefile's release build
 	if tags != "" {
 		args = append(args, "-tags", tags)

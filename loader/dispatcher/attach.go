@@ -10,37 +10,20 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfmount/bpfmount/internal/fault"
+	"github.com/bpfmount/bpfmount/loader/internal/xdplink"
 )
 
 // attachXDP attaches an XDP chain's first dispatcher in the target's mode
 // and returns its link and the mode it got.
 func attachXDP(t Target, prog *ebpf.Program) (link.Link, string, error) {
-	try := func(flags link.XDPAttachFlags) (link.Link, error) {
-		return link.AttachXDP(link.XDPOptions{Program: prog, Interface: t.Ifindex, Flags: flags})
-	}
-	var l link.Link
-	var err error
-	mode := t.XDPMode
-	switch mode {
-	case XDPModeNative:
-		l, err = try(link.XDPDriverMode)
-	case XDPModeSKB:
-		l, err = try(link.XDPGenericMode)
-	default:
-		mode = XDPModeNative
-		l, err = try(link.XDPDriverMode)
-		if err != nil && !isBusy(err) {
-			mode = XDPModeSKB
-			l, err = try(link.XDPGenericMode)
-		}
-	}
+	l, mode, err := xdplink.Attach(prog, t.Ifindex, t.XDPMode)
 	switch {
 	case err == nil:
 		return l, mode, nil
-	case isBusy(err):
+	case xdplink.IsBusy(err):
 		owner := ""
-		if nl, nlErr := netlink.LinkByIndex(t.Ifindex); nlErr == nil && nl.Attrs().Xdp != nil && nl.Attrs().Xdp.ProgId != 0 {
-			owner = fmt.Sprintf(" (program id %d)", nl.Attrs().Xdp.ProgId)
+		if id := xdplink.Owner(t.Ifindex); id != 0 {
+			owner = fmt.Sprintf(" (program id %d)", id)
 		}
 		return nil, "", fault.Errorf(fault.Precondition, "interface %q already has an XDP program%s that is not this chain's dispatcher: %w", t.Interface, owner, err)
 	case errors.Is(err, unix.EOPNOTSUPP) || mode == XDPModeNative && errors.Is(err, unix.EINVAL):
@@ -48,31 +31,6 @@ func attachXDP(t Target, prog *ebpf.Program) (link.Link, string, error) {
 	}
 	return nil, "", fmt.Errorf("attaching the XDP dispatcher to %q: %w", t.Interface, err)
 }
-
-func isBusy(err error) bool {
-	return errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST)
-}
-
-// xdpModeOf reports how an interface's XDP program is attached.
-func xdpModeOf(ifindex int) string {
-	nl, err := netlink.LinkByIndex(ifindex)
-	if err != nil || nl.Attrs().Xdp == nil {
-		return ""
-	}
-	switch nl.Attrs().Xdp.AttachMode {
-	case xdpAttachedDriver:
-		return XDPModeNative
-	case xdpAttachedSKB:
-		return XDPModeSKB
-	}
-	return ""
-}
-
-// Values of IFLA_XDP_ATTACHED.
-const (
-	xdpAttachedDriver = 1
-	xdpAttachedSKB    = 2
-)
 
 func tcParent(t Target) uint32 {
 	if t.Direction == Egress {

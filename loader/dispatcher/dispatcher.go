@@ -12,9 +12,9 @@
 //   - [LoadMember] loads a program from a collection as an extension that
 //     can fill any slot of any dispatcher of its hook.
 //   - A [Chain] is the dispatcher of one attach point (an interface's XDP
-//     hook, or an interface's tc ingress or egress hook). [Chain.Set],
-//     [Chain.Apply] and [Chain.Update] give it a new member set: each builds
-//     a new dispatcher revision with every member attached to its slot, then
+//     hook, or an interface's tc ingress or egress hook). [Chain.Update]
+//     adds and removes members, coalescing concurrent callers: each change
+//     builds a new dispatcher revision with every member attached to its slot, then
 //     swaps it in atomically (XDP: BPF_LINK_UPDATE on the pinned link; tc:
 //     an in-place replace of the cls_bpf filter), then, after an RCU grace
 //     period, drops the old revision. Traffic never meets an empty or a
@@ -59,6 +59,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/bpfmount/bpfmount/loader/internal/xdplink"
 )
 
 // Hook is the kind of attach point a dispatcher serves.
@@ -78,9 +80,9 @@ const (
 
 // XDP attach modes of a chain's dispatcher.
 const (
-	XDPModeAuto   = "auto"   // native, falling back to skb
-	XDPModeNative = "native" // driver mode
-	XDPModeSKB    = "skb"    // generic mode
+	XDPModeAuto   = xdplink.Auto   // native, falling back to skb
+	XDPModeNative = xdplink.Native // driver mode
+	XDPModeSKB    = xdplink.SKB    // generic mode
 )
 
 // Slots is the number of members a dispatcher can hold.

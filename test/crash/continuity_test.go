@@ -2,12 +2,10 @@ package crash
 
 import (
 	"context"
-	"encoding/binary"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/bpfmount/bpfmount/internal/testenv"
@@ -42,16 +40,7 @@ func TestTrafficContinuesAcrossKill(t *testing.T) {
 	if got := testenv.XDPProgram(t, v.Host); got != id {
 		t.Fatalf("XDP program changed from %d to %d across the restart", id, got)
 	}
-	m, err := ebpf.LoadPinnedMap(filepath.Join(target, "seq_map"), &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var val [24]byte
-	if err := m.Lookup(uint32(0), &val); err != nil {
-		t.Fatal(err)
-	}
-	m.Close()
-	count, gaps := binary.NativeEndian.Uint64(val[0:8]), binary.NativeEndian.Uint64(val[8:16])
+	count, gaps := seqSeen(t, target)
 	if gaps != 0 || count != uint64(send.Sent()) {
 		t.Fatalf("sent %d frames; the program saw %d with %d gaps", send.Sent(), count, gaps)
 	}

@@ -47,8 +47,8 @@ func TestXDPCounterRisesWithTraffic(t *testing.T) {
 	if err != nil || rec == nil {
 		t.Fatalf("no record after publish: %v", err)
 	}
-	if got := testenv.XDPProgram(t, v.Host); got != rec.ProgramID || got == 0 {
-		t.Fatalf("XDP program on %s is %d, record says %d", v.Host, got, rec.ProgramID)
+	if !testenv.XDPRuns(t, v.Host, rec.ProgramID) {
+		t.Fatalf("XDP program %d of the record does not run on %s (attached: %d)", rec.ProgramID, v.Host, testenv.XDPProgram(t, v.Host))
 	}
 	mapPath := filepath.Join(target, "xdp_stats_map")
 	before, _ := counts(t, testenv.Consumer{}, mapPath)
@@ -261,8 +261,8 @@ func TestIdenticalRequestsShareOneProgram(t *testing.T) {
 	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-a", a)); err != nil {
 		t.Fatal(err)
 	}
-	if got := testenv.XDPProgram(t, v.Host); got != rb.ProgramID {
-		t.Fatalf("after unpublishing one sharer, XDP program is %d, want %d", got, rb.ProgramID)
+	if !testenv.XDPRuns(t, v.Host, rb.ProgramID) {
+		t.Fatalf("after unpublishing one sharer, XDP program %d no longer runs on %s", rb.ProgramID, v.Host)
 	}
 	before, _ := counts(t, testenv.Consumer{}, filepath.Join(b, "xdp_stats_map"))
 	v.Send(20, 64)
@@ -275,23 +275,98 @@ func TestIdenticalRequestsShareOneProgram(t *testing.T) {
 	d.AssertClean(t, v, a, b)
 }
 
+// TestSecondXDPProgramOnInterfaceIsRefused: where the kernel accepts
+// freplace, XDP volumes on one interface chain through the dispatcher and
+// run in priority order (testXDPVolumesChain); where it does
+// not, a second XDP program is refused, naming the first and why.
 func TestSecondXDPProgramOnInterfaceIsRefused(t *testing.T) {
 	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
+	if d.Loader.CanChain() {
+		testXDPVolumesChain(t, d)
+		return
+	}
 	ctx := context.Background()
 	a := filepath.Join(dir, "a")
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-first", a, xdpAttrs(img, v.Host), false)); err != nil {
 		t.Fatal(err)
 	}
 	second := map[string]string{"image": img, "interface": v.Host, "priority": "10"}
-	want := "cannot chain XDP programs"
-	if d.Loader.CanChain() {
-		want = "one XDP program per interface"
-	}
-	expectCode(t, d, publishReq("vol-second", filepath.Join(dir, "b"), second, false), codes.FailedPrecondition, want)
+	expectCode(t, d, publishReq("vol-second", filepath.Join(dir, "b"), second, false), codes.FailedPrecondition, "cannot chain XDP programs")
 	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-first", a)); err != nil {
 		t.Fatal(err)
 	}
 	d.AssertClean(t, v, a, filepath.Join(dir, "b"))
+}
+
+// testXDPVolumesChain: two XDP volumes on one veth both count every frame;
+// a third between them whose program's XDP_PASS ends the chain
+// (proceedOn=dispatcher_return) stops frames before the later one, which
+// proves the priority order; unpublishing it lets frames through again.
+func testXDPVolumesChain(t *testing.T, d *testenv.Daemon) {
+	v := testenv.NewVeth(t)
+	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
+	dir := testenv.ShortTempDir(t)
+	ctx := context.Background()
+	target := func(vol string) string { return filepath.Join(dir, vol) }
+	publish := func(vol string, prio int, kv ...string) {
+		t.Helper()
+		attrs := map[string]string{"image": img, "interface": v.Host, "priority": strconv.Itoa(prio)}
+		for i := 0; i+1 < len(kv); i += 2 {
+			attrs[kv[i]] = kv[i+1]
+		}
+		if _, err := d.Node.NodePublishVolume(ctx, publishReq(vol, target(vol), attrs, false)); err != nil {
+			t.Fatalf("publish %s: %v", vol, err)
+		}
+	}
+	// Frames counted by each volume while n frames are sent. The peer's own
+	// frames may add to the counts, never subtract.
+	delta := func(n int, vols ...string) []uint64 {
+		t.Helper()
+		before := make([]uint64, len(vols))
+		for i, vol := range vols {
+			before[i], _ = counts(t, testenv.Consumer{}, filepath.Join(target(vol), "xdp_stats_map"))
+		}
+		if err := v.Send(n, 64); err != nil {
+			t.Fatal(err)
+		}
+		out := make([]uint64, len(vols))
+		for i, vol := range vols {
+			after, _ := counts(t, testenv.Consumer{}, filepath.Join(target(vol), "xdp_stats_map"))
+			out[i] = after - before[i]
+		}
+		return out
+	}
+	// Published in the opposite of their run order.
+	publish("vol-late", 50)
+	publish("vol-early", 10)
+	for _, vol := range []string{"vol-late", "vol-early"} {
+		rec, err := d.Record(vol)
+		if err != nil || rec == nil {
+			t.Fatalf("no record for %s: %v", vol, err)
+		}
+		if !testenv.XDPRuns(t, v.Host, rec.ProgramID) {
+			t.Fatalf("the program of %s (id %d) does not run on %s", vol, rec.ProgramID, v.Host)
+		}
+	}
+	if got := delta(30, "vol-early", "vol-late"); got[0] < 30 || got[1] < 30 {
+		t.Fatalf("early/late counted %v of 30 frames; both must count every frame", got)
+	}
+	publish("vol-stop", 20, "proceedOn", "dispatcher_return")
+	if got := delta(30, "vol-early", "vol-stop", "vol-late"); got[0] < 30 || got[1] < 30 || got[2] != 0 {
+		t.Fatalf("early/stop/late counted %v of 30 frames; want 30, 30, 0: the chain runs by priority and stops at 20", got)
+	}
+	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-stop", target("vol-stop"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := delta(30, "vol-early", "vol-late"); got[0] < 30 || got[1] < 30 {
+		t.Fatalf("after unpublishing the stopper early/late counted %v of 30 frames", got)
+	}
+	for _, vol := range []string{"vol-early", "vol-late"} {
+		if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq(vol, target(vol))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.AssertClean(t, v, target("vol-early"), target("vol-late"), target("vol-stop"))
 }
 
 func TestRestartKeepsProgramsAttached(t *testing.T) {

@@ -69,8 +69,8 @@ func measureHook(t *testing.T, h hookCase, repeat int, report *strings.Builder) 
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer c.Set(nil)
-			if err := c.Set(members(ms[:k]...)); err != nil {
+			defer setChain(c)
+			if err := setChain(c, members(ms[:k]...)...); err != nil {
 				t.Fatal(err)
 			}
 			runs = append(runs, c.Dispatcher())
@@ -90,7 +90,7 @@ func measureHook(t *testing.T, h hookCase, repeat int, report *strings.Builder) 
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Set(nil)
+		defer setChain(c)
 
 		// The latency of the k-th member's change: build a revision of k
 		// members and swap it in.
@@ -99,12 +99,12 @@ func measureHook(t *testing.T, h hookCase, repeat int, report *strings.Builder) 
 		for r := 0; r < rounds; r++ {
 			for k := 1; k <= dispatcher.Slots; k++ {
 				start := time.Now()
-				if err := c.Apply([]dispatcher.Member{ms[k-1].Member}, nil); err != nil {
+				if err := c.Update([]dispatcher.Member{ms[k-1].Member}, nil); err != nil {
 					t.Fatal(err)
 				}
 				lat[k] = append(lat[k], time.Since(start))
 			}
-			if err := c.Set(nil); err != nil {
+			if err := setChain(c); err != nil {
 				t.Fatal(err)
 			}
 		}

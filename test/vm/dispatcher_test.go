@@ -45,7 +45,7 @@ func TestChainOrderAndVerdicts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Set(nil)
+		defer setChain(c)
 		type spec struct {
 			id      uint8
 			verdict int32
@@ -71,7 +71,7 @@ func TestChainOrderAndVerdicts(t *testing.T) {
 			for _, s := range tc.members {
 				ms = append(ms, loadMember(t, h, "", s.id, s.verdict, s.prio, s.mask))
 			}
-			if err := c.Set(members(ms...)); err != nil {
+			if err := setChain(c, members(ms...)...); err != nil {
 				t.Fatalf("%s: %v", tc.name, err)
 			}
 			ret, trail := testRun(t, c)
@@ -107,7 +107,7 @@ func TestChainTraffic(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Set(nil)
+		defer setChain(c)
 		from, to := peer, host // ingress: frames arrive on host
 		if h.direction == dispatcher.Egress {
 			from, to = host, peer // egress: frames leave host
@@ -115,7 +115,7 @@ func TestChainTraffic(t *testing.T) {
 		a := loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
 		b := loadMember(t, h, "", 2, h.proceed, 20, h.mask(h.proceed))
 		d := loadMember(t, h, "", 3, h.proceed, 30, h.mask(h.proceed))
-		if err := c.Set(members(d, b, a)); err != nil {
+		if err := setChain(c, members(d, b, a)...); err != nil {
 			t.Fatal(err)
 		}
 		if h.hook == dispatcher.XDP {
@@ -132,7 +132,7 @@ func TestChainTraffic(t *testing.T) {
 		}
 		// The middle member drops: the last one sees nothing more.
 		b2 := loadMember(t, h, "", 2, h.stop, 20, h.mask(h.proceed))
-		if err := c.Apply([]dispatcher.Member{{Key: b.Key, Name: b.Name, Program: b2.Program, Priority: 20, ProceedOn: h.mask(h.proceed)}}, nil); err != nil {
+		if err := c.Update([]dispatcher.Member{{Key: b.Key, Name: b.Name, Program: b2.Program, Priority: 20, ProceedOn: h.mask(h.proceed)}}, nil); err != nil {
 			t.Fatal(err)
 		}
 		s.send(t, n)
@@ -150,16 +150,20 @@ func TestChainTraffic(t *testing.T) {
 }
 
 // Removing the middle member (and adding it back, again and again) while
-// frames flow: every frame the first member sees, the last member sees too.
+// frames flow: every frame sent meets the whole chain of one revision or
+// the next, so the first and the last member each see exactly the frames
+// sent. With two CPUs (run.sh's -smp 2 run) the frames run on CPU 0 and
+// the swaps on CPU 1, so frames in flight meet a swap on the other CPU.
 func TestRemoveMiddleUnderTraffic(t *testing.T) {
 	requireVM(t)
+	cpus := wantCPUs(t)
 	forEachHook(t, func(t *testing.T, h hookCase) {
 		host, peer := vethPair(t)
 		c, err := dispatcher.Open(h.target(host), pinDir(t))
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Set(nil)
+		defer setChain(c)
 		from, to := peer, host
 		if h.direction == dispatcher.Egress {
 			from, to = host, peer
@@ -167,35 +171,48 @@ func TestRemoveMiddleUnderTraffic(t *testing.T) {
 		first := loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
 		middle := loadMember(t, h, "", 2, h.proceed, 20, h.mask(h.proceed))
 		last := loadMember(t, h, "", 3, h.proceed, 30, h.mask(h.proceed))
-		if err := c.Set(members(first, middle, last)); err != nil {
+		if err := c.Update(members(first, middle, last), nil); err != nil {
 			t.Fatal(err)
 		}
 		s := newSender(t, from, to)
-		s.start(t)
+		sendCPU, swapCPU := -1, -1
+		if cpus >= 2 {
+			sendCPU, swapCPU = 0, 1
+		}
+		s.startOn(t, sendCPU)
 		const rounds = 10
-		time.Sleep(50 * time.Millisecond)
-		for i := 0; i < rounds; i++ {
-			if err := c.Apply(nil, []string{middle.Key}); err != nil {
-				t.Fatal(err)
+		swaps := func() {
+			time.Sleep(50 * time.Millisecond)
+			for i := 0; i < rounds; i++ {
+				if err := c.Update(nil, []string{middle.Key}); err != nil {
+					t.Error(err)
+					return
+				}
+				time.Sleep(20 * time.Millisecond)
+				if err := c.Update([]dispatcher.Member{middle.Member}, nil); err != nil {
+					t.Error(err)
+					return
+				}
+				time.Sleep(20 * time.Millisecond)
 			}
-			time.Sleep(20 * time.Millisecond)
-			if err := c.Apply([]dispatcher.Member{middle.Member}, nil); err != nil {
-				t.Fatal(err)
+			if err := c.Update(nil, []string{middle.Key}); err != nil {
+				t.Error(err)
 			}
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(50 * time.Millisecond)
 		}
-		if err := c.Apply(nil, []string{middle.Key}); err != nil {
-			t.Fatal(err)
+		if swapCPU >= 0 {
+			onCPU(t, swapCPU, swaps)
+		} else {
+			swaps()
 		}
-		time.Sleep(50 * time.Millisecond)
 		sent := s.halt()
 		f, m, l := first.runs(t), middle.runs(t), last.runs(t)
-		t.Logf("%d frames sent; first saw %d, middle %d, last %d; %d revisions", sent, f, m, l, c.Revision())
+		t.Logf("%d CPUs: %d frames sent; first saw %d, middle %d, last %d; %d revisions", cpus, sent, f, m, l, c.Revision())
 		if f == 0 || m == 0 || m >= f {
 			t.Errorf("traffic did not flow through both chain shapes: first %d, middle %d", f, m)
 		}
-		if f != l {
-			t.Errorf("first member saw %d frames but last saw %d: frames met a partial chain", f, l)
+		if f != sent || l != sent {
+			t.Errorf("%d frames sent during the revisions; the first member saw %d and the last %d: a frame skipped the chain or met a partial one", sent, f, l)
 		}
 		lp := last.positions(t)
 		if lp[1]+lp[2] != l || lp[1] == 0 || lp[2] == 0 {
@@ -218,12 +235,12 @@ func TestSlotLimit(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c.Set(nil)
+		defer setChain(c)
 		var ms []*member
 		for i := 1; i <= dispatcher.Slots; i++ {
 			ms = append(ms, loadMember(t, h, "", uint8(i), h.proceed, i, h.mask(h.proceed)))
 		}
-		if err := c.Set(members(ms...)); err != nil {
+		if err := setChain(c, members(ms...)...); err != nil {
 			t.Fatal(err)
 		}
 		ret, trail := testRun(t, c)
@@ -232,7 +249,7 @@ func TestSlotLimit(t *testing.T) {
 		}
 		rev := c.Revision()
 		extra := loadMember(t, h, "", 11, h.proceed, 5, h.mask(h.proceed))
-		err = c.Apply([]dispatcher.Member{extra.Member}, nil)
+		err = c.Update([]dispatcher.Member{extra.Member}, nil)
 		if fault.Of(err) != fault.Exhausted {
 			t.Fatalf("eleventh member: %v (kind %v), want an Exhausted error", err, fault.Of(err))
 		}
@@ -272,7 +289,7 @@ func TestRestartKeepsChain(t *testing.T) {
 		a := loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
 		b := loadMember(t, h, "", 2, h.proceed, 10, h.mask(h.proceed, h.stop))
 		b.Name = "zz_" + b.Name // same priority: the name orders them
-		if err := c.Set(members(b, a)); err != nil {
+		if err := setChain(c, members(b, a)...); err != nil {
 			t.Fatal(err)
 		}
 		// Keep the maps through their pins, as the loader does.
@@ -294,7 +311,7 @@ func TestRestartKeepsChain(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c2.Set(nil)
+		defer setChain(c2)
 		got := c2.Members()
 		if len(got) != 2 || got[0].Key != a.Key || got[1].Key != b.Key || got[1].Name != b.Name ||
 			got[0].Priority != 10 || got[1].ProceedOn != h.mask(h.proceed, h.stop) || !got[0].Created.Equal(a.Created) {
@@ -319,13 +336,13 @@ func TestRestartKeepsChain(t *testing.T) {
 			}
 		}
 		// The adopted chain changes like any other: drop a; b moves up.
-		if err := c2.Apply(nil, []string{a.Key}); err != nil {
+		if err := c2.Update(nil, []string{a.Key}); err != nil {
 			t.Fatal(err)
 		}
 		if ret, trail := testRun(t, c2); ret != h.final || !slices.Equal(trail, []uint8{2}) {
 			t.Errorf("after removing the first member: verdict %d, trail %v", ret, trail)
 		}
-		if err := c2.Set(nil); err != nil {
+		if err := setChain(c2); err != nil {
 			t.Fatal(err)
 		}
 		if ents, err := os.ReadDir(dir); !os.IsNotExist(err) {
@@ -355,7 +372,7 @@ func TestConcurrentUpdatesCoalesce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Set(nil)
+	defer setChain(c)
 	const n = 12
 	var ms []*member
 	for i := 1; i <= n; i++ {
@@ -406,7 +423,7 @@ func TestXDPFrags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Set(nil)
+	defer setChain(c)
 	fa := loadMember(t, h, progs.MembersProgXdpMemberFrags, 1, h.proceed, 10, h.mask(h.proceed))
 	fb := loadMember(t, h, progs.MembersProgXdpMemberFrags, 2, h.proceed, 20, h.mask(h.proceed))
 	plain := loadMember(t, h, "", 3, h.proceed, 30, h.mask(h.proceed))
@@ -415,7 +432,7 @@ func TestXDPFrags(t *testing.T) {
 	}
 	check := func(want bool, wantTrail []uint8, ms ...*member) {
 		t.Helper()
-		if err := c.Set(members(ms...)); err != nil {
+		if err := setChain(c, members(ms...)...); err != nil {
 			t.Fatal(err)
 		}
 		conf, err := dispatcher.ReadConfig(h.hook, c.Dispatcher())
@@ -454,7 +471,7 @@ func TestOpenRemovesStaleRevisions(t *testing.T) {
 			t.Fatal(err)
 		}
 		a := loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
-		if err := c.Set(members(a)); err != nil {
+		if err := setChain(c, members(a)...); err != nil {
 			t.Fatal(err)
 		}
 		// A dispatcher that is not the live one, pinned as revision 9.
@@ -462,8 +479,8 @@ func TestOpenRemovesStaleRevisions(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer o.Set(nil)
-		if err := o.Set(members(a)); err != nil {
+		defer setChain(o)
+		if err := setChain(o, members(a)...); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.MkdirAll(dir+"/rev-9", 0o700); err != nil {
@@ -478,7 +495,7 @@ func TestOpenRemovesStaleRevisions(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer c2.Set(nil)
+		defer setChain(c2)
 		if _, err := os.Stat(dir + "/rev-9"); !os.IsNotExist(err) {
 			t.Errorf("stale revision 9 still pinned: %v", err)
 		}
@@ -486,7 +503,7 @@ func TestOpenRemovesStaleRevisions(t *testing.T) {
 			t.Fatalf("adopted revision %d with %d members, want revision 1 with 1", c2.Revision(), len(c2.Members()))
 		}
 		b := loadMember(t, h, "", 2, h.proceed, 20, h.mask(h.proceed))
-		if err := c2.Apply([]dispatcher.Member{b.Member}, nil); err != nil {
+		if err := c2.Update([]dispatcher.Member{b.Member}, nil); err != nil {
 			t.Fatal(err)
 		}
 		if c2.Revision() != 10 {
@@ -510,7 +527,7 @@ func TestInterfaceGone(t *testing.T) {
 			t.Fatal(err)
 		}
 		a := loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
-		if err := c.Set(members(a)); err != nil {
+		if err := setChain(c, members(a)...); err != nil {
 			t.Fatal(err)
 		}
 		c.Close()
@@ -521,7 +538,7 @@ func TestInterfaceGone(t *testing.T) {
 		if err != nil {
 			t.Fatalf("adopting the chain of a deleted interface: %v", err)
 		}
-		if err := c2.Set(nil); err != nil {
+		if err := setChain(c2); err != nil {
 			t.Fatalf("emptying the chain of a deleted interface: %v", err)
 		}
 		if _, err := os.Stat(dir); !os.IsNotExist(err) {

@@ -127,6 +127,24 @@ func TestDriverXDPChainFromVolumes(t *testing.T) {
 		t.Fatalf("eleventh program: %v; want ResourceExhausted naming the interface and the volumes", err)
 	}
 
+	// All ten run on every frame.
+	ten := []string{"vol-first", "vol-last"}
+	for i := 0; i < 8; i++ {
+		ten = append(ten, fmt.Sprint("vol-fill-", i))
+	}
+	base := map[string]uint64{}
+	for _, vol := range ten {
+		base[vol] = packets(t, target(vol))
+	}
+	if err := v.Send(20, 64); err != nil {
+		t.Fatal(err)
+	}
+	for _, vol := range ten {
+		if d := packets(t, target(vol)) - base[vol]; d < 20 {
+			t.Errorf("%s counted %d of 20 frames with ten programs chained", vol, d)
+		}
+	}
+
 	// A restart keeps the chain attached and counting.
 	d.Restart(testenv.DaemonOptions{})
 	if got := testenv.XDPProgram(t, v.Host); got == 0 {
@@ -149,7 +167,6 @@ func TestDriverXDPChainFromVolumes(t *testing.T) {
 		}
 		targets = append(targets, target(vol))
 	}
-	d.Loader.WaitChains()
 	d.AssertClean(t, v, targets...)
 }
 
@@ -208,7 +225,6 @@ func TestDriverTCChainOrder(t *testing.T) {
 		}
 		targets = append(targets, filepath.Join(dir, vl.id))
 	}
-	d.Loader.WaitChains()
 	d.AssertClean(t, v, targets...)
 }
 
@@ -243,7 +259,6 @@ func TestPublishKth(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		d.Loader.WaitChains()
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "\nkernel %s: publish latency of the k-th XDP program on one interface, %d rounds, through gRPC\n\n", os.Getenv("VMEXEC_KERNEL"), rounds)

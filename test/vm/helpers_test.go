@@ -6,6 +6,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -278,10 +280,23 @@ func (s *sender) send(t testing.TB, n int) {
 }
 
 // start sends frames continuously until halt.
-func (s *sender) start(t testing.TB) {
+func (s *sender) start(t testing.TB) { s.startOn(t, -1) }
+
+// startOn is start on a thread bound to one CPU (any CPU when cpu < 0):
+// the frames' receive path runs there too (veth hands them over on the
+// sending CPU).
+func (s *sender) startOn(t testing.TB, cpu int) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
+		if cpu >= 0 {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			if err := bindThread(cpu); err != nil {
+				t.Errorf("binding the sender to CPU %d: %v", cpu, err)
+				return
+			}
+		}
 		for {
 			select {
 			case <-s.stop:
@@ -310,6 +325,42 @@ func (s *sender) halt() uint64 {
 	return s.sent.Load()
 }
 
+// bindThread binds the calling OS thread (locked by the caller) to cpu.
+func bindThread(cpu int) error {
+	var set unix.CPUSet
+	set.Set(cpu)
+	return unix.SchedSetaffinity(0, &set)
+}
+
+// onCPU runs fn on a thread bound to cpu, then discards the thread.
+func onCPU(t testing.TB, cpu int, fn func()) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		if err := bindThread(cpu); err != nil {
+			done <- err
+			return
+		}
+		fn()
+		done <- nil
+	}()
+	if err := <-done; err != nil {
+		t.Fatalf("binding to CPU %d: %v", cpu, err)
+	}
+}
+
+// wantCPUs fails the test when VMTEST_CPUS asks for more CPUs than the VM
+// has (run.sh boots the two-CPU run with -smp 2), and returns the count.
+func wantCPUs(t testing.TB) int {
+	t.Helper()
+	n := runtime.NumCPU()
+	if w := os.Getenv("VMTEST_CPUS"); w != "" && w != strconv.Itoa(n) {
+		t.Fatalf("VMTEST_CPUS=%s but the VM has %d CPUs", w, n)
+	}
+	return n
+}
+
 func loadPinnedMap(p string) (*ebpf.Map, error) { return ebpf.LoadPinnedMap(p, nil) }
 
 func mustLink(t testing.TB, ifindex int) netlink.Link {
@@ -326,4 +377,14 @@ func parentOf(h hookCase) uint32 {
 		return netlink.HANDLE_MIN_EGRESS
 	}
 	return netlink.HANDLE_MIN_INGRESS
+}
+
+// setChain replaces a chain's members with ms in one revision; no members
+// detach the dispatcher and remove its pins.
+func setChain(c *dispatcher.Chain, ms ...dispatcher.Member) error {
+	var keys []string
+	for _, m := range c.Members() {
+		keys = append(keys, m.Key)
+	}
+	return c.Update(ms, keys)
 }

@@ -8,6 +8,9 @@
 # The Debian mirror is the one the machine's apt already uses for bookworm
 # (override with DEBIAN_MIRROR=URI).
 #
+# Also Debian bookworm's xdp-tools (libxdp's xdp-loader) with its libraries,
+# unpacked under test/vm/.cache/xdp-tools/root for the libxdp interop test.
+#
 # Usage: test/vm/kernels.sh [6.1|6.12 ...]   (default: both)
 # Prints nothing but progress; each kernel ends up at
 #   test/vm/.cache/kernels/<name>/{vmlinuz,config,modules/<release>/...}
@@ -39,17 +42,10 @@ if [[ -z $mirror ]]; then
 fi
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 
-for name in "${names[@]}"; do
-	suite=$(suite_of "$name")
-	dest="$cache/kernels/$name"
-	if [[ -f $dest/.complete ]]; then
-		continue
-	fi
-	if [[ -z $mirror ]]; then
-		echo "vm: cannot tell which Debian mirror to use: set DEBIAN_MIRROR" >&2
-		exit 1
-	fi
-	echo "vm: downloading the $suite cloud kernel ($name)" >&2
+# apt_setup SUITE: a private apt configuration for SUITE under the cache,
+# its lists fetched; sets the array opts.
+apt_setup() {
+	local suite=$1
 	apt="$cache/apt/$suite"
 	rm -rf "$apt"
 	mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/parts" "$apt/prefs" "$apt/debs"
@@ -68,6 +64,20 @@ SRC
 		-o "APT::Default-Release=$suite"
 	)
 	apt-get "${opts[@]}" -qq update
+}
+
+for name in "${names[@]}"; do
+	suite=$(suite_of "$name")
+	dest="$cache/kernels/$name"
+	if [[ -f $dest/.complete ]]; then
+		continue
+	fi
+	if [[ -z $mirror ]]; then
+		echo "vm: cannot tell which Debian mirror to use: set DEBIAN_MIRROR" >&2
+		exit 1
+	fi
+	echo "vm: downloading the $suite cloud kernel ($name)" >&2
+	apt_setup "$suite"
 	# The cloud metapackage depends on the versioned image package.
 	meta=$(apt-cache "${opts[@]}" madison linux-image-cloud-amd64 | awk -v s="$suite/main" '$0 ~ s {print $3; exit}')
 	[[ -n $meta ]] || { echo "vm: no linux-image-cloud-amd64 in $suite" >&2; exit 1; }
@@ -87,3 +97,26 @@ SRC
 	echo "$pkg $rel" >"$dest/.complete"
 	echo "vm: $name is $pkg ($rel)" >&2
 done
+
+# Debian's xdp-tools (libxdp, xdp-loader) with the libraries they need,
+# unpacked into a root filesystem tree that vmexec -rootfs merges into the
+# VM's: the interop test runs libxdp's own tools against bpfmount's chains.
+xdp="$cache/xdp-tools"
+if [[ ! -f $xdp/.complete ]]; then
+	if [[ -z $mirror ]]; then
+		echo "vm: cannot tell which Debian mirror to use: set DEBIAN_MIRROR" >&2
+		exit 1
+	fi
+	echo "vm: downloading Debian bookworm's xdp-tools" >&2
+	apt_setup bookworm
+	(cd "$apt/debs" && apt-get "${opts[@]}" -qq download xdp-tools libxdp1 libbpf1 libelf1 zlib1g libc6)
+	rm -rf "$xdp"
+	mkdir -p "$xdp/root"
+	for deb in "$apt/debs"/*.deb; do
+		dpkg -x "$deb" "$xdp/root"
+	done
+	ver=$(dpkg-deb -f "$apt"/debs/xdp-tools_*.deb Version)
+	rm -rf "$xdp/root/usr/share" "$apt/debs"
+	echo "xdp-tools $ver" >"$xdp/.complete"
+	echo "vm: xdp-tools unpacked in $xdp/root" >&2
+fi

@@ -5,10 +5,18 @@
 #
 #   test/vm/run.sh [test|bench] [6.1|6.12 ...]
 #
-# test (the default) runs every VM test; bench runs the dispatcher cost
-# measurement (TestDispatcherCost) and prints its table. GOTESTFLAGS adds
-# go test flags (e.g. GOTESTFLAGS=-v, or -run); VMEXEC_TIMEOUT bounds one
-# VM (default 3m); VMTEST_BENCH_REPEAT sets the benchmark's repeat count.
+# test (the default) runs every VM test (test/vm), then the driver's own
+# suites (test/integration, test/crash) in the VM, where XDP and tc volumes
+# chain through the dispatchers: all of them on 6.12, the ones that touch
+# xdp and tc on 6.1 (it has no tcx). bench runs the dispatcher cost
+# measurement (TestDispatcherCost) and prints its table.
+#
+# GOTESTFLAGS adds go test flags (e.g. GOTESTFLAGS=-v, or -run);
+# VMTEST_PACKAGES replaces the packages (e.g. ./test/integration);
+# VMEXEC_TIMEOUT bounds one VM (default 3m for test/vm, 20m for a suite);
+# BPFMOUNT_TEST_STRESS_CALLS sizes the stress test (default 40 calls per
+# goroutine under emulation); VMTEST_BENCH_REPEAT sets the benchmark's
+# repeat count.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export GOTOOLCHAIN=local
@@ -18,7 +26,7 @@ kernels=("$@")
 ((${#kernels[@]})) || kernels=(6.1 6.12)
 
 test/vm/kernels.sh "${kernels[@]}"
-mkdir -p bin
+mkdir -p bin/vm
 CGO_ENABLED=0 go build -trimpath -o bin/vmexec ./test/vm/cmd/vmexec
 
 flags=(-count=1)
@@ -36,12 +44,57 @@ esac
 # shellcheck disable=SC2206
 flags+=(${GOTESTFLAGS:-})
 
+# The driver's suites find the daemon binaries (plain and with failpoints)
+# in BPFMOUNT_TEST_BINDIR instead of building them, and the repository's
+# objects at their host paths: vmexec copies all of them into the VM.
+suite_files() {
+	CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o bin/vm/bpfmount ./cmd/bpfmount
+	CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -tags failpoints -o bin/vm/bpfmount-failpoints ./cmd/bpfmount
+	local f files=()
+	for f in bin/vm/bpfmount bin/vm/bpfmount-failpoints \
+		deploy/examples/xdp-counter/bpf/xdpcounter_bpfel.o \
+		test/programs/tcxorder_bpfel.o test/programs/xdpseq_bpfel.o; do
+		files+=("$PWD/$f")
+	done
+	(IFS=,; echo "${files[*]}")
+}
+# On 6.1 (no tcx) the suites' tests that touch xdp and tc.
+suite_run_61='^(TestXDP|TestSecondXDP|TestIdentical|TestReadOnly|TestRestartKeeps|TestPublishIsIdempotent|TestInterfaceRemoval|TestUnpublishAfter|TestCrashDuring|TestTrafficContinues|TestSIGTERM)'
+
 status=0
+suites=0
+files=
+# Debian's xdp-tools, merged into the VMs of test/vm for the libxdp tests.
+rootfs="${VMEXEC_CACHE:-$PWD/test/vm/.cache}/xdp-tools/root"
+if [[ $mode == test ]]; then
+	export VMTEST_LIBXDP=1
+	files=$(suite_files)
+	export BPFMOUNT_TEST_BINDIR=$PWD/bin/vm
+	export BPFMOUNT_TEST_STRESS_CALLS=${BPFMOUNT_TEST_STRESS_CALLS:-40}
+	suites=1
+fi
+run() { # kernel, vmexec flags, go test args...
+	local k=$1 vmflags=$2
+	shift 2
+	# The test binary runs as the VM's only program: it must be static.
+	CGO_ENABLED=0 go test "$@" -exec "$PWD/bin/vmexec -kernel $k $vmflags" || status=1
+}
 for k in "${kernels[@]}"; do
 	echo "== VM tests on Linux $k"
 	start=$SECONDS
-	# The test binary runs as the VM's only program: it must be static.
-	CGO_ENABLED=0 go test "${flags[@]}" -exec "$PWD/bin/vmexec -kernel $k" ./test/vm/ || status=1
+	if [[ -n ${VMTEST_PACKAGES:-} ]]; then
+		# shellcheck disable=SC2086
+		VMEXEC_TIMEOUT=${VMEXEC_TIMEOUT:-20m} run "$k" "-files=$files" -timeout 30m "${flags[@]}" $VMTEST_PACKAGES
+	else
+		run "$k" "-rootfs=$rootfs" "${flags[@]}" ./test/vm/
+		if ((suites)); then
+			# Frames on one vCPU meet swaps on the other.
+			VMTEST_CPUS=2 run "$k" "-smp 2" "${flags[@]}" -run '^TestRemoveMiddleUnderTraffic$' ./test/vm/
+			sel=()
+			[[ $k == 6.1 ]] && sel=(-run "$suite_run_61")
+			VMEXEC_TIMEOUT=${VMEXEC_TIMEOUT:-20m} run "$k" "-files=$files" -p 1 -timeout 30m "${sel[@]}" "${flags[@]}" ./test/integration/ ./test/crash/
+		fi
+	fi
 	echo "== Linux $k: $((SECONDS - start))s"
 done
 exit $status

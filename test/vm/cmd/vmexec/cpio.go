@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 )
@@ -23,8 +25,9 @@ type cpioEntry struct {
 }
 
 const (
-	modeDir  = 0o040000
-	modeFile = 0o100000
+	modeDir     = 0o040000
+	modeFile    = 0o100000
+	modeSymlink = 0o120000 // includes modeFile's bit: written like a file
 )
 
 func newInitramfs() *initramfs {
@@ -52,6 +55,46 @@ func (r *initramfs) File(p, src string, perm uint32) {
 	p = strings.TrimPrefix(p, "/")
 	r.addDirs(p)
 	r.entries[p] = cpioEntry{mode: modeFile | perm, src: src}
+}
+
+// Symlink adds a symbolic link p pointing at target.
+func (r *initramfs) Symlink(p, target string) {
+	p = strings.TrimPrefix(p, "/")
+	r.addDirs(p)
+	// newc stores a link's target as its contents.
+	r.entries[p] = cpioEntry{mode: modeSymlink | 0o777, data: []byte(target)}
+}
+
+// Tree adds the directories, regular files and symbolic links below src,
+// at the same paths below / (a root filesystem to merge into the VM's).
+func (r *initramfs) Tree(src string) error {
+	return filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil || rel == "." {
+			return err
+		}
+		dst := "/" + filepath.ToSlash(rel)
+		switch {
+		case d.IsDir():
+			r.Dir(dst)
+		case d.Type()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			r.Symlink(dst, target)
+		case d.Type().IsRegular():
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			r.File(dst, p, uint32(info.Mode().Perm()))
+		}
+		return nil
+	})
 }
 
 // Bytes adds a file with the given contents.

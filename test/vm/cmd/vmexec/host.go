@@ -26,6 +26,10 @@ type hostOptions struct {
 	memory  string
 	retries int
 	qemu    string
+	smp     int
+	mttcg   bool
+	files   string
+	rootfs  string
 	cmdline string
 	keep    bool
 	verbose bool
@@ -52,6 +56,10 @@ func hostMain(argv []string) (int, error) {
 	fl.StringVar(&o.memory, "memory", "1G", "guest memory")
 	fl.IntVar(&o.retries, "retries", 1, "boot again this many times when the VM dies before the test binary starts")
 	fl.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "qemu binary")
+	fl.IntVar(&o.smp, "smp", 1, "virtual CPUs")
+	fl.BoolVar(&o.mttcg, "mttcg", false, "with -smp, one host thread per vCPU (qemu 7.2 runs cross-modified code wrongly then)")
+	fl.StringVar(&o.rootfs, "rootfs", os.Getenv("VMEXEC_ROOTFS"), "a directory tree merged into the VM's root filesystem (e.g. unpacked Debian packages)")
+	fl.StringVar(&o.files, "files", os.Getenv("VMEXEC_FILES"), "host files to copy into the VM at the same absolute path, comma-separated")
 	fl.BoolVar(&o.verbose, "v", false, "print the qemu command line and timings")
 	fl.StringVar(&o.cmdline, "append", "", "more kernel command line")
 	fl.BoolVar(&o.keep, "keep", false, "keep the work directory (initramfs, console and output logs)")
@@ -99,7 +107,21 @@ func hostMain(argv []string) (int, error) {
 		defer os.RemoveAll(work)
 	}
 	initrd := filepath.Join(work, "initramfs.cpio")
-	if err := buildInitramfs(initrd, bin, args, mods, o.kernel); err != nil {
+	var files []string
+	for _, f := range strings.Split(o.files, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		abs, err := filepath.Abs(f)
+		if err != nil {
+			return 2, err
+		}
+		if st, err := os.Stat(abs); err != nil || !st.Mode().IsRegular() {
+			return 2, fmt.Errorf("-files: %s is not a regular file", abs)
+		}
+		files = append(files, abs)
+	}
+	if err := buildInitramfs(initrd, bin, args, mods, files, o.rootfs, o.kernel); err != nil {
 		return 2, fmt.Errorf("building the initramfs: %w", err)
 	}
 
@@ -150,7 +172,7 @@ func checkStatic(bin string) error {
 	return nil
 }
 
-func buildInitramfs(out, bin string, args, mods []string, kernel string) error {
+func buildInitramfs(out, bin string, args, mods, files []string, rootfs, kernel string) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
@@ -159,12 +181,19 @@ func buildInitramfs(out, bin string, args, mods []string, kernel string) error {
 		return fmt.Errorf("vmexec itself must be static to run as /init: %w", err)
 	}
 	r := newInitramfs()
+	if rootfs != "" {
+		if err := r.Tree(rootfs); err != nil {
+			return fmt.Errorf("-rootfs: %w", err)
+		}
+	}
 	r.File("init", self, 0o755)
 	const pkg = "/pkg"
 	testBin := pkg + "/" + filepath.Base(bin)
 	r.File(testBin, bin, 0o755)
 	r.Dir(pkg)
-	r.Dir("/bin")
+	if _, ok := r.entries["bin"]; !ok {
+		r.Dir("/bin")
+	}
 	// The package's testdata, for tests that read it relative to their
 	// working directory.
 	if wd, err := os.Getwd(); err == nil {
@@ -182,6 +211,16 @@ func buildInitramfs(out, bin string, args, mods []string, kernel string) error {
 			}
 			return nil
 		})
+	}
+	// Files the tests find by their host path (objects of the repository,
+	// prebuilt binaries): the same path in the guest. Executables keep
+	// their execute bit.
+	for _, f := range files {
+		perm := uint32(0o644)
+		if st, err := os.Stat(f); err == nil && st.Mode()&0o111 != 0 {
+			perm = 0o755
+		}
+		r.File(f, f, perm)
 	}
 	cfg := guestConfig{
 		Binary: testBin,
@@ -214,12 +253,13 @@ func buildInitramfs(out, bin string, args, mods []string, kernel string) error {
 }
 
 // passEnv returns the host environment the tests see in the guest: the
-// variables starting with VMTEST_ (test knobs) and GOTRACEBACK.
+// variables starting with VMTEST_ or BPFMOUNT_TEST_ (test knobs) and
+// GOTRACEBACK.
 func passEnv() map[string]string {
 	out := map[string]string{}
 	for _, kv := range os.Environ() {
 		k, v, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "VMTEST_") || k == "GOTRACEBACK" {
+		if strings.HasPrefix(k, "VMTEST_") || strings.HasPrefix(k, "BPFMOUNT_TEST_") || k == "GOTRACEBACK" {
 			out[k] = v
 		}
 	}
@@ -233,11 +273,21 @@ func boot(o hostOptions, vmlinuz, initrd, work string) (int, bool, error) {
 	output := filepath.Join(work, "output.log")
 	os.Remove(console)
 	os.Remove(output)
+	// With several vCPUs, one host thread runs them in turn: qemu 7.2's
+	// multi-threaded TCG executes stale code on one vCPU while the kernel
+	// rewrites it from another (6.12 oopses in bpf_dispatcher_xdp_func,
+	// which every XDP attach rewrites). The guest still has the CPUs, and
+	// its threads still interleave at any instruction boundary.
+	accel := "tcg"
+	if o.smp > 1 && !o.mttcg {
+		accel = "tcg,thread=single"
+	}
 	args := []string{
-		"-accel", "tcg",
-		// qemu 7.2's TCG double-faults now and then on 6.12 with cmpxchg16b
-		// and with two vCPUs: neither, and boots are clean.
-		"-cpu", "max,-cx16", "-smp", "1", "-m", o.memory,
+		"-accel", accel,
+		// qemu 7.2's TCG double-faults now and then on 6.12 with
+		// cmpxchg16b: without it boots are clean. One vCPU unless a test
+		// needs two (-smp): frames on one CPU meeting a swap on the other.
+		"-cpu", "max,-cx16", "-smp", strconv.Itoa(max(o.smp, 1)), "-m", o.memory,
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-kernel", vmlinuz, "-initrd", initrd,
 		"-append", strings.TrimSpace("console=ttyS0 rdinit=/init panic=-1 oops=panic mitigations=off quiet " + o.cmdline),

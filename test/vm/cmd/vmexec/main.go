@@ -26,10 +26,15 @@
 //	-memory SIZE     guest memory (default 1G)
 //	-retries N       boot again when the VM dies before the test binary starts (default 1)
 //	-qemu PATH       qemu binary (default qemu-system-x86_64)
+//	-smp N           virtual CPUs (default 1), run in turn by one host thread
+//	-mttcg           with -smp, one host thread per vCPU instead
+//	-files LIST      host files copied into the VM at the same absolute path, comma-separated [VMEXEC_FILES]
+//	-rootfs DIR      a directory tree merged into the VM's root filesystem [VMEXEC_ROOTFS]
 //	-v               print the qemu command line and timings to stderr
 //
 // The guest sees VMEXEC_KERNEL=<name> in its environment; tests use it to
-// know they are inside a VM.
+// know they are inside a VM. Host variables named VMTEST_* or
+// BPFMOUNT_TEST_* pass through to the tests.
 package main
 
 import (

@@ -1,0 +1,158 @@
+package dispatcher
+
+// Batching: concurrent changes to one chain are gathered and applied in as
+// few revisions as possible, each caller getting its own change's outcome.
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/bpfmount/bpfmount/internal/fault"
+)
+
+// Update removes the members with the given keys and adds (or replaces, by
+// key) the given members, in one new revision in which they run in Compare
+// order. It returns once that revision is live; the old one is torn down
+// in the background after an RCU grace period. Removing every member
+// detaches the dispatcher and removes the chain's pins; removing an absent
+// key is not an error, and a change that leaves the member set as it is
+// builds nothing. On error the live revision is untouched; more than Slots
+// members is a fault.Exhausted error wrapping an *ExhaustedError.
+//
+// Changes that arrive while a revision is being built are gathered and
+// applied together in one revision, so N concurrent updates build far
+// fewer than N revisions. Each
+// caller gets its own change's outcome: a change that would overflow the
+// slots fails with fault.Exhausted while the others go in, and when a
+// combined build fails, the changes are retried one by one so that each
+// error lands on the change that caused it.
+func (c *Chain) Update(add []Member, remove []string) error {
+	ch := &change{add: add, remove: remove, done: make(chan error, 1)}
+	c.qmu.Lock()
+	c.queue = append(c.queue, ch)
+	c.qmu.Unlock()
+
+	c.mu.Lock()
+	c.qmu.Lock()
+	batch := c.queue
+	c.queue = nil
+	c.qmu.Unlock()
+	if len(batch) > 0 {
+		c.applyBatch(batch)
+	}
+	c.mu.Unlock()
+	return <-ch.done
+}
+
+type change struct {
+	add    []Member
+	remove []string
+	done   chan error
+}
+
+func (c *Chain) applyBatch(batch []*change) {
+	cur := c.members()
+	set := cur
+	var accepted []*change
+	for _, ch := range batch {
+		next, changed := merge(set, ch.add, ch.remove)
+		if !changed {
+			ch.done <- nil
+			continue
+		}
+		if err := c.check(next); err != nil {
+			ch.done <- err
+			continue
+		}
+		set = next
+		accepted = append(accepted, ch)
+	}
+	if len(accepted) == 0 {
+		return
+	}
+	err := c.set(set)
+	if err == nil || len(accepted) == 1 {
+		for _, ch := range accepted {
+			ch.done <- err
+		}
+		return
+	}
+	for _, ch := range accepted {
+		next, changed := merge(c.members(), ch.add, ch.remove)
+		if !changed {
+			ch.done <- nil
+			continue
+		}
+		ch.done <- c.set(next)
+	}
+}
+
+// merge returns cur less remove plus add (replacing by key), and whether
+// that differs from cur.
+func merge(cur, add []Member, remove []string) ([]Member, bool) {
+	changed := len(add) > 0
+	out := make([]Member, 0, len(cur)+len(add))
+	for _, m := range cur {
+		if slices.Contains(remove, m.Key) {
+			changed = true
+			continue
+		}
+		if slices.ContainsFunc(add, func(a Member) bool { return a.Key == m.Key }) {
+			continue
+		}
+		out = append(out, m)
+	}
+	return append(out, add...), changed
+}
+
+// check validates a member set before anything is built.
+func (c *Chain) check(members []Member) error {
+	if len(members) > Slots {
+		e := &ExhaustedError{Target: c.target}
+		live := map[string]bool{}
+		for _, m := range c.members() {
+			e.Holders = append(e.Holders, m.Key)
+			live[m.Key] = true
+		}
+		sorted := slices.Clone(members)
+		slices.SortFunc(sorted, Compare)
+		for _, m := range sorted {
+			switch {
+			case live[m.Key]:
+			case len(live) == 0 && len(e.Holders) < Slots:
+				e.Holders = append(e.Holders, m.Key)
+			default:
+				e.Refused = append(e.Refused, m.Key)
+			}
+		}
+		return fault.Errorf(fault.Exhausted, "%w", e)
+	}
+	seen := map[string]bool{}
+	for _, m := range members {
+		if !keyPattern.MatchString(m.Key) {
+			return fmt.Errorf("dispatcher: member key %q is not 1-64 letters, digits or '-'", m.Key)
+		}
+		if !namePattern.MatchString(m.Name) {
+			return fmt.Errorf("dispatcher: member name %q is not a program name", m.Name)
+		}
+		if seen[m.Key] {
+			return fmt.Errorf("dispatcher: member key %q appears twice", m.Key)
+		}
+		seen[m.Key] = true
+		if m.Program == nil {
+			return fmt.Errorf("dispatcher: member %q has no program", m.Key)
+		}
+		if m.Program.Type() != ebpf.Extension {
+			return fmt.Errorf("dispatcher: member %q is a %s program, not an extension (load it with LoadMember)", m.Key, m.Program.Type())
+		}
+		if m.Priority < 0 {
+			return fmt.Errorf("dispatcher: member %q has a negative priority", m.Key)
+		}
+		if c.target.Hook == TC && m.Frags {
+			return fmt.Errorf("dispatcher: member %q claims XDP frags support on a tc hook", m.Key)
+		}
+	}
+	return nil
+}

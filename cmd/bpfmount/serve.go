@@ -39,6 +39,7 @@ type serveOptions struct {
 	nodeID     string
 	stateDir   string
 	bpffsRoot  string
+	libxdpDir  string
 	imageCache string
 	mountBPFFS bool
 	policyPath string
@@ -83,6 +84,7 @@ for them to roll back, and exits. Attached programs stay attached.`,
 	f.StringVar(&o.nodeID, "node-id", "", "node name (default: $KUBE_NODE_NAME, then the host name)")
 	f.StringVar(&o.stateDir, "state-dir", defaultStateDir, "directory for volume records and staging mounts (tmpfs on real nodes)")
 	f.StringVar(&o.bpffsRoot, "bpffs-root", defaultBPFFSRoot, "directory on a bpffs for the driver's pins")
+	f.StringVar(&o.libxdpDir, "libxdp-dir", "", "libxdp's pin directory (e.g. /sys/fs/bpf/xdp); when set, XDP dispatchers are also pinned there in libxdp's layout, under libxdp's lock, so that `xdp-loader status` lists bpfmount's programs")
 	f.StringVar(&o.imageCache, "image-cache", defaultImageCache, "directory of the bytecode image cache")
 	f.StringVar(&o.policyPath, "policy", "", "node policy file (YAML; reloaded on change). Without one, pods may not load programs and the local CLI may")
 	f.DurationVar(&o.policyPoll, "policy-reload-interval", 5*time.Second, "how often to check the policy file for changes")
@@ -151,7 +153,7 @@ func (o *serveOptions) run(ctx context.Context) error {
 		return err
 	}
 	defer reg.Close()
-	ld, err := loader.New(loader.Options{Root: o.bpffsRoot, Fetcher: reg, NodeName: o.nodeID})
+	ld, err := loader.New(loader.Options{Root: o.bpffsRoot, Fetcher: reg, NodeName: o.nodeID, LibxdpDir: o.libxdpDir})
 	if err != nil {
 		return err
 	}

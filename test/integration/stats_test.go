@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"net"
 	"net/http/httptest"
 	"path/filepath"
 	"strconv"
@@ -11,8 +12,11 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/bpfmount/bpfmount/driver"
+	"github.com/bpfmount/bpfmount/driver/admin"
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/internal/testenv"
@@ -69,6 +73,30 @@ func one(t *testing.T, srv *httptest.Server, metric string, id uint32) map[strin
 		t.Fatalf("%d %s series for program %d, want 1: %v", len(s), metric, id, s)
 	}
 	return s[0]
+}
+
+// listVolumes asks d's admin service, as `bpfmount list` does.
+func listVolumes(t *testing.T, d *driver.Driver, dir string) []admin.Volume {
+	t.Helper()
+	sock := filepath.Join(dir, "admin.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	driver.RegisterAdmin(srv, d)
+	go srv.Serve(l)
+	defer srv.Stop()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	resp, err := admin.NewClient(conn).ListVolumes(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Volumes
 }
 
 // The run count and run time of a program rise as frames flow through it,
@@ -138,6 +166,20 @@ func TestProgramStatsRiseWithTraffic(t *testing.T) {
 		// This kernel reports what it charges each map.
 		if m["source"] != metrics.SourceKernel || value(t, m) <= 0 || m["namespaces"] != "local,other,web" {
 			t.Errorf("map memory series %v", m)
+		}
+	}
+
+	// bpfmount list reads the same from the kernel.
+	listed := listVolumes(t, d.Driver, dir)
+	if len(listed) != 3 {
+		t.Fatalf("list: %d volumes, want 3", len(listed))
+	}
+	for _, lv := range listed {
+		if lv.RunCount == nil || float64(*lv.RunCount) < second || lv.RunTimeNs == nil || *lv.RunTimeNs == 0 {
+			t.Errorf("list %s: run count %v, time %v; want at least %v runs", lv.VolumeID, lv.RunCount, lv.RunTimeNs, second)
+		}
+		if lv.MapBytes == nil || *lv.MapBytes == 0 || lv.MapBytesEstimated || lv.SharedBy != 3 || lv.Attached == nil || !*lv.Attached {
+			t.Errorf("list %s: %+v", lv.VolumeID, lv)
 		}
 	}
 

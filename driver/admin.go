@@ -11,6 +11,7 @@ import (
 
 	"github.com/bpfmount/bpfmount/driver/admin"
 	"github.com/bpfmount/bpfmount/driver/state"
+	"github.com/bpfmount/bpfmount/loader"
 )
 
 // Volumes returns the record of every volume the driver has published,
@@ -40,11 +41,37 @@ func (a adminServer) ListVolumes(context.Context, *admin.ListVolumesRequest) (*a
 		// fault, not the caller's.
 		return nil, status.Errorf(codes.Internal, "reading the volume records: %v (see the daemon's log)", err)
 	}
+	byKey := map[string]loader.Usage{}
+	for _, u := range a.d.usage() {
+		byKey[u.Key] = u
+	}
 	out := &admin.ListVolumesResponse{Volumes: make([]admin.Volume, 0, len(recs))}
 	for _, r := range recs {
-		out.Volumes = append(out.Volumes, adminVolume(r))
+		v := adminVolume(r)
+		if u, ok := byKey[r.Key]; ok && r.Broken == "" {
+			a.d.addUsage(&v, u)
+		}
+		out.Volumes = append(out.Volumes, v)
 	}
 	return out, nil
+}
+
+// addUsage adds to v what the loader holds for its program now.
+func (d *Driver) addUsage(v *admin.Volume, u loader.Usage) {
+	attached := u.Attached
+	v.Attached, v.SharedBy, v.Dispatched = &attached, len(u.Owners), u.Dispatched
+	if r := d.runStats(u); r != nil {
+		count, ns := r.Count, uint64(r.Time.Nanoseconds())
+		v.RunCount, v.RunTimeNs = &count, &ns
+	}
+	if len(u.Maps) > 0 {
+		var total uint64
+		for _, m := range u.Maps {
+			total += m.Bytes
+			v.MapBytesEstimated = v.MapBytesEstimated || m.Estimated
+		}
+		v.MapBytes = &total
+	}
 }
 
 func adminVolume(r *state.Record) admin.Volume {
@@ -54,7 +81,7 @@ func adminVolume(r *state.Record) admin.Volume {
 		Image: r.Image, Digest: r.Identity.Digest, Signed: r.Signed,
 		Program: r.Identity.Program, Hook: string(r.Identity.Hook), Direction: r.Identity.Direction,
 		Interface: r.Identity.Interface, Priority: r.Identity.Priority, XDPMode: r.Identity.XDPMode,
-		ProgramID: r.ProgramID, Maps: r.Maps, ReadOnly: r.ReadOnly,
+		ProgramID: r.ProgramID, Maps: r.Maps, ReadOnly: r.ReadOnly, Broken: r.Broken,
 	}
 	if v.Maps == nil {
 		v.Maps = []string{}

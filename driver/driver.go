@@ -41,6 +41,10 @@ type Options struct {
 	// TargetRoots are the directories publish targets must lie in (below
 	// them, no symlink is followed); empty means DefaultTargetRoots.
 	TargetRoots []string
+	// RunStats says the process holds the kernel's run-time statistics
+	// enabled (BPF_ENABLE_STATS): programs' run counts and times are then
+	// reported. Without it none are, not even zeros.
+	RunStats bool
 }
 
 // Driver serves the CSI Identity and Node services.
@@ -82,6 +86,7 @@ func New(opts Options) (*Driver, error) {
 		return nil, err
 	}
 	metrics.SetStateFunc(d.metricsState)
+	metrics.SetProgramsFunc(d.metricsPrograms)
 	return d, nil
 }
 

@@ -21,8 +21,9 @@ type countingStore struct {
 }
 
 type counted struct {
-	digest string
-	live   bool // not marked broken (its program was adopted or loaded)
+	digest    string
+	namespace string // the pod's; empty for a local volume
+	live      bool   // not marked broken (its program was adopted or loaded)
 }
 
 // newCountingStore wraps s, counting the records already on disk. Records
@@ -61,7 +62,7 @@ func (c *countingStore) Delete(volumeID string) error {
 
 // add and drop need c.mu held (or c not yet shared).
 func (c *countingStore) add(r *state.Record) {
-	v := counted{digest: r.Identity.Digest, live: r.Broken == ""}
+	v := counted{digest: r.Identity.Digest, namespace: r.Pod.Namespace, live: r.Broken == ""}
 	c.volumes[r.VolumeID] = v
 	c.digests[v.digest]++
 	if v.live {
@@ -101,4 +102,13 @@ func (c *countingStore) digestsInUse() map[string]bool {
 		out[d] = true
 	}
 	return out
+}
+
+// namespace returns the pod namespace of a recorded volume ("" for a local
+// one); ok is false when the volume has no record.
+func (c *countingStore) namespace(volumeID string) (ns string, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	v, ok := c.volumes[volumeID]
+	return v.namespace, ok
 }

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -296,8 +297,12 @@ func newListCmd() *cobra.Command {
 		Use:   "list",
 		Short: "List published volumes and their programs",
 		Long: `Ask the daemon for every volume it has published. -o wide adds the program
-ID, image, digest, maps and read-only; -o json prints every field the
-daemon returns.`,
+ID, image, digest, maps and read-only, and what the program costs now: how
+many times it ran and its average run time (from the kernel's run-time
+statistics, which the daemon keeps enabled unless --program-stats=false; a
+program shared by several volumes shows the same totals on each), and the
+memory of its maps ("~" when estimated from their sizes). "-" means not
+known. -o json prints every field the daemon returns.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "table" && output != "wide" && output != "json" {
@@ -335,7 +340,7 @@ func printVolumes(out io.Writer, format string, vols []admin.Volume) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	header := "VOLUME\tPOD\tPROGRAM\tHOOK\tINTERFACE\tPRIORITY\tTARGET"
 	if wide {
-		header += "\tPROGRAM ID\tIMAGE\tDIGEST\tMAPS\tREAD-ONLY"
+		header += "\tPROGRAM ID\tIMAGE\tDIGEST\tMAPS\tREAD-ONLY\tRUNS\tAVG RUN\tMAP MEMORY"
 	}
 	fmt.Fprintln(tw, header)
 	for _, v := range vols {
@@ -358,10 +363,51 @@ func printVolumes(out io.Writer, format string, vols []admin.Volume) error {
 				maps = "-"
 			}
 			fmt.Fprintf(tw, "\t%d\t%s\t%s\t%s\t%t", v.ProgramID, cell(v.Image), cell(digest), cell(maps), v.ReadOnly)
+			runs, avg := runColumns(v)
+			fmt.Fprintf(tw, "\t%s\t%s\t%s", runs, avg, memoryColumn(v))
 		}
 		fmt.Fprintln(tw)
 	}
 	return tw.Flush()
+}
+
+// runColumns are the run count and average run time of v's program, "-"
+// when the daemon does not know them.
+func runColumns(v admin.Volume) (runs, avg string) {
+	if v.RunCount == nil {
+		return "-", "-"
+	}
+	runs = strconv.FormatUint(*v.RunCount, 10)
+	if *v.RunCount == 0 || v.RunTimeNs == nil {
+		return runs, "-"
+	}
+	return runs, time.Duration(*v.RunTimeNs / *v.RunCount).String()
+}
+
+// memoryColumn is the memory of v's maps in binary units, "~" before an
+// estimate.
+func memoryColumn(v admin.Volume) string {
+	if v.MapBytes == nil {
+		return "-"
+	}
+	s := binaryBytes(*v.MapBytes)
+	if v.MapBytesEstimated {
+		s = "~" + s
+	}
+	return s
+}
+
+func binaryBytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return strconv.FormatUint(n, 10) + "B"
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTP"[exp])
 }
 
 // cell keeps a table cell on its line and in its column: names can come

@@ -255,6 +255,8 @@ func TestOldDaemonWithoutAdmin(t *testing.T) {
 	}
 }
 
+func ptr[T any](v T) *T { return &v }
+
 var testVolumes = []admin.Volume{
 	{
 		VolumeID: "csi-0a1b", Target: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/counter/mount",
@@ -262,10 +264,16 @@ var testVolumes = []admin.Volume{
 		Digest: "sha256:0123456789abcdef0123456789abcdef", Signed: true, Program: "xdp_count", Hook: "xdp",
 		Interface: "eth0", Priority: 50, XDPMode: "native", ProgramID: 42, Maps: []string{"stats", "cfg"},
 		ReadOnly: true, Created: "2026-11-26T09:00:00Z",
+		Attached: ptr(true), SharedBy: 2, RunCount: ptr(uint64(1000)), RunTimeNs: ptr(uint64(152000)), MapBytes: ptr(uint64(5 << 20)),
 	},
 	{
 		VolumeID: "local-1", Target: "/run/bpf/tc", Image: "oci:/srv/tc:v1", Digest: "sha256:ff",
 		Program: "tc_\tcount\n", Hook: "tcx", Direction: "ingress", Interface: "veth0", Priority: 0, ProgramID: 7,
+		Attached: ptr(false), RunCount: ptr(uint64(0)), RunTimeNs: ptr(uint64(0)), MapBytes: ptr(uint64(320)), MapBytesEstimated: true,
+	},
+	{
+		VolumeID: "z-broken", Target: "/run/bpf/old", Image: "oci:/srv/old:v1", Digest: "sha256:ee", Program: "old",
+		Hook: "xdp", Interface: "eth1", Broken: "its pins were gone at start",
 	},
 }
 
@@ -277,8 +285,8 @@ func TestListFormats(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
-	if len(lines) != 3 {
-		t.Fatalf("table has %d lines, want a header and 2 rows:\n%s", len(lines), out)
+	if len(lines) != 4 {
+		t.Fatalf("table has %d lines, want a header and 3 rows:\n%s", len(lines), out)
 	}
 	for _, w := range []string{"VOLUME", "POD", "PROGRAM", "HOOK", "INTERFACE", "PRIORITY", "TARGET"} {
 		if !strings.Contains(lines[0], w) {
@@ -301,7 +309,7 @@ func TestListFormats(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines = strings.Split(strings.TrimRight(out, "\n"), "\n")
-	for _, w := range []string{"PROGRAM ID", "IMAGE", "DIGEST", "MAPS", "READ-ONLY"} {
+	for _, w := range []string{"PROGRAM ID", "IMAGE", "DIGEST", "MAPS", "READ-ONLY", "RUNS", "AVG RUN", "MAP MEMORY"} {
 		if !strings.Contains(lines[0], w) {
 			t.Errorf("wide header %q lacks %s", lines[0], w)
 		}
@@ -309,6 +317,15 @@ func TestListFormats(t *testing.T) {
 	for _, w := range []string{" 42 ", "registry.example/bpf/counter:v1", "sha256:0123456789ab ", "stats,cfg", "true"} {
 		if !strings.Contains(lines[1]+" ", w) {
 			t.Errorf("wide row %q lacks %q", lines[1], w)
+		}
+	}
+	// Runs, the average run (152 µs / 1000 runs), map memory; a program
+	// that never ran has no average; an estimate says so; a broken
+	// volume's program is not loaded, so nothing is known.
+	for i, want := range [][]string{{"1000", "152ns", "5.0MiB"}, {"0", "-", "~320B"}, {"-", "-", "-"}} {
+		f := strings.Fields(lines[i+1])
+		if got := f[len(f)-3:]; !reflect.DeepEqual(got, want) {
+			t.Errorf("wide row %d ends %q, want %q", i+1, got, want)
 		}
 	}
 

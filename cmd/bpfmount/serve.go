@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -53,9 +55,10 @@ type serveOptions struct {
 	verifyKey     string
 	requireSigned bool
 
-	metricsAddr string
-	healthAddr  string
-	gcInterval  time.Duration
+	metricsAddr  string
+	healthAddr   string
+	programStats bool
+	gcInterval   time.Duration
 
 	shutdownGrace time.Duration
 
@@ -95,6 +98,7 @@ for them to roll back, and exits. Attached programs stay attached.`,
 	f.StringVar(&o.verifyKey, "verify-key", "", "PEM public key(s) that image signatures (cosign format) are verified with, offline")
 	f.BoolVar(&o.requireSigned, "require-signatures", false, "refuse every image without a signature that verifies with --verify-key: registry images must carry one, and local oci: layouts, which carry none, are refused")
 	f.StringVar(&o.metricsAddr, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics (empty: off)")
+	f.BoolVar(&o.programStats, "program-stats", true, "keep the kernel's run-time statistics of eBPF programs enabled while serving (BPF_ENABLE_STATS), so metrics and `list -o wide` report each program's run count and time; costs every eBPF program on the node two clock reads per run")
 	f.StringVar(&o.healthAddr, "health-address", "", "serve http://ADDR/healthz (empty: off)")
 	f.StringVar(&o.registrationSocket, "registration-socket", "", "serve kubelet's plugin registration API on this socket (in <kubeletRootDir>/plugins_registry/), so no registrar sidecar is needed")
 	f.StringVar(&o.kubeletPath, "kubelet-registration-path", "", "the CSI socket's path as kubelet sees it (e.g. /var/lib/kubelet/plugins/csi.bpfmount.io/csi.sock); required with --registration-socket")
@@ -173,7 +177,12 @@ func (o *serveOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d, err := driver.New(driver.Options{NodeID: o.nodeID, StateDir: o.stateDir, BPFFSRoot: o.bpffsRoot, Loader: ld, Policy: pol, Events: rec, TargetRoots: o.targetRoot})
+	runStats := o.enableRunStats()
+	if runStats != nil {
+		defer runStats.Close()
+	}
+	d, err := driver.New(driver.Options{NodeID: o.nodeID, StateDir: o.stateDir, BPFFSRoot: o.bpffsRoot, Loader: ld, Policy: pol, Events: rec, TargetRoots: o.targetRoot,
+		RunStats: runStats != nil})
 	if err != nil {
 		return err
 	}
@@ -217,6 +226,22 @@ func (o *serveOptions) run(ctx context.Context) error {
 	srv := driver.NewServer(d, serverOptions()...)
 	driver.RegisterAdmin(srv, d)
 	return serveUntil(ctx, srv, l, o.shutdownGrace, cancelWait)
+}
+
+// enableRunStats turns the kernel's run-time statistics of eBPF programs on
+// for as long as the returned descriptor stays open (the kernel keeps them
+// on while any holder has one). It returns nil when --program-stats is off
+// or the kernel refuses; then no run statistics are reported at all.
+func (o *serveOptions) enableRunStats() io.Closer {
+	if !o.programStats {
+		return nil
+	}
+	c, err := ebpf.EnableStats(unix.BPF_STATS_RUN_TIME)
+	if err != nil {
+		klog.InfoS("The kernel refused to enable eBPF run-time statistics (BPF_ENABLE_STATS needs Linux 5.8 and CAP_SYS_ADMIN): programs' run counts and times are not reported; map memory still is", "err", err)
+		return nil
+	}
+	return c
 }
 
 // ensureBPFFS makes sure root is a directory on a bpffs. Nodes usually have

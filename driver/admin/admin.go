@@ -53,6 +53,34 @@ type Volume struct {
 	ReadOnly     bool     `json:"readOnly"`
 	// Created is RFC 3339 (a string, so the message stays plain JSON).
 	Created string `json:"created,omitempty"`
+	// Broken says why the volume's program could not be re-adopted when
+	// the daemon started; its program is not loaded.
+	Broken string `json:"broken,omitempty"`
+
+	// What the daemon's loader holds for the volume's program now; absent
+	// when the program is not loaded (a broken volume, or a daemon that
+	// predates these fields).
+
+	// Attached is false when the program's interface went away.
+	Attached *bool `json:"attached,omitempty"`
+	// SharedBy is how many volumes share the program (1: this one only).
+	SharedBy int `json:"sharedBy,omitempty"`
+	// Dispatched is true when the program runs as a member of the
+	// interface's dispatcher: the kernel counts its runs in the
+	// dispatcher, so it has no run statistics of its own.
+	Dispatched bool `json:"dispatched,omitempty"`
+	// RunCount and RunTimeNs are the kernel's run-time statistics of the
+	// program (all volumes sharing it, since it was loaded, counted while
+	// statistics were enabled); absent when the daemon does not collect
+	// them (--program-stats=false, a kernel that refuses them, a
+	// dispatched program).
+	RunCount  *uint64 `json:"runCount,omitempty"`
+	RunTimeNs *uint64 `json:"runTimeNs,omitempty"`
+	// MapBytes is the memory of the program's maps; MapBytesEstimated is
+	// true when the kernel reported none for some map and its size was
+	// computed from key and value sizes and max entries.
+	MapBytes          *uint64 `json:"mapBytes,omitempty"`
+	MapBytesEstimated bool    `json:"mapBytesEstimated,omitempty"`
 }
 
 // Server is what the daemon implements.

@@ -133,7 +133,7 @@ func init() {
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		PublishDuration, UnpublishDuration, ImageFetches, PolicyDenials, InterfaceLost, RestoreErrors,
-		state,
+		state, programs,
 	)
 }
 

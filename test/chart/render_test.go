@@ -36,6 +36,7 @@ type scenario struct {
 	root          string // kubeletRootDir the paths must derive from
 	fullname      string
 	metrics       bool
+	noStats       bool // programStats: false
 	service       bool
 	podMonitor    bool
 	saCreate      bool
@@ -127,6 +128,7 @@ metrics:
       release: prometheus
 localBytecodeDir: ""
 priorityClassName: ""
+programStats: false
 extraArgs: ["--policy-reload-interval=10s"]
 resources:
   requests:
@@ -155,6 +157,7 @@ policy:
 		root:        "/var/lib/rancher/k3s/agent/kubelet",
 		fullname:    "ebpf-csi",
 		metrics:     true,
+		noStats:     true,
 		service:     true,
 		podMonitor:  true,
 		saCreate:    true,
@@ -453,6 +456,7 @@ func checkDaemonSet(t *testing.T, sc scenario, ds *appsv1.DaemonSet) {
 		"target-root":               sc.root + "/pods", // volumes only below kubelet's pods directory
 		"health-address":            ":" + strconv.Itoa(sc.healthPort),
 		"v":                         strconv.Itoa(sc.logLevel),
+		"program-stats":             strconv.FormatBool(!sc.noStats),
 	}
 	if sc.metrics {
 		want["metrics-address"] = ":" + strconv.Itoa(sc.metricsPort)

@@ -331,8 +331,6 @@ type Mount struct {
 	// SuperReadOnly is true when the filesystem instance itself is
 	// read-only (what stops root from opening a pin for writing).
 	SuperReadOnly bool
-	// Count is how many mounts are stacked there.
-	Count int
 }
 
 // Inspect reports what is mounted at dir, read from the kernel's mountinfo
@@ -351,7 +349,6 @@ func Inspect(dir string) (Mount, error) {
 			continue
 		}
 		m.Mounted = true
-		m.Count++
 		m.FSType = mi.FsType
 		m.Dev = fmt.Sprintf("%d:%d", mi.Major, mi.Minor)
 		m.ReadOnly = slices.Contains(mi.MountOptions, "ro")

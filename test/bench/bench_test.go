@@ -75,8 +75,8 @@ run. Timings never gate tests.
 `, time.Now().UTC().Format("2006-01-02 15:04 UTC"), kernelRelease(), cpu, runtime.NumCPU(), runtime.Version())
 
 	t.Run("publish", func(t *testing.T) { benchPublish(t, r) })
-	t.Run("burst", func(t *testing.T) { benchBurst(t, r) })
 	t.Run("daemon", func(t *testing.T) { benchDaemon(t, r) })
+	t.Run("cli", func(t *testing.T) { benchCLI(t, r) })
 	t.Run("images", func(t *testing.T) { benchImages(t, r) })
 
 	doc := header + "\n" + strings.Join(r.sections, "\n")

@@ -192,8 +192,9 @@ func benchPublish(t *testing.T, r *report) {
 		if level > 0 {
 			wall, lat := burst(t, d.Node, tcxImg, fill.Host, fillDir, level, burstPrograms[level])
 			bursts[level] = [2]any{wall, lat}
-			if got := len(testenv.MountsUnder(t, d.StateDir)); got < 2*level {
-				t.Fatalf("%d volumes published but %d mounts under the state directory", level, got)
+			staging, targets := len(testenv.MountsUnder(t, d.StateDir))-1, len(testenv.MountsUnder(t, fillDir)) // -1: the tmpfs
+			if staging != level || targets != level {
+				t.Fatalf("%d volumes published but %d staging and %d target mounts", level, staging, targets)
 			}
 		}
 		results[level] = b.run(t, fmt.Sprint("l", level), n)

@@ -165,6 +165,15 @@ func (l *Loader) Acquire(ctx context.Context, r *Resolved, owner string) (*Progr
 		return l.acquireChained(r, owner)
 	}
 	key := r.Identity.Key()
+	// Joining an existing attachment needs no interface lock: join and
+	// Release's last-owner check both run under l.mu, and Release takes
+	// the entry out of l.entries in that same critical section, so a join
+	// either lands before it (and keeps the program) or finds nothing.
+	// Without this, a burst of volumes sharing programs on one interface
+	// queues every join behind every load on that interface.
+	if p := l.join(key, owner); p != nil {
+		return p, nil
+	}
 	unlock := l.lockIface(r.Identity.Interface)
 	defer unlock()
 

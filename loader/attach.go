@@ -20,23 +20,27 @@ import (
 	"github.com/bpfmount/bpfmount/internal/fault"
 )
 
-// load loads the identity's program, attaches it and pins it. On error
-// everything it did is undone.
-func (l *Loader) load(id Identity, spec *ebpf.CollectionSpec) (_ *entry, err error) {
+// prepare loads the identity's program and maps into the kernel without
+// attaching or pinning anything, so it needs no interface lock: loads (the
+// verifier's work) of different programs for one interface run in
+// parallel, and only attach, which orders the programs, is serialized.
+func (l *Loader) prepare(id Identity, spec *ebpf.CollectionSpec) (*entry, *net.Interface, error) {
 	ifc, err := l.iface(id.Interface)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	// Refuse early what attach would refuse; attach checks again under
+	// the interface lock.
 	if err := l.checkHookFree(id); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cs, err := collectionFor(id, spec)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	coll, err := ebpf.NewCollection(cs)
 	if err != nil {
-		return nil, classifyLoadError(id, err)
+		return nil, nil, classifyLoadError(id, err)
 	}
 	failpoint.Hit("loader.loaded")
 	e := &entry{id: id, key: id.Key(), created: time.Now(), owners: map[string]struct{}{}, maps: map[string]*ebpf.Map{}}
@@ -51,14 +55,22 @@ func (l *Loader) load(id Identity, spec *ebpf.CollectionSpec) (_ *entry, err err
 		}
 	}
 	coll.Close()
+	return e, ifc, nil
+}
+
+// attach attaches a prepared entry and pins it. On error everything is
+// undone, e included. Caller holds the interface lock.
+func (l *Loader) attach(e *entry, ifc *net.Interface) (err error) {
 	defer func() {
 		if err != nil {
 			e.destroy()
 			l.removePins(e.key)
 		}
 	}()
-
-	switch id.Hook {
+	if err := l.checkHookFree(e.id); err != nil {
+		return err
+	}
+	switch e.id.Hook {
 	case HookXDP:
 		err = l.attachXDP(e, ifc)
 	case HookTCX:
@@ -66,26 +78,26 @@ func (l *Loader) load(id Identity, spec *ebpf.CollectionSpec) (_ *entry, err err
 	case HookTC:
 		err = fault.Errorf(fault.Precondition, "hook tc runs programs through the TC dispatcher, which needs freplace (BPF_PROG_TYPE_EXT), and this kernel rejects it; use type=tcx (Linux 6.6+)")
 	default:
-		err = fault.Errorf(fault.Invalid, "unknown hook %q", id.Hook)
+		err = fault.Errorf(fault.Invalid, "unknown hook %q", e.id.Hook)
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
 	// The program's ID from its link: one BPF_OBJ_GET_INFO_BY_FD, where
 	// Program.Info also reads /proc/self/fdinfo and copies the translated
 	// instructions out of the kernel (about half a millisecond a publish).
 	info, err := e.link.Info()
 	if err != nil {
-		return nil, fmt.Errorf("reading link info: %w", err)
+		return fmt.Errorf("reading link info: %w", err)
 	}
 	e.progID = info.Program
 	e.attached = true
 	failpoint.Hit("loader.attached")
 	if err := l.pin(e); err != nil {
-		return nil, err
+		return err
 	}
 	failpoint.Hit("loader.pinned")
-	return e, nil
+	return nil
 }
 
 // checkHookFree refuses a second XDP program on an interface while the

@@ -35,3 +35,26 @@ func TestJoinDoesNotWaitForInterfaceLock(t *testing.T) {
 		t.Fatal("Acquire of an existing attachment waited for the interface lock")
 	}
 }
+
+// A request for a new program does its load work (here: the interface
+// lookup, which fails) before it queues for the interface lock, so loads
+// for one interface do not wait for each other's attach.
+func TestLoadDoesNotWaitForInterfaceLock(t *testing.T) {
+	l := &Loader{entries: map[string]*entry{}, specs: map[string]*ebpf.CollectionSpec{}}
+	id := Identity{Digest: "sha256:00", Program: "prog", Hook: HookTCX, Interface: "bpfmnope0", Direction: Ingress, Priority: 10}
+	unlock := l.lockIface(id.Interface) // another program's attach in progress
+	defer unlock()
+	done := make(chan error, 1)
+	go func() {
+		_, err := l.Acquire(context.Background(), &Resolved{Identity: id}, "vol-1")
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Acquire on a missing interface succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Acquire of a new program waited for the interface lock before loading")
+	}
+}

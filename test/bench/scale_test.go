@@ -23,10 +23,21 @@ func tcxAttrs(img, ifname string, n int) map[string]string {
 		"priority": strconv.Itoa(10 + n), "globals": "order_id=01000000"}
 }
 
+// burstTarget is the i-th volume's target path. Each has a parent of its
+// own, created beforehand, as kubelet gives every pod its own directory
+// (500 concurrent mkdirs in one directory contend on its lock, which
+// kubelet never asks of a driver).
+func burstTarget(dir string, i int) string { return filepath.Join(dir, fmt.Sprint(i), "mount") }
+
 // burst publishes n volumes at once over `distinct` requests and returns
 // the wall time and each call's latency.
 func burst(t *testing.T, client csi.NodeClient, img, ifname, dir string, n, distinct int) (time.Duration, []time.Duration) {
 	t.Helper()
+	for i := 0; i < n; i++ {
+		if err := os.MkdirAll(filepath.Dir(burstTarget(dir, i)), 0o750); err != nil {
+			t.Fatal(err)
+		}
+	}
 	lat := make([]time.Duration, n)
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -36,7 +47,7 @@ func burst(t *testing.T, client csi.NodeClient, img, ifname, dir string, n, dist
 		go func(i int) {
 			defer wg.Done()
 			s := time.Now()
-			_, errs[i] = client.NodePublishVolume(context.Background(), publishReq(fmt.Sprint("vol-", i), filepath.Join(dir, fmt.Sprint(i)), tcxAttrs(img, ifname, i%distinct)))
+			_, errs[i] = client.NodePublishVolume(context.Background(), publishReq(fmt.Sprint("vol-", i), burstTarget(dir, i), tcxAttrs(img, ifname, i%distinct)))
 			lat[i] = time.Since(s)
 		}(i)
 	}
@@ -53,7 +64,7 @@ func burst(t *testing.T, client csi.NodeClient, img, ifname, dir string, n, dist
 func unpublishAll(t *testing.T, client csi.NodeClient, dir string, n int) {
 	t.Helper()
 	for i := 0; i < n; i++ {
-		if _, err := client.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: fmt.Sprint("vol-", i), TargetPath: filepath.Join(dir, fmt.Sprint(i))}); err != nil {
+		if _, err := client.NodeUnpublishVolume(context.Background(), &csi.NodeUnpublishVolumeRequest{VolumeId: fmt.Sprint("vol-", i), TargetPath: burstTarget(dir, i)}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -376,11 +376,8 @@ func (c *Chain) check(members []Member) error {
 	}
 	seen := map[string]bool{}
 	for _, m := range members {
-		if !keyPattern.MatchString(m.Key) {
-			return fmt.Errorf("dispatcher: member key %q is not 1-64 letters, digits or '-'", m.Key)
-		}
-		if !namePattern.MatchString(m.Name) {
-			return fmt.Errorf("dispatcher: member name %q is not a program name", m.Name)
+		if err := checkMember(m.Key, m.Name); err != nil {
+			return err
 		}
 		if seen[m.Key] {
 			return fmt.Errorf("dispatcher: member key %q appears twice", m.Key)

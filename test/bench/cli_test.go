@@ -12,6 +12,18 @@ import (
 	"github.com/bpfmount/bpfmount/internal/testenv"
 )
 
+// releaseBinary is the binary `make build` made (make bench passes it in
+// BPFMOUNT_BENCH_BIN), or one built here with the same flags.
+func releaseBinary(t *testing.T) string {
+	if bin := os.Getenv("BPFMOUNT_BENCH_BIN"); bin != "" {
+		if _, err := os.Stat(bin); err != nil {
+			t.Fatalf("BPFMOUNT_BENCH_BIN: %v", err)
+		}
+		return bin
+	}
+	return testenv.BuildDaemon(t, "")
+}
+
 // proc is one timed run of whole processes: wall time from the first
 // exec to the last exit, and the CPU time (user + system) they used.
 type proc struct{ wall, cpu time.Duration }
@@ -50,7 +62,7 @@ func (ps procs) pick(f func(proc) time.Duration) []time.Duration {
 // included, paired and interleaved.
 func benchCLI(t *testing.T, r *report) {
 	const pairs = 20
-	bin := testenv.BuildDaemon(t, "")
+	bin := releaseBinary(t)
 	p := testenv.NewProcDaemon(t, bin)
 	v := testenv.NewVeth(t)
 	obj := testenv.RepoPath(testenv.XDPCounterObject)
@@ -150,7 +162,7 @@ round running every side once in a rotated order (after one warm-up round):
 load the XDP counter object natively on a veth and take it off again. The
 bpfmount side asks the daemon, already running, to publish a volume (the
 image is an OCI layout; it also mounts the maps) and to unpublish it. The
-binary is built as `+"`make build`"+` builds it (%.1f MiB). Ratios are
+binary is the release build (%.1f MiB). Ratios are
 bpfmount's median over the tool's median. Goal: ≤ 1.0×.
 
 | command(s) | wall p50 | CPU p50 (user + system) | bpfmount wall ratio | CPU ratio |

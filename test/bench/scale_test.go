@@ -94,7 +94,7 @@ func procStat(t *testing.T, pid int) (rssKiB int, cpu time.Duration) {
 
 func benchDaemon(t *testing.T, r *report) {
 	const volumes = 500
-	bin := testenv.BuildDaemon(t, "")
+	bin := releaseBinary(t)
 	p := testenv.NewProcDaemon(t, bin)
 	v := testenv.NewVeth(t)
 	img := testenv.Layout(t, testenv.TCXOrderObject, "v1")
@@ -115,9 +115,8 @@ func benchDaemon(t *testing.T, r *report) {
 	unpublishAll(t, p.Node, dir, volumes)
 	testenv.AssertClean(t, p.StateDir, p.BPFFSRoot, v)
 	r.add("Daemon", fmt.Sprintf(`
-The daemon as a separate process (built as `+"`make build`"+` does: -trimpath,
--s -w, no cgo; `+"`bpfmount serve`"+`), %d tcx volumes over %d programs on one
-veth.
+The daemon as a separate process (the release build, `+"`bpfmount serve`"+`),
+%d tcx volumes over %d programs on one veth.
 
 | figure | value | goal |
 |---|---|---|

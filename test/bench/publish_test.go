@@ -297,6 +297,12 @@ volumes (50 programs) is a figure.
 |---|---|---|---|---|
 %s
 tcx needs no dispatcher (this kernel cannot run the XDP/TC dispatchers).
+Volumes of one program wait for its first request to load it and then
+share it; distinct programs load (the verifier's work) in parallel and
+attach one at a time, since tcx order on the interface follows priority.
+The profiles below (burst) show where the time goes: time blocked is mostly
+volumes waiting for their program's first load; CPU is mostly the kernel's
+mount, bpffs and state-file work per volume.
 
 Reproduce: `+"`sudo make bench`"+` (TestBenchmarkReport/publish).
 `, burstRows.String()))

@@ -43,7 +43,7 @@ func (l *Loader) prepare(id Identity, spec *ebpf.CollectionSpec) (*entry, *net.I
 		return nil, nil, classifyLoadError(id, err)
 	}
 	failpoint.Hit("loader.loaded")
-	e := &entry{id: id, key: id.Key(), created: time.Now(), owners: map[string]struct{}{}, maps: map[string]*ebpf.Map{}}
+	e := &entry{id: id, key: id.Key(), owners: map[string]struct{}{}, maps: map[string]*ebpf.Map{}}
 	e.prog = coll.Programs[id.Program]
 	delete(coll.Programs, id.Program)
 	for name, m := range coll.Maps {
@@ -70,6 +70,9 @@ func (l *Loader) attach(e *entry, ifc *net.Interface) (err error) {
 	if err := l.checkHookFree(e.id); err != nil {
 		return err
 	}
+	// Age orders ties on a hook: it counts from attach, in the order the
+	// interface lock grants, as a restart counts it from the pins.
+	e.created = time.Now()
 	switch e.id.Hook {
 	case HookXDP:
 		err = l.attachXDP(e, ifc)

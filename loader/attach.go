@@ -21,26 +21,30 @@ import (
 	"github.com/bpfmount/bpfmount/loader/internal/xdplink"
 )
 
-// load loads the identity's program, attaches it and pins it. On error
-// everything it did is undone.
-func (l *Loader) load(id Identity, spec *ebpf.CollectionSpec) (_ *entry, err error) {
+// prepare loads the identity's program and maps into the kernel without
+// attaching or pinning anything, so it needs no interface lock: loads (the
+// verifier's work) of different programs for one interface run in
+// parallel, and only attach, which orders the programs, is serialized.
+func (l *Loader) prepare(id Identity, spec *ebpf.CollectionSpec) (*entry, *net.Interface, error) {
 	ifc, err := l.iface(id.Interface)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	// Refuse early what attach would refuse; attach checks again under
+	// the interface lock.
 	if err := l.checkHookFree(id); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cs, err := collectionFor(id, spec)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	coll, err := ebpf.NewCollection(cs)
 	if err != nil {
-		return nil, classifyLoadError(id, err)
+		return nil, nil, classifyLoadError(id, err)
 	}
 	failpoint.Hit("loader.loaded")
-	e := &entry{id: id, key: id.Key(), created: time.Now(), owners: map[string]struct{}{}, maps: map[string]*ebpf.Map{}}
+	e := &entry{id: id, key: id.Key(), owners: map[string]struct{}{}, maps: map[string]*ebpf.Map{}}
 	e.prog = coll.Programs[id.Program]
 	delete(coll.Programs, id.Program)
 	for name, m := range coll.Maps {
@@ -52,19 +56,25 @@ func (l *Loader) load(id Identity, spec *ebpf.CollectionSpec) (_ *entry, err err
 		}
 	}
 	coll.Close()
+	return e, ifc, nil
+}
+
+// attach attaches a prepared entry and pins it. On error everything is
+// undone, e included. Caller holds the interface lock.
+func (l *Loader) attach(e *entry, ifc *net.Interface) (err error) {
 	defer func() {
 		if err != nil {
 			e.destroy()
 			l.removePins(e.key)
 		}
 	}()
-	info, err := e.prog.Info()
-	if err != nil {
-		return nil, fmt.Errorf("reading program info: %w", err)
+	if err := l.checkHookFree(e.id); err != nil {
+		return err
 	}
-	e.progID, _ = info.ID()
-
-	switch id.Hook {
+	// Age orders ties on a hook: it counts from attach, in the order the
+	// interface lock grants, as a restart counts it from the pins.
+	e.created = time.Now()
+	switch e.id.Hook {
 	case HookXDP:
 		err = l.attachXDP(e, ifc)
 	case HookTCX:
@@ -72,18 +82,26 @@ func (l *Loader) load(id Identity, spec *ebpf.CollectionSpec) (_ *entry, err err
 	case HookTC:
 		err = fault.Errorf(fault.Precondition, "hook tc runs programs through the TC dispatcher, which needs freplace (BPF_PROG_TYPE_EXT), and this kernel rejects it; use type=tcx (Linux 6.6+)")
 	default:
-		err = fault.Errorf(fault.Invalid, "unknown hook %q", id.Hook)
+		err = fault.Errorf(fault.Invalid, "unknown hook %q", e.id.Hook)
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
+	// The program's ID from its link: one BPF_OBJ_GET_INFO_BY_FD, where
+	// Program.Info also reads /proc/self/fdinfo and copies the translated
+	// instructions out of the kernel (about half a millisecond a publish).
+	info, err := e.link.Info()
+	if err != nil {
+		return fmt.Errorf("reading link info: %w", err)
+	}
+	e.progID = info.Program
 	e.attached = true
 	failpoint.Hit("loader.attached")
 	if err := l.pin(e); err != nil {
-		return nil, err
+		return err
 	}
 	failpoint.Hit("loader.pinned")
-	return e, nil
+	return nil
 }
 
 // checkHookFree refuses a second XDP program on an interface while the
@@ -230,15 +248,15 @@ func (l *Loader) openPins(id Identity, key string) (_ *entry, err error) {
 	if st, err := os.Stat(filepath.Join(dir, "program")); err == nil {
 		e.created = st.ModTime()
 	}
-	info, err := e.prog.Info()
-	if err != nil {
-		return nil, err
-	}
-	e.progID, _ = info.ID()
 	if err := l.openMaps(e, dir); err != nil {
 		return nil, err
 	}
 	if l.chained(id.Hook) {
+		info, err := e.prog.Info()
+		if err != nil {
+			return nil, err
+		}
+		e.progID, _ = info.ID()
 		return e, l.adoptChain(e)
 	}
 	if e.link, err = link.LoadPinnedLink(filepath.Join(dir, "link"), nil); err != nil {
@@ -247,17 +265,42 @@ func (l *Loader) openPins(id Identity, key string) (_ *entry, err error) {
 		}
 		return nil, fmt.Errorf("opening pinned link of %s: %w", describeIdentity(id), err)
 	}
-	e.attached = linkAttached(e.link)
+	// The link's info carries the program's ID too (see load).
+	info, err := e.link.Info()
+	if err != nil {
+		return nil, fmt.Errorf("reading the pinned link of %s: %w", describeIdentity(id), err)
+	}
+	e.progID = info.Program
+	e.attached = linkInfoAttached(info)
 	return e, nil
 }
 
 // iface looks up a host interface, as a NotFound fault naming the node.
+// It asks for that one interface (SIOCGIFINDEX): net.InterfaceByName dumps
+// every link of the node over netlink, a cost that grows with the pods on
+// the node. Only the index and name are filled in.
 func (l *Loader) iface(name string) (*net.Interface, error) {
-	ifc, err := net.InterfaceByName(name)
+	idx, err := ifindex(name)
 	if err != nil {
 		return nil, fault.Errorf(fault.NotFound, "interface %q not found on node %q", name, l.node)
 	}
-	return ifc, nil
+	return &net.Interface{Index: idx, Name: name}, nil
+}
+
+func ifindex(name string) (int, error) {
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return 0, err
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFINDEX, ifr); err != nil {
+		return 0, err
+	}
+	return int(ifr.Uint32()), nil
 }
 
 func (l *Loader) openMaps(e *entry, dir string) error {
@@ -281,6 +324,10 @@ func linkAttached(l link.Link) bool {
 	if err != nil {
 		return false
 	}
+	return linkInfoAttached(info)
+}
+
+func linkInfoAttached(info *link.Info) bool {
 	if x := info.XDP(); x != nil {
 		return x.Ifindex != 0
 	}

@@ -172,23 +172,40 @@ func (l *Loader) Acquire(ctx context.Context, r *Resolved, owner string) (*Progr
 		return l.acquireChained(r, owner)
 	}
 	key := r.Identity.Key()
-	unlock := l.lockIface(r.Identity.Interface)
-	defer unlock()
-	// The key's lock too: a Release of the same key that finds no entry
-	// removes its pin directory under this lock, never while pins are
-	// being made here. (Order: interface, then key.)
-	unlockKey := l.lockKey(key)
-	defer unlockKey()
-
+	// Joining an existing attachment needs no interface lock: join and
+	// Release's last-owner check both run under l.mu, and Release takes
+	// the entry out of l.entries in that same critical section, so a join
+	// either lands before it (and keeps the program) or finds nothing.
 	if p := l.join(key, owner); p != nil {
 		return p, nil
 	}
-
+	// Requests for one identity wait for each other here, so the first
+	// loads and the rest join; requests for other programs on the same
+	// interface load in parallel and queue only to attach. A Release of
+	// the same key that finds no entry removes its pin directory under
+	// this lock, never while pins are being made here. (Order: key, then
+	// interface; Release and Adopt take one of the two, never both.)
+	unlockKey := l.lockKey(key)
+	defer unlockKey()
+	if p := l.join(key, owner); p != nil {
+		return p, nil
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	e, err := l.load(r.Identity, r.spec)
+	e, ifc, err := l.prepare(r.Identity, r.spec)
 	if err != nil {
+		return nil, err
+	}
+	unlock := l.lockIface(r.Identity.Interface)
+	defer unlock()
+	// Adopt takes only the interface lock: it may have recorded this
+	// identity meanwhile.
+	if p := l.join(key, owner); p != nil {
+		e.closeFDs()
+		return p, nil
+	}
+	if err := l.attach(e, ifc); err != nil {
 		return nil, err
 	}
 	p := l.insert(key, owner, e)

@@ -40,6 +40,18 @@ func percentile(d []time.Duration, p float64) time.Duration {
 
 func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d.Microseconds())/1000) }
 
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], ", ")
+}
+
 func kernelRelease() string {
 	var u unix.Utsname
 	unix.Uname(&u)
@@ -72,14 +84,16 @@ run. Timings never gate tests.
 - Kernel: %s
 - CPU: %s × %d
 - Go: %s
-`, time.Now().UTC().Format("2006-01-02 15:04 UTC"), kernelRelease(), cpu, runtime.NumCPU(), runtime.Version())
+- Load average (1, 5, 15 min) at start: %s; at the end: @LOADEND@
+`, time.Now().UTC().Format("2006-01-02 15:04 UTC"), kernelRelease(), cpu, runtime.NumCPU(), runtime.Version(), loadavg())
 
 	t.Run("publish", func(t *testing.T) { benchPublish(t, r) })
-	t.Run("burst", func(t *testing.T) { benchBurst(t, r) })
 	t.Run("daemon", func(t *testing.T) { benchDaemon(t, r) })
+	t.Run("cli", func(t *testing.T) { benchCLI(t, r) })
 	t.Run("images", func(t *testing.T) { benchImages(t, r) })
 
-	doc := header + "\n" + strings.Join(r.sections, "\n")
+	// The load says how much other work shared the CPUs with this run.
+	doc := strings.Replace(header, "@LOADEND@", loadavg(), 1) + "\n" + strings.Join(r.sections, "\n")
 	if err := os.WriteFile(out, []byte(doc), 0o644); err != nil {
 		t.Fatal(err)
 	}

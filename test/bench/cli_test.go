@@ -1,0 +1,183 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/bpfmount/bpfmount/internal/testenv"
+)
+
+// releaseBinary is the binary `make build` made (make bench passes it in
+// BPFMOUNT_BENCH_BIN), or one built here with the same flags.
+func releaseBinary(t *testing.T) string {
+	if bin := os.Getenv("BPFMOUNT_BENCH_BIN"); bin != "" {
+		if _, err := os.Stat(bin); err != nil {
+			t.Fatalf("BPFMOUNT_BENCH_BIN: %v", err)
+		}
+		return bin
+	}
+	return testenv.BuildDaemon(t, "")
+}
+
+// proc is one timed run of whole processes: wall time from the first
+// exec to the last exit, and the CPU time (user + system) they used.
+type proc struct{ wall, cpu time.Duration }
+
+// runAll runs each command line in turn, failing the test on an error.
+func runAll(t *testing.T, lines ...[]string) proc {
+	t.Helper()
+	var p proc
+	start := time.Now()
+	for _, l := range lines {
+		cmd := exec.Command(l[0], l[1:]...)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(l, " "), err, out)
+		}
+		p.cpu += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	}
+	p.wall = time.Since(start)
+	return p
+}
+
+type procs []proc
+
+func (ps procs) wall() []time.Duration { return ps.pick(func(p proc) time.Duration { return p.wall }) }
+func (ps procs) cpu() []time.Duration  { return ps.pick(func(p proc) time.Duration { return p.cpu }) }
+func (ps procs) pick(f func(proc) time.Duration) []time.Duration {
+	out := make([]time.Duration, len(ps))
+	for i, p := range ps {
+		out[i] = f(p)
+	}
+	return out
+}
+
+// benchCLI compares the bpfmount command line with the C tools people use
+// to load an XDP program today, as whole processes, process start
+// included, paired and interleaved.
+func benchCLI(t *testing.T, r *report) {
+	const pairs = 20
+	bin := releaseBinary(t)
+	p := testenv.NewProcDaemon(t, bin)
+	v := testenv.NewVeth(t)
+	obj := testenv.RepoPath(testenv.XDPCounterObject)
+	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
+	dir := testenv.ShortTempDir(t)
+	pin := filepath.Join(testenv.BPFFS(t), "bpftool-prog")
+	p.Start(t)
+
+	type side struct {
+		name, missing string
+		run           func(i int) proc
+		got           procs
+	}
+	sides := []*side{{
+		name: "bpfmount publish + unpublish",
+		run: func(i int) proc {
+			target := filepath.Join(dir, fmt.Sprint("cli-", i))
+			return runAll(t,
+				[]string{bin, "publish", "--endpoint", p.Endpoint, "--target", target, "--attr", "image=" + img, "--attr", "interface=" + v.Host},
+				[]string{bin, "unpublish", "--endpoint", p.Endpoint, "--target", target})
+		},
+	}}
+	var skipped []string
+	if _, err := exec.LookPath("xdp-loader"); err == nil {
+		sides = append(sides, &side{
+			name: "xdp-loader load + unload",
+			run: func(int) proc {
+				return runAll(t, []string{"xdp-loader", "load", "-m", "native", v.Host, obj}, []string{"xdp-loader", "unload", "--all", v.Host})
+			},
+		})
+	} else {
+		skipped = append(skipped, "xdp-loader is not installed (Debian: `apt-get install -y xdp-tools`): its row is skipped.")
+	}
+	if _, err := exec.LookPath("bpftool"); err == nil {
+		sides = append(sides, &side{
+			name: "bpftool prog load + net attach xdpdrv + net detach",
+			run: func(int) proc {
+				pr := runAll(t, []string{"bpftool", "prog", "load", obj, pin},
+					[]string{"bpftool", "net", "attach", "xdpdrv", "pinned", pin, "dev", v.Host},
+					[]string{"bpftool", "net", "detach", "xdpdrv", "dev", v.Host})
+				start := time.Now()
+				if err := os.Remove(pin); err != nil {
+					t.Fatal(err)
+				}
+				pr.wall += time.Since(start)
+				return pr
+			},
+		})
+	} else {
+		skipped = append(skipped, "bpftool is not installed (Debian: `apt-get install -y bpftool`): its row is skipped.")
+	}
+	alone := []*side{
+		{name: "bpfmount version", run: func(int) proc { return runAll(t, []string{bin, "version"}) }},
+		{name: "true (process start floor)", run: func(int) proc { return runAll(t, []string{"true"}) }},
+	}
+
+	// One warm-up round (page cache, the daemon's image cache), then the
+	// pairs, each round in a rotated order so no side always goes first.
+	for i := -1; i < pairs; i++ {
+		for j := range sides {
+			s := sides[(max(i, 0)+j)%len(sides)]
+			pr := s.run(i + 1)
+			if i >= 0 {
+				s.got = append(s.got, pr)
+			}
+		}
+		for _, s := range alone {
+			if pr := s.run(i + 1); i >= 0 {
+				s.got = append(s.got, pr)
+			}
+		}
+	}
+	if id := testenv.XDPProgram(t, v.Host); id != 0 {
+		t.Fatalf("program %d still attached to %s", id, v.Host)
+	}
+	testenv.AssertClean(t, p.StateDir, p.BPFFSRoot, v)
+
+	ours := sides[0].got
+	var rows strings.Builder
+	fmt.Fprintf(&rows, "| %s | %s | %s | | |\n", sides[0].name, ms(percentile(ours.wall(), .5)), ms(percentile(ours.cpu(), .5)))
+	for _, s := range sides[1:] {
+		fmt.Fprintf(&rows, "| %s | %s | %s | **%.2f** | %.2f |\n", s.name, ms(percentile(s.got.wall(), .5)), ms(percentile(s.got.cpu(), .5)),
+			float64(percentile(ours.wall(), .5))/float64(percentile(s.got.wall(), .5)),
+			float64(percentile(ours.cpu(), .5))/float64(max(percentile(s.got.cpu(), .5), time.Microsecond)))
+	}
+	for _, s := range alone {
+		fmt.Fprintf(&rows, "| %s | %s | %s | | |\n", s.name, ms(percentile(s.got.wall(), .5)), ms(percentile(s.got.cpu(), .5)))
+	}
+	st, _ := os.Stat(bin)
+	note := ""
+	if len(skipped) > 0 {
+		note = "\n" + strings.Join(skipped, "\n") + "\n"
+	}
+	r.add("The command line against the C tools", fmt.Sprintf(`
+Whole processes, process start included on both sides, %d rounds, each
+round running every side once in a rotated order (after one warm-up round):
+load the XDP counter object natively on a veth and take it off again. The
+bpfmount side asks the daemon, already running, to publish a volume (the
+image is an OCI layout; it also mounts the maps) and to unpublish it. The
+binary is the release build (%.1f MiB). Ratios are
+bpfmount's median over the tool's median. Goal: ≤ 1.0×.
+
+| command(s) | wall p50 | CPU p50 (user + system) | bpfmount wall ratio | CPU ratio |
+|---|---|---|---|---|
+%s%s
+Two starts of the bpfmount binary (twice the `+"`bpfmount version`"+` row: package
+initialisation of everything the binary links, gRPC, protobuf registries,
+Prometheus, the image code) are %s of bpfmount's %s: that, with the
+daemon's publish and unpublish, is what bounds the ratio.
+
+xdp-loader finds no bpffs at /sys/fs/bpf on this host, so it loads the
+program without its dispatcher (as it does on kernels without freplace).
+The bpftool side also removes its program pin (in the test's bpffs).
+
+Reproduce: `+"`sudo make bench`"+` (TestBenchmarkReport/cli; needs Debian's xdp-tools and bpftool).
+`, pairs, float64(st.Size())/(1<<20), rows.String(), note,
+		ms(2*percentile(alone[0].got.wall(), .5)), ms(percentile(ours.wall(), .5))))
+}

@@ -9,7 +9,7 @@ BIN      := bin
 EXAMPLE_OBJ := deploy/examples/xdp-counter/bpf/xdpcounter_bpfel.o
 EXAMPLE_LAYOUT := build/layouts/xdp-counter
 
-.PHONY: all build demo test vet generate bench clean fuzz manifests test-chart test-vm bench-vm e2e image
+.PHONY: all build demo test vet generate bench clean fuzz manifests test-chart test-vm bench-vm e2e image cluster cluster-down
 
 all: build
 
@@ -68,6 +68,18 @@ e2e: image
 	test/e2e/build-k8s.sh
 	cd test/e2e && $(GO) vet ./... && BPFMOUNT_E2E=1 BPFMOUNT_E2E_IMAGES=$(abspath build/images) \
 		BPFMOUNT_E2E_IMAGE_VERSION=$(VERSION) $(GO) test -count=1 -timeout 30m -v ./...
+
+# A local cluster to try bpfmount on (root): the e2e's single-node
+# Kubernetes, the chart installed from the images `make image` built (same
+# VERSION), the example bytecode laid out. It prints the KUBECONFIG and runs
+# until `make cluster-down`, which removes everything it made (and refuses a
+# cluster it did not make).
+cluster:
+	test/e2e/build-k8s.sh
+	cd test/e2e && $(GO) run ./cmd/cluster up -repo $(CURDIR) -images $(abspath build/images) -version $(VERSION)
+
+cluster-down:
+	cd test/e2e && $(GO) run ./cmd/cluster down
 
 # deploy/manifests/bpfmount.yaml, rendered from the chart (a test fails when
 # the committed file drifts).

@@ -1,3 +1,7 @@
+// Package cluster is the single-node Kubernetes of the end-to-end test and
+// of `make cluster`: Up brings it up from binaries as processes, Down puts
+// the machine back as it was, Save and Load carry it from `make cluster`
+// to `make cluster-down`.
 package cluster
 
 import (
@@ -475,7 +479,3 @@ current-context: e2e
 `, c.APIPort, pki("ca.crt"), pki("admin.crt"), pki("admin.key"))
 	return os.WriteFile(c.Kubeconfig, []byte(kc), 0o600)
 }
-
-// pki writes a CA, the apiserver's serving certificate, one client
-// certificate in system:masters used by every component (and by the
-// apiserver towards kubelet), and the service account signing key.

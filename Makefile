@@ -67,7 +67,7 @@ image:
 e2e: image
 	test/e2e/build-k8s.sh
 	cd test/e2e && $(GO) vet ./... && BPFMOUNT_E2E=1 BPFMOUNT_E2E_IMAGES=$(abspath build/images) \
-		BPFMOUNT_E2E_IMAGE_VERSION=$(VERSION) $(GO) test -count=1 -timeout 30m -v ./...
+		BPFMOUNT_E2E_IMAGE_VERSION=$(VERSION) $(GO) test -p 1 -count=1 -timeout 30m -v ./...
 
 # A local cluster to try bpfmount on (root): the e2e's single-node
 # Kubernetes, the chart installed from the images `make image` built (same

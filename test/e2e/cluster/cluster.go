@@ -93,6 +93,12 @@ type Cluster struct {
 	iptables    string
 	bootID      string
 
+	// touched: Up got past its checks and may have changed the machine.
+	// Until then Down has nothing to undo, and must not act on the empty
+	// record (it would take every host path for one the cluster made).
+	touched   bool
+	hostPaths []string
+
 	log func(format string, args ...any)
 }
 
@@ -133,7 +139,7 @@ func New(o Options) *Cluster {
 	}
 	c := &Cluster{
 		Work: o.Work, Run: runDir, Bin: o.Bin, detach: o.Detach, log: o.Logf,
-		existed: map[string]bool{}, sysctlSaved: map[string]string{},
+		existed: map[string]bool{}, sysctlSaved: map[string]string{}, hostPaths: hostPaths,
 	}
 	c.KubeletDir = filepath.Join(c.Work, "kubelet")
 	c.Kubeconfig = filepath.Join(c.Work, "admin.kubeconfig")
@@ -151,10 +157,11 @@ func (c *Cluster) Up(ctx context.Context) error {
 	if _, err := os.Stat(c.Work); err == nil {
 		return fmt.Errorf("%s exists: a previous run did not clean up; remove it (after unmounting what is under it) and retry", c.Work)
 	}
+	c.touched = true
 	if b, err := os.ReadFile(bootIDPath); err == nil {
 		c.bootID = strings.TrimSpace(string(b))
 	}
-	for _, p := range hostPaths {
+	for _, p := range c.hostPaths {
 		_, err := os.Lstat(p)
 		c.existed[p] = err == nil
 	}

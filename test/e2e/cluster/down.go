@@ -16,8 +16,12 @@ import (
 )
 
 // Down stops everything and puts the machine back as it was. It reports
-// what it could not undo.
+// what it could not undo. After an Up that refused to start (another
+// cluster there), it does nothing.
 func (c *Cluster) Down() []error {
+	if !c.touched {
+		return nil
+	}
 	var errs []error
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
@@ -78,7 +82,7 @@ func (c *Cluster) Down() []error {
 		}
 	}
 	errs = append(errs, removeCgroups()...)
-	for _, p := range hostPaths {
+	for _, p := range c.hostPaths {
 		if !c.existed[p] {
 			if err := os.RemoveAll(p); err != nil && !strings.HasPrefix(p, "/sys/") {
 				errs = append(errs, err)

@@ -117,7 +117,7 @@ func Load(work string, logf func(string, ...any)) (*Cluster, error) {
 		Work: st.Work, Run: st.Run, Bin: st.Bin, KubeletDir: st.KubeletDir, Kubeconfig: st.Kubeconfig,
 		Containerd: st.Containerd, APIPort: st.APIPort, detach: true, log: logf,
 		existed: st.Existed, sysctlSaved: st.Sysctls, mountedBPF: st.MountedBPF, iptables: st.Iptables,
-		bootID: st.BootID,
+		bootID: st.BootID, touched: true, hostPaths: hostPaths,
 	}
 	if c.existed == nil {
 		c.existed = map[string]bool{}

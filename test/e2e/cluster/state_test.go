@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"context"
 	"errors"
 	"os"
 	"os/exec"
@@ -235,5 +236,33 @@ func TestStartTimeParsesOddNames(t *testing.T) {
 	}
 	if st < self {
 		t.Fatalf("child's start time %d before ours %d", st, self)
+	}
+}
+
+// Up refuses a work directory holding another cluster's state, and the
+// Down every caller runs after a failed Up then touches nothing: not the
+// other cluster's state, not the host paths (it never saw them exist).
+func TestDownAfterRefusedUpTouchesNothing(t *testing.T) {
+	work, run, host := t.TempDir(), t.TempDir(), t.TempDir()
+	if err := testCluster(work).Save(); err != nil {
+		t.Fatal(err)
+	}
+	kept := filepath.Join(host, "var-lib-kubelet")
+	if err := os.Mkdir(kept, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := New(Options{Work: work, Bin: "/nonexistent/bin"})
+	c.Run, c.hostPaths = run, []string{kept}
+	err := c.Up(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "make cluster-down") {
+		t.Fatalf("Up over another cluster's state = %v, want a refusal naming make cluster-down", err)
+	}
+	if errs := c.Down(); len(errs) != 0 {
+		t.Fatalf("Down after the refused Up: %v", errs)
+	}
+	for _, p := range []string{StatePath(work), kept} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("Down after a refused Up removed %s: %v", p, err)
+		}
 	}
 }

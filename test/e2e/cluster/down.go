@@ -110,6 +110,17 @@ func (c *Cluster) Down() []error {
 	if err := os.RemoveAll(c.Run); err != nil {
 		errs = append(errs, err)
 	}
+	if len(errs) > 0 && c.detach {
+		// What could not be undone stays on record, so that another
+		// `make cluster-down` retries it. The processes are stopped: none
+		// is left to check or to stop.
+		c.procs = nil
+		if err := os.MkdirAll(c.Work, 0o755); err == nil {
+			if err := c.Save(); err == nil {
+				errs = append(errs, fmt.Errorf("the state stays in %s: `make cluster-down` again retries what failed (remove the file once the machine is clean)", StatePath(c.Work)))
+			}
+		}
+	}
 	return errs
 }
 

@@ -243,6 +243,11 @@ func TestStartTimeParsesOddNames(t *testing.T) {
 // Down every caller runs after a failed Up then touches nothing: not the
 // other cluster's state, not the host paths (it never saw them exist).
 func TestDownAfterRefusedUpTouchesNothing(t *testing.T) {
+	if os.Geteuid() == 0 {
+		// Were the guard broken, Down would act on the host's mounts,
+		// network namespaces and cgroups.
+		t.Skip("runs without root only; run the test binary as an unprivileged user")
+	}
 	work, run, host := t.TempDir(), t.TempDir(), t.TempDir()
 	if err := testCluster(work).Save(); err != nil {
 		t.Fatal(err)
@@ -264,5 +269,43 @@ func TestDownAfterRefusedUpTouchesNothing(t *testing.T) {
 		if _, err := os.Stat(p); err != nil {
 			t.Errorf("Down after a refused Up removed %s: %v", p, err)
 		}
+	}
+}
+
+// A Down that could not undo everything keeps the state (without the
+// stopped processes), so that cluster-down can run again. Without root
+// only: as root Down acts on the host's mounts, network and cgroups; here
+// those fail harmlessly and a host path the cluster "made" under a
+// read-only directory cannot be removed.
+func TestDownKeepsStateWhenSomethingStays(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("runs without root only (as root Down would act on the host); run the test binary as an unprivileged user")
+	}
+	work, run, host := t.TempDir(), t.TempDir(), t.TempDir()
+	locked := filepath.Join(host, "locked")
+	made := filepath.Join(locked, "made")
+	if err := os.MkdirAll(made, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(locked, 0o555); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.Chmod(locked, 0o755) })
+	c := testCluster(work)
+	c.Run, c.hostPaths, c.touched = run, []string{made}, true
+	c.existed = map[string]bool{made: false, "/run/netns": true, "/var/lib/kubelet": true, "/run/containerd": true}
+	c.sysctlSaved, c.iptables, c.mountedBPF = map[string]string{}, "", false
+	c.bootID = currentBootID(t)
+	c.procs = []*proc{{name: "etcd", pid: 1 << 22, start: 1}} // gone
+	errs := c.Down()
+	if len(errs) == 0 {
+		t.Fatal("Down reported nothing left, but the host path could not be removed")
+	}
+	got, err := Load(work, t.Logf)
+	if err != nil {
+		t.Fatalf("the state after a partial Down: %v (errors: %v)", err, errs)
+	}
+	if len(got.procs) != 0 || !reflect.DeepEqual(got.existed, c.existed) {
+		t.Fatalf("state after a partial Down: procs %v, existed %v", got.procs, got.existed)
 	}
 }

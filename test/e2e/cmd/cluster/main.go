@@ -104,7 +104,9 @@ func up(args []string, logf func(string, ...any)) error {
 	}
 	if err != nil {
 		logf("%v; removing what was made", err)
-		c.Down()
+		for _, derr := range c.Down() {
+			fmt.Fprintf(os.Stderr, "cluster: teardown: %v\n", derr)
+		}
 		return err
 	}
 	fmt.Printf(`

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -23,8 +24,12 @@ import (
 // load loads the identity's program, attaches it and pins it. On error
 // everything it did is undone.
 func (l *Loader) load(id Identity, spec *ebpf.CollectionSpec) (_ *entry, err error) {
-	ifc, err := l.iface(id.Interface)
-	if err != nil {
+	var ifc *net.Interface
+	if IsTracing(id.Hook) {
+		if err := l.prepareTracing(id); err != nil {
+			return nil, err
+		}
+	} else if ifc, err = l.iface(id.Interface); err != nil {
 		return nil, err
 	}
 	if err := l.checkHookFree(id); err != nil {
@@ -68,6 +73,8 @@ func (l *Loader) load(id Identity, spec *ebpf.CollectionSpec) (_ *entry, err err
 		err = l.attachXDP(e, ifc)
 	case HookTCX:
 		err = l.attachTCX(e, ifc)
+	case HookTracepoint, HookKprobe, HookKretprobe, HookUprobe, HookUretprobe, HookFentry, HookFexit:
+		err = l.attachTracing(e)
 	case HookTC:
 		err = fault.Errorf(fault.Precondition, "hook tc runs programs through the TC dispatcher, which needs freplace (BPF_PROG_TYPE_EXT), and this kernel rejects it; use type=tcx (Linux 6.6+)")
 	default:
@@ -326,6 +333,9 @@ func classifyLoadError(id Identity, err error) error {
 	}
 	if errors.Is(err, ebpf.ErrNotSupported) {
 		return fault.Errorf(fault.Precondition, "this kernel cannot load %s: %v", describeIdentity(id), err)
+	}
+	if (id.Hook == HookFentry || id.Hook == HookFexit) && errors.Is(err, btf.ErrNotFound) {
+		return fault.Errorf(fault.Invalid, "kernel function %q of %s not found in the kernel's BTF", id.AttachTo, describeIdentity(id))
 	}
 	return fmt.Errorf("loading %s: %w", describeIdentity(id), err)
 }

@@ -1,0 +1,86 @@
+package loader
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/bpfmount/bpfmount/internal/fault"
+)
+
+func TestParseAttachTo(t *testing.T) {
+	for _, c := range []struct {
+		h    Hook
+		s    string
+		want Target
+	}{
+		{HookTracepoint, "sched/sched_process_exec", Target{Group: "sched", Name: "sched_process_exec"}},
+		{HookKprobe, "tcp_connect", Target{Symbol: "tcp_connect"}},
+		{HookKprobe, "tcp_connect+0x10", Target{Symbol: "tcp_connect", Offset: 16}},
+		{HookKprobe, "foo.isra.0+8", Target{Symbol: "foo.isra.0", Offset: 8}},
+		{HookKretprobe, "tcp_connect", Target{Symbol: "tcp_connect"}},
+		{HookFentry, "do_unlinkat", Target{Symbol: "do_unlinkat"}},
+		{HookFexit, "do_unlinkat", Target{Symbol: "do_unlinkat"}},
+		{HookUprobe, "/usr/bin/bash:readline", Target{Path: "/usr/bin/bash", Symbol: "readline"}},
+		{HookUprobe, "/usr/bin/bash:readline+4", Target{Path: "/usr/bin/bash", Symbol: "readline", Offset: 4}},
+		{HookUretprobe, "/bin/app:0x4a1f0", Target{Path: "/bin/app", Address: 0x4a1f0}},
+		{HookUprobe, "/bin/app:main.(*T).Serve", Target{Path: "/bin/app", Symbol: "main.(*T).Serve"}},
+		{HookUprobe, "/odd:dir/bin:sym", Target{Path: "/odd:dir/bin", Symbol: "sym"}},
+	} {
+		got, err := ParseAttachTo(c.h, c.s)
+		if err != nil || got != c.want {
+			t.Errorf("%s %q: got %+v, %v; want %+v", c.h, c.s, got, err, c.want)
+		}
+	}
+	for _, c := range []struct {
+		h        Hook
+		s, wants string
+	}{
+		{HookTracepoint, "", "needs attachTo"},
+		{HookTracepoint, "sched", "GROUP/NAME"},
+		{HookTracepoint, "a/b/c", "GROUP/NAME"},
+		{HookTracepoint, "../x", "GROUP/NAME"},
+		{HookKprobe, "f+", "not a number"},
+		{HookKprobe, "1f", "kernel function"},
+		{HookKretprobe, "f+1", "offset applies to kprobe only"},
+		{HookFexit, "f+1", "offset applies to kprobe only"},
+		{HookUprobe, "rel/bin:s", "absolute path"},
+		{HookUprobe, "/a/./b:s", "absolute path"},
+		{HookUprobe, "/:s", "absolute path"},
+		{HookUprobe, "/bin/x:", "not a symbol name"},
+		{HookUprobe, "/bin/x:0x0", "non-zero"},
+		{HookUprobe, "/bin/x:s+q", "not a number"},
+		{HookUprobe, "/bin/x" + strings.Repeat("a", 1100) + ":s", "more than the 1024"},
+		{HookXDP, "a/b", "applies to tracing types"},
+	} {
+		_, err := ParseAttachTo(c.h, c.s)
+		if err == nil || !strings.Contains(err.Error(), c.wants) || fault.Of(err) != fault.Invalid {
+			t.Errorf("%s %q: got %v, want Invalid containing %q", c.h, c.s, err, c.wants)
+		}
+	}
+}
+
+// attachTo is part of the identity, and network identities keep the keys
+// they had before it existed (pins made by older versions are adopted).
+func TestIdentityKeyAttachTo(t *testing.T) {
+	a := Identity{Digest: "sha256:00", Program: "p", Hook: HookTracepoint, AttachTo: "sched/sched_switch"}
+	b := a
+	b.AttachTo = "sched/sched_process_exec"
+	if a.Key() == b.Key() {
+		t.Fatal("a different attachTo kept the key")
+	}
+	net := Identity{Digest: "sha256:00", Program: "p", Hook: HookXDP, Interface: "eth0", Priority: 5, XDPMode: "auto"}
+	if got, want := net.Key(), "c8a1e54faff3d461b525e6a9"; got != want {
+		t.Fatalf("network identity key changed: %s, want %s", got, want)
+	}
+}
+
+func TestCheckHook(t *testing.T) {
+	l := &Loader{node: "n1", missing: map[Hook]string{HookKprobe: "kprobe events (CONFIG_KPROBE_EVENTS)"}}
+	err := l.CheckHook(HookKprobe)
+	if fault.Of(err) != fault.Precondition || !strings.Contains(err.Error(), "CONFIG_KPROBE_EVENTS") {
+		t.Fatalf("got %v, want a Precondition naming the feature", err)
+	}
+	if err := l.CheckHook(HookTracepoint); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -7,11 +7,13 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/bpfmount/bpfmount/deploy/examples/exec-events/events"
 	"github.com/bpfmount/bpfmount/internal/testenv"
 	"github.com/bpfmount/bpfmount/loader"
 	"github.com/bpfmount/bpfmount/test/programs"
@@ -237,6 +239,49 @@ func TestTracingTracefs(t *testing.T) {
 		t.Fatal("the loader did not mount tracefs")
 	}
 	if _, err := d.Node.NodeUnpublishVolume(context.Background(), unpublishReq("vol-b", target)); err != nil {
+		t.Fatal(err)
+	}
+	d.AssertClean(t, nil, target)
+}
+
+// The example: exec events arrive through the ring buffer read from the
+// volume's pin.
+func TestTracingExecEventsThroughRingBuffer(t *testing.T) {
+	testenv.Tracefs(t)
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
+	img := testenv.Layout(t, testenv.ExecEventsObject, "v1")
+	target := filepath.Join(testenv.ShortTempDir(t), "vol")
+	ctx := context.Background()
+	attrs := map[string]string{"image": img, "attachTo": "sched/sched_process_exec"}
+	// Read-write: a ring buffer's reader writes its consumer position.
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-exec", target, attrs, false)); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	r, err := events.Open(filepath.Join(target, "events"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	bin := testenv.BuildProbeTarget(t) // a binary with a name nothing else runs
+	cmd := exec.Command(bin, "1")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ev, err := r.Next(deadline)
+		if err != nil {
+			t.Fatalf("no exec event for %s: %v", bin, err)
+		}
+		if ev.Filename == bin {
+			if ev.PID != uint32(cmd.ProcessState.Pid()) || ev.Comm != filepath.Base(bin) {
+				t.Fatalf("event %+v, want pid %d and comm %q", ev, cmd.ProcessState.Pid(), filepath.Base(bin))
+			}
+			break
+		}
+	}
+	r.Close()
+	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-exec", target)); err != nil {
 		t.Fatal(err)
 	}
 	d.AssertClean(t, nil, target)

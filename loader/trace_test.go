@@ -4,7 +4,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/bpfmount/bpfmount/internal/fault"
+	"github.com/bpfmount/bpfmount/loader/bytecode"
+	"github.com/bpfmount/bpfmount/test/programs"
 )
 
 func TestParseAttachTo(t *testing.T) {
@@ -82,5 +86,25 @@ func TestCheckHook(t *testing.T) {
 	}
 	if err := l.CheckHook(HookTracepoint); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Image builds label tracing programs as bpfman does, so that a volume
+// without a type attaches them as their section says.
+func TestTracingLabels(t *testing.T) {
+	progs, _, err := bytecode.Describe(programs.TraceCountObject())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]Hook{
+		"count_tracepoint": HookTracepoint, "count_kprobe": HookKprobe, "count_kretprobe": HookKretprobe,
+		"count_uprobe": HookUprobe, "count_uretprobe": HookUretprobe, "count_fentry": HookFentry, "count_fexit": HookFexit,
+	} {
+		if got := Hook(progs[name]); got != want {
+			t.Errorf("%s labelled %q, want %q", name, got, want)
+		}
+		if programTypeOf(want) == ebpf.UnspecifiedProgram {
+			t.Errorf("hook %s has no program type", want)
+		}
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/bpfmount/bpfmount/deploy/examples/exec-events/events"
+	"github.com/bpfmount/bpfmount/driver"
+	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/internal/testenv"
 	"github.com/bpfmount/bpfmount/loader"
 	"github.com/bpfmount/bpfmount/test/programs"
@@ -135,7 +137,7 @@ func TestTracingAttachToIsIdentity(t *testing.T) {
 }
 
 // A uprobe and a uretprobe on a function of a host binary fire once per
-// call.
+// call, also after a daemon restart.
 func TestTracingUprobeFires(t *testing.T) {
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
 	img := testenv.Layout(t, testenv.TraceCountObject, "v1")
@@ -155,6 +157,13 @@ func TestTracingUprobeFires(t *testing.T) {
 		run(t, bin, "7")
 		if after := slotCount(t, target, c.slot); after != before+7 {
 			t.Fatalf("%s counter went from %d to %d after 7 calls", c.typ, before, after)
+		}
+		// Still attached, once, after a restart.
+		d.Restart(testenv.DaemonOptions{})
+		before = slotCount(t, target, c.slot)
+		run(t, bin, "3")
+		if after := slotCount(t, target, c.slot); after != before+3 {
+			t.Fatalf("after a restart the %s counter went from %d to %d after 3 calls", c.typ, before, after)
 		}
 		if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq(vol, target)); err != nil {
 			t.Fatal(err)
@@ -282,6 +291,60 @@ func TestTracingExecEventsThroughRingBuffer(t *testing.T) {
 	}
 	r.Close()
 	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-exec", target)); err != nil {
+		t.Fatal(err)
+	}
+	d.AssertClean(t, nil, target)
+}
+
+// A pod may load a tracing program only where a rule lists its type and
+// its target matches; the type from the image's labels is decided too.
+func TestTracingPolicy(t *testing.T) {
+	testenv.Tracefs(t)
+	img := testenv.Layout(t, testenv.TraceCountObject, "v1")
+	layoutDir := strings.TrimSuffix(strings.TrimPrefix(img, "oci:"), ":v1")
+	pol, err := policy.Parse([]byte(`apiVersion: bpfmount.io/v1alpha1
+kind: NodePolicy
+rules:
+- name: observe
+  namespaces: ["observe"]
+  images: ["oci:` + filepath.Dir(layoutDir) + `/*"]
+  hooks: ["tracepoint"]
+  attachTo: ["sched/*"]
+- name: network
+  namespaces: ["web"]
+  images: ["oci:` + filepath.Dir(layoutDir) + `/*"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := testenv.StartDaemon(t, testenv.DaemonOptions{Configure: func(o *driver.Options) { o.Policy = policy.Static(pol) }})
+	dir := testenv.ShortTempDir(t)
+	pod := func(ns, program, typ, attachTo string) map[string]string {
+		a := podAttrs(img, "", ns)
+		delete(a, "interface")
+		for k, v := range traceAttrs(img, program, typ, attachTo) {
+			a[k] = v
+		}
+		return a
+	}
+	for i, c := range []struct {
+		attrs    map[string]string
+		fragment string
+	}{
+		{pod("web", "count_tracepoint", "tracepoint", "sched/sched_process_exec"), `rule "network" allows hooks ["xdp", "tc", "tcx"] only, not "tracepoint"`},
+		{pod("web", "count_tracepoint", "", "sched/sched_process_exec"), `not "tracepoint"`},
+		{pod("observe", "count_tracepoint", "tracepoint", "syscalls/sys_enter_getpid"), `allows attachTo ["sched/*"] only`},
+		{pod("observe", "count_uprobe", "uprobe", "/bin/true:main"), `not "uprobe"`},
+	} {
+		target := filepath.Join(dir, "d"+strconv.Itoa(i))
+		expectCode(t, d, publishReq("vol-d"+strconv.Itoa(i), target, c.attrs, true), codes.PermissionDenied, c.fragment)
+		d.AssertClean(t, nil, target)
+	}
+	target := filepath.Join(dir, "ok")
+	if _, err := d.Node.NodePublishVolume(context.Background(), publishReq("vol-ok", target, pod("observe", "count_tracepoint", "", "sched/sched_process_exec"), true)); err != nil {
+		t.Fatalf("allowed tracepoint: %v", err)
+	}
+	if _, err := d.Node.NodeUnpublishVolume(context.Background(), unpublishReq("vol-ok", target)); err != nil {
 		t.Fatal(err)
 	}
 	d.AssertClean(t, nil, target)

@@ -42,7 +42,7 @@ type Loader struct {
 	fetch    bytecode.Fetcher
 	canChain bool // the kernel accepts freplace, so dispatchers can run
 	// missing names, per tracing hook this kernel cannot run, the kernel
-	// feature it lacks; probed once in New.
+	// feature it lacks; probed once per process. Read only.
 	missing      map[Hook]string
 	mountTracefs bool
 	tracefsMu    sync.Mutex

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -175,9 +176,14 @@ func programTypeOf(h Hook) ebpf.ProgramType {
 // attach through theirs.
 var eventSources = "/sys/bus/event_source/devices"
 
-// probeTracing finds, once, which tracing hooks this kernel cannot run and
-// why. A probe that cannot tell (no privilege) reports nothing: the load
-// itself then says what is wrong.
+// tracingSupport is probeTracing's answer, found once per process: the
+// kernel's features do not change while it runs, and the fentry probe
+// attaches a trampoline, which is slow on some kernels.
+var tracingSupport = sync.OnceValue(probeTracing)
+
+// probeTracing finds which tracing hooks this kernel cannot run and why.
+// A probe that cannot tell (no privilege) reports nothing: the load itself
+// then says what is wrong.
 func probeTracing() map[Hook]string {
 	missing := map[Hook]string{}
 	have := func(pt ebpf.ProgramType) (string, bool) {

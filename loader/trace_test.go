@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"bytes"
 	"strings"
 	"testing"
 
@@ -106,5 +107,55 @@ func TestTracingLabels(t *testing.T) {
 		if programTypeOf(want) == ebpf.UnspecifiedProgram {
 			t.Errorf("hook %s has no program type", want)
 		}
+	}
+}
+
+// resolve on the trace_count image: the type from the labels or the
+// request, the network keys refused on tracing types and attachTo on
+// network ones, all before the kernel is touched.
+func TestResolveTracing(t *testing.T) {
+	obj := programs.TraceCountObject()
+	progs, _, err := bytecode.Describe(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(obj))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := &bytecode.Image{Reference: "oci:/x:v1", Digest: "sha256:00", Object: obj, Programs: progs}
+	id, err := resolve(Request{Program: "count_tracepoint", AttachTo: "sched/sched_switch"}, img, spec)
+	if err != nil || id.Hook != HookTracepoint || id.AttachTo != "sched/sched_switch" || id.Priority != 0 || id.Interface != "" {
+		t.Fatalf("type from the labels: %+v, %v", id, err)
+	}
+	for _, c := range []struct {
+		req  Request
+		want string
+	}{
+		{Request{Program: "count_tracepoint", AttachTo: "sched/x", Interface: "eth0"}, "interface does not apply to type tracepoint"},
+		{Request{Program: "count_kprobe", AttachTo: "f", Priority: 5}, "priority does not apply to type kprobe"},
+		{Request{Program: "count_uprobe", AttachTo: "/b:s", ProceedOn: []string{"pass"}}, "proceedOn does not apply"},
+		{Request{Program: "count_fentry", AttachTo: "f", Direction: Ingress}, "direction does not apply"},
+		{Request{Program: "count_fexit", AttachTo: "f", XDPMode: XDPModeSKB}, "xdpMode does not apply"},
+		{Request{Program: "count_tracepoint"}, "type tracepoint needs attachTo"},
+		{Request{Program: "count_kprobe", Hook: HookTracepoint, AttachTo: "a/b"}, "is a Kprobe program; it cannot attach to hook \"tracepoint\""},
+		{Request{Program: "count_kprobe", Hook: HookXDP, Interface: "eth0"}, "cannot attach to hook \"xdp\""},
+		{Request{Program: "count_kretprobe", AttachTo: "f+8"}, "offset applies to kprobe only"},
+	} {
+		_, err := resolve(c.req, img, spec)
+		if err == nil || !strings.Contains(err.Error(), c.want) || fault.Of(err) != fault.Invalid {
+			t.Errorf("%+v: got %v, want Invalid containing %q", c.req, err, c.want)
+		}
+	}
+	// fentry's target is set at load, from attachTo.
+	cs, err := collectionFor(Identity{Program: "count_fexit", Hook: HookFexit, AttachTo: "do_unlinkat"}, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := cs.Programs["count_fexit"]; p.AttachTo != "do_unlinkat" || p.AttachType != ebpf.AttachTraceFExit || len(cs.Programs) != 1 {
+		t.Fatalf("fexit spec: AttachTo %q, type %s, %d programs", p.AttachTo, p.AttachType, len(cs.Programs))
+	}
+	if spec.Programs["count_fexit"].AttachTo != "placeholder" {
+		t.Fatal("collectionFor changed the cached spec")
 	}
 }

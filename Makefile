@@ -20,6 +20,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/bpfmountd ./cmd/bpfmount
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -tags bpfmount_cli -o $(BIN)/bpfmount ./cmd/bpfmount
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/xdp-counter-reader ./deploy/examples/xdp-counter/reader
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/exec-events-reader ./deploy/examples/exec-events/reader
 
 # The example bytecode image, as an OCI layout built by bpfmount itself.
 $(EXAMPLE_LAYOUT)/index.json: build $(EXAMPLE_OBJ)

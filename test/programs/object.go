@@ -2,3 +2,18 @@ package programs
 
 // TCXOrderObject returns the compiled tcx_order program.
 func TCXOrderObject() []byte { return _TcxorderBytes }
+
+// TraceCountObject returns the compiled trace_count programs.
+func TraceCountObject() []byte { return _TracecountBytes }
+
+// Slots of trace_count's counts map, one per hook (enum slot in the C
+// source).
+const (
+	SlotTracepoint uint32 = iota
+	SlotKprobe
+	SlotKretprobe
+	SlotUprobe
+	SlotUretprobe
+	SlotFentry
+	SlotFexit
+)

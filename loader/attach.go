@@ -26,7 +26,13 @@ import (
 // verifier's work) of different programs for one interface run in
 // parallel, and only attach, which orders the programs, is serialized.
 func (l *Loader) prepare(id Identity, spec *ebpf.CollectionSpec) (*entry, *net.Interface, error) {
-	ifc, err := l.iface(id.Interface)
+	var ifc *net.Interface
+	var err error
+	if IsCgroupHook(id.Hook) {
+		err = checkCgroupDir(id.Cgroup)
+	} else {
+		ifc, err = l.iface(id.Interface)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -79,6 +85,8 @@ func (l *Loader) attach(e *entry, ifc *net.Interface) (err error) {
 		err = l.attachXDP(e, ifc)
 	case HookTCX:
 		err = l.attachTCX(e, ifc)
+	case HookCgroupSKB, HookCgroupSockAddr, HookSockOps:
+		err = l.attachCgroup(e)
 	case HookTC:
 		err = fault.Errorf(fault.Precondition, "hook tc runs programs through the TC dispatcher, which needs freplace (BPF_PROG_TYPE_EXT), and this kernel rejects it; use type=tcx (Linux 6.6+)")
 	default:
@@ -333,6 +341,9 @@ func linkInfoAttached(info *link.Info) bool {
 	}
 	if t := info.TCX(); t != nil {
 		return t.Ifindex != 0
+	}
+	if c := info.Cgroup(); c != nil {
+		return c.CgroupId != 0 // zeroed when the cgroup is released
 	}
 	return true
 }

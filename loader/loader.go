@@ -197,7 +197,7 @@ func (l *Loader) Acquire(ctx context.Context, r *Resolved, owner string) (*Progr
 	if err != nil {
 		return nil, err
 	}
-	unlock := l.lockIface(r.Identity.Interface)
+	unlock := l.lockIface(lockName(r.Identity))
 	defer unlock()
 	// Adopt takes only the interface lock: it may have recorded this
 	// identity meanwhile.
@@ -253,7 +253,7 @@ func (l *Loader) Release(key, owner string) error {
 		if e.chain != nil {
 			unlock = l.lockKey(key)
 		} else {
-			unlock = l.lockIface(e.id.Interface)
+			unlock = l.lockIface(lockName(e.id))
 		}
 		l.mu.Lock()
 		if l.entries[key] == e {
@@ -312,7 +312,7 @@ func (l *Loader) Adopt(id Identity, owner string) (*Program, error) {
 	l.gc.RLock()
 	defer l.gc.RUnlock()
 	key := id.Key()
-	unlock := l.lockIface(id.Interface)
+	unlock := l.lockIface(lockName(id))
 	defer unlock()
 	if p := l.join(key, owner); p != nil {
 		return p, nil

@@ -19,10 +19,15 @@ const (
 	HookXDP Hook = "xdp" // XDP on an interface's receive path
 	HookTC  Hook = "tc"  // tc clsact ingress/egress through the TC dispatcher
 	HookTCX Hook = "tcx" // tcx multi-program attach (kernel 6.6+)
+
+	// Hooks on a cgroup (v2): they need Cgroup, never Interface.
+	HookCgroupSKB      Hook = "cgroup_skb"       // packets in or out of the cgroup's sockets
+	HookCgroupSockAddr Hook = "cgroup_sock_addr" // connect, sendmsg, recvmsg, bind of its sockets
+	HookSockOps        Hook = "sock_ops"         // TCP events of its sockets
 )
 
 // Hooks lists the supported hooks.
-var Hooks = []Hook{HookXDP, HookTC, HookTCX}
+var Hooks = []Hook{HookXDP, HookTC, HookTCX, HookCgroupSKB, HookCgroupSockAddr, HookSockOps}
 
 // Directions of tc and tcx hooks (the dispatcher's own).
 const (
@@ -82,6 +87,12 @@ type Request struct {
 	Hook Hook
 	// Interface is the host interface name.
 	Interface string
+	// Cgroup is the cgroup2 directory a cgroup hook attaches to (absolute).
+	Cgroup string
+	// AttachTo is the socket operation of a cgroup_sock_addr hook
+	// (connect4, sendmsg6...); empty means the one the object's section
+	// names.
+	AttachTo string
 	// Direction is Ingress or Egress, for tc and tcx.
 	Direction string
 	// Priority orders programs on one hook: 1..1000, lower runs first.
@@ -102,6 +113,8 @@ type Identity struct {
 	Program   string            `json:"program"`
 	Hook      Hook              `json:"hook"`
 	Interface string            `json:"interface"`
+	Cgroup    string            `json:"cgroup,omitempty"`
+	AttachTo  string            `json:"attachTo,omitempty"`
 	Direction string            `json:"direction,omitempty"`
 	Priority  int               `json:"priority"`
 	ProceedOn []string          `json:"proceedOn,omitempty"`

@@ -87,6 +87,8 @@ func resolve(req Request, img *bytecode.Image, spec *ebpf.CollectionSpec) (Ident
 		Program:   req.Program,
 		Hook:      req.Hook,
 		Interface: req.Interface,
+		Cgroup:    req.Cgroup,
+		AttachTo:  req.AttachTo,
 		Direction: req.Direction,
 		Priority:  req.Priority,
 		XDPMode:   req.XDPMode,
@@ -107,7 +109,7 @@ func resolve(req Request, img *bytecode.Image, spec *ebpf.CollectionSpec) (Ident
 	if id.Hook == "" {
 		id.Hook = Hook(labelType)
 		if !slices.Contains(Hooks, id.Hook) {
-			return id, fault.Errorf(fault.Invalid, "program %q of image %q is of type %q (from its labels); bpfmount attaches xdp, tc and tcx programs",
+			return id, fault.Errorf(fault.Invalid, "program %q of image %q is of type %q (from its labels); bpfmount attaches xdp, tc, tcx, cgroup_skb, cgroup_sock_addr and sock_ops programs",
 				id.Program, img.Reference, labelType)
 		}
 	}
@@ -115,11 +117,23 @@ func resolve(req Request, img *bytecode.Image, spec *ebpf.CollectionSpec) (Ident
 	if id.Hook == HookXDP {
 		want = ebpf.XDP
 	}
+	if t, ok := cgroupProgTypes[id.Hook]; ok {
+		want = t
+	}
 	if ps.Type != want {
 		return id, fault.Errorf(fault.Invalid, "program %q of image %q is a %s program; it cannot attach to hook %q",
 			id.Program, img.Reference, ps.Type, id.Hook)
 	}
+	if !IsCgroupHook(id.Hook) {
+		if err := checkNotCgroup(id); err != nil {
+			return id, err
+		}
+	}
 	switch id.Hook {
+	case HookCgroupSKB, HookCgroupSockAddr, HookSockOps:
+		if err := resolveCgroup(&id, ps); err != nil {
+			return id, err
+		}
 	case HookXDP:
 		if id.Direction != "" {
 			return id, fault.Errorf(fault.Invalid, "direction applies to tc and tcx, not xdp")
@@ -237,11 +251,12 @@ func collectionFor(id Identity, spec *ebpf.CollectionSpec) (*ebpf.CollectionSpec
 		}
 		v.Value = val
 	}
+	setCgroupAttachType(cs, id)
 	return cs, nil
 }
 
 func describeIdentity(id Identity) string {
-	s := fmt.Sprintf("program %q (%s on %s", id.Program, id.Hook, id.Interface)
+	s := fmt.Sprintf("program %q (%s on %s", id.Program, id.Hook, targetName(id))
 	if id.Direction != "" {
 		s += " " + id.Direction
 	}

@@ -98,11 +98,11 @@ func compileConds(fc fileConds, isRule bool) (conditions, error) {
 	c.interfacesRaw = fc.Interfaces
 	if fc.Hooks != nil {
 		if len(fc.Hooks) == 0 {
-			return c, errors.New(`hooks is an empty list: omit it to allow all hooks, or list some of "xdp", "tc", "tcx"`)
+			return c, fmt.Errorf(`hooks is an empty list: omit it to allow the interface hooks, or list some of %s`, quoteList(knownHooks()))
 		}
 		for _, h := range fc.Hooks {
-			if !contains(allHooks, h) {
-				return c, fmt.Errorf(`hooks: unknown hook %q: valid hooks are "xdp", "tc" and "tcx"`, h)
+			if !contains(knownHooks(), h) {
+				return c, fmt.Errorf(`hooks: unknown hook %q: valid hooks are %s`, h, quoteList(knownHooks()))
 			}
 		}
 		c.hooks = fc.Hooks

@@ -110,8 +110,12 @@ func (c *conditions) failed(k cond, ref imageRef, r *Request) bool {
 	case condDigest:
 		return c.requireDigest && !ref.pinned
 	case condInterface:
-		return c.interfaces != nil && !matchAny(c.interfaces, r.Interface)
+		// A cgroup hook has no interface: interfaces do not restrict it.
+		return c.interfaces != nil && r.Interface != "" && !matchAny(c.interfaces, r.Interface)
 	case condHook:
+		if r.Hook == "" && r.Interface == "" {
+			return !c.allowsCgroupHook() // no interface: only a cgroup hook can follow
+		}
 		// An unknown hook passes: every rule allows some hook, and the
 		// request is decided again once the image names it.
 		return r.Hook != "" && !contains(c.hooks, r.Hook)
@@ -148,6 +152,9 @@ func (c *conditions) explain(k cond, subject string, ref imageRef, r *Request) s
 	case condInterface:
 		return fmt.Sprintf("%s allows interfaces %s only", subject, quoteList(c.interfacesRaw))
 	case condHook:
+		if r.Hook == "" {
+			return fmt.Sprintf("%s allows hooks %s only, none of them a cgroup hook (%s), and the request names no interface", subject, quoteList(c.hooks), strings.Join(cgroupHooks, ", "))
+		}
 		return fmt.Sprintf("%s allows hooks %s only, not %q", subject, quoteList(c.hooks), r.Hook)
 	case condPriority:
 		return fmt.Sprintf("%s allows priorities %d..%d only, not %d", subject, c.minPrio, c.maxPrio, r.Priority)
@@ -179,7 +186,7 @@ func (p *Policy) Decide(r Request) Decision {
 		return Decision{Reason: noPolicyReason}
 	}
 	deny := func(rule, why string) Decision {
-		return Decision{Rule: rule, Reason: fmt.Sprintf("namespace %q may not load %q on %q: %s", r.Namespace, r.Image, r.Interface, why)}
+		return Decision{Rule: rule, Reason: fmt.Sprintf("namespace %q may not load %q on %s: %s", r.Namespace, r.Image, r.target(), why)}
 	}
 	if r.Namespace == "" {
 		return deny("", "the request carries no pod namespace")
@@ -245,7 +252,7 @@ func (p *Policy) decideLocal(r *Request) Decision {
 	c := p.local
 	deny := func(why string) Decision {
 		return Decision{Rule: localRule, RequireSignature: c.requireSignature,
-			Reason: fmt.Sprintf("local request may not load %q on %q: %s", r.Image, r.Interface, why)}
+			Reason: fmt.Sprintf("local request may not load %q on %s: %s", r.Image, r.target(), why)}
 	}
 	ref, err := parseRef(r.Image)
 	if err != nil {

@@ -22,7 +22,7 @@
 //	  requireDigest: true                   # optional; image must be pinned by @sha256:
 //	  requireSignature: true                # optional; driver verifies after fetching
 //	  interfaces: ["eth*"]                  # optional; absent = any interface
-//	  hooks: ["xdp", "tcx"]                 # optional; absent = xdp, tc and tcx
+//	  hooks: ["xdp", "tcx"]                 # optional; absent = xdp, tc and tcx; cgroup_skb, cgroup_sock_addr and sock_ops only where listed
 //	  priorities: {min: 10, max: 500}       # optional; absent = 1..1000 (either bound may be omitted)
 //	  readOnlyOnly: true                    # optional; only readOnly volumes
 //	- name: bytecode-on-disk

@@ -7,7 +7,8 @@ type Request struct {
 	ServiceAccount string // pod service account (may be empty)
 	Pod            string // pod name (for messages only)
 	Image          string // the image reference exactly as written in the volume attribute
-	Interface      string
+	Interface      string // "" for a cgroup hook
+	Cgroup         string // the cgroup a local request names; "" for a pod's own cgroup
 	Hook           string // "xdp", "tc" or "tcx"; "" before the image names it (see Decide)
 	Priority       int
 	ReadOnly       bool

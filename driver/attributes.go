@@ -28,6 +28,8 @@ const (
 	AttrMaps       = "maps"
 	AttrGlobals    = "globals"
 	AttrPullPolicy = "pullPolicy"
+	AttrCgroup     = "cgroup"   // cgroup hooks of local requests: the cgroup2 directory
+	AttrAttachTo   = "attachTo" // cgroup_sock_addr: the socket operation
 )
 
 // Keys kubelet adds with podInfoOnMount and for ephemeral volumes.
@@ -43,6 +45,7 @@ const (
 var attrKeys = []string{
 	AttrDirection, AttrGlobals, AttrImage, AttrInterface, AttrMaps, AttrPriority,
 	AttrProceedOn, AttrProgram, AttrPullPolicy, AttrType, AttrXDPMode,
+	AttrAttachTo, AttrCgroup,
 }
 
 // Bounds on attribute values: generous for real use, small enough that a
@@ -77,6 +80,9 @@ type volumeRequest struct {
 	// then a pod's request, decided by the policy's rules; only requests
 	// with none are local (the standalone CLI).
 	fromPod bool
+	// podCgroup is true when the program attaches to the pod's own cgroup,
+	// found at publish (see cgroup.go).
+	podCgroup bool
 }
 
 // parseAttributes checks every volume attribute and turns them into a load
@@ -189,18 +195,13 @@ func (vr *volumeRequest) parse() error {
 	}
 	if t, ok := a[AttrType]; ok {
 		if !slices.Contains(loader.Hooks, loader.Hook(t)) {
-			return invalid("volume attribute %q: %q is not a supported type (valid: xdp, tc, tcx)", AttrType, t)
+			return invalid("volume attribute %q: %q is not a supported type (valid: %s)", AttrType, t, hookNames())
 		}
 		lr.Hook = loader.Hook(t)
 	}
-	ifname, ok := a[AttrInterface]
-	if !ok || ifname == "" {
-		return invalid("volume attribute %q is required: the host interface to attach to, e.g. eth0", AttrInterface)
-	}
-	if err := checkIfname(ifname); err != nil {
+	if err := vr.parseTarget(); err != nil {
 		return err
 	}
-	lr.Interface = ifname
 
 	if p, ok := a[AttrPriority]; ok {
 		if !priorityRE.MatchString(p) {
@@ -280,6 +281,9 @@ func checkHookKeys(lr *loader.Request) error {
 		if lr.XDPMode != "" {
 			return invalid("volume attribute %q applies to xdp, not %s: remove it", AttrXDPMode, lr.Hook)
 		}
+	}
+	if loader.IsCgroupHook(lr.Hook) {
+		return checkCgroupHookKeys(lr)
 	}
 	if lr.Hook != "" && len(lr.ProceedOn) > 0 {
 		if lr.Hook == loader.HookTCX {

@@ -85,6 +85,9 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest,
 // publishVolume does the steps after the request is checked.
 func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *publishOutcome) (err error) {
 	vr := pr.vol
+	if err := d.resolveNodeInterface(vr); err != nil {
+		return err
+	}
 	// Policy first, on everything known before the fetch: a pod no rule
 	// allows makes the node read no file and contact no registry.
 	if out.dec, err = d.authorize(pr, vr.load.Hook); err != nil {
@@ -108,6 +111,9 @@ func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *pub
 		return err
 	}
 	defer tgt.Close()
+	if err := d.resolveCgroup(vr); err != nil {
+		return err
+	}
 
 	res, err := d.loader.Resolve(ctx, vr.load)
 	if err != nil {
@@ -144,6 +150,7 @@ func (d *Driver) authorize(pr *publishRequest, hook loader.Hook) (policy.Decisio
 		Pod:            vr.pod.Name,
 		Image:          vr.load.Image.Reference,
 		Interface:      vr.load.Interface,
+		Cgroup:         vr.load.Cgroup,
 		Hook:           string(hook),
 		Priority:       vr.load.Priority,
 		ReadOnly:       pr.readOnly,
@@ -505,7 +512,7 @@ func (d *Driver) report(pr *publishRequest, out *publishOutcome, err error) {
 	}
 	rec := out.rec
 	d.opts.Events.Normal(pod, events.ReasonLoaded, fmt.Sprintf("loaded %s program %q (id %d) on %s for volume %s",
-		rec.Identity.Hook, rec.Identity.Program, rec.ProgramID, rec.Identity.Interface, pr.volID))
+		rec.Identity.Hook, rec.Identity.Program, rec.ProgramID, targetOf(rec.Identity), pr.volID))
 	klog.V(2).InfoS("Published volume", "volume", pr.volID, "target", clip(pr.target, maxLogValue), "program", rec.Identity.Program,
 		"id", rec.ProgramID, "maps", rec.Maps)
 }
@@ -530,7 +537,7 @@ func audit(action, volID string, vr *volumeRequest, rec *state.Record, dec polic
 	case rec != nil:
 		pod = rec.Pod
 		kv = append(kv, "image", clip(rec.Image, maxLogValue), "digest", rec.Identity.Digest, "program", clip(rec.Identity.Program, maxLogValue),
-			"hook", rec.Identity.Hook, "interface", rec.Identity.Interface, "priority", rec.Identity.Priority, "programID", rec.ProgramID)
+			"hook", rec.Identity.Hook, "interface", rec.Identity.Interface, "cgroup", clip(rec.Identity.Cgroup, maxLogValue), "priority", rec.Identity.Priority, "programID", rec.ProgramID)
 	case vr != nil:
 		pod = vr.pod
 		kv = append(kv, "image", clip(vr.load.Image.Reference, maxLogValue), "program", clip(vr.load.Program, maxLogValue), "hook", vr.load.Hook,

@@ -63,7 +63,7 @@ func (f *fakeLoader) Resolve(_ context.Context, req loader.Request) (*loader.Res
 	}
 	return &loader.Resolved{
 		Identity: loader.Identity{Digest: "sha256:" + req.Image.Reference, Program: "prog", Hook: hook,
-			Interface: req.Interface, Direction: req.Direction, Priority: req.Priority},
+			Interface: req.Interface, Cgroup: req.Cgroup, AttachTo: req.AttachTo, Direction: req.Direction, Priority: req.Priority},
 		Image: &bytecode.Image{Reference: req.Image.Reference, Signed: f.signed},
 		Maps:  []string{"counts", "events"},
 	}, nil

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 )
 
@@ -133,4 +135,46 @@ func netHelper(mode, addr string) int {
 		return HelperOK
 	}
 	return -1
+}
+
+// PodCgroup lays out a pod's cgroup under a cgroup2 mount the way kubelet
+// does (cgrouppath.PodPath names it) with a "container" cgroup inside, as
+// the runtime makes, and returns both; they are removed at the end.
+func PodCgroup(t testing.TB, mount, podPath string) (pod, container string) {
+	t.Helper()
+	pod = filepath.Join(mount, podPath)
+	container = filepath.Join(pod, "container")
+	MakeCgroup(t, container)
+	return pod, container
+}
+
+// CgroupPrograms counts the programs attached to a cgroup for one attach
+// type.
+func CgroupPrograms(t testing.TB, dir string, at ebpf.AttachType) int {
+	t.Helper()
+	f, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: at})
+	if err != nil {
+		t.Fatalf("querying the programs on cgroup %s: %v", dir, err)
+	}
+	return len(res.Programs)
+}
+
+// MapCounter reads the uint64 at key 0 of a pinned array map (a volume's).
+func MapCounter(t testing.TB, pin string) uint64 {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(pin, &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var v uint64
+	if err := m.Lookup(uint32(0), &v); err != nil {
+		t.Fatal(err)
+	}
+	return v
 }

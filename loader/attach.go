@@ -30,6 +30,8 @@ func (l *Loader) prepare(id Identity, spec *ebpf.CollectionSpec) (*entry, *net.I
 	var err error
 	if IsCgroupHook(id.Hook) {
 		err = checkCgroupDir(id.Cgroup)
+	} else if id.Netns != "" {
+		err = checkNetns(id) // the interface is looked up at attach, in the namespace
 	} else {
 		ifc, err = l.iface(id.Interface)
 	}
@@ -80,7 +82,9 @@ func (l *Loader) attach(e *entry, ifc *net.Interface) (err error) {
 	// Age orders ties on a hook: it counts from attach, in the order the
 	// interface lock grants, as a restart counts it from the pins.
 	e.created = time.Now()
-	switch e.id.Hook {
+	switch attachPath(e.id) {
+	case hookInNetns:
+		err = l.attachInNetns(e)
 	case HookXDP:
 		err = l.attachXDP(e, ifc)
 	case HookTCX:
@@ -121,7 +125,7 @@ func (l *Loader) checkHookFree(id Identity) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, e := range l.entries {
-		if e.id.Hook != HookXDP || e.id.Interface != id.Interface {
+		if e.id.Hook != HookXDP || e.id.Interface != id.Interface || e.id.Netns != id.Netns {
 			continue
 		}
 		owners := make([]string, 0, len(e.owners))
@@ -197,7 +201,7 @@ func (l *Loader) attachTCX(e *entry, ifc *net.Interface) error {
 func (l *Loader) tcxPeers(id Identity) []*entry {
 	var out []*entry
 	for _, e := range l.entries {
-		if e.id.Hook == HookTCX && e.id.Interface == id.Interface && e.id.Direction == id.Direction && e.attached {
+		if e.id.Hook == HookTCX && e.id.Interface == id.Interface && e.id.Netns == id.Netns && e.id.Direction == id.Direction && e.attached {
 			out = append(out, e)
 		}
 	}

@@ -62,6 +62,9 @@ func lockName(id Identity) string {
 	if IsCgroupHook(id.Hook) {
 		return "cgroup:" + id.Cgroup
 	}
+	if id.Netns != "" {
+		return netnsLockName(id)
+	}
 	return id.Interface
 }
 
@@ -69,6 +72,9 @@ func lockName(id Identity) string {
 func targetName(id Identity) string {
 	if IsCgroupHook(id.Hook) {
 		return "cgroup " + id.Cgroup
+	}
+	if id.Netns != "" {
+		return id.Interface + " in network namespace " + id.Netns
 	}
 	return id.Interface
 }

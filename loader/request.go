@@ -87,6 +87,9 @@ type Request struct {
 	Hook Hook
 	// Interface is the host interface name.
 	Interface string
+	// Netns, when set, is the network namespace (a path to open) that
+	// Interface is in; empty means the daemon's own.
+	Netns string
 	// Cgroup is the cgroup2 directory a cgroup hook attaches to (absolute).
 	Cgroup string
 	// AttachTo is the socket operation of a cgroup_sock_addr hook
@@ -113,6 +116,7 @@ type Identity struct {
 	Program   string            `json:"program"`
 	Hook      Hook              `json:"hook"`
 	Interface string            `json:"interface"`
+	Netns     string            `json:"netns,omitempty"`
 	Cgroup    string            `json:"cgroup,omitempty"`
 	AttachTo  string            `json:"attachTo,omitempty"`
 	Direction string            `json:"direction,omitempty"`

@@ -87,6 +87,7 @@ func resolve(req Request, img *bytecode.Image, spec *ebpf.CollectionSpec) (Ident
 		Program:   req.Program,
 		Hook:      req.Hook,
 		Interface: req.Interface,
+		Netns:     req.Netns,
 		Cgroup:    req.Cgroup,
 		AttachTo:  req.AttachTo,
 		Direction: req.Direction,

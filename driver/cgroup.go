@@ -36,6 +36,11 @@ func (vr *volumeRequest) parseTarget() error {
 		}
 		lr.AttachTo = at
 	}
+	if _, ok := a[AttrPriority]; ok && cgroupHook {
+		// The kernel runs a cgroup's programs in attach order; a priority
+		// would promise an order bpfmount cannot give.
+		return invalid("volume attribute %q does not apply to type %s: the kernel runs every program on a cgroup, in the order they were attached; remove it", AttrPriority, lr.Hook)
+	}
 	ifname, hasIf := a[AttrInterface]
 	cg, hasCg := a[AttrCgroup]
 	if hasCg && vr.fromPod {

@@ -67,6 +67,7 @@ func TestParseCgroupTargets(t *testing.T) {
 		{cgroupPodAttrs(AttrType, "sock_ops", AttrAttachTo, "connect4"), `"attachTo" applies to type cgroup_sock_addr`},
 		{cgroupPodAttrs(AttrType, "sock_ops", AttrXDPMode, "skb"), `"xdpMode" applies to xdp`},
 		{cgroupPodAttrs(AttrType, "sock_ops", AttrProceedOn, "pass"), `"proceedOn" applies to xdp and tc`},
+		{cgroupPodAttrs(AttrType, "cgroup_skb", AttrDirection, "egress", AttrPriority, "10"), `"priority" does not apply to type cgroup_skb`},
 		{local(AttrType, "sock_ops"), `"cgroup" is required for type sock_ops`},
 		{local(AttrType, "sock_ops", AttrCgroup, "sys/fs/cgroup"), "absolute, clean path"},
 		{local(AttrType, "sock_ops", AttrCgroup, "/sys/fs/cgroup/../../etc"), "absolute, clean path"},

@@ -21,6 +21,7 @@ const (
 	AttrProgram    = "program"
 	AttrType       = "type"
 	AttrInterface  = "interface"
+	AttrAttachTo   = "attachTo" // tracing types: the target; cgroup_sock_addr: the socket operation
 	AttrPriority   = "priority"
 	AttrProceedOn  = "proceedOn"
 	AttrDirection  = "direction"
@@ -28,8 +29,7 @@ const (
 	AttrMaps       = "maps"
 	AttrGlobals    = "globals"
 	AttrPullPolicy = "pullPolicy"
-	AttrCgroup     = "cgroup"   // cgroup hooks of local requests: the cgroup2 directory
-	AttrAttachTo   = "attachTo" // cgroup_sock_addr: the socket operation
+	AttrCgroup     = "cgroup" // cgroup types of local requests: the cgroup2 directory
 )
 
 // Keys kubelet adds with podInfoOnMount and for ephemeral volumes.
@@ -43,9 +43,8 @@ const (
 )
 
 var attrKeys = []string{
-	AttrDirection, AttrGlobals, AttrImage, AttrInterface, AttrMaps, AttrPriority,
-	AttrProceedOn, AttrProgram, AttrPullPolicy, AttrType, AttrXDPMode,
-	AttrAttachTo, AttrCgroup,
+	AttrAttachTo, AttrDirection, AttrGlobals, AttrImage, AttrInterface, AttrMaps, AttrPriority,
+	AttrProceedOn, AttrProgram, AttrPullPolicy, AttrType, AttrXDPMode, AttrCgroup,
 }
 
 // Bounds on attribute values: generous for real use, small enough that a
@@ -195,7 +194,7 @@ func (vr *volumeRequest) parse() error {
 	}
 	if t, ok := a[AttrType]; ok {
 		if !slices.Contains(loader.Hooks, loader.Hook(t)) {
-			return invalid("volume attribute %q: %q is not a supported type (valid: %s)", AttrType, t, hookNames())
+			return invalid("volume attribute %q: %q is not a supported type (valid: %s)", AttrType, t, hookNames(loader.Hooks))
 		}
 		lr.Hook = loader.Hook(t)
 	}
@@ -213,8 +212,6 @@ func (vr *volumeRequest) parse() error {
 			return invalid("volume attribute %q: %d is out of range (1 to 1000; lower runs first)", AttrPriority, n)
 		}
 		lr.Priority = n
-	} else {
-		lr.Priority = loader.DefaultPriority
 	}
 
 	if d, ok := a[AttrDirection]; ok {
@@ -263,12 +260,26 @@ func (vr *volumeRequest) parse() error {
 		}
 		lr.Globals = globals
 	}
-	return checkHookKeys(lr)
+	return checkHookKeys(lr, a)
 }
 
 // checkHookKeys rejects keys that do not apply to the requested type. When
 // the type comes from the image, the loader checks the same after fetching.
-func checkHookKeys(lr *loader.Request) error {
+func checkHookKeys(lr *loader.Request, a map[string]string) error {
+	if loader.IsTracing(lr.Hook) {
+		for _, k := range []string{AttrInterface, AttrPriority, AttrProceedOn, AttrDirection, AttrXDPMode} {
+			if _, ok := a[k]; ok {
+				return invalid("volume attribute %q does not apply to type %s (the kernel runs any number of programs on one tracing hook): remove it", k, lr.Hook)
+			}
+		}
+		if _, err := loader.ParseAttachTo(lr.Hook, lr.AttachTo); err != nil {
+			return err // names the attribute, with an Invalid kind
+		}
+		return nil
+	}
+	if lr.Hook != "" && lr.AttachTo != "" && lr.Hook != loader.HookCgroupSockAddr {
+		return invalid("volume attribute %q applies to tracing types (%s) and cgroup_sock_addr, not %s: remove it", AttrAttachTo, hookNames(loader.TracingHooks), lr.Hook)
+	}
 	switch lr.Hook {
 	case loader.HookXDP:
 		if lr.Direction != "" {
@@ -300,6 +311,14 @@ func checkHookKeys(lr *loader.Request) error {
 		}
 	}
 	return nil
+}
+
+func hookNames(hs []loader.Hook) string {
+	s := make([]string, len(hs))
+	for i, h := range hs {
+		s[i] = string(h)
+	}
+	return strings.Join(s, ", ")
 }
 
 func parseGlobals(s string) (map[string][]byte, error) {

@@ -21,7 +21,7 @@ func TestParseAttributesDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	lr := vr.load
-	if lr.Priority != loader.DefaultPriority || lr.Image.Policy != "IfNotPresent" || lr.Hook != "" || vr.maps != nil {
+	if lr.Priority != 0 || lr.Image.Policy != "IfNotPresent" || lr.Hook != "" || vr.maps != nil {
 		t.Fatalf("defaults not applied: %+v", lr)
 	}
 	if vr.pod.Namespace != "web" || vr.pod.Name != "p" {
@@ -67,7 +67,7 @@ func TestParseAttributesRejects(t *testing.T) {
 	}{
 		{map[string]string{"interface": "eth0"}, `"image" is required`},
 		{map[string]string{"image": "x"}, `"interface" is required`},
-		{base("bogus", "1"), "valid attributes: direction, globals"},
+		{base("bogus", "1"), "valid attributes: attachTo, direction, globals"},
 		{base("Program", "x"), `did you mean "program"`},
 		{base("priority", "1001"), "out of range"},
 		{base("priority", "0"), "out of range"},
@@ -182,6 +182,8 @@ func FuzzParseAttributes(f *testing.F) {
 	f.Add("image", "r/x", "interface", "lo", "proceedOn", "pass,dispatcher_return")
 	f.Add("image", "r/x", "interface", "lo", "maps", "a,b,c")
 	f.Add("image", "r/x", "interface", "\u0435th0", "type", "tcx")
+	f.Add("image", "r/x", "cgroup", "/sys/fs/cgroup/a", "attachTo", "connect4")
+	f.Add("image", "r/x", "type", "kprobe", "attachTo", "tcp_connect")
 	f.Fuzz(func(t *testing.T, k1, v1, k2, v2, k3, v3 string) {
 		vr, err := parseAttributes(map[string]string{k1: v1, k2: v2, k3: v3})
 		if err != nil {
@@ -199,10 +201,18 @@ func FuzzParseAttributes(f *testing.F) {
 			}
 		}
 		lr := vr.load
-		if lr.Image.Reference == "" || lr.Interface == "" || len(lr.Interface) > 15 {
+		tracing := loader.IsTracing(lr.Hook) || lr.Hook == "" && lr.AttachTo != ""
+		onCgroup := lr.Cgroup != "" || vr.podCgroup
+		if lr.Image.Reference == "" || lr.Interface == "" && !tracing && !onCgroup || len(lr.Interface) > 15 {
 			t.Fatalf("accepted a request without image or with a bad interface: %+v", lr)
 		}
-		if lr.Priority < 1 || lr.Priority > 1000 {
+		if lr.Cgroup != "" && (vr.fromPod || lr.Interface != "") || onCgroup && loader.IsTracing(lr.Hook) {
+			t.Fatalf("accepted a cgroup a pod names, or with an interface or a tracing type: %+v", lr)
+		}
+		if loader.IsTracing(lr.Hook) && (lr.Interface != "" || lr.Priority != 0) {
+			t.Fatalf("accepted network keys on a tracing request: %+v", lr)
+		}
+		if lr.Priority != 0 && (lr.Priority < 1 || lr.Priority > 1000) {
 			t.Fatalf("accepted priority %d", lr.Priority)
 		}
 		for _, m := range vr.maps {

@@ -12,37 +12,50 @@ import (
 // the default route, resolved at publish (see podnet.go).
 const NodeDefault = "node:default"
 
-// hookNames lists the supported types for messages.
-func hookNames() string {
-	names := make([]string, len(loader.Hooks))
-	for i, h := range loader.Hooks {
-		names[i] = string(h)
-	}
-	return strings.Join(names, ", ")
-}
-
-// parseTarget checks where the program attaches: a host interface
-// (interface), a cgroup a local request names (cgroup), or the requesting
-// pod's own cgroup (a cgroup hook without either), found at publish.
+// parseTarget checks where the program attaches: a tracing type's target
+// (attachTo), a host interface (interface), a cgroup a local request names
+// (cgroup), or the requesting pod's own cgroup (a cgroup hook without
+// either), found at publish.
 func (vr *volumeRequest) parseTarget() error {
 	a, lr := vr.attrs, &vr.load
-	cgroupHook := loader.IsCgroupHook(lr.Hook)
 	if at, ok := a[AttrAttachTo]; ok {
-		if _, valid := loader.SockAddrOps[at]; !valid {
-			return invalid("volume attribute %q: %q is not a socket operation (valid: %s)", AttrAttachTo, at, strings.Join(loader.SockAddrOpNames(), ", "))
-		}
-		if lr.Hook != "" && lr.Hook != loader.HookCgroupSockAddr {
-			return invalid("volume attribute %q applies to type cgroup_sock_addr, not %s: remove it", AttrAttachTo, lr.Hook)
+		if at == "" {
+			return invalid("volume attribute %q is empty: name a tracing type's target or a cgroup_sock_addr socket operation, or remove it", AttrAttachTo)
 		}
 		lr.AttachTo = at
+	}
+	ifname, hasIf := a[AttrInterface]
+	cg, hasCg := a[AttrCgroup]
+	// Without a type the image's labels name it: an attachTo that is no
+	// socket operation can only be a tracing type's target.
+	if loader.IsTracing(lr.Hook) || lr.Hook == "" && lr.AttachTo != "" && !loader.IsSockAddrOp(lr.AttachTo) {
+		if hasCg {
+			return invalid("volume attribute %q applies to the cgroup types (%s), not to tracing types, which attach to their %q target: remove it",
+				AttrCgroup, hookNames(loader.CgroupHooks), AttrAttachTo)
+		}
+		if hasIf && lr.Hook == "" {
+			return invalid("volume attributes %q and %q exclude each other: %q %.80q names a tracing type's target, and tracing types attach to no interface; remove one",
+				AttrInterface, AttrAttachTo, AttrAttachTo, lr.AttachTo)
+		}
+		return nil // checkHookKeys checks the target and refuses the network keys
+	}
+	cgroupHook := loader.IsCgroupHook(lr.Hook)
+	if lr.AttachTo != "" {
+		switch {
+		case lr.Hook == loader.HookCgroupSockAddr && !loader.IsSockAddrOp(lr.AttachTo):
+			return invalid("volume attribute %q: %.80q is not a socket operation (valid: %s)", AttrAttachTo, lr.AttachTo, strings.Join(loader.SockAddrOpNames(), ", "))
+		case lr.Hook == "" && hasIf:
+			return invalid("volume attributes %q and %q exclude each other: %q %s names a socket operation of type cgroup_sock_addr, which attaches to a cgroup, not an interface; remove one",
+				AttrInterface, AttrAttachTo, AttrAttachTo, lr.AttachTo)
+		}
+		// Other types refuse attachTo in checkHookKeys, once the target
+		// is known to be there.
 	}
 	if _, ok := a[AttrPriority]; ok && cgroupHook {
 		// The kernel runs a cgroup's programs in attach order; a priority
 		// would promise an order bpfmount cannot give.
 		return invalid("volume attribute %q does not apply to type %s: the kernel runs every program on a cgroup, in the order they were attached; remove it", AttrPriority, lr.Hook)
 	}
-	ifname, hasIf := a[AttrInterface]
-	cg, hasCg := a[AttrCgroup]
 	if hasCg && vr.fromPod {
 		// A pod attaches to its own cgroup only; naming one would let it
 		// program other pods' or the node's sockets.
@@ -63,12 +76,9 @@ func (vr *volumeRequest) parseTarget() error {
 			}
 		}
 		lr.Interface = ifname // node:default is resolved at publish
-		if lr.AttachTo != "" {
-			return invalid("volume attribute %q applies to type cgroup_sock_addr, which attaches to a cgroup, not an interface: remove it", AttrAttachTo)
-		}
 	case hasCg:
 		if lr.Hook != "" && !cgroupHook {
-			return invalid("volume attribute %q applies to the cgroup types (cgroup_skb, cgroup_sock_addr, sock_ops), not %s: remove it", AttrCgroup, lr.Hook)
+			return invalid("volume attribute %q applies to the cgroup types (%s), not %s: remove it", AttrCgroup, hookNames(loader.CgroupHooks), lr.Hook)
 		}
 		if !filepath.IsAbs(cg) || filepath.Clean(cg) != cg {
 			return invalid("volume attribute %q: %q is not an absolute, clean path of a cgroup2 directory, e.g. %s/my.slice", AttrCgroup, cg, cgrouppath.DefaultRoot)
@@ -83,8 +93,8 @@ func (vr *volumeRequest) parseTarget() error {
 	case cgroupHook:
 		return invalid("volume attribute %q is required for type %s in a local request: the cgroup2 directory to attach to, e.g. %s/my.slice", AttrCgroup, lr.Hook, cgrouppath.DefaultRoot)
 	default:
-		return invalid("volume attribute %q is required: the host interface to attach to, e.g. eth0, or %s (the interface of the default route); cgroup types (%s) need none",
-			AttrInterface, NodeDefault, "cgroup_skb, cgroup_sock_addr, sock_ops")
+		return invalid("volume attribute %q is required: the host interface to attach to, e.g. eth0, or %s (the interface of the default route); cgroup types (%s) need none, and tracing types take %q instead",
+			AttrInterface, NodeDefault, hookNames(loader.CgroupHooks), AttrAttachTo)
 	}
 	return nil
 }
@@ -130,6 +140,9 @@ func (d *Driver) resolveCgroup(vr *volumeRequest) error {
 
 // targetOf describes an identity's attach point for events and logs.
 func targetOf(id loader.Identity) string {
+	if loader.IsTracing(id.Hook) {
+		return id.AttachTo
+	}
 	if loader.IsCgroupHook(id.Hook) || (id.Interface == "" && id.Cgroup != "") {
 		return "cgroup " + id.Cgroup
 	}

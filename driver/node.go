@@ -90,7 +90,7 @@ func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *pub
 	}
 	// Policy first, on everything known before the fetch: a pod no rule
 	// allows makes the node read no file and contact no registry.
-	if out.dec, err = d.authorize(pr, vr.load.Hook); err != nil {
+	if out.dec, err = d.authorize(pr, vr.load.Hook, vr.load.AttachTo); err != nil {
 		return err
 	}
 	unlock, err := d.lockVolume(pr.volID)
@@ -120,9 +120,11 @@ func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *pub
 		return err
 	}
 	out.hook = res.Identity.Hook
-	if vr.load.Hook == "" {
-		// The image named the hook: decide again, now on all of it.
-		if out.dec, err = d.authorize(pr, res.Identity.Hook); err != nil {
+	if vr.load.Hook == "" || res.Identity.AttachTo != vr.load.AttachTo {
+		// The image named the hook, or the socket operation of a
+		// cgroup_sock_addr program (its section): decide again, now on
+		// all of it.
+		if out.dec, err = d.authorize(pr, res.Identity.Hook, res.Identity.AttachTo); err != nil {
 			return err
 		}
 	}
@@ -139,10 +141,16 @@ func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *pub
 
 // authorize is the policy's one decision point. An empty hook means the
 // image will name it: the request is then denied only when no rule could
-// allow it for any hook, and decided again once the hook is known.
-func (d *Driver) authorize(pr *publishRequest, hook loader.Hook) (policy.Decision, error) {
+// allow it for any hook, and decided again once the hook is known. So is
+// an empty attachTo of a cgroup_sock_addr request: the object's section
+// names the operation.
+func (d *Driver) authorize(pr *publishRequest, hook loader.Hook, attachTo string) (policy.Decision, error) {
 	vr := pr.vol
 	pol := d.opts.Policy.Current()
+	prio := vr.load.Priority
+	if prio == 0 && vr.load.Interface != "" {
+		prio = loader.DefaultPriority // what the loader applies to network hooks
+	}
 	dec := pol.Decide(policy.Request{
 		Local:          !vr.fromPod,
 		Namespace:      vr.pod.Namespace,
@@ -151,8 +159,9 @@ func (d *Driver) authorize(pr *publishRequest, hook loader.Hook) (policy.Decisio
 		Image:          vr.load.Image.Reference,
 		Interface:      vr.load.Interface,
 		Cgroup:         vr.load.Cgroup,
+		AttachTo:       attachTo,
 		Hook:           string(hook),
-		Priority:       vr.load.Priority,
+		Priority:       prio,
 		ReadOnly:       pr.readOnly,
 	})
 	if !dec.Allowed {

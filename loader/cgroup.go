@@ -50,6 +50,12 @@ func SockAddrOpNames() []string {
 	return out
 }
 
+// IsSockAddrOp reports whether s is a socket operation of cgroup_sock_addr.
+func IsSockAddrOp(s string) bool {
+	_, ok := SockAddrOps[s]
+	return ok
+}
+
 // IsCgroupHook reports whether h attaches to a cgroup.
 func IsCgroupHook(h Hook) bool {
 	_, ok := cgroupProgTypes[h]
@@ -57,10 +63,15 @@ func IsCgroupHook(h Hook) bool {
 }
 
 // lockName is the name of the lock that serializes attaches to id's
-// target. Interface names cannot hold ':', so the two never collide.
+// target: a cgroup, a tracing target, or an interface (in a namespace).
+// Interface names cannot hold ':', and each other kind has its own
+// prefix, so no two kinds collide.
 func lockName(id Identity) string {
 	if IsCgroupHook(id.Hook) {
 		return "cgroup:" + id.Cgroup
+	}
+	if IsTracing(id.Hook) {
+		return string(id.Hook) + ":" + id.AttachTo
 	}
 	if id.Netns != "" {
 		return netnsLockName(id)
@@ -70,6 +81,9 @@ func lockName(id Identity) string {
 
 // targetName describes id's attach point in messages.
 func targetName(id Identity) string {
+	if IsTracing(id.Hook) {
+		return id.AttachTo
+	}
 	if IsCgroupHook(id.Hook) {
 		return "cgroup " + id.Cgroup
 	}
@@ -96,8 +110,8 @@ func resolveCgroup(id *Identity, ps *ebpf.ProgramSpec) error {
 		if id.Direction != Ingress && id.Direction != Egress {
 			return fault.Errorf(fault.Invalid, "hook %s needs direction ingress or egress", id.Hook)
 		}
-		if id.AttachTo != "" {
-			return fault.Errorf(fault.Invalid, "attachTo applies to cgroup_sock_addr, not %s", id.Hook)
+		if err := CheckAttachTo(id.Hook, id.AttachTo); err != nil {
+			return err
 		}
 	case HookCgroupSockAddr:
 		if id.Direction != "" {
@@ -110,12 +124,18 @@ func resolveCgroup(id *Identity, ps *ebpf.ProgramSpec) error {
 				}
 			}
 		}
-		if _, ok := SockAddrOps[id.AttachTo]; !ok {
-			return fault.Errorf(fault.Invalid, "hook %s needs attachTo, the socket operation to hook (valid: %v)", id.Hook, SockAddrOpNames())
+		if id.AttachTo == "" {
+			return fault.Errorf(fault.Invalid, "hook %s needs attachTo, the socket operation to hook (valid: %v), or a program in a section that names one", id.Hook, SockAddrOpNames())
+		}
+		if err := CheckAttachTo(id.Hook, id.AttachTo); err != nil {
+			return err
 		}
 	case HookSockOps:
-		if id.Direction != "" || id.AttachTo != "" {
-			return fault.Errorf(fault.Invalid, "direction and attachTo do not apply to %s: remove them", id.Hook)
+		if id.Direction != "" {
+			return fault.Errorf(fault.Invalid, "direction applies to tc, tcx and cgroup_skb, not %s", id.Hook)
+		}
+		if err := CheckAttachTo(id.Hook, id.AttachTo); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -126,8 +146,25 @@ func checkNotCgroup(id Identity) error {
 	if id.Cgroup != "" {
 		return fault.Errorf(fault.Invalid, "hook %s attaches to an interface, not a cgroup: use type cgroup_skb, cgroup_sock_addr or sock_ops", id.Hook)
 	}
-	if id.AttachTo != "" {
-		return fault.Errorf(fault.Invalid, "attachTo applies to cgroup_sock_addr, not %s", id.Hook)
+	return CheckAttachTo(id.Hook, id.AttachTo)
+}
+
+// CheckAttachTo checks attachTo for hook h: a tracing type's target (see
+// ParseAttachTo, which also refuses an empty one), a socket operation for
+// cgroup_sock_addr (empty: the object's section names it), and nothing for
+// any other hook.
+func CheckAttachTo(h Hook, s string) error {
+	switch {
+	case IsTracing(h):
+		_, err := ParseAttachTo(h, s)
+		return err
+	case h == HookCgroupSockAddr:
+		if s != "" && !IsSockAddrOp(s) {
+			return fault.Errorf(fault.Invalid, "attachTo %.80q is not a socket operation of hook %s (valid: %v)", s, h, SockAddrOpNames())
+		}
+		return nil
+	case s != "":
+		return fault.Errorf(fault.Invalid, "attachTo applies to tracing types (%s) and cgroup_sock_addr, not %s: remove it", hookList(TracingHooks), h)
 	}
 	return nil
 }

@@ -22,12 +22,34 @@ const (
 
 	// Hooks on a cgroup (v2): they need Cgroup, never Interface.
 	HookCgroupSKB      Hook = "cgroup_skb"       // packets in or out of the cgroup's sockets
-	HookCgroupSockAddr Hook = "cgroup_sock_addr" // connect, sendmsg, recvmsg, bind of its sockets
+	HookCgroupSockAddr Hook = "cgroup_sock_addr" // connect, sendmsg, recvmsg, bind of its sockets (AttachTo names which)
 	HookSockOps        Hook = "sock_ops"         // TCP events of its sockets
+
+	// Tracing hooks, spelled as bpfman's image labels spell them. Each
+	// names its target in Request.AttachTo; the kernel runs any number
+	// of programs on one, so they need no dispatcher and no priority.
+	HookTracepoint Hook = "tracepoint" // a kernel tracepoint, group/name
+	HookKprobe     Hook = "kprobe"     // a kernel function's entry (or an offset in it)
+	HookKretprobe  Hook = "kretprobe"  // a kernel function's return
+	HookUprobe     Hook = "uprobe"     // a user function's entry, PATH:SYMBOL
+	HookUretprobe  Hook = "uretprobe"  // a user function's return
+	HookFentry     Hook = "fentry"     // a kernel function's entry through a BPF trampoline
+	HookFexit      Hook = "fexit"      // a kernel function's return through a BPF trampoline
+)
+
+// NetworkHooks attach to an interface; CgroupHooks to a cgroup;
+// TracingHooks to an AttachTo target.
+var (
+	NetworkHooks = []Hook{HookXDP, HookTC, HookTCX}
+	CgroupHooks  = []Hook{HookCgroupSKB, HookCgroupSockAddr, HookSockOps}
+	TracingHooks = []Hook{HookTracepoint, HookKprobe, HookKretprobe, HookUprobe, HookUretprobe, HookFentry, HookFexit}
 )
 
 // Hooks lists the supported hooks.
-var Hooks = []Hook{HookXDP, HookTC, HookTCX, HookCgroupSKB, HookCgroupSockAddr, HookSockOps}
+var Hooks = slices.Concat(NetworkHooks, TracingHooks, CgroupHooks)
+
+// IsTracing reports whether h is a tracing hook.
+func IsTracing(h Hook) bool { return slices.Contains(TracingHooks, h) }
 
 // Directions of tc and tcx hooks (the dispatcher's own).
 const (
@@ -85,16 +107,17 @@ type Request struct {
 	// Hook is the attach point; empty means the type the image's labels
 	// give the program.
 	Hook Hook
-	// Interface is the host interface name.
+	// Interface is the host interface name, for xdp, tc and tcx.
 	Interface string
 	// Netns, when set, is the network namespace (a path to open) that
 	// Interface is in; empty means the daemon's own.
 	Netns string
 	// Cgroup is the cgroup2 directory a cgroup hook attaches to (absolute).
 	Cgroup string
-	// AttachTo is the socket operation of a cgroup_sock_addr hook
-	// (connect4, sendmsg6...); empty means the one the object's section
-	// names.
+	// AttachTo is a tracing hook's target (see ParseAttachTo), or the
+	// socket operation of a cgroup_sock_addr hook (connect4, sendmsg6...;
+	// empty there means the one the object's section names). Other hooks
+	// take none (see CheckAttachTo).
 	AttachTo string
 	// Direction is Ingress or Egress, for tc and tcx.
 	Direction string
@@ -118,7 +141,7 @@ type Identity struct {
 	Interface string            `json:"interface"`
 	Netns     string            `json:"netns,omitempty"`
 	Cgroup    string            `json:"cgroup,omitempty"`
-	AttachTo  string            `json:"attachTo,omitempty"`
+	AttachTo  string            `json:"attachTo,omitempty"` // omitted: network identities keep their keys
 	Direction string            `json:"direction,omitempty"`
 	Priority  int               `json:"priority"`
 	ProceedOn []string          `json:"proceedOn,omitempty"`

@@ -9,11 +9,9 @@ import "fmt"
 // listing only cgroup hooks grants no right over the node's interfaces.
 var cgroupHooks = []string{"cgroup_skb", "cgroup_sock_addr", "sock_ops"}
 
-// knownHooks are the hook names a policy may list.
-func knownHooks() []string { return append(append([]string{}, allHooks...), cgroupHooks...) }
-
-func (c *conditions) allowsCgroupHook() bool {
-	for _, h := range cgroupHooks {
+// allowsAny reports whether the conditions allow one of hooks.
+func (c *conditions) allowsAny(hooks []string) bool {
+	for _, h := range hooks {
 		if contains(c.hooks, h) {
 			return true
 		}
@@ -26,6 +24,8 @@ func (r *Request) target() string {
 	switch {
 	case r.Interface != "":
 		return fmt.Sprintf("%q", r.Interface)
+	case r.AttachTo != "" && r.Cgroup == "" && !contains(cgroupHooks, r.Hook):
+		return fmt.Sprintf("%q", r.AttachTo) // a tracing target (or, hook unknown, maybe an operation)
 	case r.Cgroup != "":
 		return fmt.Sprintf("cgroup %q", r.Cgroup)
 	case r.Local:

@@ -68,7 +68,7 @@ func compileConds(fc fileConds, isRule bool) (conditions, error) {
 		readOnlyOnly:     fc.ReadOnlyOnly,
 		minPrio:          minPriority,
 		maxPrio:          maxPriority,
-		hooks:            allHooks,
+		hooks:            networkHooks,
 	}
 	if fc.Images == nil {
 		if isRule {
@@ -98,15 +98,20 @@ func compileConds(fc fileConds, isRule bool) (conditions, error) {
 	c.interfacesRaw = fc.Interfaces
 	if fc.Hooks != nil {
 		if len(fc.Hooks) == 0 {
-			return c, fmt.Errorf(`hooks is an empty list: omit it to allow the interface hooks, or list some of %s`, quoteList(knownHooks()))
+			return c, fmt.Errorf(`hooks is an empty list: omit it to allow xdp, tc and tcx, or list some of %s`, quoteList(allHooks))
 		}
 		for _, h := range fc.Hooks {
-			if !contains(knownHooks(), h) {
-				return c, fmt.Errorf(`hooks: unknown hook %q: valid hooks are %s`, h, quoteList(knownHooks()))
+			if !contains(allHooks, h) {
+				return c, fmt.Errorf(`hooks: unknown hook %q: valid hooks are %s`, h, quoteList(allHooks))
 			}
 		}
 		c.hooks = fc.Hooks
 	}
+	if err := checkGlobs("attachTo", fc.AttachTo, true); err != nil {
+		return c, err
+	}
+	c.attachTo = compileGlobs(fc.AttachTo)
+	c.attachToRaw = fc.AttachTo
 	if pr := fc.Priorities; pr != nil {
 		if pr.Min != nil {
 			c.minPrio = *pr.Min
@@ -219,6 +224,8 @@ type conditions struct {
 	interfaces       []glob // nil: any
 	interfacesRaw    []string
 	hooks            []string
+	attachTo         []glob // nil: any target of an allowed tracing hook, any cgroup_sock_addr operation
+	attachToRaw      []string
 	minPrio, maxPrio int
 	readOnlyOnly     bool
 }

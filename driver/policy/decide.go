@@ -16,6 +16,7 @@ const (
 	condDigest
 	condInterface
 	condHook
+	condAttachTo
 	condPriority
 	condReadOnly
 )
@@ -110,17 +111,25 @@ func (c *conditions) failed(k cond, ref imageRef, r *Request) bool {
 	case condDigest:
 		return c.requireDigest && !ref.pinned
 	case condInterface:
-		// A cgroup hook has no interface: interfaces do not restrict it.
+		// Cgroup and tracing requests name no interface; network ones
+		// always do: interfaces restrict network requests only.
 		return c.interfaces != nil && r.Interface != "" && !matchAny(c.interfaces, r.Interface)
 	case condHook:
 		if r.Hook == "" && r.Interface == "" {
-			return !c.allowsCgroupHook() // no interface: only a cgroup hook can follow
+			// No interface: only a cgroup hook can follow, or with an
+			// attachTo a tracing hook.
+			return !c.allowsAny(cgroupHooks) && !(r.AttachTo != "" && c.allowsAny(tracingHooks))
 		}
 		// An unknown hook passes: every rule allows some hook, and the
 		// request is decided again once the image names it.
 		return r.Hook != "" && !contains(c.hooks, r.Hook)
+	case condAttachTo:
+		return c.attachTo != nil && r.AttachTo != "" && !matchAny(c.attachTo, r.AttachTo)
 	case condPriority:
-		return r.Priority < c.minPrio || r.Priority > c.maxPrio
+		// Priorities order network programs only; cgroup and tracing
+		// requests name no interface, also before their hook is known.
+		network := contains(networkHooks, r.Hook) || r.Hook == "" && r.Interface != ""
+		return network && (r.Priority < c.minPrio || r.Priority > c.maxPrio)
 	case condReadOnly:
 		return c.readOnlyOnly && !r.ReadOnly
 	}
@@ -152,10 +161,16 @@ func (c *conditions) explain(k cond, subject string, ref imageRef, r *Request) s
 	case condInterface:
 		return fmt.Sprintf("%s allows interfaces %s only", subject, quoteList(c.interfacesRaw))
 	case condHook:
+		if r.Hook == "" && r.AttachTo != "" {
+			return fmt.Sprintf("%s allows hooks %s only: none of them a tracing hook (%s) or a cgroup hook (%s), which a request with attachTo and no interface is for",
+				subject, quoteList(c.hooks), strings.Join(tracingHooks, ", "), strings.Join(cgroupHooks, ", "))
+		}
 		if r.Hook == "" {
 			return fmt.Sprintf("%s allows hooks %s only, none of them a cgroup hook (%s), and the request names no interface", subject, quoteList(c.hooks), strings.Join(cgroupHooks, ", "))
 		}
 		return fmt.Sprintf("%s allows hooks %s only, not %q", subject, quoteList(c.hooks), r.Hook)
+	case condAttachTo:
+		return fmt.Sprintf("%s allows attachTo %s only", subject, quoteList(c.attachToRaw))
 	case condPriority:
 		return fmt.Sprintf("%s allows priorities %d..%d only, not %d", subject, c.minPrio, c.maxPrio, r.Priority)
 	case condReadOnly:

@@ -36,6 +36,7 @@ type fileConds struct {
 	RequireSignature bool            `json:"requireSignature"`
 	Interfaces       []string        `json:"interfaces"`
 	Hooks            []string        `json:"hooks"`
+	AttachTo         []string        `json:"attachTo"`
 	Priorities       *filePriorities `json:"priorities"`
 	ReadOnlyOnly     bool            `json:"readOnlyOnly"`
 }
@@ -50,11 +51,11 @@ type filePriorities struct {
 // unknown-field errors do not say where the field was.
 var (
 	docKeys  = []string{"apiVersion", "kind", "rules", "local"}
-	condKeys = []string{"images", "requireDigest", "requireSignature", "interfaces", "hooks", "priorities", "readOnlyOnly"}
+	condKeys = []string{"images", "requireDigest", "requireSignature", "interfaces", "hooks", "attachTo", "priorities", "readOnlyOnly"}
 	ruleKeys = append([]string{"name", "namespaces", "serviceAccounts"}, condKeys...)
 	prioKeys = []string{"min", "max"}
 	// Fields holding strings or lists of strings.
-	stringFields = []string{"apiVersion", "kind", "name", "namespaces", "serviceAccounts", "images", "interfaces", "hooks"}
+	stringFields = []string{"apiVersion", "kind", "name", "namespaces", "serviceAccounts", "images", "interfaces", "hooks", "attachTo"}
 	localHint    = map[string]string{
 		"namespaces":      "the local section applies to requests without pod information; it takes no namespaces",
 		"serviceAccounts": "the local section applies to requests without pod information; it takes no serviceAccounts",

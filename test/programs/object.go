@@ -5,3 +5,18 @@ func TCXOrderObject() []byte { return _TcxorderBytes }
 
 // CgroupHooksObject returns the compiled cgroup_hooks programs.
 func CgroupHooksObject() []byte { return _CgrouphooksBytes }
+
+// TraceCountObject returns the compiled trace_count programs.
+func TraceCountObject() []byte { return _TracecountBytes }
+
+// Slots of trace_count's counts map, one per hook (enum slot in the C
+// source).
+const (
+	SlotTracepoint uint32 = iota
+	SlotKprobe
+	SlotKretprobe
+	SlotUprobe
+	SlotUretprobe
+	SlotFentry
+	SlotFexit
+)

@@ -21,7 +21,7 @@ const (
 	AttrProgram    = "program"
 	AttrType       = "type"
 	AttrInterface  = "interface"
-	AttrAttachTo   = "attachTo"
+	AttrAttachTo   = "attachTo" // tracing types: the target; cgroup_sock_addr: the socket operation
 	AttrPriority   = "priority"
 	AttrProceedOn  = "proceedOn"
 	AttrDirection  = "direction"
@@ -29,6 +29,7 @@ const (
 	AttrMaps       = "maps"
 	AttrGlobals    = "globals"
 	AttrPullPolicy = "pullPolicy"
+	AttrCgroup     = "cgroup" // cgroup types of local requests: the cgroup2 directory
 )
 
 // Keys kubelet adds with podInfoOnMount and for ephemeral volumes.
@@ -43,7 +44,7 @@ const (
 
 var attrKeys = []string{
 	AttrAttachTo, AttrDirection, AttrGlobals, AttrImage, AttrInterface, AttrMaps, AttrPriority,
-	AttrProceedOn, AttrProgram, AttrPullPolicy, AttrType, AttrXDPMode,
+	AttrProceedOn, AttrProgram, AttrPullPolicy, AttrType, AttrXDPMode, AttrCgroup,
 }
 
 // Bounds on attribute values: generous for real use, small enough that a
@@ -78,6 +79,9 @@ type volumeRequest struct {
 	// then a pod's request, decided by the policy's rules; only requests
 	// with none are local (the standalone CLI).
 	fromPod bool
+	// podCgroup is true when the program attaches to the pod's own cgroup,
+	// found at publish (see cgroup.go).
+	podCgroup bool
 }
 
 // parseAttributes checks every volume attribute and turns them into a load
@@ -194,24 +198,8 @@ func (vr *volumeRequest) parse() error {
 		}
 		lr.Hook = loader.Hook(t)
 	}
-	_, hasAttachTo := a[AttrAttachTo]
-	if at, ok := a[AttrAttachTo]; ok {
-		if at == "" {
-			return invalid("volume attribute %q is empty: name the tracing hook's target, or remove it", AttrAttachTo)
-		}
-		lr.AttachTo = at
-	}
-	// The interface is required unless the request is for a tracing hook,
-	// or may be (no type: the image's labels decide, with attachTo given).
-	tracing := loader.IsTracing(lr.Hook) || lr.Hook == "" && hasAttachTo
-	if ifname, ok := a[AttrInterface]; ok || !tracing {
-		if !ok || ifname == "" {
-			return invalid("volume attribute %q is required: the host interface to attach to, e.g. eth0 (tracing types take %q instead)", AttrInterface, AttrAttachTo)
-		}
-		if err := checkIfname(ifname); err != nil {
-			return err
-		}
-		lr.Interface = ifname
+	if err := vr.parseTarget(); err != nil {
+		return err
 	}
 
 	if p, ok := a[AttrPriority]; ok {
@@ -289,8 +277,8 @@ func checkHookKeys(lr *loader.Request, a map[string]string) error {
 		}
 		return nil
 	}
-	if lr.Hook != "" && lr.AttachTo != "" {
-		return invalid("volume attribute %q applies to tracing types (%s), not %s: remove it", AttrAttachTo, hookNames(loader.TracingHooks), lr.Hook)
+	if lr.Hook != "" && lr.AttachTo != "" && lr.Hook != loader.HookCgroupSockAddr {
+		return invalid("volume attribute %q applies to tracing types (%s) and cgroup_sock_addr, not %s: remove it", AttrAttachTo, hookNames(loader.TracingHooks), lr.Hook)
 	}
 	switch lr.Hook {
 	case loader.HookXDP:
@@ -304,6 +292,9 @@ func checkHookKeys(lr *loader.Request, a map[string]string) error {
 		if lr.XDPMode != "" {
 			return invalid("volume attribute %q applies to xdp, not %s: remove it", AttrXDPMode, lr.Hook)
 		}
+	}
+	if loader.IsCgroupHook(lr.Hook) {
+		return checkCgroupHookKeys(lr)
 	}
 	if lr.Hook != "" && len(lr.ProceedOn) > 0 {
 		if lr.Hook == loader.HookTCX {

@@ -340,7 +340,9 @@ rules:
 		fragment string
 	}{
 		{pod("web", "count_tracepoint", "tracepoint", "sched/sched_process_exec"), `rule "network" allows hooks ["xdp", "tc", "tcx"] only, not "tracepoint"`},
-		{pod("web", "count_tracepoint", "", "sched/sched_process_exec"), `not "tracepoint"`},
+		// No type, attachTo and no interface: denied before the fetch by
+		// a rule that lists no tracing or cgroup hook.
+		{pod("web", "count_tracepoint", "", "sched/sched_process_exec"), `allows hooks ["xdp", "tc", "tcx"] only: none of them a tracing hook`},
 		{pod("observe", "count_tracepoint", "tracepoint", "syscalls/sys_enter_getpid"), `allows attachTo ["sched/*"] only`},
 		{pod("observe", "count_uprobe", "uprobe", "/bin/true:main"), `not "uprobe"`},
 	} {

@@ -231,6 +231,8 @@ func TestTracingRefusals(t *testing.T) {
 // Without tracefs, a tracepoint is refused with FailedPrecondition saying
 // how to mount it, unless the loader may mount it itself.
 func TestTracingTracefs(t *testing.T) {
+	testenv.RequireRoot(t)
+	testenv.TracefsExclusive(t)
 	if testenv.TracefsMounted() {
 		t.Skip("tracefs is mounted on this node already: the test does not unmount what it did not mount")
 	}

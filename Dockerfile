@@ -1,11 +1,12 @@
 # syntax=docker/dockerfile:1
 #
-# Two images from one build:
-#   docker build --target bpfmount           -t bpfmount/bpfmount:dev .
-#   docker build --target xdp-counter-reader -t bpfmount/xdp-counter-reader:dev .
+# Three images from one build:
+#   docker build --target bpfmount            -t bpfmount/bpfmount:dev .
+#   docker build --target xdp-counter-reader  -t bpfmount/xdp-counter-reader:dev .
+#   docker build --target exec-events-reader  -t bpfmount/exec-events-reader:dev .
 # (the default target, the last stage, is bpfmount).
 #
-# Both binaries are static (CGO_ENABLED=0): the eBPF objects are committed
+# The binaries are static (CGO_ENABLED=0): the eBPF objects are committed
 # and embedded, so no clang or libbpf is needed to build, and the images
 # carry nothing but the binary (and CA certificates for the driver, which
 # pulls bytecode images over TLS). Base images are build arguments, so a
@@ -33,20 +34,27 @@ ARG VERSION=dev
 RUN --mount=type=cache,target=/root/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     go build -ldflags "-s -w -X github.com/bpfmount/bpfmount/driver.Version=${VERSION}" \
         -o /out/bpfmount ./cmd/bpfmount \
- && go build -ldflags "-s -w" -o /out/xdp-counter-reader ./deploy/examples/xdp-counter/reader
+ && go build -ldflags "-s -w" -o /out/xdp-counter-reader ./deploy/examples/xdp-counter/reader \
+ && go build -ldflags "-s -w" -o /out/exec-events-reader ./deploy/examples/exec-events/reader
 
-# The reader runs as a non-root user with only CAP_BPF added (see
-# deploy/examples/xdp-counter-pod.yaml). Container runtimes give a non-root
-# process added capabilities only through file capabilities on the
-# executable, so the binary carries cap_bpf in its permitted and effective
-# sets. BuildKit keeps this extended attribute when copying between
-# stages.
+# The readers run as a non-root user with only CAP_BPF added (see
+# deploy/examples/xdp-counter-pod.yaml and deploy/examples/exec-events/pod.yaml):
+# opening a pinned map needs it where kernel.unprivileged_bpf_disabled is
+# set. Reading a ring buffer needs nothing more: the exec-events reader
+# opens the map read-write (it writes its consumer position; the volume's
+# file permissions, through the pod's fsGroup, allow that) and maps the
+# ring's pages with mmap, which takes no capability. Container runtimes
+# give a non-root process added capabilities only through file
+# capabilities on the executable, so each binary carries cap_bpf in its
+# permitted and effective sets. BuildKit keeps this extended attribute
+# when copying between stages.
 FROM ${GO_IMAGE} AS reader-caps
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libcap2-bin \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=build /out/xdp-counter-reader /out/xdp-counter-reader
-RUN setcap cap_bpf=ep /out/xdp-counter-reader && getcap /out/xdp-counter-reader
+COPY --from=build /out/xdp-counter-reader /out/exec-events-reader /out/
+RUN setcap cap_bpf=ep /out/xdp-counter-reader && getcap /out/xdp-counter-reader \
+ && setcap cap_bpf=ep /out/exec-events-reader && getcap /out/exec-events-reader
 
 FROM ${BASE_IMAGE} AS xdp-counter-reader
 ARG VERSION=dev
@@ -61,6 +69,20 @@ LABEL org.opencontainers.image.title="xdp-counter-reader" \
 COPY --from=reader-caps /out/xdp-counter-reader /xdp-counter-reader
 USER 65534:65534
 ENTRYPOINT ["/xdp-counter-reader"]
+
+FROM ${BASE_IMAGE} AS exec-events-reader
+ARG VERSION=dev
+ARG CREATED
+ARG REVISION
+LABEL org.opencontainers.image.title="exec-events-reader" \
+      org.opencontainers.image.description="Example reader of the bpfmount exec-events tracepoint: prints the exec events it reads from a ring buffer it opens through a bpfmount volume" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.source="https://github.com/bpfmount/bpfmount"
+COPY --from=reader-caps /out/exec-events-reader /exec-events-reader
+USER 65534:65534
+ENTRYPOINT ["/exec-events-reader"]
 
 # The driver runs as root (it loads eBPF programs and mounts filesystems;
 # the Helm chart makes the container privileged) and never executes another

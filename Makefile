@@ -59,8 +59,9 @@ bench-vm:
 	test/vm/run.sh bench
 
 # The release images, built from the Dockerfile with buildah (root, no
-# Docker engine): build/images/bpfmount-$(VERSION).tar and
-# build/images/xdp-counter-reader-$(VERSION).tar, OCI archives.
+# Docker engine): build/images/bpfmount-$(VERSION).tar,
+# build/images/xdp-counter-reader-$(VERSION).tar and
+# build/images/exec-events-reader-$(VERSION).tar, OCI archives.
 image:
 	deploy/image/build.sh $(VERSION)
 

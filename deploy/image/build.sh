@@ -4,6 +4,7 @@
 #
 #   build/images/bpfmount-<version>.tar            (target bpfmount)
 #   build/images/xdp-counter-reader-<version>.tar  (target xdp-counter-reader)
+#   build/images/exec-events-reader-<version>.tar  (target exec-events-reader)
 #
 # Each archive holds one image whose index names it
 # bpfmount/<name>:<version>; `ctr images import` and `skopeo copy
@@ -83,7 +84,7 @@ fi
 
 created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-for target in bpfmount xdp-counter-reader; do
+for target in bpfmount xdp-counter-reader exec-events-reader; do
 	ref=bpfmount/$target:$version
 	echo "== building $ref (Dockerfile target $target, GO_IMAGE=$go_image)"
 	# --network host: build steps reach the module proxy and Debian's

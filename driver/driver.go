@@ -110,7 +110,7 @@ func newDriver(opts Options, ld programLoader, st recordStore, mnt mounter) (*Dr
 		opts.Policy = policy.Static(policy.Default())
 	}
 	return &Driver{opts: opts, store: newCountingStore(st), loader: ld, mounts: mnt,
-		defaultRoute: func() (string, error) { return defaultRouteInterface(nil) }}, nil
+		defaultRoute: defaultRouteInterface}, nil
 }
 
 // metricsState is what the node gauges report at scrape time. Everything

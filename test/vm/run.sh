@@ -58,8 +58,9 @@ suite_files() {
 	done
 	(IFS=,; echo "${files[*]}")
 }
-# On 6.1 (no tcx) the suites' tests that touch xdp and tc.
-suite_run_61='^(TestXDP|TestSecondXDP|TestIdentical|TestReadOnly|TestRestartKeeps|TestPublishIsIdempotent|TestInterfaceRemoval|TestUnpublishAfter|TestCrashDuring|TestTrafficContinues|TestSIGTERM)'
+# On 6.1 (no tcx) the suites' tests that touch xdp and tc, and the cgroup
+# hooks'.
+suite_run_61='^(TestXDP|TestSecondXDP|TestIdentical|TestReadOnly|TestRestartKeeps|TestPublishIsIdempotent|TestInterfaceRemoval|TestUnpublishAfter|TestCrashDuring|TestTrafficContinues|TestSIGTERM|TestPodCgroup|TestLocalCgroup|TestHybridCgroup|TestDefaultRoute)'
 
 status=0
 suites=0

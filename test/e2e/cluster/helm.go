@@ -33,14 +33,16 @@ func (c *Cluster) helmConfig() (*action.Configuration, error) {
 
 // Values are the chart values every install on this cluster needs: the
 // driver image imported into containerd (never pulled) with tag, the
-// cluster's kubelet root, and a health port (the driver runs in the host
-// network). The chart's defaults stand for the rest, its policy included.
+// cluster's kubelet root and cgroup root (where the driver finds pods'
+// cgroups), and a health port (the driver runs in the host network). The
+// chart's defaults stand for the rest, its policy included.
 func (c *Cluster) Values(tag string, healthPort int) map[string]any {
 	return map[string]any{
-		"kubeletRootDir": c.KubeletDir,
-		"image":          map[string]any{"repository": DriverRepo, "tag": tag, "pullPolicy": "Never"},
-		"health":         map[string]any{"port": healthPort},
-		"logLevel":       4,
+		"kubeletRootDir":    c.KubeletDir,
+		"kubeletCgroupRoot": "/" + cgroupRoot,
+		"image":             map[string]any{"repository": DriverRepo, "tag": tag, "pullPolicy": "Never"},
+		"health":            map[string]any{"port": healthPort},
+		"logLevel":          4,
 	}
 }
 

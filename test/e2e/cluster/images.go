@@ -29,6 +29,12 @@ const (
 	BytecodeDir   = "/var/lib/bpfmount/bytecode"
 	CounterLayout = BytecodeDir + "/xdp-counter"
 	SeqLayout     = BytecodeDir + "/xdp-seq"
+
+	// The exec-events example (a tracepoint and its ring buffer reader)
+	// and the cgroup hooks test programs (count_skb among them).
+	ExecReaderImage  = "bpfmount-e2e.local/exec-events-reader:e2e"
+	ExecEventsLayout = BytecodeDir + "/exec-events"
+	CgroupLayout     = BytecodeDir + "/cgroup-hooks"
 )
 
 // goBuild builds a static binary of pkg (relative to dir) into out.
@@ -123,6 +129,7 @@ func ReleaseImages(dir, version string) []ReleaseImage {
 	return []ReleaseImage{
 		{filepath.Join(dir, "bpfmount-"+version+".tar"), "bpfmount/bpfmount:" + version, []string{DriverRepo + ":v1", DriverRepo + ":v2"}},
 		{filepath.Join(dir, "xdp-counter-reader-"+version+".tar"), "bpfmount/xdp-counter-reader:" + version, []string{ReaderImage}},
+		{filepath.Join(dir, "exec-events-reader-"+version+".tar"), "bpfmount/exec-events-reader:" + version, []string{ExecReaderImage}},
 	}
 }
 
@@ -165,14 +172,17 @@ func (c *Cluster) importImage(ref string, entrypoint []string, user string, file
 	return c.Ctr("images", "import", tarPath)
 }
 
-// BytecodeLayouts writes the example XDP counter and the xdp_seq test
-// program as local OCI layouts where the chart mounts localBytecodeDir,
+// BytecodeLayouts writes the example XDP counter, the xdp_seq test
+// program, the exec-events example and the cgroup hooks test programs as
+// local OCI layouts where the chart mounts localBytecodeDir,
 // with Bin/bpfmount (BuildHostTools).
 func (c *Cluster) BytecodeLayouts(repo string) error {
 	bpfmount := filepath.Join(c.Bin, "bpfmount")
 	for _, l := range [][2]string{
 		{CounterLayout, filepath.Join(repo, "deploy/examples/xdp-counter/bpf/xdpcounter_bpfel.o")},
 		{SeqLayout, filepath.Join(repo, "test/programs/xdpseq_bpfel.o")},
+		{ExecEventsLayout, filepath.Join(repo, "deploy/examples/exec-events/bpf/execevents_bpfel.o")},
+		{CgroupLayout, filepath.Join(repo, "test/programs/cgrouphooks_bpfel.o")},
 	} {
 		if out, err := exec.Command(bpfmount, "image", "build", "-o", l[0], "--tag", "v1", l[1]).CombinedOutput(); err != nil {
 			return fmt.Errorf("bpfmount image build %s: %v\n%s", l[1], err, out)

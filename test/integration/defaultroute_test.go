@@ -8,6 +8,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/bpfmount/bpfmount/internal/defaultroute"
 	"github.com/bpfmount/bpfmount/internal/testenv"
@@ -33,8 +34,8 @@ func TestDefaultRouteInterface(t *testing.T) {
 	}
 	runtime.UnlockOSThread()
 	defer orig.Close()
-	defer ns.Close() // the namespace goes with its last handle
-	h, err := netlink.NewHandleAt(ns)
+	defer ns.Close()                                      // the namespace goes with its last handle
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE) // the VMs' kernels may lack the other families
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -72,6 +72,8 @@ func TestSchemaAccepts(t *testing.T) {
 		"policy: {rules: [], local: {images: ['oci:/srv/**'], priorities: {max: 10}}}",
 		"logLevel: 0",
 		"logLevel: 10",
+		// Every hook the driver's policy knows.
+		"policy: {rules: [{name: a, namespaces: [x], images: [r.example/x], hooks: [xdp, tc, tcx, tracepoint, kprobe, kretprobe, uprobe, uretprobe, fentry, fexit, cgroup_skb, cgroup_sock_addr, sock_ops]}]}",
 	} {
 		if _, err := renderValues(t, values); err != nil {
 			t.Errorf("values %q: %v", values, err)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	helmdriver "helm.sh/helm/v3/pkg/storage/driver"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -178,7 +179,8 @@ func (c *cluster) installScenarioChart(t *testing.T, rule map[string]any) {
 	v := c.Values("v1", freePort())
 	v["policy"] = map[string]any{"rules": []any{rule}}
 	t.Cleanup(func() {
-		if err := c.HelmUninstall(); err != nil {
+		// A failed install may have left no release: nothing to undo.
+		if err := c.HelmUninstall(); err != nil && !errors.Is(err, helmdriver.ErrReleaseNotFound) {
 			t.Errorf("helm uninstall: %v", err)
 		}
 		err := poll(ctx, 60*time.Second, func() (bool, error) {

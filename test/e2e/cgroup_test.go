@@ -73,9 +73,17 @@ func TestCgroupSKBOwnTraffic(t *testing.T) {
 	}
 	count := c.openHits(t, ns, counted)
 
+	countedNS, otherNS := c.podNetns(t, ns, counted), c.podNetns(t, ns, other)
+	for _, netns := range []string{countedNS, otherNS} {
+		if err := waitServing(netns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(time.Second) // the last packets of those first connections are out
+
 	const n = 50
 	n0 := count()
-	if err := httpRequests(c.podNetns(t, ns, counted), n); err != nil {
+	if err := httpRequests(countedNS, n); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second) // the pod's last packets (ACKs of the client's FINs) are out
@@ -83,7 +91,7 @@ func TestCgroupSKBOwnTraffic(t *testing.T) {
 	if n1 < n0+n {
 		t.Fatalf("after the pod answered %d requests its egress count went %d -> %d, want a rise of at least %d", n, n0, n1, n)
 	}
-	if err := httpRequests(c.podNetns(t, ns, other), n); err != nil {
+	if err := httpRequests(otherNS, n); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Second) // the other pod's last packets (FIN, ACK) are out
@@ -224,6 +232,20 @@ func httpRequests(netnsPath string, n int) error {
 		}
 	}
 	return nil
+}
+
+// waitServing waits until the pod's server accepts connections: the pod
+// is Ready as soon as its container started (no probe can reach it from
+// the host: the pods' bridge has no address there).
+func waitServing(netnsPath string) error {
+	var err error
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		var conn net.Conn
+		if conn, err = dialIn(netnsPath, "127.0.0.1:8080"); err == nil {
+			return conn.Close()
+		}
+	}
+	return fmt.Errorf("no server on port 8080 in %s: %w", netnsPath, err)
 }
 
 // dialIn connects from inside the network namespace at netnsPath: the

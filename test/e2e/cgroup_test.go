@@ -108,7 +108,9 @@ func TestCgroupSKBOwnTraffic(t *testing.T) {
 
 // httpPod runs the XDP counter's reader as a small HTTP server on port
 // 8080 (its map is missing, so every answer is an error; an answer is all
-// the test needs), non-root with no capability. With counted, a
+// the test needs), non-root with CAP_BPF only (the image's binary carries
+// it as a file capability: without it in the container's bounding set
+// the exec is refused). With counted, a
 // bpfmount volume puts count_skb on the pod's egress; else an emptyDir
 // stands in.
 func httpPod(ns, name string, counted bool) *corev1.Pod {
@@ -121,6 +123,7 @@ func httpPod(ns, name string, counted bool) *corev1.Pod {
 	ctr := &p.Spec.Containers[0]
 	ctr.Image = readerImage
 	ctr.Command = []string{"/xdp-counter-reader", "--map", "/run/bpf/counter/none", "--listen", ":8080", "--interval", "1h"}
+	ctr.SecurityContext.Capabilities.Add = []corev1.Capability{"BPF"}
 	return p
 }
 

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -27,9 +28,11 @@ import (
 
 // A pod with a tracepoint volume (the exec-events example: its program on
 // sched/sched_process_exec, its ring buffer read by the example reader,
-// non-root with only CAP_BPF) reports an exec another process on the node
-// makes: a binary the test names uniquely, with its pid. Deleting the pod
-// detaches and unloads the program and leaves nothing behind.
+// non-root with only CAP_BPF) reports the execs of other processes: the
+// one another container of the pod runs, with that container's pid and
+// user, and one on the node, of a binary the test names uniquely, with its
+// pid. Deleting the pod detaches and unloads the program and leaves
+// nothing behind.
 func TestTracingExecEvents(t *testing.T) {
 	c := setup(t)
 	ctx := context.Background()
@@ -57,6 +60,18 @@ func TestTracingExecEvents(t *testing.T) {
 		t.Fatalf("%d tracepoint programs pinned by the driver, want 1: %v", len(progs), progs)
 	}
 
+	// The other container's process: found by its container ID in the
+	// pod's cgroup, it is the pid the event names.
+	runnerPID := c.containerPID(t, ns, pod, "runner")
+	ev, err := c.waitExecEvent(ctx, ns, pod, func(e execEvent) bool { return e.PID == runnerPID })
+	if err != nil {
+		t.Fatalf("no exec event of the runner container's process %d: %v", runnerPID, err)
+	}
+	if ev.Filename != "/xdp-counter-reader" || ev.UID != 65534 || ev.Comm != "xdp-counter-rea" {
+		t.Fatalf("exec event of the runner container %+v, want /xdp-counter-reader run by uid 65534", ev)
+	}
+	t.Logf("the reader saw the runner container's %+v", ev)
+
 	// A binary no one else runs, under a name that says whose it is.
 	var rnd [6]byte
 	rand.Read(rnd[:])
@@ -72,23 +87,9 @@ func TestTracingExecEvents(t *testing.T) {
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("running %s: %v", bin, err)
 	}
-	var ev execEvent
-	err = poll(ctx, 30*time.Second, func() (bool, error) {
-		evs, err := c.execEvents(ctx, ns, pod)
-		if err != nil {
-			return false, nil // no log yet
-		}
-		for _, e := range evs {
-			if e.Filename == bin {
-				ev = e
-				return true, nil
-			}
-		}
-		return false, nil
-	})
+	ev, err = c.waitExecEvent(ctx, ns, pod, func(e execEvent) bool { return e.Filename == bin })
 	if err != nil {
-		evs, _ := c.execEvents(ctx, ns, pod)
-		t.Fatalf("the reader logged no exec of %s (%d events logged): %v", bin, len(evs), err)
+		t.Fatalf("no exec event of %s: %v", bin, err)
 	}
 	if ev.PID != uint32(cmd.Process.Pid) || ev.UID != 0 || ev.Comm != filepath.Base(bin)[:15] {
 		t.Fatalf("exec event %+v, want pid %d, uid 0, comm %q", ev, cmd.Process.Pid, filepath.Base(bin)[:15])
@@ -101,22 +102,81 @@ func TestTracingExecEvents(t *testing.T) {
 	c.waitNothingLeft(t, progs)
 }
 
-// execEventsPod is deploy/examples/exec-events/pod.yaml on this cluster: the
-// example reader image, the bytecode as a local layout.
+// waitExecEvent waits until the reader logs an event that match accepts.
+func (c *cluster) waitExecEvent(ctx context.Context, ns, name string, match func(execEvent) bool) (execEvent, error) {
+	var ev execEvent
+	var n int
+	err := poll(ctx, 30*time.Second, func() (bool, error) {
+		evs, err := c.execEvents(ctx, ns, name)
+		if err != nil {
+			return false, nil // no log yet
+		}
+		n = len(evs)
+		for _, e := range evs {
+			if match(e) {
+				ev = e
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		return ev, fmt.Errorf("not among the %d events the reader logged: %w", n, err)
+	}
+	return ev, nil
+}
+
+// containerPID is the host pid of the process of a pod's container, read
+// from the container's cgroup (named by its ID) under the pod's.
+func (c *cluster) containerPID(t *testing.T, ns, pod, container string) uint32 {
+	t.Helper()
+	p, err := c.CS.CoreV1().Pods(ns).Get(context.Background(), pod, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cs := range p.Status.ContainerStatuses {
+		if cs.Name != container {
+			continue
+		}
+		_, id, _ := strings.Cut(cs.ContainerID, "://")
+		b, err := os.ReadFile(filepath.Join(c.podCgroup(t, ns, pod), id, "cgroup.procs"))
+		if err != nil {
+			t.Fatalf("the processes of container %s: %v", container, err)
+		}
+		first, _, _ := strings.Cut(string(b), "\n")
+		pid, err := strconv.ParseUint(first, 10, 32)
+		if err != nil {
+			t.Fatalf("no process in container %s: %q", container, b)
+		}
+		return uint32(pid)
+	}
+	t.Fatalf("pod %s/%s has no container %s", ns, pod, container)
+	return 0
+}
+
+// execEventsPod is deploy/examples/exec-events/pod.yaml on this cluster (the
+// example reader image, the bytecode as a local layout), with a second
+// container whose exec the reader must see: the XDP counter's reader,
+// waiting on a map that is not there.
 func execEventsPod(ns, name string) *corev1.Pod {
 	rw, nonRoot, no, uid := false, true, false, int64(65534)
+	sc := &corev1.SecurityContext{
+		RunAsNonRoot: &nonRoot, RunAsUser: &uid, AllowPrivilegeEscalation: &no, ReadOnlyRootFilesystem: &nonRoot,
+		Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"BPF"}},
+	}
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{"e2e": "bpfmount"}},
 		Spec: corev1.PodSpec{
 			SecurityContext: &corev1.PodSecurityContext{FSGroup: &uid},
 			Containers: []corev1.Container{{
 				Name: "reader", Image: kcluster.ExecReaderImage, ImagePullPolicy: corev1.PullNever,
-				Command: []string{"/exec-events-reader", "--map", "/run/bpf/exec/events"},
-				SecurityContext: &corev1.SecurityContext{
-					RunAsNonRoot: &nonRoot, RunAsUser: &uid, AllowPrivilegeEscalation: &no, ReadOnlyRootFilesystem: &nonRoot,
-					Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"BPF"}},
-				},
-				VolumeMounts: []corev1.VolumeMount{{Name: "bpf", MountPath: "/run/bpf/exec"}},
+				Command:         []string{"/exec-events-reader", "--map", "/run/bpf/exec/events"},
+				SecurityContext: sc,
+				VolumeMounts:    []corev1.VolumeMount{{Name: "bpf", MountPath: "/run/bpf/exec"}},
+			}, {
+				Name: "runner", Image: readerImage, ImagePullPolicy: corev1.PullNever,
+				Command:         []string{"/xdp-counter-reader", "--map", "/run/none", "--interval", "1h"},
+				SecurityContext: sc,
 			}},
 			Volumes: []corev1.Volume{{Name: "bpf", VolumeSource: corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{
 				// Read-write: the ring buffer's reader writes its position.

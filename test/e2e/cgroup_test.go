@@ -253,8 +253,10 @@ func waitServing(netnsPath string) error {
 
 // dialIn connects from inside the network namespace at netnsPath: the
 // socket is made on a thread in that namespace, and keeps it. The thread
-// is never returned to the scheduler (its goroutine ends locked to it, so
-// the runtime ends the thread).
+// goes back to the test's namespace before it is unlocked. It must not
+// end instead: the cluster's processes were started with a parent death
+// signal, which the kernel sends when the thread that forked them exits,
+// and the runtime reuses threads.
 func dialIn(netnsPath, addr string) (net.Conn, error) {
 	type result struct {
 		conn net.Conn
@@ -263,17 +265,34 @@ func dialIn(netnsPath, addr string) (net.Conn, error) {
 	ch := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{nil, err}
+			return
+		}
+		defer orig.Close()
 		target, err := os.Open(netnsPath)
 		if err != nil {
+			runtime.UnlockOSThread()
 			ch <- result{nil, err}
 			return
 		}
 		defer target.Close()
 		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
 			ch <- result{nil, fmt.Errorf("entering %s: %w", netnsPath, err)}
 			return
 		}
 		conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if serr := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); serr != nil {
+			if conn != nil {
+				conn.Close()
+			}
+			ch <- result{nil, fmt.Errorf("returning from %s: %w", netnsPath, serr)}
+			select {} // the thread stays locked, in the pod's namespace, unused
+		}
+		runtime.UnlockOSThread()
 		ch <- result{conn, err}
 	}()
 	r := <-ch

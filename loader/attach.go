@@ -32,6 +32,8 @@ func (l *Loader) prepare(id Identity, spec *ebpf.CollectionSpec) (_ *entry, ifc 
 		err = l.prepareTracing(id)
 	case IsCgroupHook(id.Hook):
 		err = checkCgroupDir(id.Cgroup)
+	case id.Deferred():
+		// Attached later, in the pod's namespace (AttachNetns).
 	case id.Netns != "":
 		err = checkNetns(id) // the interface is looked up at attach, in the namespace
 	default:
@@ -78,6 +80,9 @@ func (l *Loader) attach(e *entry, ifc *net.Interface) (err error) {
 			l.removePins(e.key)
 		}
 	}()
+	if e.id.Deferred() {
+		return l.pinDeferred(e)
+	}
 	if err := l.checkHookFree(e.id); err != nil {
 		return err
 	}
@@ -151,7 +156,7 @@ func (l *Loader) checkHookFree(id Identity) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, e := range l.entries {
-		if e.id.Hook != HookXDP || e.id.Interface != id.Interface || e.id.Netns != id.Netns {
+		if e.id.Hook != HookXDP || e.id.Interface != id.Interface || scopeOf(e.id) != scopeOf(id) || e.id.Deferred() && e.key == id.Key() {
 			continue
 		}
 		owners := make([]string, 0, len(e.owners))
@@ -227,7 +232,7 @@ func (l *Loader) attachTCX(e *entry, ifc *net.Interface) error {
 func (l *Loader) tcxPeers(id Identity) []*entry {
 	var out []*entry
 	for _, e := range l.entries {
-		if e.id.Hook == HookTCX && e.id.Interface == id.Interface && e.id.Netns == id.Netns && e.id.Direction == id.Direction && e.attached {
+		if e.id.Hook == HookTCX && e.id.Interface == id.Interface && scopeOf(e.id) == scopeOf(id) && e.id.Direction == id.Direction && e.attached {
 			out = append(out, e)
 		}
 	}
@@ -289,7 +294,10 @@ func (l *Loader) openPins(id Identity, key string) (_ *entry, err error) {
 	if err := l.openMaps(e, dir); err != nil {
 		return nil, err
 	}
-	if l.chained(id.Hook) {
+	if id.Deferred() {
+		return e, l.openDeferred(e, dir)
+	}
+	if l.chained(id) {
 		info, err := e.prog.Info()
 		if err != nil {
 			return nil, err

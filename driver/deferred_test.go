@@ -475,3 +475,19 @@ func deferredCount(t *testing.T, result string) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// A pod's own interface is pod:NAME in list and "pod" in metric labels,
+// whatever name the pod chose.
+func TestPodInterfaceShown(t *testing.T) {
+	id := loader.Identity{Hook: loader.HookXDP, Interface: "anything0", Pod: podUID}
+	if got := shownInterface(id); got != "pod:anything0" {
+		t.Errorf("list shows %q", got)
+	}
+	if got := metricInterface(id); got != "pod" {
+		t.Errorf("metric label %q", got)
+	}
+	host := loader.Identity{Hook: loader.HookXDP, Interface: "eth0"}
+	if shownInterface(host) != "eth0" || metricInterface(host) != "eth0" {
+		t.Error("a node interface is shown otherwise")
+	}
+}

@@ -129,7 +129,7 @@ func (d *Driver) metricsState() metrics.State {
 	s := metrics.State{Volumes: d.store.count()}
 	for _, p := range d.loader.Programs() {
 		s.Attachments = append(s.Attachments, metrics.Attachment{
-			Interface: p.Identity.Interface, Hook: string(p.Identity.Hook), Attached: p.Attached,
+			Interface: metricInterface(p.Identity), Hook: string(p.Identity.Hook), Attached: p.Attached,
 		})
 	}
 	for _, c := range d.loader.Chains() {

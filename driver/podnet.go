@@ -168,6 +168,26 @@ func (d *Driver) checkPodNetwork(ctx context.Context, vr *volumeRequest) error {
 	return nil
 }
 
+// shownInterface is an identity's interface as list shows it: a pod's own
+// as pod:NAME.
+func shownInterface(id loader.Identity) string {
+	if id.Pod != "" {
+		return podInterfacePrefix + id.Interface
+	}
+	return id.Interface
+}
+
+// metricInterface is an identity's interface as a metric label: a pod's
+// own is "pod", whatever its name. Pods choose those names, and the
+// program is loaded before the interface exists, so the names are not
+// bounded by the node's interfaces; "pod" is.
+func metricInterface(id loader.Identity) string {
+	if id.Pod != "" {
+		return PodInterface
+	}
+	return id.Interface
+}
+
 func hostNetworkError(iface string) error {
 	return fault.Errorf(fault.Precondition, "interface %s%s names the pod's own interface, and this pod uses the node's network (hostNetwork: true), so its interfaces are the node's: name a node interface (e.g. %s) instead", podInterfacePrefix, iface, NodeDefault)
 }

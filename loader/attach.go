@@ -205,7 +205,7 @@ func (l *Loader) attachTCX(e *entry, ifc *net.Interface) error {
 	}
 	var anchor link.Anchor
 	l.mu.Lock()
-	peers := l.tcxPeers(e.id)
+	peers := l.tcxPeers(e)
 	l.mu.Unlock()
 	for _, p := range peers {
 		if runsBefore(e, p) {
@@ -227,12 +227,15 @@ func (l *Loader) attachTCX(e *entry, ifc *net.Interface) error {
 	return nil
 }
 
-// tcxPeers returns the attached tcx entries on id's interface and
-// direction, in run order. Caller holds l.mu.
-func (l *Loader) tcxPeers(id Identity) []*entry {
+// tcxPeers returns the attached tcx entries on the interface and
+// direction of p, in run order; for a pod's interface, those attached in
+// the namespace p is attaching in (a replaced sandbox's programs move one
+// by one). Caller holds l.mu.
+func (l *Loader) tcxPeers(p *entry) []*entry {
+	id := p.id
 	var out []*entry
 	for _, e := range l.entries {
-		if e.id.Hook == HookTCX && e.id.Interface == id.Interface && scopeOf(e.id) == scopeOf(id) && e.id.Direction == id.Direction && e.attached {
+		if e.id.Hook == HookTCX && e.id.Interface == id.Interface && scopeOf(e.id) == scopeOf(id) && e.netns == p.netns && e.id.Direction == id.Direction && e.attached {
 			out = append(out, e)
 		}
 	}

@@ -127,6 +127,9 @@ func (l *Loader) AttachNetns(key, netns string) (*Program, error) {
 	if err := l.dropLink(e); err != nil {
 		return nil, err
 	}
+	l.mu.Lock()
+	e.netns, e.netnsIno = netns, ino // where its tcx peers are (tcxPeers)
+	l.mu.Unlock()
 	err = inNetns(netns, func() error {
 		idx, err := ifindex(e.id.Interface)
 		if err != nil {
@@ -141,15 +144,20 @@ func (l *Loader) AttachNetns(key, netns string) (*Program, error) {
 		}
 		return l.attachTCX(e, ifc)
 	})
+	if err == nil {
+		err = e.link.Pin(filepath.Join(l.pinDir(key), "link"))
+		if err != nil {
+			e.link.Close()
+			err = fmt.Errorf("pinning link: %w", err)
+		}
+	}
 	if err != nil {
+		l.mu.Lock()
+		e.link, e.netns, e.netnsIno = nil, "", 0
+		l.mu.Unlock()
 		return nil, err
 	}
 	dir := l.pinDir(key)
-	if err := e.link.Pin(filepath.Join(dir, "link")); err != nil {
-		e.link.Close()
-		e.link = nil
-		return nil, fmt.Errorf("pinning link: %w", err)
-	}
 	_ = os.Remove(filepath.Join(dir, netnsPin))
 	if err := os.Symlink(strconv.FormatUint(ino, 10)+":"+netns, filepath.Join(dir, netnsPin)); err != nil {
 		klog.ErrorS(err, "Recording the namespace of a pod's attachment; a restart attaches it again", "key", key)

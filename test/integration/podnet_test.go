@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -227,4 +229,70 @@ func TestPodInterfaceBadInput(t *testing.T) {
 		t.Errorf("target %s: %v", target, err)
 	}
 	e.d.AssertClean(t, nil, target)
+}
+
+// seenMark reads which program tcx_order found had run before it.
+func seenMark(t *testing.T, target string) uint32 {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(target, "order_map"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var v [16]byte
+	if err := m.Lookup(uint32(0), &v); err != nil {
+		t.Fatal(err)
+	}
+	return binary.NativeEndian.Uint32(v[8:12])
+}
+
+// Two tcx programs on a pod's interface run in priority order, in the
+// first sandbox and again in its replacement, where they move one by one.
+func TestPodInterfaceOrderAcrossSandboxes(t *testing.T) {
+	e := newPodnetEnv(t)
+	ctx := context.Background()
+	uid := uuid.NewString()
+	first := testenv.NewPodVeth(t, "eth0")
+	e.rt.RunSandbox(uid, "sb-1", first.NetnsPath())
+	targets := map[int]string{}
+	for _, prio := range []int{20, 10} { // the later one runs first
+		a := podnetAttrs(e.img, uid, "pod")
+		a["priority"] = strconv.Itoa(prio)
+		a["globals"] = fmt.Sprintf("order_id=%02x000000", prio)
+		targets[prio] = filepath.Join(e.dir, fmt.Sprint("vol", prio))
+		if _, err := e.d.Node.NodePublishVolume(ctx, publishReq(fmt.Sprint("ord-", prio), targets[prio], a, true)); err != nil {
+			t.Fatal(err)
+		}
+		// The sandbox is there: attached when the publish returns.
+		if s := volumeStatus(t, targets[prio]); s["state"] != "attached" {
+			t.Fatalf("priority %d at publish: %v", prio, s)
+		}
+	}
+	check := func(v *testenv.Veth, when string) {
+		t.Helper()
+		if err := v.Send(5, 60); err != nil {
+			t.Fatal(err)
+		}
+		if m := seenMark(t, targets[20]); m != 10 {
+			t.Errorf("%s: the priority 20 program saw mark %d, want 10 (the priority 10 program runs first)", when, m)
+		}
+	}
+	check(first, "first sandbox")
+
+	second := testenv.NewPodVeth(t, "eth0")
+	e.rt.StopSandbox("sb-1")
+	e.rt.RunSandbox(uid, "sb-2", second.NetnsPath())
+	for _, target := range targets {
+		s := waitStatus(t, target, func(s map[string]string) bool { return s["sandbox"] == "sb-2" })
+		if s["state"] != "attached" {
+			t.Fatalf("after the replacement: %v", s)
+		}
+	}
+	check(second, "replacement sandbox")
+	for prio, target := range targets {
+		if _, err := e.d.Node.NodeUnpublishVolume(ctx, unpublishReq(fmt.Sprint("ord-", prio), target)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.d.AssertClean(t, nil, targets[10], targets[20])
 }

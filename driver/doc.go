@@ -79,10 +79,13 @@
 //     attributes, or another bpf filesystem is mounted there.
 //   - FailedPrecondition: the volume is published at another target, the
 //     target holds a filesystem bpfmount did not mount, the interface is
-//     taken, the kernel lacks a feature, or pull policy Never misses.
+//     taken, the kernel lacks a feature, or pull policy Never misses; a
+//     hostNetwork pod asks for its own interface, or the driver has no
+//     container runtime endpoint for it.
 //   - Aborted: another operation on the same volume is in flight; retry.
 //   - ResourceExhausted: a dispatcher has no free slot.
-//   - Unavailable: a registry could not be reached; retry.
+//   - Unavailable: a registry, or the container runtime (interface pod),
+//     could not be reached; retry.
 //   - DeadlineExceeded, Canceled: the caller's deadline passed, or it gave
 //     up.
 //   - Internal: anything else (an unexpected kernel or file system error).

@@ -588,7 +588,7 @@ func checkMounts(t *testing.T, sc scenario, ds *appsv1.DaemonSet) {
 		"cgroup-root":      {"/sys/fs/cgroup", "/host/sys/fs/cgroup", corev1.HostPathDirectory, "", true},
 		// interface: pod: the runtime's socket directory, and pods'
 		// network namespaces at both paths runtimes name them by.
-		"cri-dir":       {"/run/containerd", "/host/cri", corev1.HostPathDirectoryOrCreate, "", true},
+		"cri-dir":       {"/run/containerd", "/host/cri", corev1.HostPathDirectoryOrCreate, corev1.MountPropagationHostToContainer, true},
 		"netns-dir":     {"/run/netns", "/run/netns", corev1.HostPathDirectoryOrCreate, corev1.MountPropagationHostToContainer, true},
 		"netns-dir-var": {"/run/netns", "/var/run/netns", corev1.HostPathDirectoryOrCreate, corev1.MountPropagationHostToContainer, true},
 	}

@@ -64,6 +64,8 @@ func (vr *volumeRequest) parseTarget() error {
 	switch {
 	case hasIf && cgroupHook:
 		return invalid("volume attribute %q does not apply to type %s, which attaches to a cgroup (a pod's own, or the one a local request names in %q): remove it", AttrInterface, lr.Hook, AttrCgroup)
+	case hasIf && isPodInterface(ifname):
+		return vr.parsePodInterface(ifname)
 	case hasIf && hasCg:
 		return invalid("volume attributes %q and %q exclude each other: a program attaches to an interface or to a cgroup", AttrInterface, AttrCgroup)
 	case hasIf:
@@ -140,6 +142,9 @@ func (d *Driver) resolveCgroup(vr *volumeRequest) error {
 
 // targetOf describes an identity's attach point for events and logs.
 func targetOf(id loader.Identity) string {
+	if id.Pod != "" {
+		return "the pod's own interface " + id.Interface
+	}
 	if loader.IsTracing(id.Hook) {
 		return id.AttachTo
 	}

@@ -47,7 +47,17 @@
 // unmounts, releases the program (detaching it when no other volume shares
 // it), deletes the record and then the intent.
 //
-// At start, Restore re-adopts every recorded attachment, rolls back
+// A volume on the pod's own interface (interface: pod) is deferred: step 8
+// loads and pins the program with no link, and a waiter per volume
+// (deferred.go) asks the container runtime for the pod's sandbox and
+// attaches the program in its network namespace, again in a replacement
+// sandbox's, writing where it stands into the volume's status map
+// (status.go). The first attempt runs before the publish returns; the
+// waiter never takes the volume's lock, and unpublish stops it (and waits
+// for it) before it releases the program.
+//
+// At start, Restore re-adopts every recorded attachment (starting the
+// waiters of deferred volumes), rolls back
 // publishes and finishes unpublishes that a crash interrupted (their
 // intents say which), and removes pins and staging mounts no volume owns.
 //
@@ -69,10 +79,13 @@
 //     attributes, or another bpf filesystem is mounted there.
 //   - FailedPrecondition: the volume is published at another target, the
 //     target holds a filesystem bpfmount did not mount, the interface is
-//     taken, the kernel lacks a feature, or pull policy Never misses.
+//     taken, the kernel lacks a feature, or pull policy Never misses; a
+//     hostNetwork pod asks for its own interface, or the driver has no
+//     container runtime endpoint for it.
 //   - Aborted: another operation on the same volume is in flight; retry.
 //   - ResourceExhausted: a dispatcher has no free slot.
-//   - Unavailable: a registry could not be reached; retry.
+//   - Unavailable: a registry, or the container runtime (interface pod),
+//     could not be reached; retry.
 //   - DeadlineExceeded, Canceled: the caller's deadline passed, or it gave
 //     up.
 //   - Internal: anything else (an unexpected kernel or file system error).

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
@@ -51,6 +52,13 @@ type Options struct {
 	// KubeletCgroupRoot is kubelet's --cgroup-root (empty: "/"), under
 	// which pods' cgroups are looked for.
 	KubeletCgroupRoot string
+	// CRI finds pods' sandboxes for interface pod (deferred.go); nil:
+	// such volumes fail with FailedPrecondition.
+	CRI SandboxFinder
+	// SandboxPoll is how often a deferred volume asks the runtime for its
+	// pod's sandbox (0: DefaultSandboxPoll); SandboxWait how long it waits
+	// for one before it reports a failure (0: DefaultSandboxWait).
+	SandboxPoll, SandboxWait time.Duration
 }
 
 // Driver serves the CSI Identity and Node services.
@@ -66,6 +74,8 @@ type Driver struct {
 	ready  atomic.Bool
 	// defaultRoute names the interface of the default route (node:default).
 	defaultRoute func() (string, error)
+	// waiters attach deferred volumes (deferred.go).
+	waiters waiters
 }
 
 // New opens the state directory. Call Restore before serving.
@@ -119,7 +129,7 @@ func (d *Driver) metricsState() metrics.State {
 	s := metrics.State{Volumes: d.store.count()}
 	for _, p := range d.loader.Programs() {
 		s.Attachments = append(s.Attachments, metrics.Attachment{
-			Interface: p.Identity.Interface, Hook: string(p.Identity.Hook), Attached: p.Attached,
+			Interface: metricInterface(p.Identity), Hook: string(p.Identity.Hook), Attached: p.Attached,
 		})
 	}
 	for _, c := range d.loader.Chains() {

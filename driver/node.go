@@ -114,6 +114,9 @@ func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *pub
 	if err := d.resolveCgroup(vr); err != nil {
 		return err
 	}
+	if err := d.checkPodNetwork(ctx, vr); err != nil {
+		return err
+	}
 
 	res, err := d.loader.Resolve(ctx, vr.load)
 	if err != nil {
@@ -157,7 +160,7 @@ func (d *Driver) authorize(pr *publishRequest, hook loader.Hook, attachTo string
 		ServiceAccount: vr.pod.ServiceAccount,
 		Pod:            vr.pod.Name,
 		Image:          vr.load.Image.Reference,
-		Interface:      vr.load.Interface,
+		Interface:      policyInterface(&vr.load),
 		Cgroup:         vr.load.Cgroup,
 		AttachTo:       attachTo,
 		Hook:           string(hook),
@@ -215,6 +218,7 @@ func (d *Driver) createVolume(ctx context.Context, pr *publishRequest, tgt *mapf
 	for _, m := range maps {
 		selected[m] = prog.Maps[m]
 	}
+	statusMapOf(prog, selected)
 	gid := -1
 	if pr.gid != "" {
 		gid, _ = strconv.Atoi(pr.gid) // checked by checkCapability
@@ -240,6 +244,7 @@ func (d *Driver) createVolume(ctx context.Context, pr *publishRequest, tgt *mapf
 	if err := d.store.DeleteIntent(volID); err != nil {
 		klog.ErrorS(err, "Deleting a publish intent; it is removed at the next start", "volume", volID)
 	}
+	d.startDeferred(rec, prog, true)
 	return rec, nil
 }
 
@@ -370,6 +375,7 @@ func (d *Driver) unpublish(rec *state.Record) error {
 	if err := d.withdrawRecord(rec); err != nil {
 		return fmt.Errorf("unmounting volume %q: %w", rec.VolumeID, err)
 	}
+	d.stopDeferred(rec.VolumeID)
 	if err := d.loader.Release(rec.Key, rec.VolumeID); err != nil {
 		return fmt.Errorf("releasing the program of volume %q: %w", rec.VolumeID, err)
 	}

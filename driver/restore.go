@@ -62,10 +62,11 @@ func (d *Driver) Restore(ctx context.Context) (*RestoreReport, error) {
 				klog.ErrorS(err, "Cannot make a read-only volume's filesystem read-only", "volume", rec.VolumeID)
 			}
 		}
-		if !p.Attached {
+		if !p.Attached && !rec.Identity.Deferred() {
 			klog.InfoS("Volume's program lost its interface; its maps stay mounted", "volume", rec.VolumeID, "interface", rec.Identity.Interface)
 			rep.Detached = append(rep.Detached, rec.VolumeID)
 		}
+		d.startDeferred(rec, p, false)
 		rep.Volumes++
 	}
 

@@ -55,7 +55,7 @@ func (d *Driver) metricsPrograms() []metrics.Program {
 		}
 		p := metrics.Program{
 			ID: uint32(u.ID), Name: u.Identity.Program, Hook: hook,
-			Interface: u.Identity.Interface, Namespaces: ns,
+			Interface: metricInterface(u.Identity), Namespaces: ns,
 		}
 		if r := d.runStats(u); r != nil {
 			p.Run = &metrics.Run{Count: r.Count, Seconds: r.Time.Seconds()}

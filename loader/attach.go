@@ -32,6 +32,8 @@ func (l *Loader) prepare(id Identity, spec *ebpf.CollectionSpec) (_ *entry, ifc 
 		err = l.prepareTracing(id)
 	case IsCgroupHook(id.Hook):
 		err = checkCgroupDir(id.Cgroup)
+	case id.Deferred():
+		// Attached later, in the pod's namespace (AttachNetns).
 	case id.Netns != "":
 		err = checkNetns(id) // the interface is looked up at attach, in the namespace
 	default:
@@ -78,6 +80,9 @@ func (l *Loader) attach(e *entry, ifc *net.Interface) (err error) {
 			l.removePins(e.key)
 		}
 	}()
+	if e.id.Deferred() {
+		return l.pinDeferred(e)
+	}
 	if err := l.checkHookFree(e.id); err != nil {
 		return err
 	}
@@ -151,7 +156,7 @@ func (l *Loader) checkHookFree(id Identity) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, e := range l.entries {
-		if e.id.Hook != HookXDP || e.id.Interface != id.Interface || e.id.Netns != id.Netns {
+		if e.id.Hook != HookXDP || e.id.Interface != id.Interface || scopeOf(e.id) != scopeOf(id) || e.id.Deferred() && e.key == id.Key() {
 			continue
 		}
 		owners := make([]string, 0, len(e.owners))
@@ -200,7 +205,7 @@ func (l *Loader) attachTCX(e *entry, ifc *net.Interface) error {
 	}
 	var anchor link.Anchor
 	l.mu.Lock()
-	peers := l.tcxPeers(e.id)
+	peers := l.tcxPeers(e)
 	l.mu.Unlock()
 	for _, p := range peers {
 		if runsBefore(e, p) {
@@ -222,12 +227,15 @@ func (l *Loader) attachTCX(e *entry, ifc *net.Interface) error {
 	return nil
 }
 
-// tcxPeers returns the attached tcx entries on id's interface and
-// direction, in run order. Caller holds l.mu.
-func (l *Loader) tcxPeers(id Identity) []*entry {
+// tcxPeers returns the attached tcx entries on the interface and
+// direction of p, in run order; for a pod's interface, those attached in
+// the namespace p is attaching in (a replaced sandbox's programs move one
+// by one). Caller holds l.mu.
+func (l *Loader) tcxPeers(p *entry) []*entry {
+	id := p.id
 	var out []*entry
 	for _, e := range l.entries {
-		if e.id.Hook == HookTCX && e.id.Interface == id.Interface && e.id.Netns == id.Netns && e.id.Direction == id.Direction && e.attached {
+		if e.id.Hook == HookTCX && e.id.Interface == id.Interface && scopeOf(e.id) == scopeOf(id) && e.netns == p.netns && e.id.Direction == id.Direction && e.attached {
 			out = append(out, e)
 		}
 	}
@@ -289,7 +297,10 @@ func (l *Loader) openPins(id Identity, key string) (_ *entry, err error) {
 	if err := l.openMaps(e, dir); err != nil {
 		return nil, err
 	}
-	if l.chained(id.Hook) {
+	if id.Deferred() {
+		return e, l.openDeferred(e, dir)
+	}
+	if l.chained(id) {
 		info, err := e.prog.Info()
 		if err != nil {
 			return nil, err

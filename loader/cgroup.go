@@ -73,6 +73,9 @@ func lockName(id Identity) string {
 	if IsTracing(id.Hook) {
 		return string(id.Hook) + ":" + id.AttachTo
 	}
+	if id.Pod != "" {
+		return "pod:" + id.Pod + ":" + id.Interface
+	}
 	if id.Netns != "" {
 		return netnsLockName(id)
 	}
@@ -86,6 +89,9 @@ func targetName(id Identity) string {
 	}
 	if IsCgroupHook(id.Hook) {
 		return "cgroup " + id.Cgroup
+	}
+	if id.Pod != "" {
+		return id.Interface + " of pod " + id.Pod
 	}
 	if id.Netns != "" {
 		return id.Interface + " in network namespace " + id.Netns

@@ -27,8 +27,10 @@ import (
 // concurrent publishes into few revisions.
 
 // chained reports whether id's hook goes through a dispatcher.
-func (l *Loader) chained(h Hook) bool {
-	return l.canChain && (h == HookXDP || h == HookTC)
+func (l *Loader) chained(id Identity) bool {
+	// A pod's own interface has no dispatcher: its program attaches
+	// directly, in whatever namespace the pod's sandbox has now.
+	return l.canChain && !id.Deferred() && (id.Hook == HookXDP || id.Hook == HookTC)
 }
 
 func targetOf(id Identity, ifindex int) dispatcher.Target {

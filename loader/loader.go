@@ -78,6 +78,10 @@ type entry struct {
 	chain    *dispatcher.Chain // the dispatcher it is a member of, if any
 	created  time.Time
 	owners   map[string]struct{}
+	// netns and netnsIno say where a deferred attachment's link is (see
+	// AttachNetns); empty while it has none.
+	netns    string
+	netnsIno uint64
 }
 
 // Program describes an attachment as the loader holds it.
@@ -98,6 +102,9 @@ type Program struct {
 	Maps map[string]*ebpf.Map
 	// Owners counts the owners sharing the attachment.
 	Owners int
+	// Netns is where a deferred attachment (Identity.Pod) is attached:
+	// the namespace path AttachNetns was given; "" while it is not.
+	Netns string
 }
 
 // New returns a loader keeping its pins under opts.Root, which must be on a
@@ -173,6 +180,9 @@ func (l *Loader) Resolve(ctx context.Context, req Request) (*Resolved, error) {
 	if err := l.CheckHook(id.Hook); err != nil {
 		return nil, err
 	}
+	if err := checkDeferred(id); err != nil {
+		return nil, err
+	}
 	r := &Resolved{Identity: id, Image: img, spec: spec}
 	for name := range spec.Maps {
 		if !strings.HasPrefix(name, ".") {
@@ -189,7 +199,7 @@ func (l *Loader) Resolve(ctx context.Context, req Request) (*Resolved, error) {
 func (l *Loader) Acquire(ctx context.Context, r *Resolved, owner string) (*Program, error) {
 	l.gc.RLock()
 	defer l.gc.RUnlock()
-	if l.chained(r.Identity.Hook) {
+	if l.chained(r.Identity) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
@@ -424,7 +434,7 @@ func (l *Loader) removePins(key string) error {
 func (e *entry) snapshot(shared bool) *Program {
 	return &Program{
 		Identity: e.id, Key: e.key, ID: e.progID, AttachMode: e.mode,
-		Attached: e.attached, Shared: shared, Maps: e.maps, Owners: len(e.owners),
+		Attached: e.attached, Shared: shared, Maps: e.maps, Owners: len(e.owners), Netns: e.netns,
 	}
 }
 

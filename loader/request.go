@@ -112,6 +112,10 @@ type Request struct {
 	// Netns, when set, is the network namespace (a path to open) that
 	// Interface is in; empty means the daemon's own.
 	Netns string
+	// Pod, when set, is the UID of the pod whose own Interface the program
+	// attaches to, inside the pod's network namespace, later (see
+	// AttachNetns): the program is loaded and pinned now.
+	Pod string
 	// Cgroup is the cgroup2 directory a cgroup hook attaches to (absolute).
 	Cgroup string
 	// AttachTo is a tracing hook's target (see ParseAttachTo), or the
@@ -140,6 +144,7 @@ type Identity struct {
 	Hook      Hook              `json:"hook"`
 	Interface string            `json:"interface"`
 	Netns     string            `json:"netns,omitempty"`
+	Pod       string            `json:"pod,omitempty"` // a pod's own interface: attached later, in its sandbox's namespace
 	Cgroup    string            `json:"cgroup,omitempty"`
 	AttachTo  string            `json:"attachTo,omitempty"` // omitted: network identities keep their keys
 	Direction string            `json:"direction,omitempty"`

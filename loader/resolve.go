@@ -88,6 +88,7 @@ func resolve(req Request, img *bytecode.Image, spec *ebpf.CollectionSpec) (Ident
 		Hook:      req.Hook,
 		Interface: req.Interface,
 		Netns:     req.Netns,
+		Pod:       req.Pod,
 		Cgroup:    req.Cgroup,
 		AttachTo:  req.AttachTo,
 		Direction: req.Direction,
@@ -186,7 +187,7 @@ func resolveTracing(id Identity, req Request, img *bytecode.Image, spec *ebpf.Co
 	// After the target: a request without type whose attachTo names a
 	// socket operation was taken for cgroup_sock_addr, its pod's cgroup
 	// found.
-	if id.Cgroup != "" || id.Netns != "" {
+	if id.Cgroup != "" || id.Netns != "" || id.Pod != "" {
 		return id, fault.Errorf(fault.Invalid, "type %s attaches to its attachTo target, not to a cgroup or a network namespace (a request without type whose attachTo names a socket operation is taken for cgroup_sock_addr: set type)", id.Hook)
 	}
 	return id, resolveGlobals(&id, req, img, spec)

@@ -28,6 +28,7 @@ import (
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/driver/registration"
+	"github.com/bpfmount/bpfmount/internal/cri"
 	"github.com/bpfmount/bpfmount/internal/endpoint"
 	"github.com/bpfmount/bpfmount/loader"
 	"github.com/bpfmount/bpfmount/loader/bytecode"
@@ -61,6 +62,8 @@ type serveOptions struct {
 	programStats bool
 	cgroupRoot   string
 	kubeletCg    string
+	criEndpoint  string
+	sandboxWait  time.Duration
 	gcInterval   time.Duration
 
 	shutdownGrace time.Duration
@@ -105,6 +108,8 @@ for them to roll back, and exits. Attached programs stay attached.`,
 	f.StringVar(&o.healthAddr, "health-address", "", "serve http://ADDR/healthz (empty: off)")
 	f.StringVar(&o.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "where the node's cgroup hierarchy is mounted; cgroup programs attach in its cgroup2 part (DIR itself, or DIR/unified on a hybrid cgroup v1/v2 node)")
 	f.StringVar(&o.kubeletCg, "kubelet-cgroup-root", "/", "kubelet's --cgroup-root, under which pods' cgroups are looked for")
+	f.StringVar(&o.criEndpoint, "cri-endpoint", "unix:///run/containerd/containerd.sock", "the container runtime's CRI socket (CRI-O: unix:///var/run/crio/crio.sock), through which volumes with interface pod find the pod's sandbox and its network namespace (empty: such volumes fail)")
+	f.DurationVar(&o.sandboxWait, "sandbox-wait", driver.DefaultSandboxWait, "how long a volume with interface pod waits for the pod's sandbox before its status and an event report a failure (it keeps waiting)")
 	f.StringVar(&o.registrationSocket, "registration-socket", "", "serve kubelet's plugin registration API on this socket (in <kubeletRootDir>/plugins_registry/), so no registrar sidecar is needed")
 	f.StringVar(&o.kubeletPath, "kubelet-registration-path", "", "the CSI socket's path as kubelet sees it (e.g. /var/lib/kubelet/plugins/csi.bpfmount.io/csi.sock); required with --registration-socket")
 	f.DurationVar(&o.gcInterval, "gc-interval", 10*time.Minute, "how often to remove pins and staging mounts no volume owns (0: only at start)")
@@ -187,11 +192,21 @@ func (o *serveOptions) run(ctx context.Context) error {
 	if runStats != nil {
 		defer runStats.Close()
 	}
+	var runtime driver.SandboxFinder
+	if o.criEndpoint != "" {
+		c, err := cri.Dial(o.criEndpoint)
+		if err != nil {
+			return fmt.Errorf("--cri-endpoint: %w", err)
+		}
+		defer c.Close()
+		runtime = c
+	}
 	d, err := driver.New(driver.Options{NodeID: o.nodeID, StateDir: o.stateDir, BPFFSRoot: o.bpffsRoot, Loader: ld, Policy: pol, Events: rec, TargetRoots: o.targetRoot,
-		RunStats: runStats != nil, CgroupRoot: o.cgroupRoot, KubeletCgroupRoot: o.kubeletCg})
+		RunStats: runStats != nil, CgroupRoot: o.cgroupRoot, KubeletCgroupRoot: o.kubeletCg, CRI: runtime, SandboxWait: o.sandboxWait})
 	if err != nil {
 		return err
 	}
+	defer d.StopWaiters()
 	current.Store(d)
 	if _, err := d.Restore(ctx); err != nil {
 		return fmt.Errorf("restoring state: %w", err)

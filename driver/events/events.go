@@ -17,6 +17,10 @@ const (
 	ReasonFailed   = "LoadFailed"
 	ReasonLoaded   = "ProgramLoaded"
 	ReasonDetached = "ProgramDetached"
+	// A program loaded at publish and attached later, in the pod's own
+	// network namespace, or failing to.
+	ReasonAttached     = "ProgramAttached"
+	ReasonAttachFailed = "AttachFailed"
 )
 
 // Recorder records events on pods. Implementations must not block.

@@ -123,6 +123,7 @@ func (d *Daemon) Stop() {
 	d.conn.Close()
 	d.cancel()
 	<-d.done
+	d.Driver.StopWaiters() // as the daemon's exit does
 	d.Loader.Close()
 	d.cancel = nil
 }

@@ -459,6 +459,7 @@ func checkDaemonSet(t *testing.T, sc scenario, ds *appsv1.DaemonSet) {
 		"program-stats":             strconv.FormatBool(!sc.noStats),
 		"cgroup-root":               "/host/sys/fs/cgroup", // the host's tree, read-only
 		"kubelet-cgroup-root":       "/",
+		"cri-endpoint":              "unix:///host/cri/containerd.sock", // the runtime's socket, in its mounted directory
 	}
 	if sc.metrics {
 		want["metrics-address"] = ":" + strconv.Itoa(sc.metricsPort)
@@ -585,6 +586,11 @@ func checkMounts(t *testing.T, sc scenario, ds *appsv1.DaemonSet) {
 		"state-dir":        {"/run/bpfmount", "/run/bpfmount", corev1.HostPathDirectoryOrCreate, corev1.MountPropagationBidirectional, false},
 		"image-cache":      {"/var/cache/bpfmount", "/var/cache/bpfmount", corev1.HostPathDirectoryOrCreate, "", false},
 		"cgroup-root":      {"/sys/fs/cgroup", "/host/sys/fs/cgroup", corev1.HostPathDirectory, "", true},
+		// interface: pod: the runtime's socket directory, and pods'
+		// network namespaces at both paths runtimes name them by.
+		"cri-dir":       {"/run/containerd", "/host/cri", corev1.HostPathDirectoryOrCreate, corev1.MountPropagationHostToContainer, true},
+		"netns-dir":     {"/run/netns", "/run/netns", corev1.HostPathDirectoryOrCreate, corev1.MountPropagationHostToContainer, true},
+		"netns-dir-var": {"/run/netns", "/var/run/netns", corev1.HostPathDirectoryOrCreate, corev1.MountPropagationHostToContainer, true},
 	}
 	if sc.localBytecode != "" {
 		want["local-bytecode"] = hp{sc.localBytecode, sc.localBytecode, corev1.HostPathDirectoryOrCreate, "", true}

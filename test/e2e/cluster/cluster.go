@@ -26,7 +26,9 @@ import (
 // Names the cluster gives the node and what it makes on the host.
 const (
 	NodeName   = "bpfmount-e2e"
-	bridgeName = "bpfme2e0"
+	bridgeName = BridgeName
+	// BridgeName is the pods' bridge: frames sent on it reach every pod.
+	BridgeName = "bpfme2e0"
 	podCIDR    = "10.244.77.0/24"
 	cgroupRoot = "bpfmount-e2e"
 	serviceIP  = "10.0.0.1"

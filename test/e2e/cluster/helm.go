@@ -43,6 +43,7 @@ func (c *Cluster) Values(tag string, healthPort int) map[string]any {
 		"image":             map[string]any{"repository": DriverRepo, "tag": tag, "pullPolicy": "Never"},
 		"health":            map[string]any{"port": healthPort},
 		"logLevel":          4,
+		"criSocket":         c.Containerd, // interface: pod finds sandboxes through it
 	}
 }
 

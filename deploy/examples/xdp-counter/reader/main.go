@@ -20,6 +20,7 @@ func main() {
 	interval := flag.Duration("interval", 2*time.Second, "how often to print the counts")
 	once := flag.Bool("once", false, "print the counts once and exit")
 	listen := flag.String("listen", "", "serve the counts as JSON at this address (e.g. :8080)")
+	status := flag.String("status", "", "the volume's bpfmount_status map (interface pod): logged with the counts, so the log says when the program was attached")
 	flag.Parse()
 
 	if *once {
@@ -45,10 +46,19 @@ func main() {
 	}
 	for {
 		c, err := counter.Read(*path)
+		state := ""
+		if *status != "" {
+			if s, err := counter.ReadStatus(*status); err != nil {
+				state = "status=unknown "
+				log.Printf("reading the status: %v", err)
+			} else {
+				state = fmt.Sprintf("status=%s ", s.State)
+			}
+		}
 		if err != nil {
 			log.Printf("reading counts: %v", err)
 		} else {
-			log.Printf("packets=%d bytes=%d", c.Packets, c.Bytes)
+			log.Printf("%spackets=%d bytes=%d", state, c.Packets, c.Bytes)
 		}
 		time.Sleep(*interval)
 	}

@@ -148,7 +148,7 @@ type Identity struct {
 	Hook      Hook              `json:"hook"`
 	Interface string            `json:"interface"`
 	Netns     string            `json:"netns,omitempty"`
-	Pod       string            `json:"pod,omitempty"` // a pod's own interface: attached later, in its sandbox's namespace
+	Pod       string            `json:"pod,omitempty"`       // a pod's own interface: attached later, in its sandbox's namespace
 	Container string            `json:"container,omitempty"` // with Pod: the pod's container a uprobe attaches in, later
 	Cgroup    string            `json:"cgroup,omitempty"`
 	AttachTo  string            `json:"attachTo,omitempty"` // omitted: network identities keep their keys

@@ -44,7 +44,7 @@ const (
 
 var attrKeys = []string{
 	AttrAttachTo, AttrDirection, AttrGlobals, AttrImage, AttrInterface, AttrMaps, AttrPriority,
-	AttrProceedOn, AttrProgram, AttrPullPolicy, AttrType, AttrXDPMode, AttrCgroup,
+	AttrProceedOn, AttrProgram, AttrPullPolicy, AttrType, AttrXDPMode, AttrCgroup, AttrContainer,
 }
 
 // Bounds on attribute values: generous for real use, small enough that a
@@ -199,6 +199,9 @@ func (vr *volumeRequest) parse() error {
 		lr.Hook = loader.Hook(t)
 	}
 	if err := vr.parseTarget(); err != nil {
+		return err
+	}
+	if err := vr.parseContainer(); err != nil {
 		return err
 	}
 

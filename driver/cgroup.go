@@ -142,6 +142,9 @@ func (d *Driver) resolveCgroup(vr *volumeRequest) error {
 
 // targetOf describes an identity's attach point for events and logs.
 func targetOf(id loader.Identity) string {
+	if id.Container != "" {
+		return id.AttachTo + " in container " + id.Container
+	}
 	if id.Pod != "" {
 		return "the pod's own interface " + id.Interface
 	}

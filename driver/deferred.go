@@ -86,12 +86,22 @@ func (d *Driver) startDeferred(rec *state.Record, prog *loader.Program, first bo
 	now := time.Now()
 	w := &waiter{volID: rec.VolumeID, key: rec.Key, id: rec.Identity, pod: rec.Pod, statusMap: prog.Maps[loader.StatusMap],
 		done: make(chan struct{}), waitingSince: now}
-	if prog.Attached && prog.Netns != "" {
+	switch {
+	case prog.Attached && prog.Netns != "" && rec.Identity.Container != "":
+		// Adopted after a restart: the runtime says at the first poll
+		// whether that is still the container's process.
+		w.netns = prog.Netns
+		w.setStatus(w.baseStatus(stateAttached))
+	case prog.Attached && prog.Netns != "":
 		// Adopted after a restart: the runtime says at the first poll
 		// whether that is still the pod's sandbox.
 		w.netns = prog.Netns
 		w.setStatus(podnetStatus{State: stateAttached, Interface: rec.Identity.Interface, Netns: prog.Netns})
-	} else {
+	case rec.Identity.Container != "":
+		s := w.baseStatus(stateWaiting)
+		s.Reason = "waiting for container " + rec.Identity.Container + " to run"
+		w.setStatus(s)
+	default:
 		w.setStatus(podnetStatus{State: stateWaiting, Interface: rec.Identity.Interface, Reason: "waiting for the pod's sandbox"})
 	}
 	w.writeStatus()
@@ -180,6 +190,9 @@ func (d *Driver) sandboxWait() time.Duration {
 // answer. It returns when to ask again; 0 means never (a hostNetwork pod,
 // whose spec cannot change).
 func (d *Driver) step(ctx context.Context, w *waiter) time.Duration {
+	if w.id.Container != "" {
+		return d.stepContainer(ctx, w)
+	}
 	poll := d.pollInterval()
 	cctx, cancel := context.WithTimeout(ctx, criCallTimeout)
 	sb, err := d.opts.CRI.PodSandbox(cctx, w.id.Pod)
@@ -238,7 +251,9 @@ func (d *Driver) waiting(w *waiter, why string) {
 	if w.statusState() == stateWaiting && w.status.Reason == clip(why, maxStatusReason) {
 		return
 	}
-	w.setStatus(podnetStatus{State: stateWaiting, Interface: w.id.Interface, Reason: clip(why, maxStatusReason)})
+	s := w.baseStatus(stateWaiting)
+	s.Reason = clip(why, maxStatusReason)
+	w.setStatus(s)
 	w.writeStatus()
 }
 
@@ -250,11 +265,18 @@ func (d *Driver) failed(w *waiter, sandbox, why string) {
 		return
 	}
 	w.failedFor = why
-	w.setStatus(podnetStatus{State: stateFailed, Interface: w.id.Interface, Sandbox: sandbox, Reason: why})
+	s := w.baseStatus(stateFailed)
+	s.Reason = why
+	if w.id.Container != "" {
+		s.ContainerID = sandbox
+	} else {
+		s.Sandbox = sandbox
+	}
+	w.setStatus(s)
 	w.writeStatus()
 	metrics.DeferredAttach.WithLabelValues(hookLabel(w.id.Hook), stateFailed).Inc()
-	d.opts.Events.Warning(podRef(w.pod), events.ReasonAttachFailed, fmt.Sprintf("bpfmount cannot attach the program of volume %s to the pod's interface %s: %s", w.volID, w.id.Interface, why))
-	klog.InfoS("Cannot attach a pod's program", "volume", w.volID, "pod", w.id.Pod, "interface", w.id.Interface, "reason", why)
+	d.opts.Events.Warning(podRef(w.pod), events.ReasonAttachFailed, fmt.Sprintf("bpfmount cannot attach the program of volume %s to %s: %s", w.volID, w.target(), why))
+	klog.InfoS("Cannot attach a pod's program", "volume", w.volID, "pod", w.id.Pod, "target", w.target(), "reason", why)
 }
 
 // attacher is the loader's deferred attach; every programLoader the

@@ -56,6 +56,13 @@
 // waiter never takes the volume's lock, and unpublish stops it (and waits
 // for it) before it releases the program.
 //
+// A uprobe in the pod's own container (container: NAME) is deferred the
+// same way, with the same waiter: it asks the runtime for the pod's
+// running container of that name and its main process, and the loader
+// resolves attachTo's path inside that process's root and attaches for
+// that process (container.go); a restarted container gets the probe
+// again, a stopped one is detached.
+//
 // At start, Restore re-adopts every recorded attachment (starting the
 // waiters of deferred volumes), rolls back
 // publishes and finishes unpublishes that a crash interrupted (their
@@ -81,7 +88,7 @@
 //     target holds a filesystem bpfmount did not mount, the interface is
 //     taken, the kernel lacks a feature, or pull policy Never misses; a
 //     hostNetwork pod asks for its own interface, or the driver has no
-//     container runtime endpoint for it.
+//     container runtime endpoint for it (or for a container's uprobe).
 //   - Aborted: another operation on the same volume is in flight; retry.
 //   - ResourceExhausted: a dispatcher has no free slot.
 //   - Unavailable: a registry, or the container runtime (interface pod),

@@ -162,7 +162,7 @@ func (d *Driver) authorize(pr *publishRequest, hook loader.Hook, attachTo string
 		Image:          vr.load.Image.Reference,
 		Interface:      policyInterface(&vr.load),
 		Cgroup:         vr.load.Cgroup,
-		AttachTo:       attachTo,
+		AttachTo:       policyAttachTo(&vr.load, attachTo),
 		Hook:           string(hook),
 		Priority:       prio,
 		ReadOnly:       pr.readOnly,

@@ -85,7 +85,7 @@ func (vr *volumeRequest) parsePodInterface(v string) error {
 // interface as pod:NAME, so that a rule's node interface patterns (eth*)
 // never grant it and pod:* grants nothing on the node.
 func policyInterface(lr *loader.Request) string {
-	if lr.Pod != "" {
+	if lr.Pod != "" && lr.Container == "" {
 		return podInterfacePrefix + lr.Interface
 	}
 	return lr.Interface
@@ -97,6 +97,9 @@ func policyInterface(lr *loader.Request) string {
 // is the node's problem, said now rather than in a status nobody reads. A
 // sandbox that does not exist yet is fine: the waiter attaches later.
 func (d *Driver) checkPodNetwork(ctx context.Context, vr *volumeRequest) error {
+	if vr.load.Container != "" {
+		return d.checkContainerRuntime(vr)
+	}
 	if vr.load.Pod == "" {
 		return nil
 	}
@@ -120,7 +123,7 @@ func (d *Driver) checkPodNetwork(ctx context.Context, vr *volumeRequest) error {
 // shownInterface is an identity's interface as list shows it: a pod's own
 // as pod:NAME.
 func shownInterface(id loader.Identity) string {
-	if id.Pod != "" {
+	if id.Pod != "" && id.Container == "" {
 		return podInterfacePrefix + id.Interface
 	}
 	return id.Interface
@@ -131,7 +134,7 @@ func shownInterface(id loader.Identity) string {
 // program is loaded before the interface exists, so the names are not
 // bounded by the node's interfaces; "pod" is.
 func metricInterface(id loader.Identity) string {
-	if id.Pod != "" {
+	if id.Pod != "" && id.Container == "" {
 		return PodInterface
 	}
 	return id.Interface

@@ -29,12 +29,17 @@ const maxStatusReason = 160
 
 // podnetStatus is the JSON in a volume's status map.
 type podnetStatus struct {
-	State     string    `json:"state"`
-	Interface string    `json:"interface"`
-	Netns     string    `json:"netns,omitempty"`
-	Sandbox   string    `json:"sandbox,omitempty"`
-	Reason    string    `json:"reason,omitempty"`
-	Since     time.Time `json:"since"`
+	State     string `json:"state"`
+	Interface string `json:"interface,omitempty"`
+	Netns     string `json:"netns,omitempty"`
+	Sandbox   string `json:"sandbox,omitempty"`
+	// A container's uprobe: the container's name, and where it is
+	// attached: the container's ID and its main process.
+	Container   string    `json:"container,omitempty"`
+	ContainerID string    `json:"containerID,omitempty"`
+	PID         int       `json:"pid,omitempty"`
+	Reason      string    `json:"reason,omitempty"`
+	Since       time.Time `json:"since"`
 }
 
 // encode returns the status as the map's value: JSON within StatusSize
@@ -43,6 +48,7 @@ func (s podnetStatus) encode() []byte {
 	s.Reason = clip(s.Reason, maxStatusReason)
 	s.Netns = clip(s.Netns, 96)
 	s.Sandbox = clip(s.Sandbox, 64)
+	s.ContainerID = clip(s.ContainerID, 64)
 	s.Since = s.Since.Truncate(time.Millisecond)
 	b, _ := json.Marshal(s)
 	for len(b) > loader.StatusSize && s.Reason != "" {

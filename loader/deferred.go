@@ -47,6 +47,9 @@ func (id Identity) Deferred() bool { return id.Pod != "" }
 
 // checkDeferred refuses what cannot attach inside a pod's namespace.
 func checkDeferred(id Identity) error {
+	if id.Container != "" {
+		return checkContainer(id)
+	}
 	if !id.Deferred() {
 		return nil
 	}

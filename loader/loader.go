@@ -79,7 +79,8 @@ type entry struct {
 	created  time.Time
 	owners   map[string]struct{}
 	// netns and netnsIno say where a deferred attachment's link is (see
-	// AttachNetns); empty while it has none.
+	// AttachNetns); empty while it has none. For a container's uprobe
+	// (AttachContainer) they are "pid:N" and that process's start time.
 	netns    string
 	netnsIno uint64
 }
@@ -103,7 +104,8 @@ type Program struct {
 	// Owners counts the owners sharing the attachment.
 	Owners int
 	// Netns is where a deferred attachment (Identity.Pod) is attached:
-	// the namespace path AttachNetns was given; "" while it is not.
+	// the namespace path AttachNetns was given, or "pid:N" for a
+	// container's uprobe (AttachContainer); "" while it is not.
 	Netns string
 }
 

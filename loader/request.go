@@ -116,6 +116,10 @@ type Request struct {
 	// attaches to, inside the pod's network namespace, later (see
 	// AttachNetns): the program is loaded and pinned now.
 	Pod string
+	// Container, with Pod, names the pod's container a uprobe's AttachTo
+	// path is in: resolved in that container's root filesystem, and
+	// attached for its main process, once it runs (see AttachContainer).
+	Container string
 	// Cgroup is the cgroup2 directory a cgroup hook attaches to (absolute).
 	Cgroup string
 	// AttachTo is a tracing hook's target (see ParseAttachTo), or the
@@ -144,7 +148,8 @@ type Identity struct {
 	Hook      Hook              `json:"hook"`
 	Interface string            `json:"interface"`
 	Netns     string            `json:"netns,omitempty"`
-	Pod       string            `json:"pod,omitempty"` // a pod's own interface: attached later, in its sandbox's namespace
+	Pod       string            `json:"pod,omitempty"`       // a pod's own interface: attached later, in its sandbox's namespace
+	Container string            `json:"container,omitempty"` // with Pod: the pod's container a uprobe attaches in, later
 	Cgroup    string            `json:"cgroup,omitempty"`
 	AttachTo  string            `json:"attachTo,omitempty"` // omitted: network identities keep their keys
 	Direction string            `json:"direction,omitempty"`

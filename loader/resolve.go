@@ -89,6 +89,7 @@ func resolve(req Request, img *bytecode.Image, spec *ebpf.CollectionSpec) (Ident
 		Interface: req.Interface,
 		Netns:     req.Netns,
 		Pod:       req.Pod,
+		Container: req.Container,
 		Cgroup:    req.Cgroup,
 		AttachTo:  req.AttachTo,
 		Direction: req.Direction,
@@ -187,7 +188,7 @@ func resolveTracing(id Identity, req Request, img *bytecode.Image, spec *ebpf.Co
 	// After the target: a request without type whose attachTo names a
 	// socket operation was taken for cgroup_sock_addr, its pod's cgroup
 	// found.
-	if id.Cgroup != "" || id.Netns != "" || id.Pod != "" {
+	if id.Cgroup != "" || id.Netns != "" || id.Pod != "" && id.Container == "" {
 		return id, fault.Errorf(fault.Invalid, "type %s attaches to its attachTo target, not to a cgroup or a network namespace (a request without type whose attachTo names a socket operation is taken for cgroup_sock_addr: set type)", id.Hook)
 	}
 	return id, resolveGlobals(&id, req, img, spec)
@@ -304,6 +305,9 @@ func collectionFor(id Identity, spec *ebpf.CollectionSpec) (*ebpf.CollectionSpec
 }
 
 func describeIdentity(id Identity) string {
+	if IsTracing(id.Hook) && id.Container != "" {
+		return fmt.Sprintf("program %q (%s on %s in container %s of pod %s)", id.Program, id.Hook, id.AttachTo, id.Container, id.Pod)
+	}
 	if IsTracing(id.Hook) {
 		return fmt.Sprintf("program %q (%s on %s)", id.Program, id.Hook, id.AttachTo)
 	}

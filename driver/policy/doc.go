@@ -67,7 +67,9 @@
 // the volume names none, the one the program's section names). So a rule
 // with attachTo patterns that lists cgroup_sock_addr must list its
 // operations too ("connect*"); cgroup_skb and sock_ops have no attachTo
-// and are not restricted by the patterns.
+// and are not restricted by the patterns. A uprobe in the pod's own
+// container is matched as container:NAME:PATH:SYMBOL (the driver builds
+// that form), so host path patterns never grant container paths.
 //
 // A request whose hook is not known yet (the volume names no type; the
 // image's labels will) passes the hooks condition of every rule: it is

@@ -156,3 +156,64 @@ func netnsOf(info map[string]string) (string, error) {
 func (c *Client) callError(what string, err error) error {
 	return fault.Wrap(fault.Unavailable, fmt.Errorf("%s through the container runtime at %s: %w", what, c.endpoint, err))
 }
+
+// containerNameLabel is the label kubelet puts on every container.
+const containerNameLabel = "io.kubernetes.container.name"
+
+// ErrNoContainer means the pod has no running container of that name
+// (not started yet, restarting, or gone).
+var ErrNoContainer = errors.New("no running container")
+
+// Container is a running container of a pod.
+type Container struct {
+	ID string
+	// PID is its main process, as the daemon sees it (the daemon runs in
+	// the node's PID namespace).
+	PID int
+}
+
+// PodContainer returns the running container name of the pod's current
+// sandbox, the newest when a restart is starting beside the old one.
+// With none (or no sandbox) it fails with ErrNoContainer (fault NotFound).
+func (c *Client) PodContainer(ctx context.Context, uid, name string) (*Container, error) {
+	sb, err := c.PodSandbox(ctx, uid)
+	if errors.Is(err, ErrNoSandbox) {
+		return nil, fault.Wrap(fault.NotFound, fmt.Errorf("pod %s has no sandbox: %w", uid, ErrNoContainer))
+	}
+	if err != nil {
+		return nil, err
+	}
+	list, err := c.rt.ListContainers(ctx, &runtimeapi.ListContainersRequest{Filter: &runtimeapi.ContainerFilter{
+		PodSandboxId:  sb.ID,
+		LabelSelector: map[string]string{containerNameLabel: name},
+		State:         &runtimeapi.ContainerStateValue{State: runtimeapi.ContainerState_CONTAINER_RUNNING},
+	}})
+	if err != nil {
+		return nil, c.callError("listing the containers of pod "+uid, err)
+	}
+	var running []*runtimeapi.Container
+	for _, ct := range list.GetContainers() {
+		if ct.GetState() == runtimeapi.ContainerState_CONTAINER_RUNNING && ct.GetPodSandboxId() == sb.ID && ct.GetLabels()[containerNameLabel] == name {
+			running = append(running, ct)
+		}
+	}
+	if len(running) == 0 {
+		return nil, fault.Wrap(fault.NotFound, fmt.Errorf("container %s of pod %s: %w", name, uid, ErrNoContainer))
+	}
+	sort.Slice(running, func(i, j int) bool { return running[i].GetCreatedAt() > running[j].GetCreatedAt() })
+	id := running[0].GetId()
+	st, err := c.rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id, Verbose: true})
+	if err != nil {
+		return nil, c.callError("reading the status of container "+id, err)
+	}
+	var vi verboseInfo
+	if raw, ok := st.GetInfo()["info"]; ok {
+		if err := json.Unmarshal([]byte(raw), &vi); err != nil {
+			return nil, fmt.Errorf("container %s of pod %s: the runtime's verbose status info is not JSON: %v", name, uid, err)
+		}
+	}
+	if vi.Pid <= 0 {
+		return nil, fmt.Errorf("container %s of pod %s (runtime %s): the runtime's verbose status names no process", name, uid, c.endpoint)
+	}
+	return &Container{ID: id, PID: vi.Pid}, nil
+}

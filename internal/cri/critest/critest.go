@@ -36,6 +36,9 @@ type State struct {
 	Sandboxes []*runtimeapi.PodSandbox
 	Info      map[string]string
 	HostNet   map[string]bool
+	// Containers and their verbose info (the main process's "pid").
+	Containers    []*runtimeapi.Container
+	ContainerInfo map[string]string
 }
 
 // Start serves a new Runtime on a socket in a temporary directory until
@@ -52,7 +55,7 @@ func Start(t testing.TB) (*Runtime, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Runtime{state: State{Info: map[string]string{}, HostNet: map[string]bool{}}}
+	r := &Runtime{state: State{Info: map[string]string{}, HostNet: map[string]bool{}, ContainerInfo: map[string]string{}}}
 	srv := grpc.NewServer()
 	runtimeapi.RegisterRuntimeServiceServer(srv, r)
 	go srv.Serve(l)
@@ -146,6 +149,67 @@ func (r *Runtime) PodSandboxStatus(_ context.Context, req *runtimeapi.PodSandbox
 	}}
 	if req.Verbose {
 		resp.Info = map[string]string{"info": r.state.Info[req.PodSandboxId]}
+	}
+	return resp, nil
+}
+
+// ContainerNameLabel is the label kubelet puts on a container.
+const ContainerNameLabel = "io.kubernetes.container.name"
+
+// RunContainer adds a running container name, with id, to sandbox
+// sandboxID of pod uid, newer than every other, whose main process is
+// pid.
+func (r *Runtime) RunContainer(uid, sandboxID, name, id string, pid int) {
+	info, _ := json.Marshal(map[string]any{"pid": pid})
+	r.Update(func(s *State) {
+		s.Containers = append(s.Containers, &runtimeapi.Container{Id: id, PodSandboxId: sandboxID,
+			State: runtimeapi.ContainerState_CONTAINER_RUNNING, CreatedAt: time.Now().UnixNano(),
+			Labels: map[string]string{PodUIDLabel: uid, ContainerNameLabel: name}})
+		s.ContainerInfo[id] = string(info)
+	})
+}
+
+// ExitContainer makes a container exited.
+func (r *Runtime) ExitContainer(id string) {
+	r.Update(func(s *State) {
+		for _, c := range s.Containers {
+			if c.Id == id {
+				c.State = runtimeapi.ContainerState_CONTAINER_EXITED
+			}
+		}
+	})
+}
+
+// ListContainers filters by sandbox, label and state, as runtimes do.
+func (r *Runtime) ListContainers(_ context.Context, req *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	f := req.GetFilter()
+	var out []*runtimeapi.Container
+	for _, c := range r.state.Containers {
+		ok := f.GetPodSandboxId() == "" || c.PodSandboxId == f.GetPodSandboxId()
+		for k, v := range f.GetLabelSelector() {
+			ok = ok && c.Labels[k] == v
+		}
+		if st := f.GetState(); st != nil && st.State != c.State {
+			ok = false
+		}
+		if ok {
+			out = append(out, c)
+		}
+	}
+	return &runtimeapi.ListContainersResponse{Containers: out}, nil
+}
+
+// ContainerStatus gives, verbose, the container's info.
+func (r *Runtime) ContainerStatus(_ context.Context, req *runtimeapi.ContainerStatusRequest) (*runtimeapi.ContainerStatusResponse, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	resp := &runtimeapi.ContainerStatusResponse{Status: &runtimeapi.ContainerStatus{Id: req.ContainerId}}
+	if req.Verbose {
+		resp.Info = map[string]string{"info": r.state.ContainerInfo[req.ContainerId]}
 	}
 	return resp, nil
 }

@@ -139,3 +139,10 @@ func objPin(fd int, path string) error {
 	}
 	return nil
 }
+
+// libxdpJoinRefused says why bpfmount cannot add programs to a dispatcher
+// that libxdp attached: libxdp attaches through netlink, bpfmount with a
+// bpf_link, and the kernel refuses a bpf_link over a program attached
+// through netlink (EBUSY), as it refuses libxdp's netlink replace of a
+// dispatcher a bpf_link holds.
+const libxdpJoinRefused = "bpfmount attaches its dispatcher with a bpf_link and cannot join a chain attached through netlink, as libxdp attaches it"

@@ -3,7 +3,9 @@ package vm
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -13,6 +15,8 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -233,6 +237,133 @@ func TestBpfmountCannotJoinLibxdpChain(t *testing.T) {
 	if got := counted() - was; got < frames {
 		t.Fatalf("libxdp's program counted %d of %d frames after the refused publish", got, frames)
 	}
+}
+
+// What sharing would take on bpfmount's side, and what it would not:
+// libxdp 1.3.1 accepts bpfmount's XDP dispatcher and pins as its own once
+// the dispatcher is attached through netlink rather than with a bpf_link.
+// The test moves a chain's dispatcher from its link to a netlink attach by
+// hand (bpfmount has no such mode); `xdp-loader load` then joins in
+// priority order: libxdp reads bpfmount's member from the pins, builds a
+// dispatcher of its own with both programs, re-attaches bpfmount's program
+// to it, swaps it in with XDP_FLAGS_REPLACE and removes the replaced
+// dispatcher's libxdp pins. `xdp-loader unload` of its program swaps in
+// one more dispatcher of its own. bpfmount's member counts every frame
+// throughout; what bpfmount lacks is a chain that follows those swaps (see
+// the README's libxdp section).
+func TestLibxdpJoinsNetlinkAttachedDispatcher(t *testing.T) {
+	requireVM(t)
+	requireXDPLoader(t)
+	h := xdpCase
+	host, peer := vethPair(t)
+	dir := pinDir(t)
+	c, err := dispatcher.Open(h.target(host), dir, dispatcher.WithLibxdpPins(libxdpDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
+	if err := setChain(c, members(a)...); err != nil {
+		t.Fatal(err)
+	}
+	d, err := c.Dispatcher().Clone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ours := uint32(progID(t, d))
+	// Drop the link (the revision's pins keep the dispatcher and its
+	// member's link) and attach the same dispatcher through netlink.
+	if err := os.Remove(filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if err := netlink.LinkSetXdpFdWithFlags(mustLink(t, host.Index), d.FD(), unix.XDP_FLAGS_DRV_MODE); err != nil {
+		t.Fatal(err)
+	}
+	defer exec.Command(xdpLoader, "unload", "--all", host.Name).Run()
+	counts := func(when string) {
+		t.Helper()
+		const frames = 20
+		was := a.runs(t)
+		newSender(t, peer, host).send(t, frames)
+		time.Sleep(200 * time.Millisecond) // let the receive path drain
+		if got := a.runs(t) - was; got != frames {
+			t.Fatalf("%s bpfmount's member counted %d of %d frames", when, got, frames)
+		}
+	}
+	counts("attached through netlink,")
+
+	obj := filepath.Join(t.TempDir(), "members.o")
+	if err := os.WriteFile(obj, withVerdict(t, progs.Object(), xdpPass), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	xdpLoaderLoad(t, host.Name, obj, 5)
+	main, got := xdpLoaderStatus(t, host.Name)
+	if want := "5 " + progs.MembersProgXdpCount + ",10 " + h.prog; main != xdplinkDispatcherName || strings.Join(got, ",") != want {
+		t.Fatalf("after xdp-loader load: %q with %v, want %s", main, got, want)
+	}
+	if live := xdpProgID(t, host.Index); live == ours {
+		t.Fatal("xdp-loader load left bpfmount's dispatcher attached; it was to swap in its own")
+	}
+	if _, err := os.Stat(filepath.Join(libxdpDir, fmt.Sprintf("dispatch-%d-%d", host.Index, ours))); !os.IsNotExist(err) {
+		t.Fatalf("libxdp kept the pins of the dispatcher it replaced (%v)", err)
+	}
+	counts("after xdp-loader load joined,")
+
+	id := libxdpProgIDs(t, host.Index)[0] // priority 5: libxdp's program
+	if out, err := exec.Command(xdpLoader, "unload", "-i", fmt.Sprint(id), host.Name).CombinedOutput(); err != nil {
+		t.Fatalf("xdp-loader unload -i %d: %v\n%s", id, err, out)
+	}
+	if _, got := xdpLoaderStatus(t, host.Name); strings.Join(got, ",") != "10 "+h.prog {
+		t.Fatalf("after xdp-loader unload of its program: %v, want bpfmount's alone", got)
+	}
+	counts("after xdp-loader unload,")
+}
+
+// xdpProgID is the ID of the program on the interface's XDP hook.
+func xdpProgID(t testing.TB, ifindex int) uint32 {
+	t.Helper()
+	x := mustLink(t, ifindex).Attrs().Xdp
+	if x == nil {
+		return 0
+	}
+	return x.ProgId
+}
+
+// libxdpProgIDs returns the program IDs of the chain libxdp pinned for the
+// interface's attached dispatcher, in slot order.
+func libxdpProgIDs(t testing.TB, ifindex int) []ebpf.ProgramID {
+	t.Helper()
+	dir := filepath.Join(libxdpDir, fmt.Sprintf("dispatch-%d-%d", ifindex, xdpProgID(t, ifindex)))
+	var ids []ebpf.ProgramID
+	for i := 0; ; i++ {
+		p, err := ebpf.LoadPinnedProgram(filepath.Join(dir, fmt.Sprintf("prog%d-prog", i)), &ebpf.LoadPinOptions{ReadOnly: true})
+		if errors.Is(err, fs.ErrNotExist) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, progID(t, p))
+		p.Close()
+	}
+	if len(ids) == 0 {
+		t.Fatalf("no libxdp pins in %s", dir)
+	}
+	return ids
+}
+
+func progID(t testing.TB, p *ebpf.Program) ebpf.ProgramID {
+	t.Helper()
+	info, err := p.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		t.Fatal("the kernel reports no program ID")
+	}
+	return id
 }
 
 // libxdpMemberMap opens the map called name of the first program in the

@@ -53,6 +53,16 @@ type change struct {
 }
 
 func (c *Chain) applyBatch(batch []*change) {
+	if c.shared() {
+		unlock, err := c.beginShared()
+		if err != nil {
+			for _, ch := range batch {
+				ch.done <- err
+			}
+			return
+		}
+		defer unlock()
+	}
 	cur := c.members()
 	set := cur
 	var accepted []*change

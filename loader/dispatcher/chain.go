@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -33,7 +34,10 @@ type Chain struct {
 	// libxdpDir, when set, receives each live revision in libxdp's pin
 	// layout (see WithLibxdpPins).
 	libxdpDir string
-	builds    atomic.Uint64
+	// foreign is, in a chain shared with libxdp, the dispatcher attached
+	// when it is not cur's (see shared.go).
+	foreign *foreign
+	builds  atomic.Uint64
 
 	// Revisions swapped out and not yet torn down (see retire).
 	retiring sync.WaitGroup
@@ -57,6 +61,9 @@ func Open(target Target, dir string, opts ...Option) (_ *Chain, err error) {
 	c := &Chain{target: target, dir: dir}
 	for _, o := range opts {
 		o(c)
+	}
+	if c.shared() {
+		return c.openShared()
 	}
 	revs, err := listRevisions(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -207,14 +214,22 @@ func (c *Chain) Mode() string {
 
 // Members returns the members of the live revision in run order (slot
 // order). Their Program descriptors belong to the chain and stay valid only
-// until its next change or Close: Clone one to keep it.
+// until its next change or Close: Clone one to keep it. A chain shared
+// with libxdp leaves libxdp's programs out.
 func (c *Chain) Members() []Member {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.members()
+	ms := c.members()
+	if c.shared() {
+		ms = slices.DeleteFunc(ms, func(m Member) bool { return IsLibxdpKey(m.Key) })
+	}
+	return ms
 }
 
 func (c *Chain) members() []Member {
+	if c.shared() {
+		return c.sharedMembers()
+	}
 	if c.cur == nil {
 		return nil
 	}
@@ -251,6 +266,7 @@ func (c *Chain) Close() error {
 		c.xdpLink.Close()
 		c.xdpLink = nil
 	}
+	c.dropForeign()
 	c.closed = true
 	return nil
 }

@@ -44,6 +44,9 @@ func (c *Chain) set(members []Member) error {
 	if err := c.check(members); err != nil {
 		return err
 	}
+	if c.shared() {
+		return c.setShared(members)
+	}
 	if len(members) == 0 {
 		return c.clear()
 	}

@@ -78,6 +78,7 @@ rootfs="${VMEXEC_CACHE:-$PWD/test/vm/.cache}/xdp-tools/root"
 if [[ $mode == test ]]; then
 	export VMTEST_LIBXDP=1
 	files=$(suite_files)
+	vmfiles=$files # the libxdp crash test runs the daemon binaries too
 	export BPFMOUNT_TEST_BINDIR=$PWD/bin/vm
 	export BPFMOUNT_TEST_STRESS_CALLS=${BPFMOUNT_TEST_STRESS_CALLS:-40}
 	suites=1

@@ -1,11 +1,13 @@
 package vm
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -398,4 +400,95 @@ func mustIndex(t testing.TB, ifname string) int {
 		t.Fatal(err)
 	}
 	return ifc.Index
+}
+
+// A shared chain after a restart, and its slots: Open adopts a chain whose
+// live dispatcher libxdp swapped in (bpfmount's members told apart from
+// libxdp's by program ID), without rebuilding it; when libxdp took one of
+// bpfmount's members out (`xdp-loader unload -i` of its program ID), Open
+// swaps in a revision with it again, keeping libxdp's program. libxdp's
+// programs count against the ten slots: nine of bpfmount's fit beside one
+// of libxdp's, a tenth is Exhausted naming libxdp's program among the
+// holders. Removing bpfmount's members leaves libxdp's program alone.
+func TestSharedChainRestartAndSlots(t *testing.T) {
+	requireVM(t)
+	requireXDPLoader(t)
+	h := xdpCase
+	host, peer := vethPair(t)
+	dir := pinDir(t)
+	open := func() *dispatcher.Chain {
+		t.Helper()
+		c, err := dispatcher.Open(h.target(host), dir, dispatcher.WithLibxdpPins(libxdpDir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := open()
+	defer exec.Command(xdpLoader, "unload", "--all", host.Name).Run()
+	a := loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
+	if err := c.Update(members(a), nil); err != nil {
+		t.Fatal(err)
+	}
+	xdpLoaderLoad(t, host.Name, libxdpObject(t), 5)
+	theirs := libxdpProgIDs(t, host.Index)[0]
+	positions := libxdpMemberMap(t, host.Name, progs.MembersMapPositions)
+	c.Close()
+
+	c = open()
+	libxdps := xdpProgID(t, host.Index)
+	if ks := keys(c.Members()); len(ks) != 1 || ks[0] != a.Key {
+		t.Fatalf("adopted members %v, want a alone", ks)
+	}
+	if uint32(progID(t, c.Dispatcher())) == libxdps {
+		t.Fatal("the chain claims libxdp's dispatcher as its revision")
+	}
+	if live := xdpProgID(t, host.Index); live != libxdps {
+		t.Fatalf("Open replaced libxdp's dispatcher %d with %d; it runs every member already", libxdps, live)
+	}
+	c.Close()
+
+	ours := progID(t, a.Program)
+	if out, err := exec.Command(xdpLoader, "unload", "-i", fmt.Sprint(ours), host.Name).CombinedOutput(); err != nil {
+		t.Fatalf("xdp-loader unload -i %d: %v\n%s", ours, err, out)
+	}
+	c = open()
+	defer c.Close()
+	if _, got := xdpLoaderStatus(t, host.Name); strings.Join(got, ",") != "5 "+progs.MembersProgXdpCount+",10 "+h.prog {
+		t.Fatalf("after Open with bpfmount's member taken out by libxdp: %v, want it back after libxdp's", got)
+	}
+	if live := xdpProgID(t, host.Index); live != uint32(progID(t, c.Dispatcher())) {
+		t.Fatalf("the interface runs %d, not the chain's revision", live)
+	}
+	s := newSender(t, peer, host)
+	counters := map[string]func() uint64{
+		"member a":         func() uint64 { return a.runs(t) },
+		"libxdp's program": func() uint64 { return sum(t, positions) },
+	}
+	countsAll(t, true, func(n int) { s.send(t, n) }, "after the restart,", counters)
+
+	more := []*member{a}
+	for i := 2; i <= 9; i++ {
+		more = append(more, loadMember(t, h, "", uint8(i), h.proceed, 10+i, h.mask(h.proceed)))
+	}
+	if err := c.Update(members(more[1:]...), nil); err != nil {
+		t.Fatalf("nine of bpfmount's members beside one of libxdp's: %v", err)
+	}
+	extra := loadMember(t, h, "", 10, h.proceed, 30, h.mask(h.proceed))
+	err := c.Update(members(extra), nil)
+	var ee *dispatcher.ExhaustedError
+	if !errors.As(err, &ee) || !slices.Contains(ee.Holders, fmt.Sprintf("libxdp-%d", theirs)) || len(ee.Holders) != dispatcher.Slots {
+		t.Fatalf("a tenth member of bpfmount's beside libxdp's: %v (holders %v), want Exhausted with libxdp's program among ten holders", err, ee)
+	}
+	if err := c.Update(nil, keys(members(more...))); err != nil {
+		t.Fatal(err)
+	}
+	if _, got := xdpLoaderStatus(t, host.Name); strings.Join(got, ",") != "5 "+progs.MembersProgXdpCount {
+		t.Fatalf("after bpfmount's members left: %v, want libxdp's alone", got)
+	}
+	delete(counters, "member a")
+	countsAll(t, true, func(n int) { s.send(t, n) }, "after bpfmount left,", counters)
+	if f := testenv.Files(t, dir); len(f) != 0 {
+		t.Fatalf("chain pins left: %v", f)
+	}
 }

@@ -37,7 +37,10 @@ type Chain struct {
 	// foreign is, in a chain shared with libxdp, the dispatcher attached
 	// when it is not cur's (see shared.go).
 	foreign *foreign
-	builds  atomic.Uint64
+	// linked marks a chain with libxdp pins that a run without them left
+	// attached with a bpf_link: it keeps the link until it empties.
+	linked bool
+	builds atomic.Uint64
 
 	// Revisions swapped out and not yet torn down (see retire).
 	retiring sync.WaitGroup
@@ -63,7 +66,10 @@ func Open(target Target, dir string, opts ...Option) (_ *Chain, err error) {
 		o(c)
 	}
 	if c.shared() {
-		return c.openShared()
+		if _, err := os.Lstat(filepath.Join(dir, "link")); err != nil {
+			return c.openShared()
+		}
+		c.linked = true
 	}
 	revs, err := listRevisions(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -119,6 +125,11 @@ func Open(target Target, dir string, opts ...Option) (_ *Chain, err error) {
 			return nil, fmt.Errorf("adopting revision %d of the dispatcher of %s: %w", n, target.describe(), err)
 		}
 		c.cur = r
+	}
+	if c.xdpLink == nil && target.Hook == XDP && c.libxdpDir == "" {
+		if err := c.refuseNetlinkChain(); err != nil {
+			return nil, err
+		}
 	}
 	if c.cur == nil && (c.xdpLink == nil || c.interfaceGone()) {
 		// Nothing of this chain runs (its interface went, or a crash came

@@ -189,6 +189,7 @@ func (c *Chain) clear() error {
 			}
 			c.xdpLink.Close() // the last reference: this detaches
 			c.xdpLink, c.mode = nil, ""
+			c.linked = false // the next dispatcher may be shared
 		}
 	case TC:
 		if c.cur != nil {

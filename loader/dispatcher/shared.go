@@ -53,7 +53,7 @@ func IsLibxdpKey(key string) bool { return strings.HasPrefix(key, libxdpKeyPrefi
 
 // shared reports whether the chain shares its interface's XDP hook with
 // libxdp.
-func (c *Chain) shared() bool { return c.libxdpDir != "" && c.target.Hook == XDP }
+func (c *Chain) shared() bool { return c.libxdpDir != "" && c.target.Hook == XDP && !c.linked }
 
 // foreign is the dispatcher attached to a shared chain's interface when it
 // is not the chain's live revision: libxdp swapped in one of its own, or
@@ -270,6 +270,9 @@ func (c *Chain) setShared(members []Member) error {
 	if len(members) == 0 {
 		return c.detachShared()
 	}
+	if err := os.MkdirAll(filepath.Join(c.dir, netlinkMarker), 0o700); err != nil {
+		return fmt.Errorf("creating pin directory %s: %w", c.dir, err)
+	}
 	sorted := slices.Clone(members)
 	slices.SortFunc(sorted, Compare)
 	rev, err := c.build(sorted)
@@ -378,6 +381,7 @@ func (c *Chain) handOver() error {
 	c.retiring.Wait()
 	c.removeStale()
 	c.removeStaleLibxdp() // the replaced dispatcher's, which a crash may have left
+	os.Remove(filepath.Join(c.dir, netlinkMarker))
 	if err := os.Remove(c.dir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("removing %s: %w", c.dir, err)
 	}
@@ -395,7 +399,7 @@ func (c *Chain) detachShared() error {
 	}
 	c.mode = ""
 	c.retireForeign()
-	return c.clear()
+	return c.clearShared()
 }
 
 // openShared is Open for a shared chain: it adopts the revision that is
@@ -453,7 +457,7 @@ func (c *Chain) openShared() (_ *Chain, err error) {
 	}
 	if c.cur == nil {
 		// No revision of this chain was ever whole: nothing of it runs.
-		return c, c.clear()
+		return c, c.clearShared()
 	}
 	if err := c.rebase(); err != nil {
 		// The attached program is none libxdp could share; the next
@@ -468,7 +472,7 @@ func (c *Chain) openShared() (_ *Chain, err error) {
 		return c, c.handOver()
 	case !own:
 		c.dropForeign()
-		return c, c.clear()
+		return c, c.clearShared()
 	case c.foreign != nil && !c.interfaceGone() && c.missingOwn():
 		if err := c.setShared(c.members()); err != nil {
 			return nil, fmt.Errorf("re-attaching bpfmount's members to the XDP dispatcher on %q: %w", c.target.Interface, err)
@@ -494,4 +498,25 @@ func (c *Chain) missingOwn() bool {
 		}
 	}
 	return false
+}
+
+// netlinkMarker is a directory in a shared chain's pin directory: the
+// chain is attached through netlink. (bpffs holds no regular files.)
+const netlinkMarker = "netlink"
+
+// refuseNetlinkChain fails for a shared chain, left by a run with libxdp
+// pins: a chain without them cannot change it (a bpf_link over a netlink
+// attach is refused) and must not clear it (its dispatcher, or libxdp's
+// running its members, would stay attached).
+func (c *Chain) refuseNetlinkChain() error {
+	if _, err := os.Lstat(filepath.Join(c.dir, netlinkMarker)); err != nil {
+		return nil
+	}
+	return fault.Errorf(fault.Precondition, "the XDP chain on %q is shared with libxdp (attached through netlink by bpfmount with --libxdp-dir): start bpfmount with --libxdp-dir again, and unpublish the interface's XDP volumes before turning it off", c.target.Interface)
+}
+
+// clearShared clears a shared chain's pins, its marker too.
+func (c *Chain) clearShared() error {
+	os.Remove(filepath.Join(c.dir, netlinkMarker))
+	return c.clear()
 }

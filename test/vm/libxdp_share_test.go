@@ -16,6 +16,7 @@ import (
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/bpfmount/bpfmount/internal/failpoint"
+	"github.com/bpfmount/bpfmount/internal/fault"
 	"github.com/bpfmount/bpfmount/internal/testenv"
 	"github.com/bpfmount/bpfmount/loader"
 	"github.com/bpfmount/bpfmount/loader/dispatcher"
@@ -491,4 +492,69 @@ func TestSharedChainRestartAndSlots(t *testing.T) {
 	if f := testenv.Files(t, dir); len(f) != 0 {
 		t.Fatalf("chain pins left: %v", f)
 	}
+}
+
+// Turning --libxdp-dir on and off over live chains. On: a chain a run
+// without libxdp pins attached with a bpf_link keeps its link (a netlink
+// attach cannot take over without a gap) while it publishes its pins,
+// and once emptied its next dispatcher is attached through netlink and
+// shared. Off: a chain attached through netlink cannot be opened without
+// libxdp pins (Precondition naming --libxdp-dir), and stays running.
+func TestTurningLibxdpDirOnAndOff(t *testing.T) {
+	requireVM(t)
+	requireXDPLoader(t)
+	h := xdpCase
+	host, peer := vethPair(t)
+	dir := pinDir(t)
+	defer exec.Command(xdpLoader, "unload", "--all", host.Name).Run()
+	a := loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
+	b := loadMember(t, h, "", 2, h.proceed, 20, h.mask(h.proceed))
+	c, err := dispatcher.Open(h.target(host), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Update(members(a), nil); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+
+	c, err = dispatcher.Open(h.target(host), dir, dispatcher.WithLibxdpPins(libxdpDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Update(members(b), nil); err != nil {
+		t.Fatalf("a change of a linked chain opened with libxdp pins: %v", err)
+	}
+	if _, got := xdpLoaderStatus(t, host.Name); strings.Join(got, ",") != "10 "+h.prog+",20 "+h.prog {
+		t.Fatalf("xdp-loader sees %v, want both members", got)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "link")); err != nil {
+		t.Fatalf("the linked chain lost its link: %v", err)
+	}
+	if err := c.Update(nil, []string{a.Key, b.Key}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Update(members(a), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "link")); !os.IsNotExist(err) {
+		t.Fatalf("the chain's next dispatcher has a link pin (%v); it was to be attached through netlink", err)
+	}
+	xdpLoaderLoad(t, host.Name, libxdpObject(t), 5)
+	if _, got := xdpLoaderStatus(t, host.Name); strings.Join(got, ",") != "5 "+progs.MembersProgXdpCount+",10 "+h.prog {
+		t.Fatalf("xdp-loader load did not join the emptied and refilled chain: %v", got)
+	}
+	c.Close()
+
+	live := xdpProgID(t, host.Index)
+	_, err = dispatcher.Open(h.target(host), dir)
+	if fault.Of(err) != fault.Precondition || !strings.Contains(err.Error(), "--libxdp-dir") {
+		t.Fatalf("opening a shared chain without libxdp pins: %v, want Precondition naming --libxdp-dir", err)
+	}
+	if got := xdpProgID(t, host.Index); got != live {
+		t.Fatalf("the refused open changed the attached program from %d to %d", live, got)
+	}
+	s := newSender(t, peer, host)
+	countsAll(t, true, func(n int) { s.send(t, n) }, "after the refused open,", map[string]func() uint64{"member a": func() uint64 { return a.runs(t) }})
 }

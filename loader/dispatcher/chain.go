@@ -220,6 +220,10 @@ func (c *Chain) Builds() uint64 { return c.builds.Load() }
 func (c *Chain) Mode() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.shared() {
+		// libxdp may have attached the hook's dispatcher, in its mode.
+		return xdplink.ModeOf(c.target.Ifindex)
+	}
 	return c.mode
 }
 

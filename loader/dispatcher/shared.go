@@ -459,7 +459,8 @@ func (c *Chain) openShared() (_ *Chain, err error) {
 		// No revision of this chain was ever whole: nothing of it runs.
 		return c, c.clearShared()
 	}
-	if err := c.rebase(); err != nil {
+	rebased := c.rebase() == nil
+	if !rebased {
 		// The attached program is none libxdp could share; the next
 		// change says so. Until then none of the members runs.
 		c.foreign = &foreign{}
@@ -473,7 +474,7 @@ func (c *Chain) openShared() (_ *Chain, err error) {
 	case !own:
 		c.dropForeign()
 		return c, c.clearShared()
-	case c.foreign != nil && !c.interfaceGone() && c.missingOwn():
+	case rebased && c.foreign != nil && !c.interfaceGone() && c.missingOwn():
 		if err := c.setShared(c.members()); err != nil {
 			return nil, fmt.Errorf("re-attaching bpfmount's members to the XDP dispatcher on %q: %w", c.target.Interface, err)
 		}

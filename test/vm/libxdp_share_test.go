@@ -14,6 +14,8 @@ import (
 
 	"github.com/cilium/ebpf"
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/bpfmount/bpfmount/internal/failpoint"
 	"github.com/bpfmount/bpfmount/internal/fault"
@@ -230,7 +232,30 @@ func TestBpfmountJoinsLibxdpChain(t *testing.T) {
 	}
 	countsAll(t, false, send, "bpfmount joined,", counters)
 
-	for _, vol := range []string{"vol-10", "vol-1"} {
+	// libxdp's program holds one of the ten slots, and the refusal of an
+	// eleventh program says so.
+	vols := []string{"vol-10", "vol-1"}
+	publish := func(vol string, prio int) error {
+		_, err := d.Node.NodePublishVolume(testenv.Ctx(t), volReq(vol, filepath.Join(dir, vol), map[string]string{
+			"image": img, "program": progs.MembersProgXdpCount, "interface": v.Host, "priority": fmt.Sprint(prio),
+			"globals": "verdict=" + hex32(xdpPass),
+		}))
+		return err
+	}
+	for prio := 11; prio <= 17; prio++ {
+		vol := fmt.Sprint("vol-", prio)
+		if err := publish(vol, prio); err != nil {
+			t.Fatalf("publishing %s (the %dth program beside libxdp's): %v", vol, prio-7, err)
+		}
+		vols = append(vols, vol)
+	}
+	err := publish("vol-extra", 30)
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "1 of libxdp's programs") {
+		t.Fatalf("an eleventh program beside libxdp's: %v, want ResourceExhausted naming libxdp's program among the holders", err)
+	}
+	t.Logf("eleventh program: %v", err)
+
+	for _, vol := range vols {
 		if _, err := d.Node.NodeUnpublishVolume(testenv.Ctx(t), &csi.NodeUnpublishVolumeRequest{VolumeId: vol, TargetPath: filepath.Join(dir, vol)}); err != nil {
 			t.Fatal(err)
 		}

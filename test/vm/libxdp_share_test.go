@@ -14,6 +14,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	csi "github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/vishvananda/netlink"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -84,7 +85,8 @@ func countsAll(t testing.TB, exact bool, send func(int), when string, counters m
 // chain in priority order (libxdp swaps in a dispatcher of its own); the
 // chain's next changes (an add, a removal) rebase onto libxdp's dispatcher
 // and keep libxdp's program in priority order; `xdp-loader unload` of it
-// leaves the chain's members; removing the last member detaches the
+// leaves the chain's members; after `ip link set xdp off` the chain's next
+// change puts every member back; removing the last member detaches the
 // dispatcher and leaves no pin. Every program counts every frame sent
 // throughout.
 func TestLibxdpJoinsSharedChain(t *testing.T) {
@@ -157,8 +159,22 @@ func TestLibxdpJoinsSharedChain(t *testing.T) {
 	}
 	countsAll(t, true, send, "after xdp-loader unload,", counters)
 
+	// Nothing holds a netlink attach: `ip link set xdp off` takes the
+	// chain off, and its next change puts every member back.
+	if err := netlink.LinkSetXdpFd(mustLink(t, host.Index), -1); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Update(members(b), nil); err != nil {
+		t.Fatalf("a change after the chain was detached: %v", err)
+	}
+	if _, got := xdpLoaderStatus(t, host.Name); strings.Join(got, ",") != "10 "+h.prog+",20 "+h.prog {
+		t.Fatalf("after a change of the detached chain: %v, want both members back", got)
+	}
+	counters["member b"] = func() uint64 { return b.runs(t) }
+	countsAll(t, true, send, "re-attached after a detach,", counters)
+
 	// The chain follows libxdp's last swap, and its last member detaches.
-	if err := c.Update(nil, []string{a.Key}); err != nil {
+	if err := c.Update(nil, []string{a.Key, b.Key}); err != nil {
 		t.Fatal(err)
 	}
 	if live := xdpProgID(t, host.Index); live != 0 {

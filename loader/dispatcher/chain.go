@@ -256,7 +256,9 @@ func (c *Chain) members() []Member {
 }
 
 // Dispatcher returns the live revision's dispatcher program (nil when the
-// chain is empty), for test runs and inspection. It belongs to the chain
+// chain is empty), for test runs and inspection. In a chain shared with
+// libxdp it is the chain's last revision's, which libxdp may have
+// replaced since with a dispatcher of its own. It belongs to the chain
 // and stays valid only until its next change or Close.
 func (c *Chain) Dispatcher() *ebpf.Program {
 	c.mu.Lock()

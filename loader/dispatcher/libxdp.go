@@ -65,7 +65,7 @@ func (c *Chain) publishLibxdp(r *revision) error {
 	}
 	unlock, err := c.libxdpLock()
 	if err != nil {
-		return fmt.Errorf("taking libxdp's lock on %s: %w", c.libxdpDir, err)
+		return err // flockLibxdp says what failed
 	}
 	defer unlock()
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {

@@ -599,3 +599,82 @@ func TestTurningLibxdpDirOnAndOff(t *testing.T) {
 	s := newSender(t, peer, host)
 	countsAll(t, true, func(n int) { s.send(t, n) }, "after the refused open,", map[string]func() uint64{"member a": func() uint64 { return a.runs(t) }})
 }
+
+// No frame skips a shared chain during its swaps: with libxdp's program
+// joined (between bpfmount's middle and last members), the middle member
+// is removed and added back again and again while frames flow, each
+// change a netlink replace under libxdp's lock; the first and last
+// members and libxdp's program each see exactly the frames sent. run.sh
+// runs it again with two vCPUs, frames on CPU 0 and swaps on CPU 1.
+func TestSharedSwapUnderTraffic(t *testing.T) {
+	requireVM(t)
+	requireXDPLoader(t)
+	cpus := wantCPUs(t)
+	h := xdpCase
+	host, peer := vethPair(t)
+	c, err := dispatcher.Open(h.target(host), pinDir(t), dispatcher.WithLibxdpPins(libxdpDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	defer exec.Command(xdpLoader, "unload", "--all", host.Name).Run()
+	first := loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
+	middle := loadMember(t, h, "", 2, h.proceed, 20, h.mask(h.proceed))
+	last := loadMember(t, h, "", 3, h.proceed, 30, h.mask(h.proceed))
+	if err := c.Update(members(first, middle, last), nil); err != nil {
+		t.Fatal(err)
+	}
+	xdpLoaderLoad(t, host.Name, libxdpObject(t), 25)
+	ids := libxdpProgIDs(t, host.Index)
+	theirProg, err := ebpf.NewProgramFromID(ids[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer theirProg.Close()
+	positions := libxdpMemberMapOf(t, theirProg, progs.MembersMapPositions)
+	theirsBefore := sum(t, positions)
+	s := newSender(t, peer, host)
+	sendCPU, swapCPU := -1, -1
+	if cpus >= 2 {
+		sendCPU, swapCPU = 0, 1
+	}
+	f0, m0, l0 := first.runs(t), middle.runs(t), last.runs(t)
+	s.startOn(t, sendCPU)
+	const rounds = 10
+	swaps := func() {
+		time.Sleep(50 * time.Millisecond)
+		for i := 0; i < rounds; i++ {
+			if err := c.Update(nil, []string{middle.Key}); err != nil {
+				t.Error(err)
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+			if err := c.Update([]dispatcher.Member{middle.Member}, nil); err != nil {
+				t.Error(err)
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if swapCPU >= 0 {
+		onCPU(t, swapCPU, swaps)
+	} else {
+		swaps()
+	}
+	sent := s.halt()
+	f, m, l, theirs := first.runs(t)-f0, middle.runs(t)-m0, last.runs(t)-l0, sum(t, positions)-theirsBefore
+	t.Logf("%d CPUs: %d frames sent; first saw %d, middle %d, libxdp's program %d, last %d; revision %d", cpus, sent, f, m, theirs, l, c.Revision())
+	if m == 0 || m >= f {
+		t.Errorf("traffic did not flow through both chain shapes: first %d, middle %d", f, m)
+	}
+	if sent == 0 || f != sent || l != sent || theirs != sent {
+		t.Errorf("%d frames sent during the swaps; the first member saw %d, libxdp's program %d, the last %d: a frame skipped the shared chain or met a partial one", sent, f, theirs, l)
+	}
+	if _, got := xdpLoaderStatus(t, host.Name); strings.Join(got, ",") != "10 "+h.prog+",20 "+h.prog+",25 "+progs.MembersProgXdpCount+",30 "+h.prog {
+		t.Fatalf("after the swaps: %v", got)
+	}
+	if err := c.Update(nil, keys(members(first, middle, last))); err != nil {
+		t.Fatal(err)
+	}
+}

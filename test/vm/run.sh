@@ -104,7 +104,7 @@ for k in "${kernels[@]}"; do
 		run "$k" "-rootfs=$rootfs${vmfiles:+ -files=$vmfiles}" "${flags[@]}" ./test/vm/
 		if ((suites)); then
 			# Frames on one vCPU meet swaps on the other.
-			VMTEST_CPUS=2 run "$k" "-smp 2" "${flags[@]}" -run '^TestRemoveMiddleUnderTraffic$' ./test/vm/
+			VMTEST_CPUS=2 run "$k" "-smp 2 -rootfs=$rootfs" "${flags[@]}" -run '^(TestRemoveMiddleUnderTraffic|TestSharedSwapUnderTraffic)$' ./test/vm/
 			sel=()
 			[[ $k == 6.1 ]] && sel=(-run "$suite_run_61")
 			VMEXEC_TIMEOUT=${VMEXEC_TIMEOUT:-20m} run "$k" "-files=$files" -p 1 -timeout 30m "${sel[@]}" "${flags[@]}" ./test/integration/ ./test/crash/

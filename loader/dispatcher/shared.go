@@ -263,12 +263,12 @@ func (c *Chain) liveDispatcher() *ebpf.Program {
 // setShared is set for a shared chain. Caller holds c.mu and libxdp's
 // lock, and rebased the chain.
 func (c *Chain) setShared(members []Member) error {
+	if len(members) == 0 {
+		return c.detachShared()
+	}
 	if c.cur != nil && c.interfaceGone() {
 		c.dropSlots(members)
 		return nil
-	}
-	if len(members) == 0 {
-		return c.detachShared()
 	}
 	if err := os.MkdirAll(filepath.Join(c.dir, netlinkMarker), 0o700); err != nil {
 		return fmt.Errorf("creating pin directory %s: %w", c.dir, err)

@@ -678,3 +678,42 @@ func TestSharedSwapUnderTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A shared chain whose interface was deleted (the kernel detached its
+// dispatcher) can be adopted and emptied member by member, leaving no
+// pin of its own or in libxdp's layout.
+func TestSharedChainInterfaceGone(t *testing.T) {
+	requireVM(t)
+	h := xdpCase
+	host, _ := vethPair(t)
+	dir := pinDir(t) + "/chain"
+	c, err := dispatcher.Open(h.target(host), dir, dispatcher.WithLibxdpPins(libxdpDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
+	b := loadMember(t, h, "", 2, h.proceed, 20, h.mask(h.proceed))
+	if err := c.Update(members(a, b), nil); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if err := netlink.LinkDel(mustLink(t, host.Index)); err != nil {
+		t.Fatal(err)
+	}
+	c, err = dispatcher.Open(h.target(host), dir, dispatcher.WithLibxdpPins(libxdpDir))
+	if err != nil {
+		t.Fatalf("adopting the shared chain of a deleted interface: %v", err)
+	}
+	defer c.Close()
+	for _, k := range []string{a.Key, b.Key} {
+		if err := c.Update(nil, []string{k}); err != nil {
+			t.Fatalf("removing a member of the chain of a deleted interface: %v", err)
+		}
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("chain pins left: %v", err)
+	}
+	if p := libxdpPins(host.Index); len(p) != 0 {
+		t.Errorf("libxdp pins left: %v", p)
+	}
+}

@@ -277,10 +277,12 @@ func (c *Chain) setShared(members []Member) error {
 	slices.SortFunc(sorted, Compare)
 	rev, err := c.build(sorted)
 	if err != nil {
+		c.leaveNothing()
 		return err
 	}
 	if err := c.swapShared(rev); err != nil {
 		c.destroyRev(rev)
+		c.leaveNothing()
 		return err
 	}
 	failpoint.Hit("chain.swapped")
@@ -296,6 +298,14 @@ func (c *Chain) setShared(members []Member) error {
 	}
 	c.removeStale()
 	return nil
+}
+
+// leaveNothing removes the pin directory of a chain whose first change
+// failed: a refused publish leaves no pin behind.
+func (c *Chain) leaveNothing() {
+	if c.cur == nil {
+		c.clearShared()
+	}
 }
 
 // swapShared attaches r's dispatcher through netlink in place of the one

@@ -717,3 +717,31 @@ func TestSharedChainInterfaceGone(t *testing.T) {
 		t.Errorf("libxdp pins left: %v", p)
 	}
 }
+
+// A shared chain's first change that fails (here: native XDP on lo, which
+// has no native XDP) leaves no pin directory behind.
+func TestSharedChainRefusedLeavesNothing(t *testing.T) {
+	requireVM(t)
+	h := xdpCase
+	dir := pinDir(t) + "/chain"
+	target := dispatcher.Target{Hook: dispatcher.XDP, Ifindex: mustIndex(t, "lo"), Interface: "lo", XDPMode: dispatcher.XDPModeNative}
+	c, err := dispatcher.Open(target, dir, dispatcher.WithLibxdpPins(libxdpDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	a := loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
+	err = c.Update(members(a), nil)
+	if fault.Of(err) != fault.Precondition {
+		t.Fatalf("native XDP on lo: %v, want Precondition", err)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("the refused change left its pin directory (%v)", err)
+	}
+	if p := libxdpPins(target.Ifindex); len(p) != 0 {
+		t.Errorf("libxdp pins left: %v", p)
+	}
+	if id := xdpProgID(t, target.Ifindex); id != 0 {
+		t.Errorf("program %d attached to lo", id)
+	}
+}

@@ -379,16 +379,21 @@ func (c *Chain) retireForeign() {
 // handOver leaves the live revision, which runs only libxdp's programs, to
 // libxdp: the dispatcher stays attached and its members' links stay pinned
 // in libxdp's layout, and the chain's own pins go.
+//
+// Crash-safe order: the revisions it replaced go first (a crash then
+// leaves r whole, and a restart hands it over again); then r's dispatcher
+// pin, after which no restart takes r for the chain's (a crash then
+// leaves pins that the restart clears).
 func (c *Chain) handOver() error {
+	c.retiring.Wait()
 	r := c.cur
 	c.cur = nil
+	r.dispatcher.Unpin()
 	for _, s := range r.slots {
 		s.link.Unpin() // the chain's own pin; libxdp's stays
 	}
-	r.dispatcher.Unpin()
 	r.close()
 	os.RemoveAll(r.dir)
-	c.retiring.Wait()
 	c.removeStale()
 	c.removeStaleLibxdp() // the replaced dispatcher's, which a crash may have left
 	os.Remove(filepath.Join(c.dir, netlinkMarker))

@@ -9,7 +9,7 @@ BIN      := bin
 EXAMPLE_OBJ := deploy/examples/xdp-counter/bpf/xdpcounter_bpfel.o
 EXAMPLE_LAYOUT := build/layouts/xdp-counter
 
-.PHONY: all build demo test vet generate bench bench-host clean fuzz manifests test-chart test-vm bench-vm e2e image cluster cluster-down
+.PHONY: all build demo test vet generate bench bench-host clean fuzz manifests test-chart test-vm bench-vm bench-libxdp e2e image cluster cluster-down
 
 all: build
 
@@ -57,6 +57,13 @@ test-vm:
 # Dispatcher cost per packet (BPF_PROG_TEST_RUN under TCG: ratios only).
 bench-vm:
 	test/vm/run.sh bench
+
+# bpfmount beside libxdp (Debian's xdp-tools 1.3.1) in the same VM boot, on
+# 6.1 and 6.12: dispatcher cost per frame with 1, 5 and 10 members, and
+# whole-process latency of adding the k-th program (docs/benchmarks.md,
+# "Side by side with libxdp").
+bench-libxdp:
+	test/vm/run.sh bench-libxdp
 
 # The release images, built from the Dockerfile with buildah (root, no
 # Docker engine): build/images/bpfmount-$(VERSION).tar,

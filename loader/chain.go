@@ -147,6 +147,9 @@ func (l *Loader) chainError(id Identity, err error) error {
 	}
 	l.mu.Unlock()
 	sort.Strings(holders)
+	if n := len(slices.DeleteFunc(slices.Clone(ex.Holders), func(k string) bool { return !dispatcher.IsLibxdpKey(k) })); n > 0 {
+		holders = append(holders, fmt.Sprintf("and %d of libxdp's programs (`xdp-loader status %s`)", n, id.Interface))
+	}
 	where := fmt.Sprintf("XDP on %q", id.Interface)
 	if id.Hook == HookTC {
 		where = fmt.Sprintf("tc %s on %q", id.Direction, id.Interface)

@@ -30,8 +30,8 @@ type Options struct {
 	// NodeName names this host in error messages.
 	NodeName string
 	// LibxdpDir, when set, is libxdp's pin directory (<bpffs>/xdp): XDP
-	// dispatchers publish their members there, so that libxdp's tools
-	// (xdp-loader status) list them.
+	// chains are shared with libxdp (dispatcher.WithLibxdpPins), so that
+	// libxdp's tools list and join them and bpfmount joins libxdp's.
 	LibxdpDir string
 	// MountTracefs lets the loader mount tracefs at /sys/kernel/tracing
 	// when a tracepoint needs it and none is mounted.

@@ -93,7 +93,7 @@ for them to roll back, and exits. Attached programs stay attached.`,
 	f.StringVar(&o.nodeID, "node-id", "", "node name (default: $KUBE_NODE_NAME, then the host name)")
 	f.StringVar(&o.stateDir, "state-dir", defaultStateDir, "directory for volume records and staging mounts (tmpfs on real nodes)")
 	f.StringVar(&o.bpffsRoot, "bpffs-root", defaultBPFFSRoot, "directory on a bpffs for the driver's pins")
-	f.StringVar(&o.libxdpDir, "libxdp-dir", "", "libxdp's pin directory (e.g. /sys/fs/bpf/xdp); when set, XDP dispatchers are also pinned there in libxdp's layout, under libxdp's lock, so that `xdp-loader status` lists bpfmount's programs")
+	f.StringVar(&o.libxdpDir, "libxdp-dir", "", "libxdp's pin directory (e.g. /sys/fs/bpf/xdp); when set, each interface's XDP chain is shared with libxdp: dispatchers are attached through netlink and swapped under libxdp's lock, pinned in libxdp's layout, and follow libxdp's own swaps, so that `xdp-loader load` joins bpfmount's chains, bpfmount joins libxdp's, and `xdp-loader status` lists both; unset, dispatchers are attached with a bpf_link that libxdp cannot join")
 	f.StringVar(&o.imageCache, "image-cache", defaultImageCache, "directory of the bytecode image cache")
 	f.StringVar(&o.policyPath, "policy", "", "node policy file (YAML; reloaded on change). Without one, pods may not load programs and the local CLI may")
 	f.DurationVar(&o.policyPoll, "policy-reload-interval", 5*time.Second, "how often to check the policy file for changes")

@@ -22,8 +22,14 @@ func attachXDP(t Target, prog *ebpf.Program) (link.Link, string, error) {
 		return l, mode, nil
 	case xdplink.IsBusy(err):
 		owner := ""
-		if id := xdplink.Owner(t.Ifindex); id != 0 {
+		id := xdplink.Owner(t.Ifindex)
+		if id != 0 {
 			owner = fmt.Sprintf(" (program id %d)", id)
+		}
+		if id != 0 && xdplink.IsDispatcher(id) {
+			// Most likely libxdp's: see libxdpJoinRefused.
+			return nil, "", fault.Errorf(fault.Precondition, "interface %q already has another loader's XDP dispatcher%s, such as libxdp's (`xdp-loader status %s` lists its programs): %s; to share the interface's chain with libxdp, start bpfmount with --libxdp-dir set to libxdp's pin directory (usually /sys/fs/bpf/xdp); otherwise move libxdp's programs off the interface (`xdp-loader unload --all %s`) or use another interface: %w",
+				t.Interface, owner, t.Interface, libxdpJoinRefused, t.Interface, err)
 		}
 		return nil, "", fault.Errorf(fault.Precondition, "interface %q already has an XDP program%s that is not this chain's dispatcher: %w", t.Interface, owner, err)
 	case errors.Is(err, unix.EOPNOTSUPP) || mode == XDPModeNative && errors.Is(err, unix.EINVAL):

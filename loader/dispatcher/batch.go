@@ -16,7 +16,9 @@ import (
 // key) the given members, in one new revision in which they run in Compare
 // order. It returns once that revision is live; the old one is torn down
 // in the background after an RCU grace period. Removing every member
-// detaches the dispatcher and removes the chain's pins; removing an absent
+// detaches the dispatcher and removes the chain's pins (in a chain shared
+// with libxdp, where libxdp's programs remain, a dispatcher running them
+// stays, left to libxdp); removing an absent
 // key is not an error, and a change that leaves the member set as it is
 // builds nothing. On error the live revision is untouched; more than Slots
 // members is a fault.Exhausted error wrapping an *ExhaustedError.
@@ -53,6 +55,16 @@ type change struct {
 }
 
 func (c *Chain) applyBatch(batch []*change) {
+	if c.shared() {
+		unlock, err := c.beginShared()
+		if err != nil {
+			for _, ch := range batch {
+				ch.done <- err
+			}
+			return
+		}
+		defer unlock()
+	}
 	cur := c.members()
 	set := cur
 	var accepted []*change

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -33,7 +34,13 @@ type Chain struct {
 	// libxdpDir, when set, receives each live revision in libxdp's pin
 	// layout (see WithLibxdpPins).
 	libxdpDir string
-	builds    atomic.Uint64
+	// foreign is, in a chain shared with libxdp, the dispatcher attached
+	// when it is not cur's (see shared.go).
+	foreign *foreign
+	// linked marks a chain with libxdp pins that a run without them left
+	// attached with a bpf_link: it keeps the link until it empties.
+	linked bool
+	builds atomic.Uint64
 
 	// Revisions swapped out and not yet torn down (see retire).
 	retiring sync.WaitGroup
@@ -57,6 +64,12 @@ func Open(target Target, dir string, opts ...Option) (_ *Chain, err error) {
 	c := &Chain{target: target, dir: dir}
 	for _, o := range opts {
 		o(c)
+	}
+	if c.shared() {
+		if _, err := os.Lstat(filepath.Join(dir, "link")); err != nil {
+			return c.openShared()
+		}
+		c.linked = true
 	}
 	revs, err := listRevisions(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -112,6 +125,11 @@ func Open(target Target, dir string, opts ...Option) (_ *Chain, err error) {
 			return nil, fmt.Errorf("adopting revision %d of the dispatcher of %s: %w", n, target.describe(), err)
 		}
 		c.cur = r
+	}
+	if c.xdpLink == nil && target.Hook == XDP && c.libxdpDir == "" {
+		if err := c.refuseNetlinkChain(); err != nil {
+			return nil, err
+		}
 	}
 	if c.cur == nil && (c.xdpLink == nil || c.interfaceGone()) {
 		// Nothing of this chain runs (its interface went, or a crash came
@@ -202,19 +220,31 @@ func (c *Chain) Builds() uint64 { return c.builds.Load() }
 func (c *Chain) Mode() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.shared() {
+		// libxdp may have attached the hook's dispatcher, in its mode.
+		return xdplink.ModeOf(c.target.Ifindex)
+	}
 	return c.mode
 }
 
 // Members returns the members of the live revision in run order (slot
 // order). Their Program descriptors belong to the chain and stay valid only
-// until its next change or Close: Clone one to keep it.
+// until its next change or Close: Clone one to keep it. A chain shared
+// with libxdp leaves libxdp's programs out.
 func (c *Chain) Members() []Member {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.members()
+	ms := c.members()
+	if c.shared() {
+		ms = slices.DeleteFunc(ms, func(m Member) bool { return IsLibxdpKey(m.Key) })
+	}
+	return ms
 }
 
 func (c *Chain) members() []Member {
+	if c.shared() {
+		return c.sharedMembers()
+	}
 	if c.cur == nil {
 		return nil
 	}
@@ -226,7 +256,9 @@ func (c *Chain) members() []Member {
 }
 
 // Dispatcher returns the live revision's dispatcher program (nil when the
-// chain is empty), for test runs and inspection. It belongs to the chain
+// chain is empty), for test runs and inspection. In a chain shared with
+// libxdp it is the chain's last revision's, which libxdp may have
+// replaced since with a dispatcher of its own. It belongs to the chain
 // and stays valid only until its next change or Close.
 func (c *Chain) Dispatcher() *ebpf.Program {
 	c.mu.Lock()
@@ -251,6 +283,7 @@ func (c *Chain) Close() error {
 		c.xdpLink.Close()
 		c.xdpLink = nil
 	}
+	c.dropForeign()
 	c.closed = true
 	return nil
 }

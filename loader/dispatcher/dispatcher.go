@@ -20,6 +20,10 @@
 //     period, drops the old revision. Traffic never meets an empty or a
 //     partial chain.
 //   - [Open] re-adopts a chain from its pins after a restart.
+//   - [WithLibxdpPins] shares an XDP chain with libxdp: its dispatcher is
+//     attached and swapped through netlink under libxdp's lock, each
+//     change starts from the dispatcher attached (libxdp's programs become
+//     members), and each revision is pinned in libxdp's layout too.
 //
 // Members run in the order of [Compare]: priority ascending, then program
 // name, then creation time, then key.
@@ -29,7 +33,8 @@
 // A chain keeps everything under the directory its caller gives (on a
 // bpffs), for example <root>/dispatchers/<[PinDirName]>:
 //
-//	<dir>/link                               XDP only: the interface's bpf_link
+//	<dir>/link                               XDP only: the interface's bpf_link (not shared with libxdp)
+//	<dir>/netlink/                           XDP shared with libxdp: an empty marker, attached through netlink
 //	<dir>/rev-<N>/dispatcher                 the dispatcher program of revision N
 //	<dir>/rev-<N>/slot-<I>_<key>_<ns>_<name> the freplace link of the member in slot I
 //

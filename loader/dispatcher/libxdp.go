@@ -17,7 +17,10 @@ import (
 	"runtime"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
+
+	"github.com/bpfmount/bpfmount/loader/internal/xdplink"
 )
 
 // Option adjusts Open.
@@ -42,20 +45,16 @@ func (c *Chain) libxdpPin(r *revision) string {
 	return filepath.Join(c.libxdpDir, fmt.Sprintf("dispatch-%d-%d", c.target.Ifindex, progID(r.dispatcher)))
 }
 
-// libxdpLock takes libxdp's lock: an exclusive flock on its directory.
+// libxdpLock takes libxdp's lock for publishing or withdrawing one
+// revision's pins. A shared chain holds it across each whole change
+// instead (beginShared), and its withdrawals, some from retiring
+// goroutines, touch only directories of dispatchers no longer attached,
+// which libxdp never reads.
 func (c *Chain) libxdpLock() (func(), error) {
-	if err := os.MkdirAll(c.libxdpDir, 0o700); err != nil {
-		return nil, err
+	if c.shared() {
+		return func() {}, nil
 	}
-	fd, err := unix.Open(c.libxdpDir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(fd, unix.LOCK_EX); err != nil {
-		unix.Close(fd)
-		return nil, err
-	}
-	return func() { unix.Flock(fd, unix.LOCK_UN); unix.Close(fd) }, nil
+	return c.flockLibxdp()
 }
 
 // publishLibxdp pins revision r's members in libxdp's layout.
@@ -66,7 +65,7 @@ func (c *Chain) publishLibxdp(r *revision) error {
 	}
 	unlock, err := c.libxdpLock()
 	if err != nil {
-		return fmt.Errorf("taking libxdp's lock on %s: %w", c.libxdpDir, err)
+		return err // flockLibxdp says what failed
 	}
 	defer unlock()
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
@@ -111,6 +110,10 @@ func (c *Chain) removeStaleLibxdp() {
 	}
 	dirs, _ := filepath.Glob(filepath.Join(c.libxdpDir, fmt.Sprintf("dispatch-%d-*", c.target.Ifindex)))
 	live := c.libxdpPin(c.cur)
+	if c.shared() {
+		// libxdp's pins of whatever is attached, its dispatcher or ours.
+		live = c.libxdpDirOf(ebpf.ProgramID(xdplink.Owner(c.target.Ifindex)))
+	}
 	for _, d := range dirs {
 		if d != live {
 			os.RemoveAll(d)
@@ -139,3 +142,10 @@ func objPin(fd int, path string) error {
 	}
 	return nil
 }
+
+// libxdpJoinRefused says why bpfmount without libxdp pins cannot add
+// programs to a dispatcher that libxdp attached: libxdp attaches through
+// netlink, such a chain with a bpf_link, and the kernel refuses a bpf_link
+// over a program attached through netlink (EBUSY), as it refuses libxdp's
+// netlink replace of a dispatcher a bpf_link holds.
+const libxdpJoinRefused = "without --libxdp-dir bpfmount attaches its dispatcher with a bpf_link and cannot join a chain attached through netlink, as libxdp attaches it"

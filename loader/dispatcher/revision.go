@@ -44,6 +44,9 @@ func (c *Chain) set(members []Member) error {
 	if err := c.check(members); err != nil {
 		return err
 	}
+	if c.shared() {
+		return c.setShared(members)
+	}
 	if len(members) == 0 {
 		return c.clear()
 	}
@@ -186,6 +189,7 @@ func (c *Chain) clear() error {
 			}
 			c.xdpLink.Close() // the last reference: this detaches
 			c.xdpLink, c.mode = nil, ""
+			c.linked = false // the next dispatcher may be shared
 		}
 	case TC:
 		if c.cur != nil {

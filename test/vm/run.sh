@@ -3,13 +3,16 @@
 # Debian bookworm's 6.1 and bookworm-backports' 6.12 cloud kernels. Fetches
 # and caches what it needs first (kernels.sh). Runs as root.
 #
-#   test/vm/run.sh [test|bench] [6.1|6.12 ...]
+#   test/vm/run.sh [test|bench|bench-libxdp] [6.1|6.12 ...]
 #
 # test (the default) runs every VM test (test/vm), then the driver's own
 # suites (test/integration, test/crash) in the VM, where XDP and tc volumes
 # chain through the dispatchers: all of them on 6.12, the ones that touch
 # xdp and tc on 6.1 (it has no tcx). bench runs the dispatcher cost
-# measurement (TestDispatcherCost) and prints its table.
+# measurement (TestDispatcherCost) and prints its table. bench-libxdp
+# measures bpfmount against Debian's libxdp in the same boot
+# (TestLibxdpSideBySide): dispatcher cost per frame and whole-process
+# latency of adding the k-th program.
 #
 # GOTESTFLAGS adds go test flags (e.g. GOTESTFLAGS=-v, or -run);
 # VMTEST_PACKAGES replaces the packages (e.g. ./test/integration);
@@ -36,8 +39,13 @@ bench)
 	export VMTEST_BENCH=1
 	flags+=(-v -run '^(TestDispatcherCost|TestPublishKth)$')
 	;;
+bench-libxdp)
+	export VMTEST_BENCH=1
+	flags+=(-v -timeout 30m -run '^TestLibxdpSideBySide$')
+	export VMEXEC_TIMEOUT=${VMEXEC_TIMEOUT:-20m}
+	;;
 *)
-	echo "usage: $0 [test|bench] [kernel...]" >&2
+	echo "usage: $0 [test|bench|bench-libxdp] [kernel...]" >&2
 	exit 2
 	;;
 esac
@@ -65,14 +73,21 @@ suite_run_61='^(TestXDP|TestSecondXDP|TestIdentical|TestReadOnly|TestRestartKeep
 status=0
 suites=0
 files=
+vmfiles= # what test/vm's own VM needs from the host besides the test binary
 # Debian's xdp-tools, merged into the VMs of test/vm for the libxdp tests.
 rootfs="${VMEXEC_CACHE:-$PWD/test/vm/.cache}/xdp-tools/root"
 if [[ $mode == test ]]; then
 	export VMTEST_LIBXDP=1
 	files=$(suite_files)
+	vmfiles=$files # the libxdp crash test runs the daemon binaries too
 	export BPFMOUNT_TEST_BINDIR=$PWD/bin/vm
 	export BPFMOUNT_TEST_STRESS_CALLS=${BPFMOUNT_TEST_STRESS_CALLS:-40}
 	suites=1
+elif [[ $mode == bench-libxdp ]]; then
+	# The daemon runs as a process and publish as the client alone.
+	CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -tags bpfmount_cli -o bin/vm/bpfmount-bpfmount_cli ./cmd/bpfmount
+	vmfiles=$(suite_files),$PWD/bin/vm/bpfmount-bpfmount_cli
+	export BPFMOUNT_TEST_BINDIR=$PWD/bin/vm
 fi
 run() { # kernel, vmexec flags, go test args...
 	local k=$1 vmflags=$2
@@ -87,10 +102,10 @@ for k in "${kernels[@]}"; do
 		# shellcheck disable=SC2086
 		VMEXEC_TIMEOUT=${VMEXEC_TIMEOUT:-20m} run "$k" "-files=$files" -timeout 30m "${flags[@]}" $VMTEST_PACKAGES
 	else
-		run "$k" "-rootfs=$rootfs" "${flags[@]}" ./test/vm/
+		run "$k" "-rootfs=$rootfs${vmfiles:+ -files=$vmfiles}" "${flags[@]}" ./test/vm/
 		if ((suites)); then
 			# Frames on one vCPU meet swaps on the other.
-			VMTEST_CPUS=2 run "$k" "-smp 2" "${flags[@]}" -run '^TestRemoveMiddleUnderTraffic$' ./test/vm/
+			VMTEST_CPUS=2 run "$k" "-smp 2 -rootfs=$rootfs" "${flags[@]}" -run '^(TestRemoveMiddleUnderTraffic|TestSharedSwapUnderTraffic)$' ./test/vm/
 			sel=()
 			[[ $k == 6.1 ]] && sel=(-run "$suite_run_61")
 			VMEXEC_TIMEOUT=${VMEXEC_TIMEOUT:-20m} run "$k" "-files=$files" -p 1 -timeout 30m "${sel[@]}" "${flags[@]}" ./test/integration/ ./test/crash/

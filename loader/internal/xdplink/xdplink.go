@@ -80,3 +80,19 @@ const (
 	xdpAttachedDriver = 1
 	xdpAttachedSKB    = 2
 )
+
+// DispatcherName is the program name of an XDP dispatcher in libxdp's
+// design: libxdp's own and bpfmount's.
+const DispatcherName = "xdp_dispatcher"
+
+// IsDispatcher reports whether program id is an XDP dispatcher in libxdp's
+// design (by its name, which libxdp checks too).
+func IsDispatcher(id uint32) bool {
+	p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
+	if err != nil {
+		return false
+	}
+	defer p.Close()
+	info, err := p.Info()
+	return err == nil && info.Name == DispatcherName
+}

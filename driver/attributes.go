@@ -28,6 +28,8 @@ const (
 	AttrMaps       = "maps"
 	AttrGlobals    = "globals"
 	AttrPullPolicy = "pullPolicy"
+	// Lifetimes (lifetime.go).
+	AttrKeepAttached = "keepAttached"
 )
 
 // Keys kubelet adds with podInfoOnMount and for ephemeral volumes.
@@ -43,6 +45,7 @@ const (
 var attrKeys = []string{
 	AttrDirection, AttrGlobals, AttrImage, AttrInterface, AttrMaps, AttrPriority,
 	AttrProceedOn, AttrProgram, AttrPullPolicy, AttrType, AttrXDPMode,
+	AttrKeepAttached,
 }
 
 // Bounds on attribute values: generous for real use, small enough that a
@@ -77,6 +80,7 @@ type volumeRequest struct {
 	// then a pod's request, decided by the policy's rules; only requests
 	// with none are local (the standalone CLI).
 	fromPod bool
+	life    lifetime // keepAttached, name, from (lifetime.go)
 }
 
 // parseAttributes checks every volume attribute and turns them into a load
@@ -127,6 +131,9 @@ func parseAttributes(ctx map[string]string) (*volumeRequest, error) {
 		// Half a pod's request must not pass as a local one, which the
 		// policy treats far more leniently.
 		return nil, invalid("the volume context holds kubelet keys (%s*) but no %q: a pod's request must name its namespace (is podInfoOnMount set on the CSIDriver?)", kubeletPrefix, keyPodNamespace)
+	}
+	if err := vr.parseLifetime(); err != nil {
+		return nil, err
 	}
 	if err := vr.parse(); err != nil {
 		return nil, err

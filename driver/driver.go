@@ -58,6 +58,9 @@ type Driver struct {
 	mounts mounter
 	locks  volumeLocks
 	ready  atomic.Bool
+
+	lingerMu   sync.Mutex    // linger records and the driver's holds (lifetime.go)
+	lingerWake chan struct{} // a new deadline was recorded
 }
 
 // New opens the state directory. Call Restore before serving.
@@ -101,7 +104,7 @@ func newDriver(opts Options, ld programLoader, st recordStore, mnt mounter) (*Dr
 	if opts.Policy == nil {
 		opts.Policy = policy.Static(policy.Default())
 	}
-	return &Driver{opts: opts, store: newCountingStore(st), loader: ld, mounts: mnt}, nil
+	return &Driver{opts: opts, store: newCountingStore(st), loader: ld, mounts: mnt, lingerWake: make(chan struct{}, 1)}, nil
 }
 
 // metricsState is what the node gauges report at scrape time. Everything

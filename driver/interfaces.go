@@ -19,6 +19,7 @@ type programLoader interface {
 	Resolve(ctx context.Context, req loader.Request) (*loader.Resolved, error)
 	Acquire(ctx context.Context, r *loader.Resolved, owner string) (*loader.Program, error)
 	Release(key, owner string) error
+	Hold(key, owner string) bool
 	Adopt(id loader.Identity, owner string) (*loader.Program, error)
 	Prune(keep ...string) ([]string, error)
 	Programs() []*loader.Program
@@ -37,6 +38,10 @@ type recordStore interface {
 	Intents() ([]*state.Intent, error)
 	StagingPath(volumeID string) string
 	MountsDir() string
+	PutLinger(l *state.Linger) error
+	GetLinger(key string) (*state.Linger, error)
+	DeleteLinger(key string) error
+	Lingers() ([]*state.Linger, error)
 }
 
 // mounter is what the driver uses of package mapfs.

@@ -24,6 +24,7 @@ func (d *Driver) Maintain(ctx context.Context, interval time.Duration) {
 			klog.ErrorS(err, "Cannot follow interface removals; detached programs are noticed at the next collection")
 		}
 	}()
+	go d.expireAtDeadlines(ctx)
 	if interval <= 0 {
 		return
 	}
@@ -43,6 +44,7 @@ func (d *Driver) Maintain(ctx context.Context, interval time.Duration) {
 // directories that no volume owns. Volumes with an operation in flight are
 // skipped; nothing outside the driver's directories is touched.
 func (d *Driver) CollectGarbage() (staging, pins []string) {
+	d.expireLingers(time.Now())
 	ents, err := os.ReadDir(d.store.MountsDir())
 	if err != nil {
 		klog.ErrorS(err, "Garbage collection: reading staging directories")
@@ -71,11 +73,13 @@ func (d *Driver) CollectGarbage() (staging, pins []string) {
 	// be read, its pins are unknown: none is removed.
 	recs, listErr := d.store.List()
 	intents, intentErr := d.store.Intents()
-	if listErr != nil || intentErr != nil {
-		klog.ErrorS(errors.Join(listErr, intentErr), "Garbage collection: some records or intents cannot be read; no pins are removed until they are fixed or removed")
+	lingers, lingerErr := d.lingerKeys()
+	if listErr != nil || intentErr != nil || lingerErr != nil {
+		klog.ErrorS(errors.Join(listErr, intentErr, lingerErr), "Garbage collection: some records or intents cannot be read; no pins are removed until they are fixed or removed")
 		return staging, nil
 	}
-	keep := make([]string, 0, len(recs)+len(intents))
+	keep := make([]string, 0, len(recs)+len(intents)+len(lingers))
+	keep = append(keep, lingers...)
 	for _, r := range recs {
 		keep = append(keep, r.Key)
 	}

@@ -51,6 +51,7 @@ type publishRequest struct {
 	readOnly               bool
 	gid                    string // volume_mount_group, "" for none
 	vol                    *volumeRequest
+	keep                   time.Duration // keepAttached in effect (lifetime.go)
 }
 
 // publishOutcome is what a publish learned, for metrics, audit and events.
@@ -90,6 +91,9 @@ func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *pub
 	if out.dec, err = d.authorize(pr, vr.load.Hook); err != nil {
 		return err
 	}
+	if pr.keep, err = d.checkLifetime(vr); err != nil {
+		return err
+	}
 	unlock, err := d.lockVolume(pr.volID)
 	if err != nil {
 		return err
@@ -127,7 +131,13 @@ func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *pub
 	if err != nil {
 		return err
 	}
+	// A program whose keepAttached ended is detached before this publish
+	// could join it, whether or not the collector ran yet.
+	d.expireLingers(time.Now())
 	out.rec, err = d.createVolume(ctx, pr, tgt, res, maps)
+	if err == nil {
+		d.takeOver(out.rec)
+	}
 	return err
 }
 
@@ -213,7 +223,7 @@ func (d *Driver) createVolume(ctx context.Context, pr *publishRequest, tgt *mapf
 		VolumeID: volID, TargetPath: pr.target, StagingPath: pr.staging, ReadOnly: pr.readOnly, MountGroup: pr.gid,
 		Attributes: pr.vol.attrs, Image: pr.vol.load.Image.Reference, Signed: res.Image.Signed,
 		Identity: res.Identity, Key: key, ProgramID: uint32(prog.ID), Maps: maps, Pod: pr.vol.pod, Created: time.Now().UTC(),
-		Mount: made,
+		Mount: made, KeepAttached: pr.keep,
 	}
 	if err := d.store.Put(rec); err != nil {
 		return nil, fmt.Errorf("writing the record of volume %q: %w", volID, err)
@@ -353,6 +363,9 @@ func (d *Driver) unpublish(rec *state.Record) error {
 	failpoint.Hit("unpublish.intent")
 	if err := d.withdrawRecord(rec); err != nil {
 		return fmt.Errorf("unmounting volume %q: %w", rec.VolumeID, err)
+	}
+	if err := d.linger(rec); err != nil {
+		return err
 	}
 	if err := d.loader.Release(rec.Key, rec.VolumeID); err != nil {
 		return fmt.Errorf("releasing the program of volume %q: %w", rec.VolumeID, err)

@@ -121,6 +121,7 @@ type fakeStore struct {
 	putErr       error
 	putIntentErr error
 	lists        int
+	lingers      map[string]*state.Linger // lifetime_test.go
 }
 
 func newFakeStore() *fakeStore {

@@ -25,6 +25,7 @@ type RestoreReport struct {
 	Unreadable int      // record or intent files that could not be decoded (kept as found)
 	Pruned     []string // pin directories no volume owned
 	Staging    []string // staging mounts no volume owned
+	Lingering  []string // keys of programs kept attached past their last volume (keepAttached), re-adopted
 }
 
 // Restore rebuilds the driver's view from its records and the pins before
@@ -68,6 +69,8 @@ func (d *Driver) Restore(ctx context.Context) (*RestoreReport, error) {
 		}
 		rep.Volumes++
 	}
+
+	d.restoreLingers(rep)
 
 	intents, err := d.store.Intents()
 	if err != nil {

@@ -49,7 +49,7 @@ type filePriorities struct {
 // encoding/json alone would accept "Images" for "images" and its
 // unknown-field errors do not say where the field was.
 var (
-	docKeys  = []string{"apiVersion", "kind", "rules", "local"}
+	docKeys  = []string{"apiVersion", "kind", "rules", "local", "keepAttached"}
 	condKeys = []string{"images", "requireDigest", "requireSignature", "interfaces", "hooks", "priorities", "readOnlyOnly"}
 	ruleKeys = append([]string{"name", "namespaces", "serviceAccounts"}, condKeys...)
 	prioKeys = []string{"min", "max"}
@@ -101,6 +101,9 @@ func Parse(data []byte) (*Policy, error) {
 	}
 
 	p := &Policy{configured: true}
+	if p.keep, err = parseKeepAttached(generic.(map[string]any)); err != nil {
+		return nil, err
+	}
 	seen := map[string]int{}
 	for i, fr := range doc.Rules {
 		where := fmt.Sprintf("rules[%d]", i)

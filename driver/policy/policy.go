@@ -29,6 +29,7 @@ type Policy struct {
 	rules      []rule          // in file order
 	local      *conditions     // nil: local requests are allowed unconditionally
 	named      map[string]bool // namespaces some rule names exactly (metric labels)
+	keep       KeepAttached    // the keepAttached section
 }
 
 // Source yields the policy in force; Decide is called on each publish with

@@ -66,6 +66,9 @@ type Record struct {
 	// counted as loaded, a publish of it starts afresh, and its unpublish
 	// cleans up what is left.
 	Broken string `json:"broken,omitempty"`
+	// KeepAttached is how long the program stays attached after this
+	// volume goes, when no other volume holds it (see Linger).
+	KeepAttached time.Duration `json:"keepAttached,omitempty"`
 }
 
 // Op names the operation an intent is for.

@@ -180,6 +180,10 @@ func TestHostileInput(t *testing.T) {
 		{name: "image has no labels", attrs: with("image", noLabels), code: codes.InvalidArgument, fragment: "no bytecode labels"},
 		{name: "image labels not JSON", attrs: with("image", badJSON), code: codes.InvalidArgument, fragment: "not a JSON object"},
 		{name: "image type unsupported", attrs: with("image", wrongType), code: codes.InvalidArgument, fragment: `type "kprobe"`},
+		// Lifetimes (this daemon's policy sets no keepAttached cap: 0s).
+		{name: "keepAttached negative", attrs: with("keepAttached", "-5s"), code: codes.InvalidArgument, fragment: `"keepAttached": "-5s" is not a duration`},
+		{name: "keepAttached not a duration", attrs: with("keepAttached", "forever"), code: codes.InvalidArgument, fragment: `"keepAttached": "forever" is not a duration`},
+		{name: "keepAttached over the cap", attrs: with("keepAttached", "30s"), code: codes.InvalidArgument, fragment: `"keepAttached": 30s is over this node's cap of 0s`},
 	}
 	if len(cases) < 60 {
 		t.Fatalf("only %d hostile cases", len(cases))

@@ -1,0 +1,172 @@
+package driver
+
+import (
+	"context"
+	"maps"
+	"slices"
+		"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	"github.com/bpfmount/bpfmount/driver/policy"
+	"github.com/bpfmount/bpfmount/driver/state"
+)
+
+func (f *fakeLoader) Hold(key, owner string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.held[key]) == 0 {
+		return false
+	}
+	f.held[key][owner] = true
+	return true
+}
+
+func (f *fakeLoader) holders(key string) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Sorted(maps.Keys(f.held[key]))
+}
+
+func (s *fakeStore) PutLinger(l *state.Linger) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.lingers == nil {
+		s.lingers = map[string]*state.Linger{}
+	}
+	c := *l
+	s.lingers[l.Key] = &c
+	return nil
+}
+
+func (s *fakeStore) GetLinger(key string) (*state.Linger, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lingers[key], nil
+}
+
+func (s *fakeStore) DeleteLinger(key string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.lingers, key)
+	return nil
+}
+
+func (s *fakeStore) Lingers() ([]*state.Linger, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Collect(maps.Values(s.lingers)), nil
+}
+
+const keepPolicy = "keepAttached:\n  default: 0s\n  max: 1m\n"
+
+func keepAttrs(keep string) map[string]string {
+	a := localAttrs()
+	a[AttrKeepAttached] = keep
+	return a
+}
+
+func TestKeepAttachedBadInput(t *testing.T) {
+	f := newTestDriver(t, mustPolicy(t, keepPolicy))
+	for _, c := range []struct{ keep, want string }{
+		{"-1s", `"keepAttached": "-1s" is not a duration`},
+		{"soon", `"keepAttached": "soon" is not a duration`},
+		{"30", `"keepAttached": "30" is not a duration`},
+		{"2m", `"keepAttached": 2m0s is over this node's cap of 1m0s`},
+	} {
+		_, err := f.d.NodePublishVolume(context.Background(), publishReq("vol-1", testTarget, keepAttrs(c.keep)))
+		wantCode(t, err, codes.InvalidArgument, c.want)
+		f.assertNothingLeft(t)
+	}
+	// With no keepAttached section the cap is 0: nothing may linger.
+	f = newTestDriver(t, nil)
+	_, err := f.d.NodePublishVolume(context.Background(), publishReq("vol-1", testTarget, keepAttrs("1s")))
+	wantCode(t, err, codes.InvalidArgument, "over this node's cap of 0s")
+	f.assertNothingLeft(t)
+}
+
+func TestKeepAttachedLingersAndIsTakenOver(t *testing.T) {
+	f := newTestDriver(t, mustPolicy(t, keepPolicy))
+	ctx := context.Background()
+	if _, err := f.d.NodePublishVolume(ctx, publishReq("vol-1", testTarget, keepAttrs("30s"))); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := f.store.Get("vol-1")
+	if rec.KeepAttached != 30*time.Second {
+		t.Fatalf("record keepAttached = %s", rec.KeepAttached)
+	}
+	key := rec.Key
+	if _, err := f.d.NodeUnpublishVolume(ctx, unpublishReq("vol-1", testTarget)); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.loader.holders(key); !slices.Equal(got, []string{lingerOwner(key)}) {
+		t.Fatalf("after the last unpublish the program is held by %v, want the linger hold alone", got)
+	}
+	l, _ := f.store.GetLinger(key)
+	if l == nil || time.Until(l.Deadline) < 25*time.Second || time.Until(l.Deadline) > 31*time.Second {
+		t.Fatalf("linger record %+v, want a deadline 30s ahead", l)
+	}
+	// Before the deadline a collection keeps it.
+	if got := f.d.expireLingers(time.Now()); len(got) != 0 {
+		t.Fatalf("expired %v before the deadline", got)
+	}
+	// A publish of the identical request takes it over.
+	if _, err := f.d.NodePublishVolume(ctx, publishReq("vol-2", testTarget, keepAttrs("30s"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.loader.holders(key); !slices.Equal(got, []string{"vol-2"}) {
+		t.Fatalf("after the take-over the program is held by %v, want vol-2 alone", got)
+	}
+	if l, _ := f.store.GetLinger(key); l != nil {
+		t.Fatalf("linger record left after the take-over: %+v", l)
+	}
+	// Gone again, and past the deadline: detached.
+	if _, err := f.d.NodeUnpublishVolume(ctx, unpublishReq("vol-2", testTarget)); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.d.expireLingers(time.Now().Add(31 * time.Second)); !slices.Equal(got, []string{key}) {
+		t.Fatalf("expired %v, want %s", got, key)
+	}
+	if got := f.loader.holders(key); len(got) != 0 {
+		t.Fatalf("program still held by %v after its deadline", got)
+	}
+	f.assertNothingLeft(t)
+	if len(f.store.lingers) != 0 {
+		t.Fatalf("linger records left: %v", f.store.lingers)
+	}
+}
+
+func TestKeepAttachedCapLoweredLater(t *testing.T) {
+	// The record says 30s, the policy in force at unpublish says 0: the
+	// program goes with its volume.
+	f := newTestDriver(t, mustPolicy(t, keepPolicy))
+	ctx := context.Background()
+	if _, err := f.d.NodePublishVolume(ctx, publishReq("vol-1", testTarget, keepAttrs("30s"))); err != nil {
+		t.Fatal(err)
+	}
+	f.d.opts.Policy = policy.Static(mustPolicy(t, "rules: []\n"))
+	if _, err := f.d.NodeUnpublishVolume(ctx, unpublishReq("vol-1", testTarget)); err != nil {
+		t.Fatal(err)
+	}
+	f.assertNothingLeft(t)
+	if len(f.store.lingers) != 0 {
+		t.Fatalf("linger records left: %v", f.store.lingers)
+	}
+}
+
+func TestKeepAttachedDefaultFromPolicy(t *testing.T) {
+	f := newTestDriver(t, mustPolicy(t, "keepAttached:\n  default: 10s\n  max: 1m\n"))
+	if _, err := f.d.NodePublishVolume(context.Background(), publishReq("vol-1", testTarget, localAttrs())); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ := f.store.Get("vol-1"); rec.KeepAttached != 10*time.Second {
+		t.Fatalf("record keepAttached = %s, want the policy's default 10s", rec.KeepAttached)
+	}
+	if _, err := f.d.NodePublishVolume(context.Background(), publishReq("vol-2", testTarget+"2", keepAttrs("0s"))); err != nil {
+		t.Fatal(err)
+	}
+	if rec, _ := f.store.Get("vol-2"); rec.KeepAttached != 0 {
+		t.Fatalf("record keepAttached = %s, want 0 as asked", rec.KeepAttached)
+	}
+}

@@ -1,0 +1,63 @@
+package policy
+
+import (
+	"fmt"
+	"time"
+)
+
+// KeepAttached bounds the keepAttached volume attribute node-wide: how long
+// a program may stay attached after its last volume goes.
+type KeepAttached struct {
+	// Default applies to volumes that do not set keepAttached.
+	Default time.Duration
+	// Max is the largest value a volume may ask for; 0 (the default) lets
+	// no program outlive its volumes.
+	Max time.Duration
+}
+
+// KeepAttached returns the node's keepAttached default and cap.
+func (p *Policy) KeepAttached() KeepAttached { return p.keep }
+
+var keepKeys = []string{"default", "max"}
+
+// parseKeepAttached reads the document's optional keepAttached section:
+//
+//	keepAttached:
+//	  default: 0s
+//	  max: 5m
+func parseKeepAttached(top map[string]any) (KeepAttached, error) {
+	var k KeepAttached
+	raw, ok := top["keepAttached"]
+	if !ok || raw == nil {
+		return k, nil
+	}
+	m, ok := raw.(map[string]any)
+	if !ok {
+		return k, fmt.Errorf("policy keepAttached must be a mapping with default and max, e.g. {default: 0s, max: 5m}")
+	}
+	if err := unknownKey("policy keepAttached", m, keepKeys, nil); err != nil {
+		return k, err
+	}
+	for _, f := range []struct {
+		name string
+		dst  *time.Duration
+	}{{"default", &k.Default}, {"max", &k.Max}} {
+		v, ok := m[f.name]
+		if !ok {
+			continue
+		}
+		s, ok := v.(string)
+		if !ok {
+			return k, fmt.Errorf("policy keepAttached.%s must be a duration string such as \"30s\" or \"5m\"", f.name)
+		}
+		d, err := time.ParseDuration(s)
+		if err != nil || d < 0 {
+			return k, fmt.Errorf("policy keepAttached.%s: %q is not a non-negative duration such as \"30s\" or \"5m\"", f.name, s)
+		}
+		*f.dst = d
+	}
+	if k.Default > k.Max {
+		return k, fmt.Errorf("policy keepAttached.default %s is over keepAttached.max %s: raise max or lower default", k.Default, k.Max)
+	}
+	return k, nil
+}

@@ -1,0 +1,11 @@
+package loader
+
+// Hold adds owner to the attachment with the given key, if it exists, and
+// reports whether it did. The driver holds a program this way while it
+// lingers after its last volume (keepAttached): the program stays attached
+// with its maps until that owner is released too.
+func (l *Loader) Hold(key, owner string) bool {
+	l.gc.RLock()
+	defer l.gc.RUnlock()
+	return l.join(key, owner) != nil
+}

@@ -1,0 +1,157 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/bpfmount/bpfmount/driver"
+	"github.com/bpfmount/bpfmount/driver/policy"
+	"github.com/bpfmount/bpfmount/internal/testenv"
+)
+
+// keepPolicy lets volumes keep their programs attached up to a minute;
+// local requests (these tests') are allowed.
+func keepOptions(t *testing.T) testenv.DaemonOptions {
+	t.Helper()
+	pol, err := policy.Parse([]byte("apiVersion: bpfmount.io/v1alpha1\nkind: NodePolicy\nkeepAttached:\n  max: 1m\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testenv.DaemonOptions{Configure: func(o *driver.Options) { o.Policy = policy.Static(pol) }}
+}
+
+func keepAttrs(image, ifname, keep string) map[string]string {
+	a := xdpAttrs(image, ifname)
+	a["keepAttached"] = keep
+	return a
+}
+
+// TestKeepAttachedAcrossRestart: the last volume goes, the daemon restarts,
+// a new volume of the identical request takes the program over: same
+// program ID, counters continue.
+func TestKeepAttachedAcrossRestart(t *testing.T) {
+	opts := keepOptions(t)
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, opts)
+	ctx := context.Background()
+	first, second := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-a", first, keepAttrs(img, v.Host, "30s"), true)); err != nil {
+		t.Fatal(err)
+	}
+	id := testenv.XDPProgram(t, v.Host)
+	if err := v.Send(20, 64); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := counts(t, testenv.Consumer{}, filepath.Join(first, "xdp_stats_map"))
+	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-a", first)); err != nil {
+		t.Fatal(err)
+	}
+	if got := testenv.XDPProgram(t, v.Host); got != id {
+		t.Fatalf("after the last unpublish XDP program is %d, want %d still attached", got, id)
+	}
+	if f := testenv.Files(t, filepath.Join(d.StateDir, "lingers")); len(f) != 1 {
+		t.Fatalf("linger records %v, want one", f)
+	}
+	// Frames while no volume holds it still count.
+	if err := v.Send(10, 64); err != nil {
+		t.Fatal(err)
+	}
+	d.Restart(opts)
+	d.Driver.CollectGarbage() // before the deadline: keeps it
+	if got := testenv.XDPProgram(t, v.Host); got != id {
+		t.Fatalf("after a restart XDP program is %d, want %d", got, id)
+	}
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-b", second, keepAttrs(img, v.Host, "30s"), true)); err != nil {
+		t.Fatal(err)
+	}
+	rec := record(t, d, "vol-b")
+	if rec.ProgramID != uint32(id) {
+		t.Fatalf("the new volume has program %d, want the lingering %d", rec.ProgramID, id)
+	}
+	after, _ := counts(t, testenv.Consumer{}, filepath.Join(second, "xdp_stats_map"))
+	if after < before+10 {
+		t.Fatalf("counter went from %d to %d: it did not continue", before, after)
+	}
+	if f := testenv.Files(t, filepath.Join(d.StateDir, "lingers")); len(f) != 0 {
+		t.Fatalf("linger records %v after the take-over", f)
+	}
+	// The volume that took over lingers again when it goes; the test's
+	// cleanup (unmounting the private bpffs) detaches it.
+	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-b", second)); err != nil {
+		t.Fatal(err)
+	}
+	if got := testenv.XDPProgram(t, v.Host); got != id {
+		t.Fatalf("after the second last unpublish XDP program is %d, want %d", got, id)
+	}
+}
+
+// TestKeepAttachedWindowEnds: after the window, the collector detaches the
+// program and a publish loads a new one with fresh maps.
+func TestKeepAttachedWindowEnds(t *testing.T) {
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, keepOptions(t))
+	ctx := context.Background()
+	target := filepath.Join(dir, "a")
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-a", target, keepAttrs(img, v.Host, "1s"), true)); err != nil {
+		t.Fatal(err)
+	}
+	id := testenv.XDPProgram(t, v.Host)
+	if err := v.Send(10, 64); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-a", target)); err != nil {
+		t.Fatal(err)
+	}
+	if testenv.XDPProgram(t, v.Host) != id {
+		t.Fatal("program detached at once despite keepAttached")
+	}
+	time.Sleep(1100 * time.Millisecond)
+	// A publish after the window does not take the program over, even
+	// before the collector ran.
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-b", target, keepAttrs(img, v.Host, "1s"), true)); err != nil {
+		t.Fatal(err)
+	}
+	if rec := record(t, d, "vol-b"); rec.ProgramID == uint32(id) {
+		t.Fatalf("publish after the window took over program %d", id)
+	}
+	if p, _ := counts(t, testenv.Consumer{}, filepath.Join(target, "xdp_stats_map")); p != 0 {
+		t.Fatalf("new program's counter is %d, want fresh maps", p)
+	}
+	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-b", target)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	d.Driver.CollectGarbage()
+	d.AssertClean(t, v, target)
+	if f := testenv.Files(t, filepath.Join(d.StateDir, "lingers")); len(f) != 0 {
+		t.Fatalf("linger records %v after the deadline", f)
+	}
+}
+
+// TestKeepAttachedDeadlineSurvivesRestart: the deadline passes while the
+// daemon is down; the start's collection detaches the program.
+func TestKeepAttachedDeadlineSurvivesRestart(t *testing.T) {
+	opts := keepOptions(t)
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, opts)
+	ctx := context.Background()
+	target := filepath.Join(dir, "a")
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-a", target, keepAttrs(img, v.Host, "1s"), true)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-a", target)); err != nil {
+		t.Fatal(err)
+	}
+	d.Stop()
+	time.Sleep(1100 * time.Millisecond)
+	if testenv.XDPProgram(t, v.Host) == 0 {
+		t.Fatal("program detached while the daemon was down")
+	}
+	d.Restart(opts)
+	d.AssertClean(t, v, target)
+	if _, err := os.Stat(filepath.Join(d.StateDir, "lingers")); err == nil {
+		if f := testenv.Files(t, filepath.Join(d.StateDir, "lingers")); len(f) != 0 {
+			t.Fatalf("linger records %v after the deadline", f)
+		}
+	}
+}

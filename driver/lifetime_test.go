@@ -4,7 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
-		"testing"
+	"testing"
 	"time"
 
 	"google.golang.org/grpc/codes"

@@ -23,7 +23,11 @@ var (
 	// the new revision's dispatcher loaded; its members attached and
 	// everything pinned; the revision swapped in; and, after the grace
 	// period, the old revision about to be torn down.
-	ChainSteps = []string{
+	// LingerSteps are those of keepAttached: the deadline recorded at
+	// the last unpublish, before the driver's hold; and, at the deadline,
+	// before and after the program's release.
+	LingerSteps = []string{"unpublish.linger", "linger.expire", "linger.released"}
+	ChainSteps  = []string{
 		"chain.loaded", "chain.attached", "chain.swapped", "chain.retiring",
 	}
 )

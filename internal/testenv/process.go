@@ -62,6 +62,8 @@ type ProcDaemon struct {
 	DaemonDirs
 	Bin, CacheDir, Log string
 	Node               csi.NodeClient
+	// Args are extra command-line arguments for serve (e.g. --policy).
+	Args []string
 
 	cmd  *exec.Cmd
 	conn *grpc.ClientConn
@@ -105,6 +107,7 @@ func (p *ProcDaemon) Start(t testing.TB, env ...string) {
 	defer logf.Close()
 	p.cmd = exec.Command(p.Bin, "serve", "--endpoint", p.Endpoint, "--node-id", "test-node",
 		"--state-dir", p.StateDir, "--bpffs-root", p.BPFFSRoot, "--image-cache", p.CacheDir, "--mount-bpffs=false", "--target-root", os.TempDir(), "-v=2")
+	p.cmd.Args = append(p.cmd.Args, p.Args...)
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -30,6 +30,7 @@ const (
 	AttrPullPolicy = "pullPolicy"
 	// Lifetimes (lifetime.go).
 	AttrKeepAttached = "keepAttached"
+	AttrName         = "name"
 )
 
 // Keys kubelet adds with podInfoOnMount and for ephemeral volumes.
@@ -45,7 +46,7 @@ const (
 var attrKeys = []string{
 	AttrDirection, AttrGlobals, AttrImage, AttrInterface, AttrMaps, AttrPriority,
 	AttrProceedOn, AttrProgram, AttrPullPolicy, AttrType, AttrXDPMode,
-	AttrKeepAttached,
+	AttrKeepAttached, AttrName,
 }
 
 // Bounds on attribute values: generous for real use, small enough that a

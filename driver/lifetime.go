@@ -24,6 +24,7 @@ import (
 type lifetime struct {
 	keep    time.Duration // keepAttached
 	keepSet bool          // keepAttached was given
+	name    string        // name: the load's node-wide name (names.go)
 }
 
 // parseLifetime checks the lifetime attributes; the node's caps are checked
@@ -35,6 +36,12 @@ func (vr *volumeRequest) parseLifetime() error {
 			return invalid("volume attribute %q: %q is not a duration of 0 or more, such as 30s or 5m", AttrKeepAttached, v)
 		}
 		vr.life.keep, vr.life.keepSet = d, true
+	}
+	if n, ok := vr.attrs[AttrName]; ok {
+		if !validName(n) {
+			return invalid("volume attribute %q: %q is not a DNS label: use 1 to 63 lowercase letters, digits and '-', starting and ending with a letter or digit", AttrName, n)
+		}
+		vr.life.name = n
 	}
 	return nil
 }
@@ -78,7 +85,7 @@ func (d *Driver) linger(rec *state.Record) error {
 	if old != nil && old.Deadline.After(deadline) {
 		deadline = old.Deadline
 	}
-	l := &state.Linger{Key: rec.Key, Identity: rec.Identity, ProgramID: rec.ProgramID, Deadline: deadline}
+	l := &state.Linger{Key: rec.Key, Identity: rec.Identity, ProgramID: rec.ProgramID, Deadline: deadline, Name: rec.Attributes[AttrName]}
 	if err := d.store.PutLinger(l); err != nil {
 		return fmt.Errorf("recording that volume %q's program stays attached: %w", rec.VolumeID, err)
 	}

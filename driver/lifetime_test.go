@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -168,5 +169,83 @@ func TestKeepAttachedDefaultFromPolicy(t *testing.T) {
 	}
 	if rec, _ := f.store.Get("vol-2"); rec.KeepAttached != 0 {
 		t.Fatalf("record keepAttached = %s, want 0 as asked", rec.KeepAttached)
+	}
+}
+
+func namedAttrs(name string, kv ...string) map[string]string {
+	a := localAttrs()
+	a[AttrName] = name
+	for i := 0; i < len(kv); i += 2 {
+		a[kv[i]] = kv[i+1]
+	}
+	return a
+}
+
+func TestNameBadInput(t *testing.T) {
+	f := newTestDriver(t, nil)
+	for _, n := range []string{"", "Fw", "-fw", "fw-", "fw_1", "fw.edge", strings.Repeat("a", 64), "../x"} {
+		_, err := f.d.NodePublishVolume(context.Background(), publishReq("vol-1", testTarget, namedAttrs(n)))
+		wantCode(t, err, codes.InvalidArgument, `volume attribute "name"`)
+		f.assertNothingLeft(t)
+	}
+	if _, err := f.d.NodePublishVolume(context.Background(), publishReq("vol-1", testTarget, namedAttrs(strings.Repeat("a", 63)))); err != nil {
+		t.Fatalf("a 63-character name: %v", err)
+	}
+}
+
+func TestNamePolicy(t *testing.T) {
+	f := newTestDriver(t, mustPolicy(t, `rules:
+- name: fw
+  namespaces: ["net-fw"]
+  images: ["registry.example/bpf/*"]
+  names: ["fw-*"]
+`))
+	a := podAttrs("net-fw")
+	a[AttrName] = "counter"
+	_, err := f.d.NodePublishVolume(context.Background(), publishReq("vol-1", testTarget, a))
+	wantCode(t, err, codes.PermissionDenied, `rule "fw" allows names ["fw-*"] only, not "counter"`)
+	f.assertNothingLeft(t)
+	if f.loader.resolves != 0 {
+		t.Fatalf("a denied name was resolved %d times", f.loader.resolves)
+	}
+	a[AttrName] = "fw-edge"
+	if _, err := f.d.NodePublishVolume(context.Background(), publishReq("vol-1", testTarget, a)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestNameHeldByAnotherProgram(t *testing.T) {
+	f := newTestDriver(t, mustPolicy(t, keepPolicy))
+	ctx := context.Background()
+	if _, err := f.d.NodePublishVolume(ctx, publishReq("vol-1", testTarget, namedAttrs("fw", AttrKeepAttached, "30s"))); err != nil {
+		t.Fatal(err)
+	}
+	// The identical request under the name shares.
+	if _, err := f.d.NodePublishVolume(ctx, publishReq("vol-2", testTarget+"2", namedAttrs("fw", AttrKeepAttached, "30s"))); err != nil {
+		t.Fatal(err)
+	}
+	key := f.store.records["vol-1"].Key
+	if got := f.loader.holders(key); !slices.Equal(got, []string{"vol-1", "vol-2"}) {
+		t.Fatalf("holders %v, want both volumes", got)
+	}
+	// Another interface under the name: refused, naming the holder.
+	_, err := f.d.NodePublishVolume(ctx, publishReq("vol-3", testTarget+"3", namedAttrs("fw", AttrInterface, "eth1")))
+	wantCode(t, err, codes.FailedPrecondition, `name "fw" already holds xdp program "prog" on eth0 with priority 1000 (program id 7, held by volume vol-1)`)
+	// Another image on the same hook: an upgrade, not done yet.
+	_, err = f.d.NodePublishVolume(ctx, publishReq("vol-3", testTarget+"3", namedAttrs("fw", AttrImage, "registry.example/bpf/counter:v2")))
+	wantCode(t, err, codes.FailedPrecondition, "replacing a named program in place is not supported yet")
+	// While it lingers the name stays held.
+	for _, v := range []string{"vol-1", "vol-2"} {
+		tgt := f.store.records[v].TargetPath
+		if _, err := f.d.NodeUnpublishVolume(ctx, unpublishReq(v, tgt)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = f.d.NodePublishVolume(ctx, publishReq("vol-3", testTarget+"3", namedAttrs("fw", AttrInterface, "eth1")))
+	wantCode(t, err, codes.FailedPrecondition, "held by a program kept attached until")
+	// Once it is gone, the name is free.
+	f.d.expireLingers(time.Now().Add(time.Minute))
+	if _, err := f.d.NodePublishVolume(ctx, publishReq("vol-3", testTarget+"3", namedAttrs("fw", AttrInterface, "eth1"))); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -131,6 +131,13 @@ func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *pub
 	if err != nil {
 		return err
 	}
+	// A name is checked and taken in one step: two loads under one name
+	// cannot both pass the check.
+	unlockName, err := d.claimName(vr.life.name, res)
+	if err != nil {
+		return err
+	}
+	defer unlockName()
 	// A program whose keepAttached ended is detached before this publish
 	// could join it, whether or not the collector ran yet.
 	d.expireLingers(time.Now())
@@ -157,6 +164,7 @@ func (d *Driver) authorize(pr *publishRequest, hook loader.Hook) (policy.Decisio
 		Hook:           string(hook),
 		Priority:       vr.load.Priority,
 		ReadOnly:       pr.readOnly,
+		Name:           vr.life.name,
 	})
 	if !dec.Allowed {
 		metrics.PolicyDenials.WithLabelValues(pol.NamespaceLabel(vr.pod.Namespace)).Inc()

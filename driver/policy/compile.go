@@ -107,6 +107,9 @@ func compileConds(fc fileConds, isRule bool) (conditions, error) {
 		}
 		c.hooks = fc.Hooks
 	}
+	if err := c.compileNames(fc.Names, isRule); err != nil {
+		return c, err
+	}
 	if pr := fc.Priorities; pr != nil {
 		if pr.Min != nil {
 			c.minPrio = *pr.Min
@@ -221,6 +224,7 @@ type conditions struct {
 	hooks            []string
 	minPrio, maxPrio int
 	readOnlyOnly     bool
+	nameConds        // lifetime.go
 }
 
 // cond identifies a condition, in the order conditions are checked and

@@ -18,6 +18,8 @@ const (
 	condHook
 	condPriority
 	condReadOnly
+	condName
+	condLast = condName // the last condition a rule checks
 )
 
 // imageRef is a reference reduced to what policy matching needs.
@@ -119,13 +121,15 @@ func (c *conditions) failed(k cond, ref imageRef, r *Request) bool {
 		return r.Priority < c.minPrio || r.Priority > c.maxPrio
 	case condReadOnly:
 		return c.readOnlyOnly && !r.ReadOnly
+	case condName:
+		return !c.allowsName(r.Name)
 	}
 	return false
 }
 
 // firstFailure returns the first failing condition, or condNone.
 func (c *conditions) firstFailure(ref imageRef, r *Request) cond {
-	for k := condImage; k <= condReadOnly; k++ {
+	for k := condImage; k <= condLast; k++ {
 		if c.failed(k, ref, r) {
 			return k
 		}
@@ -153,6 +157,8 @@ func (c *conditions) explain(k cond, subject string, ref imageRef, r *Request) s
 		return fmt.Sprintf("%s allows priorities %d..%d only, not %d", subject, c.minPrio, c.maxPrio, r.Priority)
 	case condReadOnly:
 		return fmt.Sprintf("%s allows read-only volumes only: set readOnly: true on the csi volume", subject)
+	case condName:
+		return c.explainName(subject, r.Name)
 	}
 	return ""
 }
@@ -222,7 +228,7 @@ func (p *Policy) noMatch(ref imageRef, r *Request) string {
 				first = condServiceAccount
 			}
 		}
-		for k := condImage; k <= condReadOnly; k++ {
+		for k := condImage; k <= condLast; k++ {
 			if ru.failed(k, ref, r) {
 				fails++
 			}

@@ -61,3 +61,33 @@ func parseKeepAttached(top map[string]any) (KeepAttached, error) {
 	}
 	return k, nil
 }
+
+// names are the program names (the name attribute) a rule allows.
+type nameConds struct {
+	anyName  bool   // local section without names: root may use any
+	allowed  []glob // nil: none (a rule must list the names it allows)
+	namesRaw []string
+}
+
+func (c *conditions) compileNames(raw []string, isRule bool) error {
+	if raw == nil {
+		c.anyName = !isRule
+		return nil
+	}
+	if err := checkGlobs("names", raw, true); err != nil {
+		return err
+	}
+	c.allowed, c.namesRaw = compileGlobs(raw), raw
+	return nil
+}
+
+func (c *conditions) allowsName(name string) bool {
+	return name == "" || c.anyName || matchAny(c.allowed, name)
+}
+
+func (c *conditions) explainName(subject, name string) string {
+	if c.allowed == nil {
+		return fmt.Sprintf("%s allows no program names, not %q: add a names list to the rule", subject, name)
+	}
+	return fmt.Sprintf("%s allows names %s only, not %q", subject, quoteList(c.namesRaw), name)
+}

@@ -39,3 +39,50 @@ func TestKeepAttachedSection(t *testing.T) {
 		}
 	}
 }
+
+func TestNamesCondition(t *testing.T) {
+	p, err := Parse([]byte(`apiVersion: bpfmount.io/v1alpha1
+kind: NodePolicy
+rules:
+- name: fw
+  namespaces: ["net-fw"]
+  images: ["registry.example/bpf/*"]
+  names: ["fw-*"]
+- name: plain
+  namespaces: ["web"]
+  images: ["registry.example/bpf/*"]
+local:
+  names: ["node-*"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := func(ns, name string) Request {
+		return Request{Namespace: ns, Image: "registry.example/bpf/fw:v1", Interface: "eth0", Hook: "xdp", Priority: 1000, Name: name}
+	}
+	for _, c := range []struct {
+		r    Request
+		ok   bool
+		want string
+	}{
+		{req("net-fw", "fw-edge"), true, ""},
+		{req("net-fw", ""), true, ""},
+		{req("net-fw", "counter"), false, `rule "fw" allows names ["fw-*"] only, not "counter"`},
+		{req("web", "fw-edge"), false, `rule "plain" allows no program names, not "fw-edge"`},
+		{req("web", ""), true, ""},
+		{Request{Local: true, Image: "oci:/x:v1", Priority: 1000, Name: "node-fw"}, true, ""},
+		{Request{Local: true, Image: "oci:/x:v1", Priority: 1000, Name: "fw-edge"}, false, `local section allows names ["node-*"] only`},
+	} {
+		d := p.Decide(c.r)
+		if d.Allowed != c.ok || !strings.Contains(d.Reason, c.want) {
+			t.Errorf("%+v: decision %+v, want allowed=%v saying %q", c.r, d, c.ok, c.want)
+		}
+	}
+	// Without a local section, root may use any name.
+	if d := Default().Decide(Request{Local: true, Image: "oci:/x:v1", Name: "anything"}); !d.Allowed {
+		t.Errorf("default policy denies a local named request: %+v", d)
+	}
+	if _, err := Parse([]byte("apiVersion: bpfmount.io/v1alpha1\nkind: NodePolicy\nrules:\n- name: a\n  namespaces: [x]\n  images: [\"r/*\"]\n  names: []\n")); err == nil || !strings.Contains(err.Error(), "names is an empty list") {
+		t.Errorf("empty names list: %v", err)
+	}
+}

@@ -38,6 +38,7 @@ type fileConds struct {
 	Hooks            []string        `json:"hooks"`
 	Priorities       *filePriorities `json:"priorities"`
 	ReadOnlyOnly     bool            `json:"readOnlyOnly"`
+	Names            []string        `json:"names"` // lifetime.go
 }
 
 type filePriorities struct {
@@ -50,11 +51,11 @@ type filePriorities struct {
 // unknown-field errors do not say where the field was.
 var (
 	docKeys  = []string{"apiVersion", "kind", "rules", "local", "keepAttached"}
-	condKeys = []string{"images", "requireDigest", "requireSignature", "interfaces", "hooks", "priorities", "readOnlyOnly"}
+	condKeys = []string{"images", "requireDigest", "requireSignature", "interfaces", "hooks", "priorities", "readOnlyOnly", "names"}
 	ruleKeys = append([]string{"name", "namespaces", "serviceAccounts"}, condKeys...)
 	prioKeys = []string{"min", "max"}
 	// Fields holding strings or lists of strings.
-	stringFields = []string{"apiVersion", "kind", "name", "namespaces", "serviceAccounts", "images", "interfaces", "hooks"}
+	stringFields = []string{"apiVersion", "kind", "name", "namespaces", "serviceAccounts", "images", "interfaces", "hooks", "names"}
 	localHint    = map[string]string{
 		"namespaces":      "the local section applies to requests without pod information; it takes no namespaces",
 		"serviceAccounts": "the local section applies to requests without pod information; it takes no serviceAccounts",

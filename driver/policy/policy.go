@@ -11,6 +11,7 @@ type Request struct {
 	Hook           string // "xdp", "tc" or "tcx"; "" before the image names it (see Decide)
 	Priority       int
 	ReadOnly       bool
+	Name           string // the request's name attribute ("" for none)
 }
 
 // Decision is the outcome; Rule names the rule that decided ("" when none

@@ -21,6 +21,7 @@ type Linger struct {
 	Key       string          `json:"key"`
 	Identity  loader.Identity `json:"identity"`
 	ProgramID uint32          `json:"programID,omitempty"`
+	Name      string          `json:"name,omitempty"` // the program's name attribute
 	Deadline  time.Time       `json:"deadline"`
 }
 

@@ -184,6 +184,9 @@ func TestHostileInput(t *testing.T) {
 		{name: "keepAttached negative", attrs: with("keepAttached", "-5s"), code: codes.InvalidArgument, fragment: `"keepAttached": "-5s" is not a duration`},
 		{name: "keepAttached not a duration", attrs: with("keepAttached", "forever"), code: codes.InvalidArgument, fragment: `"keepAttached": "forever" is not a duration`},
 		{name: "keepAttached over the cap", attrs: with("keepAttached", "30s"), code: codes.InvalidArgument, fragment: `"keepAttached": 30s is over this node's cap of 0s`},
+		{name: "name upper case", attrs: with("name", "Firewall"), code: codes.InvalidArgument, fragment: `"name": "Firewall" is not a DNS label`},
+		{name: "name too long", attrs: with("name", strings.Repeat("a", 64)), code: codes.InvalidArgument, fragment: `is not a DNS label`},
+		{name: "name path", attrs: with("name", "../fw"), code: codes.InvalidArgument, fragment: `"name": "../fw" is not a DNS label`},
 	}
 	if len(cases) < 60 {
 		t.Fatalf("only %d hostile cases", len(cases))

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
 	"github.com/bpfmount/bpfmount/driver"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/internal/testenv"
@@ -154,4 +156,38 @@ func TestKeepAttachedDeadlineSurvivesRestart(t *testing.T) {
 			t.Fatalf("linger records %v after the deadline", f)
 		}
 	}
+}
+
+// TestNameHeldByAnotherLoad: a load under a held name with other
+// attributes is refused, naming the holder; the identical one shares.
+func TestNameHeldByAnotherLoad(t *testing.T) {
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
+	other := testenv.NewVeth(t)
+	ctx := context.Background()
+	named := func(ifname string) map[string]string {
+		a := xdpAttrs(img, ifname)
+		a["name"] = "fw-edge"
+		return a
+	}
+	a, b, c := filepath.Join(dir, "a"), filepath.Join(dir, "b"), filepath.Join(dir, "c")
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-a", a, named(v.Host), true)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-b", b, named(v.Host), true)); err != nil {
+		t.Fatal(err)
+	}
+	if ra, rb := record(t, d, "vol-a"), record(t, d, "vol-b"); ra.ProgramID != rb.ProgramID {
+		t.Fatalf("identical named requests got programs %d and %d", ra.ProgramID, rb.ProgramID)
+	}
+	expectCode(t, d, publishReq("vol-c", c, named(other.Host), true), codes.FailedPrecondition,
+		`name "fw-edge" already holds xdp program "xdp_stats" on `+v.Host)
+	if id := testenv.XDPProgram(t, other.Host); id != 0 {
+		t.Fatalf("refused load attached program %d to %s", id, other.Host)
+	}
+	for vol, tgt := range map[string]string{"vol-a": a, "vol-b": b} {
+		if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq(vol, tgt)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.AssertClean(t, v, a, b, c)
 }

@@ -31,6 +31,7 @@ const (
 	// Lifetimes (lifetime.go).
 	AttrKeepAttached = "keepAttached"
 	AttrName         = "name"
+	AttrFrom         = "from"
 )
 
 // Keys kubelet adds with podInfoOnMount and for ephemeral volumes.
@@ -46,7 +47,7 @@ const (
 var attrKeys = []string{
 	AttrDirection, AttrGlobals, AttrImage, AttrInterface, AttrMaps, AttrPriority,
 	AttrProceedOn, AttrProgram, AttrPullPolicy, AttrType, AttrXDPMode,
-	AttrKeepAttached, AttrName,
+	AttrKeepAttached, AttrName, AttrFrom,
 }
 
 // Bounds on attribute values: generous for real use, small enough that a
@@ -135,6 +136,9 @@ func parseAttributes(ctx map[string]string) (*volumeRequest, error) {
 	}
 	if err := vr.parseLifetime(); err != nil {
 		return nil, err
+	}
+	if vr.life.from != "" {
+		return vr, nil // a map-only volume, checked by parseLifetime
 	}
 	if err := vr.parse(); err != nil {
 		return nil, err

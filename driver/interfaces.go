@@ -20,6 +20,7 @@ type programLoader interface {
 	Acquire(ctx context.Context, r *loader.Resolved, owner string) (*loader.Program, error)
 	Release(key, owner string) error
 	Hold(key, owner string) bool
+	Program(key string) *loader.Program
 	Adopt(id loader.Identity, owner string) (*loader.Program, error)
 	Prune(keep ...string) ([]string, error)
 	Programs() []*loader.Program

@@ -25,11 +25,15 @@ type lifetime struct {
 	keep    time.Duration // keepAttached
 	keepSet bool          // keepAttached was given
 	name    string        // name: the load's node-wide name (names.go)
+	from    string        // from: the name whose maps a map-only volume mounts (from.go)
 }
 
 // parseLifetime checks the lifetime attributes; the node's caps are checked
 // at publish (checkLifetime), against the policy in force.
 func (vr *volumeRequest) parseLifetime() error {
+	if _, ok := vr.attrs[AttrFrom]; ok {
+		return vr.parseFrom()
+	}
 	if v, ok := vr.attrs[AttrKeepAttached]; ok {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 0 {

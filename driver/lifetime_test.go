@@ -8,10 +8,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"google.golang.org/grpc/codes"
 
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/driver/state"
+	"github.com/bpfmount/bpfmount/loader"
 )
 
 func (f *fakeLoader) Hold(key, owner string) bool {
@@ -248,4 +250,107 @@ func TestNameHeldByAnotherProgram(t *testing.T) {
 	if _, err := f.d.NodePublishVolume(ctx, publishReq("vol-3", testTarget+"3", namedAttrs("fw", AttrInterface, "eth1"))); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func (f *fakeLoader) Program(key string) *loader.Program {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.held[key]) == 0 {
+		return nil
+	}
+	return &loader.Program{Key: key, ID: 7, Maps: map[string]*ebpf.Map{"counts": nil, "events": nil}}
+}
+
+func fromAttrs(name string, kv ...string) map[string]string {
+	a := map[string]string{AttrFrom: name}
+	for i := 0; i < len(kv); i += 2 {
+		a[kv[i]] = kv[i+1]
+	}
+	return a
+}
+
+func TestFromBadInput(t *testing.T) {
+	f := newTestDriver(t, nil)
+	ctx := context.Background()
+	for _, c := range []struct {
+		attrs map[string]string
+		want  string
+	}{
+		{fromAttrs("fw", AttrImage, "registry.example/bpf/counter:v1"), `"image" cannot be used with "from": a volume either loads or reads`},
+		{fromAttrs("fw", AttrInterface, "eth0"), `"interface" cannot be used with "from"`},
+		{fromAttrs("fw", AttrKeepAttached, "1s"), `"keepAttached" cannot be used with "from"`},
+		{fromAttrs("fw", AttrName, "fw"), `"name" cannot be used with "from"`},
+		{fromAttrs("Fw"), `"from": "Fw" is not a DNS label`},
+		{fromAttrs("fw", AttrMaps, "a-b"), `"a-b" is not a map name`},
+	} {
+		_, err := f.d.NodePublishVolume(ctx, publishReq("vol-r", testTarget, c.attrs))
+		wantCode(t, err, codes.InvalidArgument, c.want)
+		f.assertNothingLeft(t)
+	}
+}
+
+func TestFromMountsNamedProgramsMaps(t *testing.T) {
+	f := newTestDriver(t, nil)
+	ctx := context.Background()
+	_, err := f.d.NodePublishVolume(ctx, publishReq("vol-r", testTarget, fromAttrs("fw")))
+	wantCode(t, err, codes.Unavailable, `no program is loaded under name "fw" on this node`)
+	f.assertNothingLeft(t)
+
+	if _, err := f.d.NodePublishVolume(ctx, publishReq("vol-1", testTarget+"1", namedAttrs("fw"))); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.d.NodePublishVolume(ctx, publishReq("vol-r", testTarget, fromAttrs("fw", AttrMaps, "nope")))
+	wantCode(t, err, codes.InvalidArgument, `map "nope" is not a map of the program named "fw" (it has: counts, events)`)
+	if _, err := f.d.NodePublishVolume(ctx, publishReq("vol-r", testTarget, fromAttrs("fw", AttrMaps, "counts"))); err != nil {
+		t.Fatal(err)
+	}
+	rec, _ := f.store.Get("vol-r")
+	key := f.store.records["vol-1"].Key
+	if rec.Key != "" || !slices.Equal(rec.Maps, []string{"counts"}) || rec.ProgramID != 7 {
+		t.Fatalf("map-only record %+v", rec)
+	}
+	if got := f.loader.holders(key); !slices.Equal(got, []string{"vol-1"}) {
+		t.Fatalf("program held by %v, want its load volume alone", got)
+	}
+	// The publish is idempotent, and the load volume's unpublish detaches
+	// the program although a reader is mounted.
+	if _, err := f.d.NodePublishVolume(ctx, publishReq("vol-r", testTarget, fromAttrs("fw", AttrMaps, "counts"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.d.NodeUnpublishVolume(ctx, unpublishReq("vol-1", testTarget+"1")); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.loader.owners(); n != 0 {
+		t.Fatalf("%d owners after the last load volume went", n)
+	}
+	if _, err := f.d.NodeUnpublishVolume(ctx, unpublishReq("vol-r", testTarget)); err != nil {
+		t.Fatal(err)
+	}
+	f.assertNothingLeft(t)
+}
+
+func TestFromPolicy(t *testing.T) {
+	f := newTestDriver(t, mustPolicy(t, `rules:
+- name: monitoring
+  namespaces: ["mon"]
+  names: ["fw-*"]
+`))
+	ctx := context.Background()
+	a := podAttrs("mon")
+	for k := range localAttrs() {
+		delete(a, k)
+	}
+	a[AttrFrom] = "counter"
+	req := publishReq("vol-r", testTarget, a)
+	req.Readonly = true
+	_, err := f.d.NodePublishVolume(ctx, req)
+	wantCode(t, err, codes.PermissionDenied, `rule "monitoring" allows names ["fw-*"] only, not "counter"`)
+	a[AttrFrom] = "fw-edge"
+	req.Readonly = false
+	_, err = f.d.NodePublishVolume(ctx, req)
+	wantCode(t, err, codes.PermissionDenied, "allows read-only map-only volumes only")
+	req.Readonly = true
+	_, err = f.d.NodePublishVolume(ctx, req)
+	wantCode(t, err, codes.Unavailable, `no program is loaded under name "fw-edge"`)
+	f.assertNothingLeft(t)
 }

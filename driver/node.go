@@ -86,6 +86,9 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest,
 // publishVolume does the steps after the request is checked.
 func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *publishOutcome) (err error) {
 	vr := pr.vol
+	if vr.life.from != "" {
+		return d.publishFrom(pr, out)
+	}
 	// Policy first, on everything known before the fetch: a pod no rule
 	// allows makes the node read no file and contact no registry.
 	if out.dec, err = d.authorize(pr, vr.load.Hook); err != nil {
@@ -375,8 +378,10 @@ func (d *Driver) unpublish(rec *state.Record) error {
 	if err := d.linger(rec); err != nil {
 		return err
 	}
-	if err := d.loader.Release(rec.Key, rec.VolumeID); err != nil {
-		return fmt.Errorf("releasing the program of volume %q: %w", rec.VolumeID, err)
+	if !isFrom(rec) { // a map-only volume holds no program
+		if err := d.loader.Release(rec.Key, rec.VolumeID); err != nil {
+			return fmt.Errorf("releasing the program of volume %q: %w", rec.VolumeID, err)
+		}
 	}
 	failpoint.Hit("unpublish.released")
 	if err := d.store.Delete(rec.VolumeID); err != nil {
@@ -525,6 +530,11 @@ func (d *Driver) report(pr *publishRequest, out *publishOutcome, err error) {
 		return
 	}
 	rec := out.rec
+	if isFrom(rec) {
+		d.opts.Events.Normal(pod, events.ReasonLoaded, fmt.Sprintf("mounted the maps %s of the program named %q (id %d) for volume %s",
+			strings.Join(rec.Maps, ", "), rec.Attributes[AttrFrom], rec.ProgramID, pr.volID))
+		return
+	}
 	d.opts.Events.Normal(pod, events.ReasonLoaded, fmt.Sprintf("loaded %s program %q (id %d) on %s for volume %s",
 		rec.Identity.Hook, rec.Identity.Program, rec.ProgramID, rec.Identity.Interface, pr.volID))
 	klog.V(2).InfoS("Published volume", "volume", pr.volID, "target", clip(pr.target, maxLogValue), "program", rec.Identity.Program,

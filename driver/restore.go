@@ -51,6 +51,10 @@ func (d *Driver) Restore(ctx context.Context) (*RestoreReport, error) {
 			rep.Broken = append(rep.Broken, rec.VolumeID)
 			continue // marked at an earlier start; its unpublish cleans up
 		}
+		if isFrom(rec) {
+			d.restoreFrom(rec, rep)
+			continue
+		}
 		p, err := d.loader.Adopt(rec.Identity, rec.VolumeID)
 		if err != nil {
 			d.markBroken(rec, err, rep)

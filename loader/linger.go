@@ -9,3 +9,14 @@ func (l *Loader) Hold(key, owner string) bool {
 	defer l.gc.RUnlock()
 	return l.join(key, owner) != nil
 }
+
+// Program returns a snapshot of the attachment with the given key, or nil.
+// Its maps stay valid only while some owner holds it: hold it first.
+func (l *Loader) Program(key string) *Program {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e := l.entries[key]; e != nil {
+		return e.snapshot(true)
+	}
+	return nil
+}

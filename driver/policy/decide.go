@@ -106,6 +106,9 @@ func (c *conditions) matchImage(ref imageRef) bool {
 
 // failed reports whether condition k fails for the request.
 func (c *conditions) failed(k cond, ref imageRef, r *Request) bool {
+	if r.Reads {
+		return c.failedRead(k, r)
+	}
 	switch k {
 	case condImage:
 		return !c.matchImage(ref)
@@ -156,6 +159,9 @@ func (c *conditions) explain(k cond, subject string, ref imageRef, r *Request) s
 	case condPriority:
 		return fmt.Sprintf("%s allows priorities %d..%d only, not %d", subject, c.minPrio, c.maxPrio, r.Priority)
 	case condReadOnly:
+		if r.Reads && !c.readOnlyOnly {
+			return fmt.Sprintf("%s allows read-only map-only volumes only: set readOnly: true on the csi volume, or fromWritable: true in the rule", subject)
+		}
 		return fmt.Sprintf("%s allows read-only volumes only: set readOnly: true on the csi volume", subject)
 	case condName:
 		return c.explainName(subject, r.Name)
@@ -185,12 +191,15 @@ func (p *Policy) Decide(r Request) Decision {
 		return Decision{Reason: noPolicyReason}
 	}
 	deny := func(rule, why string) Decision {
+		if r.Reads {
+			return Decision{Rule: rule, Reason: fmt.Sprintf("namespace %q may not read the maps of %q: %s", r.Namespace, r.Name, why)}
+		}
 		return Decision{Rule: rule, Reason: fmt.Sprintf("namespace %q may not load %q on %q: %s", r.Namespace, r.Image, r.Interface, why)}
 	}
 	if r.Namespace == "" {
 		return deny("", "the request carries no pod namespace")
 	}
-	ref, err := parseRef(r.Image)
+	ref, err := parseRequestRef(&r)
 	if err != nil {
 		return deny("", err.Error())
 	}
@@ -253,7 +262,7 @@ func (p *Policy) decideLocal(r *Request) Decision {
 		return Decision{Rule: localRule, RequireSignature: c.requireSignature,
 			Reason: fmt.Sprintf("local request may not load %q on %q: %s", r.Image, r.Interface, why)}
 	}
-	ref, err := parseRef(r.Image)
+	ref, err := parseRequestRef(r)
 	if err != nil {
 		return deny(err.Error())
 	}

@@ -64,9 +64,10 @@ func parseKeepAttached(top map[string]any) (KeepAttached, error) {
 
 // names are the program names (the name attribute) a rule allows.
 type nameConds struct {
-	anyName  bool   // local section without names: root may use any
-	allowed  []glob // nil: none (a rule must list the names it allows)
-	namesRaw []string
+	fromWritable bool   // map-only volumes may be writable
+	anyName      bool   // local section without names: root may use any
+	allowed      []glob // nil: none (a rule must list the names it allows)
+	namesRaw     []string
 }
 
 func (c *conditions) compileNames(raw []string, isRule bool) error {
@@ -90,4 +91,25 @@ func (c *conditions) explainName(subject, name string) string {
 		return fmt.Sprintf("%s allows no program names, not %q: add a names list to the rule", subject, name)
 	}
 	return fmt.Sprintf("%s allows names %s only, not %q", subject, quoteList(c.namesRaw), name)
+}
+
+// failedRead is failed for a map-only volume: it loads nothing, so only
+// the name and read-only apply.
+func (c *conditions) failedRead(k cond, r *Request) bool {
+	switch k {
+	case condName:
+		return !c.allowsName(r.Name)
+	case condReadOnly:
+		return !r.ReadOnly && (c.readOnlyOnly || !c.fromWritable)
+	}
+	return false
+}
+
+// parseRequestRef is parseRef of the request's image; a map-only volume
+// has none.
+func parseRequestRef(r *Request) (imageRef, error) {
+	if r.Reads {
+		return imageRef{}, nil
+	}
+	return parseRef(r.Image)
 }

@@ -86,3 +86,41 @@ local:
 		t.Errorf("empty names list: %v", err)
 	}
 }
+
+func TestReadsCondition(t *testing.T) {
+	p, err := Parse([]byte(`apiVersion: bpfmount.io/v1alpha1
+kind: NodePolicy
+rules:
+- name: monitoring
+  namespaces: ["mon"]
+  names: ["fw-*"]
+- name: ops
+  namespaces: ["ops"]
+  names: ["*"]
+  fromWritable: true
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := func(ns, name string, ro bool) Request {
+		return Request{Namespace: ns, Name: name, Reads: true, ReadOnly: ro}
+	}
+	for _, c := range []struct {
+		r    Request
+		ok   bool
+		want string
+	}{
+		{read("mon", "fw-edge", true), true, ""},
+		{read("mon", "fw-edge", false), false, `may not read the maps of "fw-edge": rule "monitoring" allows read-only map-only volumes only`},
+		{read("mon", "counter", true), false, `rule "monitoring" allows names ["fw-*"] only, not "counter"`},
+		{read("web", "fw-edge", true), false, `no rule matches`},
+		{read("ops", "counter", false), true, ""},
+		// A rule without images loads nothing.
+		{Request{Namespace: "mon", Image: "registry.example/bpf/x:v1", Interface: "eth0", Hook: "xdp", Priority: 1000, Name: "fw-x"}, false, `rule "monitoring" allows images [] only`},
+	} {
+		d := p.Decide(c.r)
+		if d.Allowed != c.ok || !strings.Contains(d.Reason, c.want) {
+			t.Errorf("%+v: decision %+v, want allowed=%v saying %q", c.r, d, c.ok, c.want)
+		}
+	}
+}

@@ -38,7 +38,8 @@ type fileConds struct {
 	Hooks            []string        `json:"hooks"`
 	Priorities       *filePriorities `json:"priorities"`
 	ReadOnlyOnly     bool            `json:"readOnlyOnly"`
-	Names            []string        `json:"names"` // lifetime.go
+	Names            []string        `json:"names"`        // lifetime.go
+	FromWritable     bool            `json:"fromWritable"` // lifetime.go
 }
 
 type filePriorities struct {
@@ -51,7 +52,7 @@ type filePriorities struct {
 // unknown-field errors do not say where the field was.
 var (
 	docKeys  = []string{"apiVersion", "kind", "rules", "local", "keepAttached"}
-	condKeys = []string{"images", "requireDigest", "requireSignature", "interfaces", "hooks", "priorities", "readOnlyOnly", "names"}
+	condKeys = []string{"images", "requireDigest", "requireSignature", "interfaces", "hooks", "priorities", "readOnlyOnly", "names", "fromWritable"}
 	ruleKeys = append([]string{"name", "namespaces", "serviceAccounts"}, condKeys...)
 	prioKeys = []string{"min", "max"}
 	// Fields holding strings or lists of strings.

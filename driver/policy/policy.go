@@ -11,7 +11,10 @@ type Request struct {
 	Hook           string // "xdp", "tc" or "tcx"; "" before the image names it (see Decide)
 	Priority       int
 	ReadOnly       bool
-	Name           string // the request's name attribute ("" for none)
+	Name           string // the request's name attribute, or the name a map-only volume reads ("" for none)
+	// Reads marks a map-only volume (from: Name): it loads nothing, so
+	// only who asks, the name and read-only are decided.
+	Reads bool
 }
 
 // Decision is the outcome; Rule names the rule that decided ("" when none

@@ -187,6 +187,8 @@ func TestHostileInput(t *testing.T) {
 		{name: "name upper case", attrs: with("name", "Firewall"), code: codes.InvalidArgument, fragment: `"name": "Firewall" is not a DNS label`},
 		{name: "name too long", attrs: with("name", strings.Repeat("a", 64)), code: codes.InvalidArgument, fragment: `is not a DNS label`},
 		{name: "name path", attrs: with("name", "../fw"), code: codes.InvalidArgument, fragment: `"name": "../fw" is not a DNS label`},
+		{name: "from with image", attrs: with("from", "fw"), code: codes.InvalidArgument, fragment: `cannot be used with "from": a volume either loads or reads`},
+		{name: "from not a name", attrs: map[string]string{"from": "../../maps"}, code: codes.InvalidArgument, fragment: `"from": "../../maps" is not a DNS label`},
 	}
 	if len(cases) < 60 {
 		t.Fatalf("only %d hostile cases", len(cases))

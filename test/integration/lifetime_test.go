@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -190,4 +191,84 @@ func TestNameHeldByAnotherLoad(t *testing.T) {
 		}
 	}
 	d.AssertClean(t, v, a, b, c)
+}
+
+// TestMapOnlyVolume: a from: volume mounts a named program's maps without
+// loading anything; read-only holds against root; the program goes with
+// its load volume while the reader keeps its (now still) maps.
+func TestMapOnlyVolume(t *testing.T) {
+	pol, err := policy.Parse([]byte(`apiVersion: bpfmount.io/v1alpha1
+kind: NodePolicy
+rules:
+- name: monitoring
+  namespaces: ["mon"]
+  names: ["fw-*"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{Configure: func(o *driver.Options) { o.Policy = policy.Static(pol) }})
+	ctx := context.Background()
+	load, reader := filepath.Join(dir, "load"), filepath.Join(dir, "reader")
+	readerAttrs := func(ns, name string) map[string]string {
+		a := podAttrs("", "", ns)
+		delete(a, "image")
+		delete(a, "interface")
+		a["from"] = name
+		return a
+	}
+	expectCode(t, d, publishReq("vol-r", reader, readerAttrs("mon", "fw-edge"), true), codes.Unavailable, `no program is loaded under name "fw-edge"`)
+
+	a := xdpAttrs(img, v.Host)
+	a["name"] = "fw-edge"
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-load", load, a, false)); err != nil {
+		t.Fatal(err)
+	}
+	id := testenv.XDPProgram(t, v.Host)
+	expectCode(t, d, publishReq("vol-r", reader, readerAttrs("mon", "counter"), true), codes.PermissionDenied, `allows names ["fw-*"] only, not "counter"`)
+	expectCode(t, d, publishReq("vol-r", reader, readerAttrs("web", "fw-edge"), true), codes.PermissionDenied, "no rule matches")
+	expectCode(t, d, publishReq("vol-r", reader, readerAttrs("mon", "fw-edge"), false), codes.PermissionDenied, "read-only map-only volumes only")
+	with := readerAttrs("mon", "fw-edge")
+	with["image"] = img
+	expectCode(t, d, publishReq("vol-r", reader, with, true), codes.InvalidArgument, "a volume either loads or reads")
+
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-r", reader, readerAttrs("mon", "fw-edge"), true)); err != nil {
+		t.Fatal(err)
+	}
+	if rec := record(t, d, "vol-r"); rec.ProgramID != uint32(id) {
+		t.Fatalf("map-only volume records program %d, want %d", rec.ProgramID, id)
+	}
+	if got := testenv.XDPProgram(t, v.Host); got != id {
+		t.Fatalf("a map-only volume changed the attachment: %d, want %d", got, id)
+	}
+	pin := filepath.Join(reader, "xdp_stats_map")
+	if err := v.Send(15, 64); err != nil {
+		t.Fatal(err)
+	}
+	seen, _ := counts(t, testenv.Consumer{}, pin)
+	if seen < 15 {
+		t.Fatalf("reader sees %d packets, want >= 15", seen)
+	}
+	if out, code := testenv.RunConsumer(t, testenv.Consumer{}, "write-map", pin); code == testenv.HelperOK || !strings.Contains(out, "read-only file system") {
+		t.Fatalf("root writing through a read-only map-only volume: exit %d (%s), want EROFS", code, strings.TrimSpace(out))
+	}
+	// The load volume goes: the program detaches, the reader's maps stay.
+	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-load", load)); err != nil {
+		t.Fatal(err)
+	}
+	if got := testenv.XDPProgram(t, v.Host); got != 0 {
+		t.Fatalf("program %d still attached after its only load volume went", got)
+	}
+	if after, _ := counts(t, testenv.Consumer{}, pin); after < seen {
+		t.Fatalf("reader's counter went from %d to %d after the program went", seen, after)
+	}
+	// A restart keeps the reader's volume.
+	d.Restart(testenv.DaemonOptions{Configure: func(o *driver.Options) { o.Policy = policy.Static(pol) }})
+	if after, _ := counts(t, testenv.Consumer{}, pin); after < seen {
+		t.Fatalf("after a restart the reader's counter is %d, want >= %d", after, seen)
+	}
+	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-r", reader)); err != nil {
+		t.Fatal(err)
+	}
+	d.AssertClean(t, v, load, reader)
 }

@@ -62,6 +62,7 @@ type Driver struct {
 	lingerMu   sync.Mutex    // linger records and the driver's holds (lifetime.go)
 	lingerWake chan struct{} // a new deadline was recorded
 	names      namedMutex    // a name is checked and taken under its lock
+	programs   nodePrograms  // node programs (programs.go)
 }
 
 // New opens the state directory. Call Restore before serving.

@@ -43,6 +43,9 @@ type recordStore interface {
 	GetLinger(key string) (*state.Linger, error)
 	DeleteLinger(key string) error
 	Lingers() ([]*state.Linger, error)
+	PutNodeProgram(p *state.NodeProgram) error
+	DeleteNodeProgram(name string) error
+	NodePrograms() ([]*state.NodeProgram, error)
 }
 
 // mounter is what the driver uses of package mapfs.

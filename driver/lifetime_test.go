@@ -354,3 +354,98 @@ func TestFromPolicy(t *testing.T) {
 	wantCode(t, err, codes.Unavailable, `no program is loaded under name "fw-edge"`)
 	f.assertNothingLeft(t)
 }
+
+func (s *fakeStore) PutNodeProgram(p *state.NodeProgram) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.nodeProgs == nil {
+		s.nodeProgs = map[string]*state.NodeProgram{}
+	}
+	c := *p
+	s.nodeProgs[p.Name] = &c
+	return nil
+}
+
+func (s *fakeStore) DeleteNodeProgram(name string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.nodeProgs, name)
+	return nil
+}
+
+func (s *fakeStore) NodePrograms() ([]*state.NodeProgram, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.SortedFunc(maps.Values(s.nodeProgs), func(a, b *state.NodeProgram) int { return strings.Compare(a.Name, b.Name) }), nil
+}
+
+const programsHead = "apiVersion: bpfmount.io/v1alpha1\nkind: NodePrograms\n"
+
+func TestParseProgramsErrors(t *testing.T) {
+	for _, c := range []struct{ doc, want string }{
+		{"apiVersion: v1\nkind: NodePrograms\n", "want apiVersion: bpfmount.io/v1alpha1"},
+		{programsHead + "programs:\n- name: Fw\n  attributes: {image: r/x:v1, interface: eth0}\n", `name "Fw" is not a DNS label`},
+		{programsHead + "programs:\n- name: fw\n  attributes: {image: r/x:v1, interface: eth0}\n- name: fw\n  attributes: {image: r/x:v1, interface: eth1}\n", `name "fw" is listed twice`},
+		{programsHead + "programs:\n- name: fw\n  attributes: {image: r/x:v1, interface: eth0, keepAttached: 1s}\n", `attribute "keepAttached" does not apply`},
+		{programsHead + "programs:\n- name: fw\n  attributes: {from: other}\n", `attribute "from" does not apply`},
+		{programsHead + "programs:\n- name: fw\n  attributes: {image: r/x:v1}\n", `volume attribute "interface" is required`},
+		{programsHead + "programs:\n- name: fw\n  attributes: {image: r/x:v1, interface: eth0, csi.storage.k8s.io/pod.namespace: x}\n", "kubelet keys"},
+		{programsHead + "programz: []\n", "unknown field"},
+	} {
+		if _, err := ParsePrograms([]byte(c.doc)); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: error %v, want it to say %q", c.doc, err, c.want)
+		}
+	}
+}
+
+func TestSyncPrograms(t *testing.T) {
+	f := newTestDriver(t, nil)
+	ctx := context.Background()
+	want, err := ParsePrograms([]byte(programsHead + `programs:
+- name: fw
+  attributes: {image: registry.example/bpf/fw:v1, interface: eth0}
+- name: counter
+  attributes: {image: registry.example/bpf/counter:v1, interface: eth1}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.d.SyncPrograms(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.loader.owners(); n != 2 || len(f.store.nodeProgs) != 2 {
+		t.Fatalf("%d owners and records %v after loading two node programs", n, f.store.nodeProgs)
+	}
+	fwKey := f.store.nodeProgs["fw"].Key
+	// A pod reads a node program's maps.
+	if _, err := f.d.NodePublishVolume(ctx, publishReq("vol-r", testTarget, fromAttrs("fw"))); err != nil {
+		t.Fatal(err)
+	}
+	// A pod's load under the name with other attributes is refused.
+	_, err = f.d.NodePublishVolume(ctx, publishReq("vol-1", testTarget+"1", namedAttrs("fw")))
+	wantCode(t, err, codes.FailedPrecondition, "held by the node (programs file)")
+	// Syncing again changes nothing.
+	if err := f.d.SyncPrograms(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.loader.holders(fwKey); !slices.Equal(got, []string{"node:fw"}) {
+		t.Fatalf("fw held by %v", got)
+	}
+	// counter removed, fw moved to eth2: counter unloaded, fw reloaded.
+	want, _ = ParsePrograms([]byte(programsHead + "programs:\n- name: fw\n  attributes: {image: registry.example/bpf/fw:v1, interface: eth2}\n"))
+	if err := f.d.SyncPrograms(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.loader.holders(fwKey); len(got) != 0 {
+		t.Fatalf("old fw still held by %v", got)
+	}
+	if len(f.store.nodeProgs) != 1 || f.store.nodeProgs["fw"].Identity.Interface != "eth2" || f.loader.owners() != 1 {
+		t.Fatalf("records %v, %d owners after the change", f.store.nodeProgs, f.loader.owners())
+	}
+	if err := f.d.SyncPrograms(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.store.nodeProgs) != 0 || f.loader.owners() != 0 {
+		t.Fatalf("records %v, %d owners after emptying the file", f.store.nodeProgs, f.loader.owners())
+	}
+}

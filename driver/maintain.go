@@ -74,12 +74,14 @@ func (d *Driver) CollectGarbage() (staging, pins []string) {
 	recs, listErr := d.store.List()
 	intents, intentErr := d.store.Intents()
 	lingers, lingerErr := d.lingerKeys()
-	if listErr != nil || intentErr != nil || lingerErr != nil {
-		klog.ErrorS(errors.Join(listErr, intentErr, lingerErr), "Garbage collection: some records or intents cannot be read; no pins are removed until they are fixed or removed")
+	nodeKeys, nodeErr := d.nodeProgramKeys()
+	if listErr != nil || intentErr != nil || lingerErr != nil || nodeErr != nil {
+		klog.ErrorS(errors.Join(listErr, intentErr, lingerErr, nodeErr), "Garbage collection: some records or intents cannot be read; no pins are removed until they are fixed or removed")
 		return staging, nil
 	}
 	keep := make([]string, 0, len(recs)+len(intents)+len(lingers))
 	keep = append(keep, lingers...)
+	keep = append(keep, nodeKeys...)
 	for _, r := range recs {
 		keep = append(keep, r.Key)
 	}

@@ -47,6 +47,15 @@ func (d *Driver) holderOf(name string) (*nameHolder, error) {
 			return h, nil
 		}
 	}
+	ps, err := d.store.NodePrograms()
+	if err != nil {
+		return nil, fmt.Errorf("reading the node programs to find who holds name %q: %w", name, err)
+	}
+	for _, p := range ps {
+		if p.Name == name {
+			return &nameHolder{key: p.Key, id: p.Identity, progID: p.ProgramID, holder: "the node (programs file)"}, nil
+		}
+	}
 	ls, err := d.store.Lingers()
 	if err != nil {
 		return nil, fmt.Errorf("reading the lingering programs to find who holds name %q: %w", name, err)

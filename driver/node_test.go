@@ -121,7 +121,8 @@ type fakeStore struct {
 	putErr       error
 	putIntentErr error
 	lists        int
-	lingers      map[string]*state.Linger // lifetime_test.go
+	lingers      map[string]*state.Linger      // lifetime_test.go
+	nodeProgs    map[string]*state.NodeProgram // lifetime_test.go
 }
 
 func newFakeStore() *fakeStore {

@@ -15,17 +15,18 @@ import (
 
 // RestoreReport says what Restore found.
 type RestoreReport struct {
-	Volumes    int      // records adopted
-	Vanished   []string // volumes whose pins were gone (marked broken)
-	Broken     []string // volumes whose pins could not be re-opened (marked broken)
-	Detached   []string // volumes whose program lost its interface
-	RolledBack []string // publishes interrupted by a crash, undone
-	Completed  []string // unpublishes interrupted by a crash, finished
-	Kept       []string // interrupted operations left as found (their record is unreadable, or finishing failed)
-	Unreadable int      // record or intent files that could not be decoded (kept as found)
-	Pruned     []string // pin directories no volume owned
-	Staging    []string // staging mounts no volume owned
-	Lingering  []string // keys of programs kept attached past their last volume (keepAttached), re-adopted
+	Volumes      int      // records adopted
+	Vanished     []string // volumes whose pins were gone (marked broken)
+	Broken       []string // volumes whose pins could not be re-opened (marked broken)
+	Detached     []string // volumes whose program lost its interface
+	RolledBack   []string // publishes interrupted by a crash, undone
+	Completed    []string // unpublishes interrupted by a crash, finished
+	Kept         []string // interrupted operations left as found (their record is unreadable, or finishing failed)
+	Unreadable   int      // record or intent files that could not be decoded (kept as found)
+	Pruned       []string // pin directories no volume owned
+	Staging      []string // staging mounts no volume owned
+	Lingering    []string // keys of programs kept attached past their last volume (keepAttached), re-adopted
+	NodePrograms []string // node programs (the programs file) re-adopted
 }
 
 // Restore rebuilds the driver's view from its records and the pins before
@@ -75,6 +76,7 @@ func (d *Driver) Restore(ctx context.Context) (*RestoreReport, error) {
 	}
 
 	d.restoreLingers(rep)
+	d.restoreNodePrograms(rep)
 
 	intents, err := d.store.Intents()
 	if err != nil {

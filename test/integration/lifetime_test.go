@@ -272,3 +272,91 @@ rules:
 	}
 	d.AssertClean(t, v, load, reader)
 }
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(10 * time.Second); !cond(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+	}
+}
+
+// TestNodeProgramsFromFile: programs the file lists are loaded, kept over
+// a restart, reachable through from:, and unloaded when removed.
+func TestNodeProgramsFromFile(t *testing.T) {
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
+	other := testenv.NewVeth(t)
+	file := filepath.Join(dir, "programs.yaml")
+	write := func(entries ...string) {
+		doc := "apiVersion: bpfmount.io/v1alpha1\nkind: NodePrograms\nprograms:\n"
+		for i := 0; i < len(entries); i += 2 {
+			doc += "- name: " + entries[i] + "\n  attributes:\n    image: \"" + img + "\"\n    interface: " + entries[i+1] + "\n"
+		}
+		if len(entries) == 0 {
+			doc += "  []\n"
+		}
+		if err := os.WriteFile(file+".tmp", []byte(doc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(file+".tmp", file); err != nil {
+			t.Fatal(err)
+		}
+	}
+	watch := func() (stop func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); d.Driver.WatchPrograms(ctx, file, 20*time.Millisecond) }()
+		return func() { cancel(); <-done }
+	}
+	write("fw-edge", v.Host)
+	stop := watch()
+	waitFor(t, "the node program to attach", func() bool { return testenv.XDPProgram(t, v.Host) != 0 })
+	id := testenv.XDPProgram(t, v.Host)
+
+	// A pod reads its maps.
+	reader := filepath.Join(dir, "reader")
+	ctx := context.Background()
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-r", reader, map[string]string{"from": "fw-edge"}, true)); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Send(7, 64); err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := counts(t, testenv.Consumer{}, filepath.Join(reader, "xdp_stats_map")); p < 7 {
+		t.Fatalf("reader sees %d packets of the node program, want >= 7", p)
+	}
+	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-r", reader)); err != nil {
+		t.Fatal(err)
+	}
+	if got := testenv.XDPProgram(t, v.Host); got != id {
+		t.Fatalf("the reader's unpublish changed the node program: %d, want %d", got, id)
+	}
+
+	// A restart keeps it: same program, not loaded again.
+	stop()
+	d.Restart(testenv.DaemonOptions{})
+	stop = watch()
+	time.Sleep(100 * time.Millisecond)
+	if got := testenv.XDPProgram(t, v.Host); got != id {
+		t.Fatalf("after a restart the node program is %d, want %d", got, id)
+	}
+	d.Driver.CollectGarbage()
+	if got := testenv.XDPProgram(t, v.Host); got != id {
+		t.Fatalf("garbage collection removed the node program: %d, want %d", got, id)
+	}
+
+	// Added and removed.
+	write("fw-edge", v.Host, "fw-other", other.Host)
+	waitFor(t, "the added node program to attach", func() bool { return testenv.XDPProgram(t, other.Host) != 0 })
+	write("fw-other", other.Host)
+	waitFor(t, "the removed node program to detach", func() bool { return testenv.XDPProgram(t, v.Host) == 0 })
+	write()
+	waitFor(t, "the last node program to detach", func() bool { return testenv.XDPProgram(t, other.Host) == 0 })
+	stop()
+	d.AssertClean(t, v, reader)
+	if f := testenv.Files(t, filepath.Join(d.StateDir, "nodeprograms")); len(f) != 0 {
+		t.Fatalf("node program records left: %v", f)
+	}
+}

@@ -1,0 +1,192 @@
+package loader_test
+
+import (
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/bpfmount/bpfmount/internal/testenv"
+	"github.com/bpfmount/bpfmount/loader"
+	"github.com/bpfmount/bpfmount/loader/bytecode"
+	"github.com/bpfmount/bpfmount/test/programs"
+)
+
+func newTestLoader(t *testing.T) (*loader.Loader, string) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	root := filepath.Join(testenv.BPFFS(t), "bpfmount")
+	l, err := loader.New(loader.Options{Root: root, Fetcher: bytecode.Layout{}, NodeName: "test-node"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l, root
+}
+
+func resolve(t *testing.T, l *loader.Loader, req loader.Request) *loader.Resolved {
+	t.Helper()
+	r, err := l.Resolve(testenv.Ctx(t), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// orderHits reads tcx_order's hit counter.
+func orderHits(t *testing.T, m *ebpf.Map) uint64 {
+	t.Helper()
+	var val [16]byte
+	if err := m.Lookup(uint32(0), &val); err != nil {
+		t.Fatal(err)
+	}
+	return binary.NativeEndian.Uint64(val[0:8])
+}
+
+// TestReplaceTCX: a tcx program upgraded in place (other globals) keeps
+// its place and its map's contents; an upgrade whose map changed shape
+// starts that map empty. The owners follow the program.
+func TestReplaceTCX(t *testing.T) {
+	l, root := newTestLoader(t)
+	v := testenv.NewVeth(t)
+	v1 := testenv.Layout(t, testenv.TCXOrderObject, "v1")
+	wide := testenv.LayoutBytes(t, programs.TCXOrderWideObject(), "tcxorderwide.o", "v2")
+	req := func(img, id string) loader.Request {
+		return loader.Request{Image: bytecode.Request{Reference: img}, Hook: loader.HookTCX, Interface: v.Host, Direction: loader.Ingress,
+			Priority: 100, Globals: map[string][]byte{"order_id": {byte(id[0]), 0, 0, 0}}}
+	}
+	r1 := resolve(t, l, req(v1, "1"))
+	p1, err := l.Acquire(testenv.Ctx(t), r1, "vol-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Send(10, 64); err != nil {
+		t.Fatal(err)
+	}
+	before := orderHits(t, p1.Maps["order_map"])
+	if before < 10 {
+		t.Fatalf("%d hits after 10 frames", before)
+	}
+
+	r2 := resolve(t, l, req(v1, "2"))
+	p2, rep, err := l.Replace(testenv.Ctx(t), p1.Key, r2, "vol-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(rep.Carried, []string{"order_map"}) || len(rep.Reset) != 0 || !slices.Equal(rep.Owners, []string{"vol-1"}) {
+		t.Fatalf("replace report %+v", rep)
+	}
+	if ids := testenv.TCXPrograms(t, v.Host, "ingress"); !slices.Equal(ids, []ebpf.ProgramID{p2.ID}) || p2.ID == p1.ID {
+		t.Fatalf("tcx ingress runs %v, want the new program %d alone (old %d)", ids, p2.ID, p1.ID)
+	}
+	if err := v.Send(5, 64); err != nil {
+		t.Fatal(err)
+	}
+	if after := orderHits(t, p2.Maps["order_map"]); after < before+5 {
+		t.Fatalf("hits went from %d to %d across the upgrade: the map did not carry over", before, after)
+	}
+	if _, err := os.Stat(filepath.Join(root, "programs", p1.Key)); !os.IsNotExist(err) {
+		t.Fatalf("the old program's pins are still there: %v", err)
+	}
+
+	// The same program with a two-entry map: that map starts empty. A
+	// holder of the old map (as a volume's pins are) still reads it.
+	held, err := p2.Maps["order_map"].Clone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	r3 := resolve(t, l, req(wide, "3"))
+	if r3.Identity.Digest == r2.Identity.Digest {
+		t.Fatal("the wide object has the same digest")
+	}
+	p3, rep, err := l.Replace(testenv.Ctx(t), p2.Key, r3, "vol-3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Carried) != 0 || !slices.Equal(rep.Reset, []string{"order_map"}) || !slices.Equal(rep.Owners, []string{"vol-1", "vol-2"}) {
+		t.Fatalf("replace report %+v", rep)
+	}
+	if err := v.Send(3, 64); err != nil {
+		t.Fatal(err)
+	}
+	if got := orderHits(t, p3.Maps["order_map"]); got < 3 || got >= before {
+		t.Fatalf("the reset map counts %d hits, want a fresh count of about 3", got)
+	}
+	// The old maps live on for whoever still holds them.
+	if got := orderHits(t, held); got < before+5 {
+		t.Fatalf("the old map lost its contents: %d", got)
+	}
+	for _, o := range []string{"vol-1", "vol-2", "vol-3"} {
+		if err := l.Release(p3.Key, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ids := testenv.TCXPrograms(t, v.Host, "ingress"); len(ids) != 0 {
+		t.Fatalf("tcx programs %v left after the last owner", ids)
+	}
+	if f := testenv.Files(t, filepath.Join(root, "programs")); len(f) != 0 {
+		t.Fatalf("pins left: %v", f)
+	}
+}
+
+// TestReplaceXDPUnderTraffic: a lone XDP program replaced while numbered
+// frames flow: every frame is counted once, by one program or the other,
+// in one carried-over map.
+func TestReplaceXDPUnderTraffic(t *testing.T) {
+	l, _ := newTestLoader(t)
+	v := testenv.NewVeth(t)
+	obj, err := os.ReadFile(testenv.RepoPath(testenv.XDPSeqObject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1 := testenv.Layout(t, testenv.XDPSeqObject, "v1")
+	v2 := testenv.LayoutBytes(t, obj, "xdpseq-v2.o", "v2")
+	req := func(img string) loader.Request {
+		return loader.Request{Image: bytecode.Request{Reference: img}, Hook: loader.HookXDP, Interface: v.Host, Priority: 100}
+	}
+	r1, r2 := resolve(t, l, req(v1)), resolve(t, l, req(v2))
+	if r1.Identity.Key() == r2.Identity.Key() {
+		t.Fatal("the two versions have one identity")
+	}
+	p1, err := l.Acquire(testenv.Ctx(t), r1, "vol-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := v.StartSeq(t, 16, 64, time.Millisecond)
+	s.WaitSent(t, 200)
+	p2, rep, err := l.Replace(testenv.Ctx(t), p1.Key, r2, "vol-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(rep.Carried, []string{"seq_map"}) {
+		t.Fatalf("replace report %+v", rep)
+	}
+	s.WaitSent(t, s.Sent()+200)
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := testenv.XDPProgram(t, v.Host); got != uint32(p2.ID) {
+		t.Fatalf("XDP runs %d, want the new program %d", got, p2.ID)
+	}
+	var val [24]byte
+	if err := p2.Maps["seq_map"].Lookup(uint32(0), &val); err != nil {
+		t.Fatal(err)
+	}
+	count, gaps := binary.NativeEndian.Uint64(val[0:8]), binary.NativeEndian.Uint64(val[8:16])
+	if gaps != 0 || count != uint64(s.Sent()) {
+		t.Fatalf("counted %d of %d frames with %d gaps across the upgrade", count, s.Sent(), gaps)
+	}
+	for _, o := range []string{"vol-1", "vol-2"} {
+		if err := l.Release(p2.Key, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := testenv.XDPProgram(t, v.Host); got != 0 {
+		t.Fatalf("XDP program %d left", got)
+	}
+}

@@ -21,6 +21,8 @@ type programLoader interface {
 	Release(key, owner string) error
 	Hold(key, owner string) bool
 	Program(key string) *loader.Program
+	Replace(ctx context.Context, oldKey string, r *loader.Resolved, owner string) (*loader.Program, *loader.Replaced, error)
+	RecoverReplace(from, to loader.Identity) (bool, error)
 	Adopt(id loader.Identity, owner string) (*loader.Program, error)
 	Prune(keep ...string) ([]string, error)
 	Programs() []*loader.Program
@@ -46,6 +48,9 @@ type recordStore interface {
 	PutNodeProgram(p *state.NodeProgram) error
 	DeleteNodeProgram(name string) error
 	NodePrograms() ([]*state.NodeProgram, error)
+	PutUpgrade(u *state.Upgrade) error
+	DeleteUpgrade(key string) error
+	Upgrades() ([]*state.Upgrade, error)
 }
 
 // mounter is what the driver uses of package mapfs.

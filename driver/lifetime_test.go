@@ -232,10 +232,7 @@ func TestNameHeldByAnotherProgram(t *testing.T) {
 	}
 	// Another interface under the name: refused, naming the holder.
 	_, err := f.d.NodePublishVolume(ctx, publishReq("vol-3", testTarget+"3", namedAttrs("fw", AttrInterface, "eth1")))
-	wantCode(t, err, codes.FailedPrecondition, `name "fw" already holds xdp program "prog" on eth0 with priority 1000 (program id 7, held by volume vol-1)`)
-	// Another image on the same hook: an upgrade, not done yet.
-	_, err = f.d.NodePublishVolume(ctx, publishReq("vol-3", testTarget+"3", namedAttrs("fw", AttrImage, "registry.example/bpf/counter:v2")))
-	wantCode(t, err, codes.FailedPrecondition, "replacing a named program in place is not supported yet")
+	wantCode(t, err, codes.FailedPrecondition, `name "fw" already holds xdp program "prog" on eth0 with priority 1000 (program id 7, held by volume vol-`)
 	// While it lingers the name stays held.
 	for _, v := range []string{"vol-1", "vol-2"} {
 		tgt := f.store.records[v].TargetPath
@@ -448,4 +445,112 @@ func TestSyncPrograms(t *testing.T) {
 	if len(f.store.nodeProgs) != 0 || f.loader.owners() != 0 {
 		t.Fatalf("records %v, %d owners after emptying the file", f.store.nodeProgs, f.loader.owners())
 	}
+}
+
+// Replace moves the owners of oldKey to r's key, as the loader does.
+func (f *fakeLoader) Replace(_ context.Context, oldKey string, r *loader.Resolved, owner string) (*loader.Program, *loader.Replaced, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	key := r.Identity.Key()
+	rep := &loader.Replaced{Carried: []string{"counts"}, Reset: []string{"events"}}
+	f.held[key] = map[string]bool{owner: true}
+	for o := range f.held[oldKey] {
+		f.held[key][o] = true
+		rep.Owners = append(rep.Owners, o)
+	}
+	delete(f.held, oldKey)
+	return &loader.Program{Identity: r.Identity, Key: key, ID: 8, Maps: map[string]*ebpf.Map{"counts": nil, "events": nil}}, rep, nil
+}
+
+func (f *fakeLoader) RecoverReplace(from, to loader.Identity) (bool, error) { return false, nil }
+
+func (s *fakeStore) PutUpgrade(u *state.Upgrade) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.upgrades == nil {
+		s.upgrades = map[string]*state.Upgrade{}
+	}
+	s.upgrades[u.To.Key()] = u
+	return nil
+}
+
+func (s *fakeStore) DeleteUpgrade(key string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.upgrades, key)
+	return nil
+}
+
+func (s *fakeStore) Upgrades() ([]*state.Upgrade, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Collect(maps.Values(s.upgrades)), nil
+}
+
+func TestUpgradeInPlace(t *testing.T) {
+	f := newTestDriver(t, mustPolicy(t, keepPolicy))
+	ev := &fakeEvents{}
+	f.d.opts.Events = ev
+	ctx := context.Background()
+	v1 := namedAttrs("fw", AttrKeepAttached, "30s")
+	if _, err := f.d.NodePublishVolume(ctx, publishReq("vol-1", testTarget+"1", v1)); err != nil {
+		t.Fatal(err)
+	}
+	old := f.store.records["vol-1"].Key
+	v2 := namedAttrs("fw", AttrImage, "registry.example/bpf/counter:v2", AttrKeepAttached, "30s")
+	if _, err := f.d.NodePublishVolume(ctx, publishReq("vol-2", testTarget+"2", v2)); err != nil {
+		t.Fatal(err)
+	}
+	key := f.store.records["vol-2"].Key
+	if key == old {
+		t.Fatal("v2 has v1's key")
+	}
+	if got := f.loader.holders(key); !slices.Equal(got, []string{"vol-1", "vol-2"}) {
+		t.Fatalf("after the upgrade the program is held by %v, want both versions' volumes", got)
+	}
+	if r := f.store.records["vol-1"]; r.Key != key || r.ProgramID != 8 || r.Identity.Digest != "sha256:registry.example/bpf/counter:v2" {
+		t.Fatalf("the old volume's record did not follow the upgrade: %+v", r)
+	}
+	if r := f.store.records["vol-2"]; !slices.Equal(r.ResetMaps, []string{"events"}) {
+		t.Fatalf("the upgrading volume's record says reset maps %v", r.ResetMaps)
+	}
+	if len(f.store.upgrades) != 0 {
+		t.Fatalf("upgrade records left: %v", f.store.upgrades)
+	}
+	if msg := ev.last(); !strings.Contains(msg, "upgraded xdp program") || !strings.Contains(msg, "start empty: events") {
+		t.Fatalf("event %q does not tell the upgrade and its reset maps", msg)
+	}
+	// Both versions gone: it lingers under v2, and a v3 upgrades the
+	// lingering program, taking it over.
+	for _, v := range []string{"vol-1", "vol-2"} {
+		if _, err := f.d.NodeUnpublishVolume(ctx, unpublishReq(v, f.store.records[v].TargetPath)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := f.loader.holders(key); !slices.Equal(got, []string{lingerOwner(key)}) {
+		t.Fatalf("lingering program held by %v", got)
+	}
+	v3 := namedAttrs("fw", AttrImage, "registry.example/bpf/counter:v3")
+	if _, err := f.d.NodePublishVolume(ctx, publishReq("vol-3", testTarget+"3", v3)); err != nil {
+		t.Fatal(err)
+	}
+	k3 := f.store.records["vol-3"].Key
+	if got := f.loader.holders(k3); !slices.Equal(got, []string{"vol-3"}) {
+		t.Fatalf("after upgrading the lingering program it is held by %v, want vol-3 alone", got)
+	}
+	if len(f.store.lingers) != 0 || len(f.store.upgrades) != 0 {
+		t.Fatalf("linger %v or upgrade %v records left", f.store.lingers, f.store.upgrades)
+	}
+	// Another interface under the name is still refused.
+	_, err := f.d.NodePublishVolume(ctx, publishReq("vol-4", testTarget+"4", namedAttrs("fw", AttrInterface, "eth1")))
+	wantCode(t, err, codes.FailedPrecondition, `name "fw" already holds`)
+}
+
+func (e *fakeEvents) last() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.got) == 0 {
+		return ""
+	}
+	return e.got[len(e.got)-1].detail
 }

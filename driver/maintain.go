@@ -82,6 +82,14 @@ func (d *Driver) CollectGarbage() (staging, pins []string) {
 	keep := make([]string, 0, len(recs)+len(intents)+len(lingers))
 	keep = append(keep, lingers...)
 	keep = append(keep, nodeKeys...)
+	if ups, err := d.store.Upgrades(); err == nil {
+		for _, u := range ups { // kept: the next start finishes or undoes it
+			keep = append(keep, u.From.Key(), u.To.Key())
+		}
+	} else {
+		klog.ErrorS(err, "Garbage collection: some upgrade records cannot be read; no pins are removed")
+		return staging, nil
+	}
 	for _, r := range recs {
 		keep = append(keep, r.Key)
 	}

@@ -27,6 +27,7 @@ type nameHolder struct {
 	id     loader.Identity
 	progID uint32
 	holder string // who holds it, for messages: a volume, or "lingering"
+	node   bool   // held by the node's programs file
 }
 
 // holderOf returns the program loaded under name, or nil. Broken volumes
@@ -53,7 +54,7 @@ func (d *Driver) holderOf(name string) (*nameHolder, error) {
 	}
 	for _, p := range ps {
 		if p.Name == name {
-			return &nameHolder{key: p.Key, id: p.Identity, progID: p.ProgramID, holder: "the node (programs file)"}, nil
+			return &nameHolder{key: p.Key, id: p.Identity, progID: p.ProgramID, holder: "the node (programs file)", node: true}, nil
 		}
 	}
 	ls, err := d.store.Lingers()
@@ -70,23 +71,30 @@ func (d *Driver) holderOf(name string) (*nameHolder, error) {
 }
 
 // claimName takes name's lock and checks that a load of res may hold it:
-// nobody holds it, or the identical request does. The returned function
-// releases the lock once the volume's record is written (or the publish
-// failed). An empty name claims nothing.
-func (d *Driver) claimName(name string, res *loader.Resolved) (unlock func(), err error) {
+// nobody holds it, the identical request does, or (when upgrades is true)
+// pods' volumes hold another version of it on the same hook, which
+// upgradeFrom then names: the load replaces it in place (upgrade.go). The
+// returned function releases the lock once the volume's record is written
+// (or the publish failed). An empty name claims nothing.
+func (d *Driver) claimName(name string, res *loader.Resolved, upgrades bool) (unlock func(), upgradeFrom *nameHolder, err error) {
 	if name == "" {
-		return func() {}, nil
+		return func() {}, nil, nil
 	}
 	unlock = d.names.lock(name)
 	h, err := d.holderOf(name)
-	if err == nil && h != nil && h.key != res.Identity.Key() {
+	switch {
+	case err != nil:
+	case h == nil || h.key == res.Identity.Key():
+		h = nil
+	case upgrades && !h.node && sameAttachPoint(h.id, res.Identity):
+	default:
 		err = nameTaken(name, h, res.Identity)
 	}
 	if err != nil {
 		unlock()
-		return nil, err
+		return nil, nil, err
 	}
-	return unlock, nil
+	return unlock, h, nil
 }
 
 // nameTaken says why a load under a held name is refused.
@@ -98,7 +106,7 @@ func nameTaken(name string, h *nameHolder, want loader.Identity) error {
 	}
 	if sameAttachPoint(have, want) {
 		return fault.Errorf(fault.Precondition, "name %q holds %s (program id %d, held by %s) from another image digest or other globals; "+
-			"replacing a named program in place is not supported yet: unpublish every volume of it (and wait out its keepAttached) first, or use another name",
+			"the node's programs file owns it: change it there, or use another name",
 			name, where, h.progID, h.holder)
 	}
 	return fault.Errorf(fault.Precondition, "name %q already holds %s with priority %d (program id %d, held by %s): "+

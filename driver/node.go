@@ -52,6 +52,8 @@ type publishRequest struct {
 	gid                    string // volume_mount_group, "" for none
 	vol                    *volumeRequest
 	keep                   time.Duration // keepAttached in effect (lifetime.go)
+	upgradeFrom            *nameHolder   // the program this load replaces in place (upgrade.go)
+	upgraded               *loader.Replaced
 }
 
 // publishOutcome is what a publish learned, for metrics, audit and events.
@@ -136,10 +138,11 @@ func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *pub
 	}
 	// A name is checked and taken in one step: two loads under one name
 	// cannot both pass the check.
-	unlockName, err := d.claimName(vr.life.name, res)
+	unlockName, upgradeFrom, err := d.claimName(vr.life.name, res, true)
 	if err != nil {
 		return err
 	}
+	pr.upgradeFrom = upgradeFrom
 	defer unlockName()
 	// A program whose keepAttached ended is detached before this publish
 	// could join it, whether or not the collector ran yet.
@@ -210,7 +213,7 @@ func (d *Driver) createVolume(ctx context.Context, pr *publishRequest, tgt *mapf
 	undo.push("deleting the intent", func() error { return d.store.DeleteIntent(volID) })
 	failpoint.Hit("publish.intent")
 
-	prog, err := d.loader.Acquire(ctx, res, volID)
+	prog, err := d.acquire(ctx, pr, res)
 	if err != nil {
 		return nil, err
 	}
@@ -235,6 +238,9 @@ func (d *Driver) createVolume(ctx context.Context, pr *publishRequest, tgt *mapf
 		Attributes: pr.vol.attrs, Image: pr.vol.load.Image.Reference, Signed: res.Image.Signed,
 		Identity: res.Identity, Key: key, ProgramID: uint32(prog.ID), Maps: maps, Pod: pr.vol.pod, Created: time.Now().UTC(),
 		Mount: made, KeepAttached: pr.keep,
+	}
+	if pr.upgraded != nil {
+		rec.ResetMaps = pr.upgraded.Reset
 	}
 	if err := d.store.Put(rec); err != nil {
 		return nil, fmt.Errorf("writing the record of volume %q: %w", volID, err)
@@ -533,6 +539,10 @@ func (d *Driver) report(pr *publishRequest, out *publishOutcome, err error) {
 	if isFrom(rec) {
 		d.opts.Events.Normal(pod, events.ReasonLoaded, fmt.Sprintf("mounted the maps %s of the program named %q (id %d) for volume %s",
 			strings.Join(rec.Maps, ", "), rec.Attributes[AttrFrom], rec.ProgramID, pr.volID))
+		return
+	}
+	if pr.upgraded != nil {
+		d.opts.Events.Normal(pod, events.ReasonLoaded, upgradeMessage(rec, pr.upgraded))
 		return
 	}
 	d.opts.Events.Normal(pod, events.ReasonLoaded, fmt.Sprintf("loaded %s program %q (id %d) on %s for volume %s",

@@ -123,6 +123,7 @@ type fakeStore struct {
 	lists        int
 	lingers      map[string]*state.Linger      // lifetime_test.go
 	nodeProgs    map[string]*state.NodeProgram // lifetime_test.go
+	upgrades     map[string]*state.Upgrade     // lifetime_test.go
 }
 
 func newFakeStore() *fakeStore {

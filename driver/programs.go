@@ -136,7 +136,7 @@ func (d *Driver) loadNodeProgram(ctx context.Context, name string, vr *volumeReq
 	if err != nil {
 		return err
 	}
-	unlock, err := d.claimName(name, res)
+	unlock, _, err := d.claimName(name, res, false)
 	if err != nil {
 		return err
 	}

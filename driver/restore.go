@@ -40,6 +40,7 @@ type RestoreReport struct {
 // goes on. Only a cancelled ctx fails Restore.
 func (d *Driver) Restore(ctx context.Context) (*RestoreReport, error) {
 	rep := &RestoreReport{}
+	d.recoverUpgrades() // before anything is adopted: it moves pins
 	records, err := d.store.List()
 	if err != nil {
 		n := countErrors(err)
@@ -66,6 +67,14 @@ func (d *Driver) Restore(ctx context.Context) (*RestoreReport, error) {
 			// bpffs writable: seal it now (a no-op when it already is).
 			if err := mapfs.SealReadOnly(d.store.StagingPath(rec.VolumeID)); err != nil {
 				klog.ErrorS(err, "Cannot make a read-only volume's filesystem read-only", "volume", rec.VolumeID)
+			}
+		}
+		if uint32(p.ID) != rec.ProgramID {
+			// An upgrade finished by recoverUpgrades: the record learns
+			// its new program's ID.
+			rec.ProgramID = uint32(p.ID)
+			if err := d.store.Put(rec); err != nil {
+				klog.ErrorS(err, "Updating a volume's program ID", "volume", rec.VolumeID)
 			}
 		}
 		if !p.Attached {

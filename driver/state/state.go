@@ -69,6 +69,9 @@ type Record struct {
 	// KeepAttached is how long the program stays attached after this
 	// volume goes, when no other volume holds it (see Linger).
 	KeepAttached time.Duration `json:"keepAttached,omitempty"`
+	// ResetMaps, after an upgrade in place by this volume's publish, are
+	// the maps that changed shape and started empty.
+	ResetMaps []string `json:"resetMaps,omitempty"`
 }
 
 // Op names the operation an intent is for.

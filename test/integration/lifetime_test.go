@@ -2,17 +2,21 @@ package integration
 
 import (
 	"context"
+	"encoding/binary"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"google.golang.org/grpc/codes"
 
 	"github.com/bpfmount/bpfmount/driver"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/internal/testenv"
+	"github.com/bpfmount/bpfmount/test/programs"
 )
 
 // keepPolicy lets volumes keep their programs attached up to a minute;
@@ -359,4 +363,141 @@ func TestNodeProgramsFromFile(t *testing.T) {
 	if f := testenv.Files(t, filepath.Join(d.StateDir, "nodeprograms")); len(f) != 0 {
 		t.Fatalf("node program records left: %v", f)
 	}
+}
+
+// seqCounts reads an xdp_seq program's seq_map through a volume.
+func seqCounts(t *testing.T, target string) (count, gaps uint64) {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(target, "seq_map"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var val [24]byte
+	if err := m.Lookup(uint32(0), &val); err != nil {
+		t.Fatal(err)
+	}
+	return binary.NativeEndian.Uint64(val[0:8]), binary.NativeEndian.Uint64(val[8:16])
+}
+
+// TestUpgradeInPlaceXDP: a named XDP program upgraded to another image
+// version while numbered frames flow: every frame counted once, the
+// counters continue, and the older version's volume follows the new
+// program until the last volume of either version goes.
+func TestUpgradeInPlaceXDP(t *testing.T) {
+	d, v, v1, dir := setup(t, testenv.XDPSeqObject, testenv.DaemonOptions{})
+	obj, err := os.ReadFile(testenv.RepoPath(testenv.XDPSeqObject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := testenv.LayoutBytes(t, obj, "xdpseq-v2.o", "v2")
+	ctx := context.Background()
+	attrs := func(img string) map[string]string {
+		a := xdpAttrs(img, v.Host)
+		a["name"] = "seq"
+		return a
+	}
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-a", a, attrs(v1), true)); err != nil {
+		t.Fatal(err)
+	}
+	old := testenv.XDPProgram(t, v.Host)
+	s := v.StartSeq(t, 16, 64, time.Millisecond)
+	s.WaitSent(t, 200)
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-b", b, attrs(v2), true)); err != nil {
+		t.Fatal(err)
+	}
+	s.WaitSent(t, s.Sent()+200)
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	now := testenv.XDPProgram(t, v.Host)
+	if now == old || now == 0 {
+		t.Fatalf("XDP program %d after the upgrade (before: %d)", now, old)
+	}
+	ra, rb := record(t, d, "vol-a"), record(t, d, "vol-b")
+	if ra.ProgramID != now || rb.ProgramID != now || ra.Key != rb.Key {
+		t.Fatalf("records after the upgrade: vol-a program %d key %s, vol-b program %d key %s; want both on %d", ra.ProgramID, ra.Key, rb.ProgramID, rb.Key, now)
+	}
+	count, gaps := seqCounts(t, b)
+	if gaps != 0 || count != uint64(s.Sent()) {
+		t.Fatalf("the upgraded program's map counted %d of %d frames with %d gaps", count, s.Sent(), gaps)
+	}
+	if ca, _ := seqCounts(t, a); ca != count {
+		t.Fatalf("the older volume sees %d frames, the newer %d: the map was not carried over", ca, count)
+	}
+	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-a", a)); err != nil {
+		t.Fatal(err)
+	}
+	if got := testenv.XDPProgram(t, v.Host); got != now {
+		t.Fatalf("after the older volume went XDP runs %d, want %d", got, now)
+	}
+	d.Restart(testenv.DaemonOptions{})
+	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-b", b)); err != nil {
+		t.Fatal(err)
+	}
+	d.AssertClean(t, v, a, b)
+}
+
+// TestUpgradeInPlaceTCXResetsChangedMap: an upgrade whose map changed
+// shape starts it empty, and the volume's record and event say so.
+func TestUpgradeInPlaceTCXResetsChangedMap(t *testing.T) {
+	d, v, v1, dir := setup(t, testenv.TCXOrderObject, testenv.DaemonOptions{})
+	wide := testenv.LayoutBytes(t, programs.TCXOrderWideObject(), "tcxorderwide.o", "v2")
+	ctx := context.Background()
+	attrs := func(img string) map[string]string {
+		return map[string]string{"image": img, "interface": v.Host, "type": "tcx", "direction": "ingress", "name": "order", "globals": "order_id=01000000"}
+	}
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-a", a, attrs(v1), true)); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Send(10, 64); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-b", b, attrs(wide), true)); err != nil {
+		t.Fatal(err)
+	}
+	rb := record(t, d, "vol-b")
+	if !slices.Equal(rb.ResetMaps, []string{"order_map"}) {
+		t.Fatalf("record says reset maps %v, want [order_map]", rb.ResetMaps)
+	}
+	if ids := testenv.TCXPrograms(t, v.Host, "ingress"); len(ids) != 1 || uint32(ids[0]) != rb.ProgramID {
+		t.Fatalf("tcx ingress runs %v, want the new program %d alone", ids, rb.ProgramID)
+	}
+	// The new, empty map in the new volume; the old one, with its
+	// counts, stays readable in the older volume.
+	if got := orderHitsAt(t, b); got != 0 {
+		t.Fatalf("the reset map counts %d hits before any traffic", got)
+	}
+	if got := orderHitsAt(t, a); got < 10 {
+		t.Fatalf("the older volume's map counts %d hits, want >= 10", got)
+	}
+	if err := v.Send(4, 64); err != nil {
+		t.Fatal(err)
+	}
+	if got := orderHitsAt(t, b); got < 4 {
+		t.Fatalf("the new program counted %d of 4 frames", got)
+	}
+	for vol, tgt := range map[string]string{"vol-a": a, "vol-b": b} {
+		if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq(vol, tgt)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.AssertClean(t, v, a, b)
+}
+
+// orderHitsAt reads tcx_order's hit counter through a volume.
+func orderHitsAt(t *testing.T, target string) uint64 {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(filepath.Join(target, "order_map"), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	var val [16]byte
+	if err := m.Lookup(uint32(0), &val); err != nil {
+		t.Fatal(err)
+	}
+	return binary.NativeEndian.Uint64(val[0:8])
 }

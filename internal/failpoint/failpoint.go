@@ -27,7 +27,11 @@ var (
 	// the last unpublish, before the driver's hold; and, at the deadline,
 	// before and after the program's release.
 	LingerSteps = []string{"unpublish.linger", "linger.expire", "linger.released"}
-	ChainSteps  = []string{
+	// UpgradeSteps are those of an upgrade in place: the upgrade recorded;
+	// the new program pinned beside the old; the link updated; its pin
+	// moved (the commit); the loader done, before the records follow.
+	UpgradeSteps = []string{"upgrade.recorded", "replace.pinned", "replace.updated", "replace.committed", "upgrade.replaced"}
+	ChainSteps   = []string{
 		"chain.loaded", "chain.attached", "chain.swapped", "chain.retiring",
 	}
 )

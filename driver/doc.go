@@ -38,11 +38,16 @@
 //  7. Ask the policy again when the image named the hook; check the
 //     signature when the deciding rule requires one.
 //  8. Claim the name, if any (names.go): under the name's lock, refuse a
-//     load whose name holds a different program. Detach programs whose
-//     keepAttached deadline passed, so none is joined after it.
+//     load whose name holds a different program, unless it is another
+//     version of it on the same hook, which this load upgrades in place
+//     (upgrade.go). Detach programs whose keepAttached deadline passed, so
+//     none is joined after it.
 //  9. Create the volume (createVolume): write the publish intent, acquire
-//     the program, expose the chosen maps at the target, write the record,
-//     delete the intent. A failure undoes the steps done, last first. A
+//     the program (for an upgrade: write the upgrade record, replace the
+//     old program, point the older volumes' records at the new one),
+//     expose the chosen maps at the target, write the record,
+//     delete the intent. A failure undoes the steps done, last first
+//     (an upgrade stays: the older volumes hold the new program). A
 //     lingering program the volume joined is taken over (its linger
 //     record deleted, the driver's hold released).
 //  10. Report: one audit line, and an event on the pod.
@@ -69,8 +74,9 @@
 // record, so a restart re-adopts them all; garbage collection keeps their
 // pins. Map-only volumes own nothing: their own bpffs pins keep the maps.
 //
-// At start, Restore re-adopts every recorded attachment (volumes, lingering
-// programs, node programs), rolls back
+// At start, Restore finishes or undoes interrupted upgrades, re-adopts
+// every recorded attachment (volumes, lingering programs, node programs),
+// rolls back
 // publishes and finishes unpublishes that a crash interrupted (their
 // intents say which), and removes pins and staging mounts no volume owns.
 //

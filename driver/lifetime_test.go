@@ -554,3 +554,25 @@ func (e *fakeEvents) last() string {
 	}
 	return e.got[len(e.got)-1].detail
 }
+
+// A node program under a name pods hold with another version is refused,
+// saying so; the pods' program stays.
+func TestNodeProgramDoesNotUpgradePods(t *testing.T) {
+	f := newTestDriver(t, nil)
+	ctx := context.Background()
+	if _, err := f.d.NodePublishVolume(ctx, publishReq("vol-1", testTarget, namedAttrs("fw"))); err != nil {
+		t.Fatal(err)
+	}
+	key := f.store.records["vol-1"].Key
+	want, err := ParsePrograms([]byte(programsHead + "programs:\n- name: fw\n  attributes: {image: registry.example/bpf/counter:v2, interface: eth0}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = f.d.SyncPrograms(ctx, want)
+	if err == nil || !strings.Contains(err.Error(), "a node program does not replace a pod's") {
+		t.Fatalf("sync error %v", err)
+	}
+	if got := f.loader.holders(key); !slices.Equal(got, []string{"vol-1"}) || len(f.store.nodeProgs) != 0 {
+		t.Fatalf("pods' program held by %v, node records %v", got, f.store.nodeProgs)
+	}
+}

@@ -104,9 +104,15 @@ func nameTaken(name string, h *nameHolder, want loader.Identity) error {
 	if have.Direction != "" {
 		where += " " + have.Direction
 	}
-	if sameAttachPoint(have, want) {
+	switch {
+	case sameAttachPoint(have, want) && h.node:
 		return fault.Errorf(fault.Precondition, "name %q holds %s (program id %d, held by %s) from another image digest or other globals; "+
 			"the node's programs file owns it: change it there, or use another name",
+			name, where, h.progID, h.holder)
+	case sameAttachPoint(have, want):
+		// Only a node program's load gets here: it does not upgrade pods'.
+		return fault.Errorf(fault.Precondition, "name %q holds %s (program id %d, held by %s) from another image digest or other globals; "+
+			"a node program does not replace a pod's: give it another name, or let the pods' volumes go first",
 			name, where, h.progID, h.holder)
 	}
 	return fault.Errorf(fault.Precondition, "name %q already holds %s with priority %d (program id %d, held by %s): "+

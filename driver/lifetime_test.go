@@ -389,7 +389,7 @@ func TestParseProgramsErrors(t *testing.T) {
 		{programsHead + "programs:\n- name: fw\n  attributes: {image: r/x:v1, interface: eth0, csi.storage.k8s.io/pod.namespace: x}\n", "kubelet keys"},
 		{programsHead + "programz: []\n", "unknown field"},
 	} {
-		if _, err := ParsePrograms([]byte(c.doc)); err == nil || !strings.Contains(err.Error(), c.want) {
+		if _, err := parsePrograms([]byte(c.doc)); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: error %v, want it to say %q", c.doc, err, c.want)
 		}
 	}
@@ -398,7 +398,7 @@ func TestParseProgramsErrors(t *testing.T) {
 func TestSyncPrograms(t *testing.T) {
 	f := newTestDriver(t, nil)
 	ctx := context.Background()
-	want, err := ParsePrograms([]byte(programsHead + `programs:
+	want, err := parsePrograms([]byte(programsHead + `programs:
 - name: fw
   attributes: {image: registry.example/bpf/fw:v1, interface: eth0}
 - name: counter
@@ -407,7 +407,7 @@ func TestSyncPrograms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.d.SyncPrograms(ctx, want); err != nil {
+	if err := f.d.syncPrograms(ctx, want); err != nil {
 		t.Fatal(err)
 	}
 	if n := f.loader.owners(); n != 2 || len(f.store.nodeProgs) != 2 {
@@ -422,15 +422,15 @@ func TestSyncPrograms(t *testing.T) {
 	_, err = f.d.NodePublishVolume(ctx, publishReq("vol-1", testTarget+"1", namedAttrs("fw")))
 	wantCode(t, err, codes.FailedPrecondition, "held by the node (programs file)")
 	// Syncing again changes nothing.
-	if err := f.d.SyncPrograms(ctx, want); err != nil {
+	if err := f.d.syncPrograms(ctx, want); err != nil {
 		t.Fatal(err)
 	}
 	if got := f.loader.holders(fwKey); !slices.Equal(got, []string{"node:fw"}) {
 		t.Fatalf("fw held by %v", got)
 	}
 	// counter removed, fw moved to eth2: counter unloaded, fw reloaded.
-	want, _ = ParsePrograms([]byte(programsHead + "programs:\n- name: fw\n  attributes: {image: registry.example/bpf/fw:v1, interface: eth2}\n"))
-	if err := f.d.SyncPrograms(ctx, want); err != nil {
+	want, _ = parsePrograms([]byte(programsHead + "programs:\n- name: fw\n  attributes: {image: registry.example/bpf/fw:v1, interface: eth2}\n"))
+	if err := f.d.syncPrograms(ctx, want); err != nil {
 		t.Fatal(err)
 	}
 	if got := f.loader.holders(fwKey); len(got) != 0 {
@@ -439,7 +439,7 @@ func TestSyncPrograms(t *testing.T) {
 	if len(f.store.nodeProgs) != 1 || f.store.nodeProgs["fw"].Identity.Interface != "eth2" || f.loader.owners() != 1 {
 		t.Fatalf("records %v, %d owners after the change", f.store.nodeProgs, f.loader.owners())
 	}
-	if err := f.d.SyncPrograms(ctx, nil); err != nil {
+	if err := f.d.syncPrograms(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	if len(f.store.nodeProgs) != 0 || f.loader.owners() != 0 {
@@ -564,11 +564,11 @@ func TestNodeProgramDoesNotUpgradePods(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := f.store.records["vol-1"].Key
-	want, err := ParsePrograms([]byte(programsHead + "programs:\n- name: fw\n  attributes: {image: registry.example/bpf/counter:v2, interface: eth0}\n"))
+	want, err := parsePrograms([]byte(programsHead + "programs:\n- name: fw\n  attributes: {image: registry.example/bpf/counter:v2, interface: eth0}\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = f.d.SyncPrograms(ctx, want)
+	err = f.d.syncPrograms(ctx, want)
 	if err == nil || !strings.Contains(err.Error(), "a node program does not replace a pod's") {
 		t.Fatalf("sync error %v", err)
 	}

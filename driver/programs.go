@@ -28,26 +28,26 @@ import (
 // ':', so it cannot collide with a volume's.
 func nodeOwner(name string) string { return "node:" + name }
 
-// ProgramsFile is the parsed programs file.
-type ProgramsFile struct {
+// programsFile is the parsed programs file.
+type programsFile struct {
 	APIVersion string          `json:"apiVersion"`
 	Kind       string          `json:"kind"`
-	Programs   []ProgramsEntry `json:"programs"`
+	Programs   []programsEntry `json:"programs"`
 }
 
-// ProgramsEntry is one node program: its name and its volume attributes
+// programsEntry is one node program: its name and its volume attributes
 // (those of a load volume, without name, from or keepAttached).
-type ProgramsEntry struct {
+type programsEntry struct {
 	Name       string            `json:"name"`
 	Attributes map[string]string `json:"attributes"`
 }
 
 const programsKind = "NodePrograms"
 
-// ParsePrograms parses and checks a programs file: every entry must be a
+// parsePrograms parses and checks a programs file: every entry must be a
 // load request a volume could make, under a unique name.
-func ParsePrograms(data []byte) (map[string]*volumeRequest, error) {
-	var f ProgramsFile
+func parsePrograms(data []byte) (map[string]*volumeRequest, error) {
+	var f programsFile
 	if err := yaml.UnmarshalStrict(data, &f); err != nil {
 		return nil, fmt.Errorf("programs file is not valid: %w", err)
 	}
@@ -90,11 +90,11 @@ type nodePrograms struct {
 	mu sync.Mutex
 }
 
-// SyncPrograms makes the loaded node programs those of want: it unloads
+// syncPrograms makes the loaded node programs those of want: it unloads
 // the ones no longer listed or listed with other attributes, and loads the
 // missing ones. One program that fails is logged and the others go on; the
 // errors are returned joined.
-func (d *Driver) SyncPrograms(ctx context.Context, want map[string]*volumeRequest) error {
+func (d *Driver) syncPrograms(ctx context.Context, want map[string]*volumeRequest) error {
 	d.programs.mu.Lock()
 	defer d.programs.mu.Unlock()
 	have, err := d.store.NodePrograms()
@@ -221,13 +221,13 @@ func (d *Driver) WatchPrograms(ctx context.Context, path string, interval time.D
 			lastErr = err.Error()
 		case sha256.Sum256(data) != last || !synced:
 			last, lastErr = sha256.Sum256(data), ""
-			want, err := ParsePrograms(data)
+			want, err := parsePrograms(data)
 			if err != nil {
 				klog.ErrorS(err, "Programs file is invalid; node programs stay as they are", "path", path)
 				synced = true // until the file changes
 				break
 			}
-			synced = d.SyncPrograms(ctx, want) == nil
+			synced = d.syncPrograms(ctx, want) == nil
 		}
 		select {
 		case <-ctx.Done():

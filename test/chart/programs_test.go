@@ -45,7 +45,7 @@ func TestRenderPrograms(t *testing.T) {
 				data = cm.Data["programs.yaml"]
 			}
 		}
-		// The driver's format (driver.ParsePrograms): strict, every
+		// The driver's format (driver/programs.go): strict, every
 		// attribute a string.
 		var doc struct {
 			APIVersion string `json:"apiVersion"`

@@ -501,3 +501,49 @@ func orderHitsAt(t *testing.T, target string) uint64 {
 	}
 	return binary.NativeEndian.Uint64(val[0:8])
 }
+
+// TestRolloutUpgradesLingeringProgram: the DaemonSet rollout of a new
+// image version with keepAttached: the old pod's volume goes, its program
+// lingers, the new pod's volume upgrades it in place; no frame is missed
+// and the counters continue.
+func TestRolloutUpgradesLingeringProgram(t *testing.T) {
+	opts := keepOptions(t)
+	d, v, v1, dir := setup(t, testenv.XDPSeqObject, opts)
+	obj, err := os.ReadFile(testenv.RepoPath(testenv.XDPSeqObject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := testenv.LayoutBytes(t, obj, "xdpseq-v2.o", "v2")
+	ctx := context.Background()
+	attrs := func(img string) map[string]string {
+		a := keepAttrs(img, v.Host, "30s")
+		a["name"] = "seq"
+		return a
+	}
+	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-old", a, attrs(v1), true)); err != nil {
+		t.Fatal(err)
+	}
+	s := v.StartSeq(t, 16, 64, time.Millisecond)
+	s.WaitSent(t, 200)
+	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-old", a)); err != nil {
+		t.Fatal(err)
+	}
+	s.WaitSent(t, s.Sent()+200) // no pod: the program lingers
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-new", b, attrs(v2), true)); err != nil {
+		t.Fatal(err)
+	}
+	s.WaitSent(t, s.Sent()+200)
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if count, gaps := seqCounts(t, b); gaps != 0 || count != uint64(s.Sent()) {
+		t.Fatalf("counted %d of %d frames with %d gaps across the rollout", count, s.Sent(), gaps)
+	}
+	if rec := record(t, d, "vol-new"); uint32(testenv.XDPProgram(t, v.Host)) != rec.ProgramID {
+		t.Fatalf("XDP runs %d, the new volume records %d", testenv.XDPProgram(t, v.Host), rec.ProgramID)
+	}
+	if f := testenv.Files(t, filepath.Join(d.StateDir, "lingers")); len(f) != 0 {
+		t.Fatalf("linger records %v after the new version took over", f)
+	}
+}

@@ -206,6 +206,10 @@ func (d *Driver) nodeProgramKeys() ([]string, error) {
 // are; a sync that failed for some program is retried at the next change
 // or every retry interval.
 func (d *Driver) WatchPrograms(ctx context.Context, path string, interval time.Duration) {
+	if interval <= 0 {
+		klog.ErrorS(nil, "Programs file watch interval must be positive; node programs are not loaded", "interval", interval)
+		return
+	}
 	var last [sha256.Size]byte
 	var lastErr string
 	synced := false

@@ -166,6 +166,9 @@ func (o *serveOptions) run(ctx context.Context) error {
 	defer ld.Close()
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if o.programs != "" && o.policyPoll <= 0 {
+		return fmt.Errorf("--policy-reload-interval must be positive with --programs, got %v: it is how often the programs file is checked", o.policyPoll)
+	}
 	var pol policy.Source
 	if o.policyPath != "" {
 		w, err := policy.NewWatcher(o.policyPath, o.policyPoll)

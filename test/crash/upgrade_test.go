@@ -64,7 +64,9 @@ func TestCrashDuringUpgrade(t *testing.T) {
 			if ca, _ := seqSeen(t, ta); ca != count {
 				t.Fatalf("the older volume sees %d frames, the newer %d", ca, count)
 			}
-			for vol, tgt := range map[string]string{"vol-a": ta, "vol-b": tb} {
+			// The older volume first: the program stays for the newer.
+			for i, vol := range []string{"vol-a", "vol-b"} {
+				tgt := []string{ta, tb}[i]
 				if _, err := p.Node.NodeUnpublishVolume(testenv.Ctx(t), &csi.NodeUnpublishVolumeRequest{VolumeId: vol, TargetPath: tgt}); err != nil {
 					t.Fatal(err)
 				}

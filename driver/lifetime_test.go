@@ -576,3 +576,25 @@ func TestNodeProgramDoesNotUpgradePods(t *testing.T) {
 		t.Fatalf("pods' program held by %v, node records %v", got, f.store.nodeProgs)
 	}
 }
+
+// A program that volumes share without the name is not the name's to
+// upgrade.
+func TestUpgradeRefusedWhenSharedWithoutName(t *testing.T) {
+	f := newTestDriver(t, nil)
+	ctx := context.Background()
+	if _, err := f.d.NodePublishVolume(ctx, publishReq("vol-plain", testTarget, localAttrs())); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.d.NodePublishVolume(ctx, publishReq("vol-1", testTarget+"1", namedAttrs("fw"))); err != nil {
+		t.Fatal(err)
+	}
+	key := f.store.records["vol-1"].Key
+	_, err := f.d.NodePublishVolume(ctx, publishReq("vol-2", testTarget+"2", namedAttrs("fw", AttrImage, "registry.example/bpf/counter:v2")))
+	wantCode(t, err, codes.FailedPrecondition, `volume vol-plain shares it without that name`)
+	if got := f.loader.holders(key); !slices.Equal(got, []string{"vol-1", "vol-plain"}) {
+		t.Fatalf("program held by %v after the refused upgrade", got)
+	}
+	if len(f.store.upgrades) != 0 || f.store.records["vol-2"] != nil {
+		t.Fatalf("a refused upgrade left records: %v %v", f.store.upgrades, f.store.records["vol-2"])
+	}
+}

@@ -34,15 +34,29 @@ func (d *Driver) acquire(ctx context.Context, pr *publishRequest, res *loader.Re
 	if err != nil {
 		return nil, fmt.Errorf("reading the volume records of the program to upgrade: %w", err)
 	}
+	name := pr.vol.life.name
 	for _, r := range recs {
 		if r.Key != h.key || r.VolumeID == pr.volID {
 			continue
+		}
+		if r.Attributes[AttrName] != name {
+			// The identical request without the name (or under another)
+			// shares the program: the name does not cover it.
+			return nil, fault.Errorf(fault.Precondition, "cannot upgrade the program named %q in place: volume %s shares it without that name; unpublish it or use another name",
+				name, r.VolumeID)
 		}
 		unlock, ok := d.locks.tryLock(r.VolumeID)
 		if !ok {
 			return nil, fault.Errorf(fault.Aborted, "volume %q of the program being upgraded is busy; retry later", r.VolumeID)
 		}
 		defer unlock()
+	}
+	l, err := d.store.GetLinger(h.key)
+	if err != nil {
+		return nil, fmt.Errorf("reading the linger record of the program to upgrade: %w", err)
+	}
+	if l != nil && l.Name != name {
+		return nil, fault.Errorf(fault.Precondition, "cannot upgrade the program named %q in place: it lingers under another name (or none); wait out its keepAttached or use another name", name)
 	}
 	up := &state.Upgrade{From: h.id, To: res.Identity}
 	if err := d.store.PutUpgrade(up); err != nil {

@@ -9,7 +9,7 @@ BIN      := bin
 EXAMPLE_OBJ := deploy/examples/xdp-counter/bpf/xdpcounter_bpfel.o
 EXAMPLE_LAYOUT := build/layouts/xdp-counter
 
-.PHONY: all build demo test vet generate bench bench-host clean fuzz manifests test-chart test-vm bench-vm e2e image
+.PHONY: all build demo test vet generate bench bench-host clean fuzz manifests test-chart test-vm bench-vm e2e image cluster cluster-down
 
 all: build
 
@@ -20,6 +20,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/bpfmountd ./cmd/bpfmount
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -tags bpfmount_cli -o $(BIN)/bpfmount ./cmd/bpfmount
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/xdp-counter-reader ./deploy/examples/xdp-counter/reader
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/exec-events-reader ./deploy/examples/exec-events/reader
 
 # The example bytecode image, as an OCI layout built by bpfmount itself.
 $(EXAMPLE_LAYOUT)/index.json: build $(EXAMPLE_OBJ)
@@ -67,10 +68,28 @@ image:
 # images `make image` built, pods whose inline volumes load programs, policy
 # denials, sharing, an upgrade under traffic, uninstall. Builds Kubernetes
 # v1.34.4 once (about 20 min cold on 2 cores), cached in test/e2e/.cache/bin.
+# First the cluster package's state tests that run without root only (as
+# root, a broken guard would let Down act on the host) as user nobody; then
+# the module's packages one at a time (-p 1: one cluster on a machine).
 e2e: image
 	test/e2e/build-k8s.sh
+	t=$$(mktemp -d) && cd test/e2e && $(GO) test -c -o $$t/cluster.test ./cluster && chmod 755 $$t && \
+		cd $$t && setpriv --reuid=65534 --regid=65534 --clear-groups ./cluster.test -test.count=1; \
+		rc=$$?; rm -rf $$t; exit $$rc
 	cd test/e2e && $(GO) vet ./... && BPFMOUNT_E2E=1 BPFMOUNT_E2E_IMAGES=$(abspath build/images) \
-		BPFMOUNT_E2E_IMAGE_VERSION=$(VERSION) $(GO) test -count=1 -timeout 30m -v ./...
+		BPFMOUNT_E2E_IMAGE_VERSION=$(VERSION) $(GO) test -p 1 -count=1 -timeout 30m -v ./...
+
+# A local cluster to try bpfmount on (root): the e2e's single-node
+# Kubernetes, the chart installed from the images `make image` built (same
+# VERSION), the example bytecode laid out. It prints the KUBECONFIG and runs
+# until `make cluster-down`, which removes everything it made (and refuses a
+# cluster it did not make).
+cluster:
+	test/e2e/build-k8s.sh
+	cd test/e2e && $(GO) run ./cmd/cluster up -repo $(CURDIR) -images $(abspath build/images) -version $(VERSION)
+
+cluster-down:
+	cd test/e2e && $(GO) run ./cmd/cluster down
 
 # deploy/manifests/bpfmount.yaml, rendered from the chart (a test fails when
 # the committed file drifts).

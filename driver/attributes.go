@@ -21,6 +21,7 @@ const (
 	AttrProgram    = "program"
 	AttrType       = "type"
 	AttrInterface  = "interface"
+	AttrAttachTo   = "attachTo"
 	AttrPriority   = "priority"
 	AttrProceedOn  = "proceedOn"
 	AttrDirection  = "direction"
@@ -45,7 +46,7 @@ const (
 )
 
 var attrKeys = []string{
-	AttrDirection, AttrGlobals, AttrImage, AttrInterface, AttrMaps, AttrPriority,
+	AttrAttachTo, AttrDirection, AttrGlobals, AttrImage, AttrInterface, AttrMaps, AttrPriority,
 	AttrProceedOn, AttrProgram, AttrPullPolicy, AttrType, AttrXDPMode,
 	AttrKeepAttached, AttrName, AttrFrom,
 }
@@ -201,18 +202,29 @@ func (vr *volumeRequest) parse() error {
 	}
 	if t, ok := a[AttrType]; ok {
 		if !slices.Contains(loader.Hooks, loader.Hook(t)) {
-			return invalid("volume attribute %q: %q is not a supported type (valid: xdp, tc, tcx)", AttrType, t)
+			return invalid("volume attribute %q: %q is not a supported type (valid: %s)", AttrType, t, hookNames(loader.Hooks))
 		}
 		lr.Hook = loader.Hook(t)
 	}
-	ifname, ok := a[AttrInterface]
-	if !ok || ifname == "" {
-		return invalid("volume attribute %q is required: the host interface to attach to, e.g. eth0", AttrInterface)
+	_, hasAttachTo := a[AttrAttachTo]
+	if at, ok := a[AttrAttachTo]; ok {
+		if at == "" {
+			return invalid("volume attribute %q is empty: name the tracing hook's target, or remove it", AttrAttachTo)
+		}
+		lr.AttachTo = at
 	}
-	if err := checkIfname(ifname); err != nil {
-		return err
+	// The interface is required unless the request is for a tracing hook,
+	// or may be (no type: the image's labels decide, with attachTo given).
+	tracing := loader.IsTracing(lr.Hook) || lr.Hook == "" && hasAttachTo
+	if ifname, ok := a[AttrInterface]; ok || !tracing {
+		if !ok || ifname == "" {
+			return invalid("volume attribute %q is required: the host interface to attach to, e.g. eth0 (tracing types take %q instead)", AttrInterface, AttrAttachTo)
+		}
+		if err := checkIfname(ifname); err != nil {
+			return err
+		}
+		lr.Interface = ifname
 	}
-	lr.Interface = ifname
 
 	if p, ok := a[AttrPriority]; ok {
 		if !priorityRE.MatchString(p) {
@@ -224,8 +236,6 @@ func (vr *volumeRequest) parse() error {
 			return invalid("volume attribute %q: %d is out of range (1 to 1000; lower runs first)", AttrPriority, n)
 		}
 		lr.Priority = n
-	} else {
-		lr.Priority = loader.DefaultPriority
 	}
 
 	if d, ok := a[AttrDirection]; ok {
@@ -274,12 +284,26 @@ func (vr *volumeRequest) parse() error {
 		}
 		lr.Globals = globals
 	}
-	return checkHookKeys(lr)
+	return checkHookKeys(lr, a)
 }
 
 // checkHookKeys rejects keys that do not apply to the requested type. When
 // the type comes from the image, the loader checks the same after fetching.
-func checkHookKeys(lr *loader.Request) error {
+func checkHookKeys(lr *loader.Request, a map[string]string) error {
+	if loader.IsTracing(lr.Hook) {
+		for _, k := range []string{AttrInterface, AttrPriority, AttrProceedOn, AttrDirection, AttrXDPMode} {
+			if _, ok := a[k]; ok {
+				return invalid("volume attribute %q does not apply to type %s (the kernel runs any number of programs on one tracing hook): remove it", k, lr.Hook)
+			}
+		}
+		if _, err := loader.ParseAttachTo(lr.Hook, lr.AttachTo); err != nil {
+			return err // names the attribute, with an Invalid kind
+		}
+		return nil
+	}
+	if lr.Hook != "" && lr.AttachTo != "" {
+		return invalid("volume attribute %q applies to tracing types (%s), not %s: remove it", AttrAttachTo, hookNames(loader.TracingHooks), lr.Hook)
+	}
 	switch lr.Hook {
 	case loader.HookXDP:
 		if lr.Direction != "" {
@@ -308,6 +332,14 @@ func checkHookKeys(lr *loader.Request) error {
 		}
 	}
 	return nil
+}
+
+func hookNames(hs []loader.Hook) string {
+	s := make([]string, len(hs))
+	for i, h := range hs {
+		s[i] = string(h)
+	}
+	return strings.Join(s, ", ")
 }
 
 func parseGlobals(s string) (map[string][]byte, error) {

@@ -21,7 +21,7 @@ func TestParseAttributesDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	lr := vr.load
-	if lr.Priority != loader.DefaultPriority || lr.Image.Policy != "IfNotPresent" || lr.Hook != "" || vr.maps != nil {
+	if lr.Priority != 0 || lr.Image.Policy != "IfNotPresent" || lr.Hook != "" || vr.maps != nil {
 		t.Fatalf("defaults not applied: %+v", lr)
 	}
 	if vr.pod.Namespace != "web" || vr.pod.Name != "p" {
@@ -67,7 +67,7 @@ func TestParseAttributesRejects(t *testing.T) {
 	}{
 		{map[string]string{"interface": "eth0"}, `"image" is required`},
 		{map[string]string{"image": "x"}, `"interface" is required`},
-		{base("bogus", "1"), "valid attributes: direction, globals"},
+		{base("bogus", "1"), "valid attributes: attachTo, direction, globals"},
 		{base("Program", "x"), `did you mean "program"`},
 		{base("priority", "1001"), "out of range"},
 		{base("priority", "0"), "out of range"},
@@ -199,10 +199,14 @@ func FuzzParseAttributes(f *testing.F) {
 			}
 		}
 		lr := vr.load
-		if lr.Image.Reference == "" || lr.Interface == "" || len(lr.Interface) > 15 {
+		tracing := loader.IsTracing(lr.Hook) || lr.Hook == "" && lr.AttachTo != ""
+		if lr.Image.Reference == "" || lr.Interface == "" && !tracing || len(lr.Interface) > 15 {
 			t.Fatalf("accepted a request without image or with a bad interface: %+v", lr)
 		}
-		if lr.Priority < 1 || lr.Priority > 1000 {
+		if loader.IsTracing(lr.Hook) && (lr.Interface != "" || lr.Priority != 0) {
+			t.Fatalf("accepted network keys on a tracing request: %+v", lr)
+		}
+		if lr.Priority != 0 && (lr.Priority < 1 || lr.Priority > 1000) {
 			t.Fatalf("accepted priority %d", lr.Priority)
 		}
 		for _, m := range vr.maps {

@@ -100,10 +100,7 @@ func (d *Driver) claimName(name string, res *loader.Resolved, upgrades bool) (un
 // nameTaken says why a load under a held name is refused.
 func nameTaken(name string, h *nameHolder, want loader.Identity) error {
 	have := h.id
-	where := fmt.Sprintf("%s program %q on %s", have.Hook, have.Program, have.Interface)
-	if have.Direction != "" {
-		where += " " + have.Direction
-	}
+	where := fmt.Sprintf("%s program %q on %s", have.Hook, have.Program, attachPoint(have))
 	switch {
 	case sameAttachPoint(have, want) && h.node:
 		return fault.Errorf(fault.Precondition, "name %q holds %s (program id %d, held by %s) from another image digest or other globals; "+
@@ -115,9 +112,25 @@ func nameTaken(name string, h *nameHolder, want loader.Identity) error {
 			"a node program does not replace a pod's: give it another name, or let the pods' volumes go first",
 			name, where, h.progID, h.holder)
 	}
-	return fault.Errorf(fault.Precondition, "name %q already holds %s with priority %d (program id %d, held by %s): "+
+	if !loader.IsTracing(have.Hook) {
+		// Tracing programs have no priority: nothing orders them.
+		where += fmt.Sprintf(" with priority %d", have.Priority)
+	}
+	return fault.Errorf(fault.Precondition, "name %q already holds %s (program id %d, held by %s): "+
 		"a load under a held name must be the identical request; use another name or unpublish that one first",
-		name, where, have.Priority, h.progID, h.holder)
+		name, where, h.progID, h.holder)
+}
+
+// attachPoint names where id attaches: an interface (with its direction) or
+// a tracing hook's target.
+func attachPoint(id loader.Identity) string {
+	if loader.IsTracing(id.Hook) {
+		return id.AttachTo
+	}
+	if id.Direction != "" {
+		return id.Interface + " " + id.Direction
+	}
+	return id.Interface
 }
 
 // sameAttachPoint reports whether two identities differ only in what an

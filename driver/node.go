@@ -160,6 +160,10 @@ func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *pub
 func (d *Driver) authorize(pr *publishRequest, hook loader.Hook) (policy.Decision, error) {
 	vr := pr.vol
 	pol := d.opts.Policy.Current()
+	prio := vr.load.Priority
+	if prio == 0 && vr.load.Interface != "" {
+		prio = loader.DefaultPriority // what the loader applies to network hooks
+	}
 	dec := pol.Decide(policy.Request{
 		Local:          !vr.fromPod,
 		Namespace:      vr.pod.Namespace,
@@ -167,8 +171,9 @@ func (d *Driver) authorize(pr *publishRequest, hook loader.Hook) (policy.Decisio
 		Pod:            vr.pod.Name,
 		Image:          vr.load.Image.Reference,
 		Interface:      vr.load.Interface,
+		AttachTo:       vr.load.AttachTo,
 		Hook:           string(hook),
-		Priority:       vr.load.Priority,
+		Priority:       prio,
 		ReadOnly:       pr.readOnly,
 		Name:           vr.life.name,
 	})

@@ -61,9 +61,13 @@ func (f *fakeLoader) Resolve(_ context.Context, req loader.Request) (*loader.Res
 	if hook == "" {
 		hook = f.imageHook
 	}
+	prio := req.Priority
+	if prio == 0 && !loader.IsTracing(hook) {
+		prio = loader.DefaultPriority // as the loader's Resolve
+	}
 	return &loader.Resolved{
 		Identity: loader.Identity{Digest: "sha256:" + req.Image.Reference, Program: "prog", Hook: hook,
-			Interface: req.Interface, Direction: req.Direction, Priority: req.Priority},
+			Interface: req.Interface, AttachTo: req.AttachTo, Direction: req.Direction, Priority: prio},
 		Image: &bytecode.Image{Reference: req.Image.Reference, Signed: f.signed},
 		Maps:  []string{"counts", "events"},
 	}, nil
@@ -374,7 +378,7 @@ func TestPublishArgumentChecks(t *testing.T) {
 		}), "SINGLE_NODE"},
 		{"wrong secret", edit(func(r *csi.NodePublishVolumeRequest) { r.Secrets = map[string]string{"password": "x"} }), "dockerconfigjson"},
 		{"unknown attribute", withAttrs("colour", "red"), "unknown volume attribute"},
-		{"bad type", withAttrs(AttrType, "kprobe"), "not a supported type"},
+		{"bad type", withAttrs(AttrType, "raw_tracepoint"), "not a supported type"},
 		{"half a pod's request", withAttrs(keyPodName, "p", keyPodUID, "u", kubeletPrefix+"ephemeral", "true"), "must name its namespace"},
 		{"too many keys", publishReq("vol-1", testTarget, many), "more than the 64 allowed"},
 		{"too many bytes", withAttrs(keyPodNamespace, "web", keyPodName, strings.Repeat("p", 4096),
@@ -810,7 +814,7 @@ func TestMetricLabelsFromClosedSets(t *testing.T) {
 	if !slices.Contains(ns, "web") || !slices.Contains(ns, policy.OtherLabel) {
 		t.Errorf("namespace labels %v, want web and other", ns)
 	}
-	for h, want := range map[loader.Hook]string{"xdp": "xdp", "tcx": "tcx", "": "unknown", "kprobe": "invalid", "xdp\n": "invalid"} {
+	for h, want := range map[loader.Hook]string{"xdp": "xdp", "tcx": "tcx", "": "unknown", "kprobe": "kprobe", "raw_tracepoint": "invalid", "xdp\n": "invalid"} {
 		if got := hookLabel(h); got != want {
 			t.Errorf("hookLabel(%q) = %q, want %q", h, got, want)
 		}

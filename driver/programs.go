@@ -150,7 +150,7 @@ func (d *Driver) loadNodeProgram(ctx context.Context, name string, vr *volumeReq
 	if err := d.store.PutNodeProgram(rec); err != nil {
 		return errors.Join(fmt.Errorf("writing the record of node program %q: %w", name, err), d.loader.Release(prog.Key, nodeOwner(name)))
 	}
-	klog.InfoS("Loaded node program", "name", name, "hook", res.Identity.Hook, "interface", res.Identity.Interface, "id", prog.ID)
+	klog.InfoS("Loaded node program", "name", name, "hook", res.Identity.Hook, "interface", res.Identity.Interface, "attachTo", clip(res.Identity.AttachTo, maxLogValue), "id", prog.ID)
 	return nil
 }
 

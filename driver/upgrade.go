@@ -147,7 +147,7 @@ func (d *Driver) recoverUpgrades() {
 // upgradeMessage is the pod event of a publish that upgraded a program.
 func upgradeMessage(rec *state.Record, rep *loader.Replaced) string {
 	msg := fmt.Sprintf("upgraded %s program %q on %s in place for volume %s (now id %d): maps carried over: %s",
-		rec.Identity.Hook, rec.Identity.Program, rec.Identity.Interface, rec.VolumeID, rec.ProgramID, listOrNone(rep.Carried))
+		rec.Identity.Hook, rec.Identity.Program, attachPoint(rec.Identity), rec.VolumeID, rec.ProgramID, listOrNone(rep.Carried))
 	if len(rep.Reset) > 0 {
 		msg += "; maps that changed shape and start empty: " + strings.Join(rep.Reset, ", ")
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
@@ -25,9 +26,12 @@ import (
 // attaching or pinning anything, so it needs no interface lock: loads (the
 // verifier's work) of different programs for one interface run in
 // parallel, and only attach, which orders the programs, is serialized.
-func (l *Loader) prepare(id Identity, spec *ebpf.CollectionSpec) (*entry, *net.Interface, error) {
-	ifc, err := l.iface(id.Interface)
-	if err != nil {
+func (l *Loader) prepare(id Identity, spec *ebpf.CollectionSpec) (_ *entry, ifc *net.Interface, err error) {
+	if IsTracing(id.Hook) {
+		if err := l.prepareTracing(id); err != nil {
+			return nil, nil, err
+		}
+	} else if ifc, err = l.iface(id.Interface); err != nil {
 		return nil, nil, err
 	}
 	// Refuse early what attach would refuse; attach checks again under
@@ -79,6 +83,8 @@ func (l *Loader) attach(e *entry, ifc *net.Interface) (err error) {
 		err = l.attachXDP(e, ifc)
 	case HookTCX:
 		err = l.attachTCX(e, ifc)
+	case HookTracepoint, HookKprobe, HookKretprobe, HookUprobe, HookUretprobe, HookFentry, HookFexit:
+		err = l.attachTracing(e)
 	case HookTC:
 		err = fault.Errorf(fault.Precondition, "hook tc runs programs through the TC dispatcher, which needs freplace (BPF_PROG_TYPE_EXT), and this kernel rejects it; use type=tcx (Linux 6.6+)")
 	default:
@@ -90,11 +96,9 @@ func (l *Loader) attach(e *entry, ifc *net.Interface) (err error) {
 	// The program's ID from its link: one BPF_OBJ_GET_INFO_BY_FD, where
 	// Program.Info also reads /proc/self/fdinfo and copies the translated
 	// instructions out of the kernel (about half a millisecond a publish).
-	info, err := e.link.Info()
-	if err != nil {
-		return fmt.Errorf("reading link info: %w", err)
+	if e.progID, err = attachedProgramID(e); err != nil {
+		return err
 	}
-	e.progID = info.Program
 	e.attached = true
 	failpoint.Hit("loader.attached")
 	if err := l.pin(e); err != nil {
@@ -102,6 +106,28 @@ func (l *Loader) attach(e *entry, ifc *net.Interface) (err error) {
 	}
 	failpoint.Hit("loader.pinned")
 	return nil
+}
+
+// attachedProgramID returns the kernel's ID of e's program. For links that
+// are bpf_links it comes from the link (one BPF_OBJ_GET_INFO_BY_FD, where
+// Program.Info also reads /proc/self/fdinfo and copies the translated
+// instructions out of the kernel: about half a millisecond a publish);
+// perf-event based tracing links may not report it, so those ask the
+// program.
+func attachedProgramID(e *entry) (ebpf.ProgramID, error) {
+	if !IsTracing(e.id.Hook) {
+		info, err := e.link.Info()
+		if err != nil {
+			return 0, fmt.Errorf("reading link info: %w", err)
+		}
+		return info.Program, nil
+	}
+	info, err := e.prog.Info()
+	if err != nil {
+		return 0, fmt.Errorf("reading program info: %w", err)
+	}
+	id, _ := info.ID()
+	return id, nil
 }
 
 // checkHookFree refuses a second XDP program on an interface while the
@@ -345,6 +371,12 @@ func classifyLoadError(id Identity, err error) error {
 	}
 	if errors.Is(err, unix.EPERM) {
 		return fault.Errorf(fault.Precondition, "the kernel refused to load %s: %v (the driver needs CAP_BPF and CAP_NET_ADMIN, and kernel lockdown must allow BPF)", describeIdentity(id), err)
+	}
+	if (id.Hook == HookFentry || id.Hook == HookFexit) && (errors.Is(err, btf.ErrNotFound) || errors.Is(err, ebpf.ErrNotSupported)) {
+		// The kernel runs trampolines (probed at start), so what is
+		// "unsupported" is the target: the library reports a function
+		// missing from the kernel's BTF so.
+		return fault.Errorf(fault.Invalid, "kernel function %q not found in the kernel's BTF (fentry and fexit attach to functions the kernel describes there; see bpftool btf dump file /sys/kernel/btf/vmlinux): %v", id.AttachTo, err)
 	}
 	if errors.Is(err, ebpf.ErrNotSupported) {
 		return fault.Errorf(fault.Precondition, "this kernel cannot load %s: %v", describeIdentity(id), err)

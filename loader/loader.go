@@ -33,6 +33,9 @@ type Options struct {
 	// dispatchers publish their members there, so that libxdp's tools
 	// (xdp-loader status) list them.
 	LibxdpDir string
+	// MountTracefs lets the loader mount tracefs at /sys/kernel/tracing
+	// when a tracepoint needs it and none is mounted.
+	MountTracefs bool
 }
 
 // Loader loads, attaches, pins and shares eBPF programs. It is safe for
@@ -43,6 +46,11 @@ type Loader struct {
 	fetch    bytecode.Fetcher
 	canChain bool // the kernel accepts freplace, so dispatchers can run
 	libxdp   string
+	// missing names, per tracing hook this kernel cannot run, the kernel
+	// feature it lacks; probed once per process. Read only.
+	missing      map[Hook]string
+	mountTracefs bool
+	tracefsMu    sync.Mutex
 
 	// gc lets Prune see a consistent world: loads and releases hold it
 	// shared, Prune exclusively, so it never removes the pins of an
@@ -102,17 +110,24 @@ func New(opts Options) (*Loader, error) {
 		return nil, fmt.Errorf("creating pin directory under %s: %w", opts.Root, err)
 	}
 	l := &Loader{
-		root:     opts.Root,
-		libxdp:   opts.LibxdpDir,
-		node:     opts.NodeName,
-		fetch:    opts.Fetcher,
-		canChain: dispatcher.Supported() == nil,
-		entries:  map[string]*entry{},
-		chains:   map[string]*dispatcher.Chain{},
-		specs:    newSpecCache(specCacheBytes),
+		root:         opts.Root,
+		libxdp:       opts.LibxdpDir,
+		node:         opts.NodeName,
+		fetch:        opts.Fetcher,
+		canChain:     dispatcher.Supported() == nil,
+		missing:      probeTracing(),
+		mountTracefs: opts.MountTracefs,
+		entries:      map[string]*entry{},
+		chains:       map[string]*dispatcher.Chain{},
+		specs:        newSpecCache(specCacheBytes),
 	}
 	if !l.canChain {
 		klog.InfoS("Kernel rejects freplace (BPF_PROG_TYPE_EXT): XDP and TC dispatchers are unavailable; a lone XDP program attaches directly and tcx keeps working")
+	}
+	for _, h := range TracingHooks {
+		if why, ok := l.missing[h]; ok {
+			klog.InfoS("Kernel cannot run this tracing hook; volumes asking for it fail", "hook", h, "lacks", why)
+		}
 	}
 	return l, nil
 }
@@ -121,7 +136,16 @@ func New(opts Options) (*Loader, error) {
 func (l *Loader) CanChain() bool { return l.canChain }
 
 func (l *Loader) lockIface(name string) func() { return l.ifaces.lock(name) }
-func (l *Loader) lockKey(key string) func()    { return l.keys.lock(key) }
+
+// lockTarget serializes work on what id attaches to: its interface, or for
+// a tracing hook its target (interface names never hold a ':').
+func (l *Loader) lockTarget(id Identity) func() {
+	if IsTracing(id.Hook) {
+		return l.ifaces.lock(string(id.Hook) + ":" + id.AttachTo)
+	}
+	return l.ifaces.lock(id.Interface)
+}
+func (l *Loader) lockKey(key string) func() { return l.keys.lock(key) }
 
 func (l *Loader) pinDir(key string) string { return filepath.Join(l.root, "programs", key) }
 
@@ -147,6 +171,9 @@ func (l *Loader) Resolve(ctx context.Context, req Request) (*Resolved, error) {
 	}
 	id, err := resolve(req, img, spec)
 	if err != nil {
+		return nil, err
+	}
+	if err := l.CheckHook(id.Hook); err != nil {
 		return nil, err
 	}
 	r := &Resolved{Identity: id, Image: img, spec: spec}
@@ -197,7 +224,7 @@ func (l *Loader) Acquire(ctx context.Context, r *Resolved, owner string) (*Progr
 	if err != nil {
 		return nil, err
 	}
-	unlock := l.lockIface(r.Identity.Interface)
+	unlock := l.lockTarget(r.Identity)
 	defer unlock()
 	// Adopt takes only the interface lock: it may have recorded this
 	// identity meanwhile.
@@ -210,7 +237,7 @@ func (l *Loader) Acquire(ctx context.Context, r *Resolved, owner string) (*Progr
 	}
 	p := l.insert(key, owner, e)
 	klog.V(2).InfoS("Attached program", "key", key, "program", r.Identity.Program, "hook", r.Identity.Hook,
-		"interface", r.Identity.Interface, "direction", r.Identity.Direction, "priority", r.Identity.Priority, "id", e.progID, "mode", e.mode)
+		"interface", r.Identity.Interface, "attachTo", r.Identity.AttachTo, "direction", r.Identity.Direction, "priority", r.Identity.Priority, "id", e.progID, "mode", e.mode)
 	return p, nil
 }
 
@@ -253,7 +280,7 @@ func (l *Loader) Release(key, owner string) error {
 		if e.chain != nil {
 			unlock = l.lockKey(key)
 		} else {
-			unlock = l.lockIface(e.id.Interface)
+			unlock = l.lockTarget(e.id)
 		}
 		l.mu.Lock()
 		if l.entries[key] == e {
@@ -312,7 +339,7 @@ func (l *Loader) Adopt(id Identity, owner string) (*Program, error) {
 	l.gc.RLock()
 	defer l.gc.RUnlock()
 	key := id.Key()
-	unlock := l.lockIface(id.Interface)
+	unlock := l.lockTarget(id)
 	defer unlock()
 	if p := l.join(key, owner); p != nil {
 		return p, nil

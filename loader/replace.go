@@ -51,9 +51,18 @@ func (l *Loader) Replace(ctx context.Context, oldKey string, r *Resolved, owner 
 	if l.chained(id.Hook) {
 		return nil, nil, fault.Errorf(fault.Precondition, "upgrading %s in place goes through its dispatcher, which bpfmount cannot do yet: unload the old version first", describeIdentity(id))
 	}
+	if IsTracing(id.Hook) {
+		// Perf-event and tracing links cannot swap their program; the
+		// kernel runs any number of programs on one target, so the new
+		// version can attach beside the old one instead.
+		return nil, nil, fault.Errorf(fault.Precondition, "upgrading %s in place is not supported for tracing hooks: use another name, or unload the old version first", describeIdentity(id))
+	}
 	unlockKey := l.lockKey(key)
 	defer unlockKey()
-	unlock := l.lockIface(id.Interface)
+	// Order as Acquire's: key, then target. The load below runs under the
+	// target lock (unlike Acquire's prepare) because it reuses the old
+	// program's maps, which a Release of the old attachment would close.
+	unlock := l.lockTarget(id)
 	defer unlock()
 	l.mu.Lock()
 	old, cur := l.entries[oldKey], l.entries[key]
@@ -65,7 +74,7 @@ func (l *Loader) Replace(ctx context.Context, oldKey string, r *Resolved, owner 
 		return nil, nil, fault.Errorf(fault.Precondition, "%s is already loaded: nothing to upgrade", describeIdentity(id))
 	case old.chain != nil || old.link == nil:
 		return nil, nil, fault.Errorf(fault.Precondition, "%s runs in a dispatcher: upgrading it in place is not supported yet", describeIdentity(old.id))
-	case old.id.Hook != id.Hook || old.id.Interface != id.Interface || old.id.Direction != id.Direction:
+	case old.id.Hook != id.Hook || old.id.Interface != id.Interface || old.id.AttachTo != id.AttachTo || old.id.Direction != id.Direction:
 		return nil, nil, fault.Errorf(fault.Invalid, "%s cannot replace %s: another hook", describeIdentity(id), describeIdentity(old.id))
 	}
 	if err := ctx.Err(); err != nil {
@@ -130,8 +139,8 @@ func (l *Loader) Replace(ctx context.Context, oldKey string, r *Resolved, owner 
 	}
 	failpoint.Hit("replace.committed")
 	e.link, e.attached = old.link, old.attached
-	if info, err := e.link.Info(); err == nil {
-		e.progID = info.Program
+	if pid, err := attachedProgramID(e); err == nil {
+		e.progID = pid
 	}
 	l.mu.Lock()
 	for o := range old.owners {

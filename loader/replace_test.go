@@ -5,11 +5,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 
+	"github.com/bpfmount/bpfmount/internal/fault"
 	"github.com/bpfmount/bpfmount/internal/testenv"
 	"github.com/bpfmount/bpfmount/loader"
 	"github.com/bpfmount/bpfmount/loader/bytecode"
@@ -188,5 +190,41 @@ func TestReplaceXDPUnderTraffic(t *testing.T) {
 	}
 	if got := testenv.XDPProgram(t, v.Host); got != 0 {
 		t.Fatalf("XDP program %d left", got)
+	}
+}
+
+// TestReplaceTracingRefused: a tracing link cannot swap its program, so an
+// upgrade in place of a tracing program is refused up front, with the old
+// program left attached and owned as it was.
+func TestReplaceTracingRefused(t *testing.T) {
+	l, _ := newTestLoader(t)
+	testenv.Tracefs(t)
+	v1 := testenv.LayoutBytes(t, programs.TraceCountObject(), "tracecount.o", "v1")
+	v2 := testenv.LayoutBytes(t, programs.TraceCountObject(), "tracecount-v2.o", "v2")
+	req := func(img string) loader.Request {
+		return loader.Request{Image: bytecode.Request{Reference: img}, Program: "count_tracepoint",
+			Hook: loader.HookTracepoint, AttachTo: "sched/sched_process_exec"}
+	}
+	r1 := resolve(t, l, req(v1))
+	p1, err := l.Acquire(testenv.Ctx(t), r1, "vol-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2 := resolve(t, l, req(v2))
+	if r2.Identity.Key() == r1.Identity.Key() {
+		t.Fatal("both versions have one identity")
+	}
+	_, _, err = l.Replace(testenv.Ctx(t), p1.Key, r2, "vol-2")
+	if err == nil || fault.Of(err) != fault.Precondition || !strings.Contains(err.Error(), "tracing hooks") {
+		t.Fatalf("replacing a tracepoint program: %v, want a Precondition error naming tracing hooks", err)
+	}
+	if p := l.Program(p1.Key); p == nil || p.ID != p1.ID {
+		t.Fatalf("the old program is gone after a refused upgrade: %+v", p)
+	}
+	if l.Program(r2.Identity.Key()) != nil {
+		t.Fatal("a refused upgrade left the new program loaded")
+	}
+	if err := l.Release(p1.Key, "vol-1"); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -19,10 +19,30 @@ const (
 	HookXDP Hook = "xdp" // XDP on an interface's receive path
 	HookTC  Hook = "tc"  // tc clsact ingress/egress through the TC dispatcher
 	HookTCX Hook = "tcx" // tcx multi-program attach (kernel 6.6+)
+
+	// Tracing hooks, spelled as bpfman's image labels spell them. Each
+	// names its target in Request.AttachTo; the kernel runs any number
+	// of programs on one, so they need no dispatcher and no priority.
+	HookTracepoint Hook = "tracepoint" // a kernel tracepoint, group/name
+	HookKprobe     Hook = "kprobe"     // a kernel function's entry (or an offset in it)
+	HookKretprobe  Hook = "kretprobe"  // a kernel function's return
+	HookUprobe     Hook = "uprobe"     // a user function's entry, PATH:SYMBOL
+	HookUretprobe  Hook = "uretprobe"  // a user function's return
+	HookFentry     Hook = "fentry"     // a kernel function's entry through a BPF trampoline
+	HookFexit      Hook = "fexit"      // a kernel function's return through a BPF trampoline
+)
+
+// NetworkHooks attach to an interface; TracingHooks to an AttachTo target.
+var (
+	NetworkHooks = []Hook{HookXDP, HookTC, HookTCX}
+	TracingHooks = []Hook{HookTracepoint, HookKprobe, HookKretprobe, HookUprobe, HookUretprobe, HookFentry, HookFexit}
 )
 
 // Hooks lists the supported hooks.
-var Hooks = []Hook{HookXDP, HookTC, HookTCX}
+var Hooks = append(slices.Clone(NetworkHooks), TracingHooks...)
+
+// IsTracing reports whether h is a tracing hook.
+func IsTracing(h Hook) bool { return slices.Contains(TracingHooks, h) }
 
 // Directions of tc and tcx hooks (the dispatcher's own).
 const (
@@ -80,8 +100,10 @@ type Request struct {
 	// Hook is the attach point; empty means the type the image's labels
 	// give the program.
 	Hook Hook
-	// Interface is the host interface name.
+	// Interface is the host interface name, for xdp, tc and tcx.
 	Interface string
+	// AttachTo is the tracing hook's target (see ParseAttachTo).
+	AttachTo string
 	// Direction is Ingress or Egress, for tc and tcx.
 	Direction string
 	// Priority orders programs on one hook: 1..1000, lower runs first.
@@ -102,6 +124,7 @@ type Identity struct {
 	Program   string            `json:"program"`
 	Hook      Hook              `json:"hook"`
 	Interface string            `json:"interface"`
+	AttachTo  string            `json:"attachTo,omitempty"` // omitted: network identities keep their keys
 	Direction string            `json:"direction,omitempty"`
 	Priority  int               `json:"priority"`
 	ProceedOn []string          `json:"proceedOn,omitempty"`

@@ -87,6 +87,7 @@ func resolve(req Request, img *bytecode.Image, spec *ebpf.CollectionSpec) (Ident
 		Program:   req.Program,
 		Hook:      req.Hook,
 		Interface: req.Interface,
+		AttachTo:  req.AttachTo,
 		Direction: req.Direction,
 		Priority:  req.Priority,
 		XDPMode:   req.XDPMode,
@@ -107,17 +108,22 @@ func resolve(req Request, img *bytecode.Image, spec *ebpf.CollectionSpec) (Ident
 	if id.Hook == "" {
 		id.Hook = Hook(labelType)
 		if !slices.Contains(Hooks, id.Hook) {
-			return id, fault.Errorf(fault.Invalid, "program %q of image %q is of type %q (from its labels); bpfmount attaches xdp, tc and tcx programs",
-				id.Program, img.Reference, labelType)
+			return id, fault.Errorf(fault.Invalid, "program %q of image %q is of type %q (from its labels); bpfmount attaches %s programs",
+				id.Program, img.Reference, labelType, hookList(Hooks))
 		}
 	}
-	want := ebpf.SchedCLS
-	if id.Hook == HookXDP {
-		want = ebpf.XDP
-	}
-	if ps.Type != want {
+	if want := programTypeOf(id.Hook); ps.Type != want {
 		return id, fault.Errorf(fault.Invalid, "program %q of image %q is a %s program; it cannot attach to hook %q",
 			id.Program, img.Reference, ps.Type, id.Hook)
+	}
+	if IsTracing(id.Hook) {
+		return resolveTracing(id, req, img, spec)
+	}
+	if id.AttachTo != "" {
+		return id, fault.Errorf(fault.Invalid, "attachTo applies to tracing types (%s), not %s: remove it", hookList(TracingHooks), id.Hook)
+	}
+	if id.Interface == "" {
+		return id, fault.Errorf(fault.Invalid, "hook %s needs interface: the host interface to attach to, e.g. eth0", id.Hook)
 	}
 	switch id.Hook {
 	case HookXDP:
@@ -146,21 +152,48 @@ func resolve(req Request, img *bytecode.Image, spec *ebpf.CollectionSpec) (Ident
 		return id, err
 	}
 	id.ProceedOn = proceed
+	if err := resolveGlobals(&id, req, img, spec); err != nil {
+		return id, err
+	}
+	return id, nil
+}
+
+// resolveTracing checks a tracing request: its target, and none of the
+// network hooks' keys.
+func resolveTracing(id Identity, req Request, img *bytecode.Image, spec *ebpf.CollectionSpec) (Identity, error) {
+	for _, k := range []struct {
+		key string
+		set bool
+	}{
+		{"interface", id.Interface != ""}, {"direction", id.Direction != ""}, {"priority", id.Priority != 0},
+		{"proceedOn", len(req.ProceedOn) > 0}, {"xdpMode", id.XDPMode != ""},
+	} {
+		if k.set {
+			return id, fault.Errorf(fault.Invalid, "%s does not apply to type %s (the kernel runs any number of programs on one tracing hook): remove it", k.key, id.Hook)
+		}
+	}
+	if _, err := ParseAttachTo(id.Hook, id.AttachTo); err != nil {
+		return id, err
+	}
+	return id, resolveGlobals(&id, req, img, spec)
+}
+
+func resolveGlobals(id *Identity, req Request, img *bytecode.Image, spec *ebpf.CollectionSpec) error {
 	if len(req.Globals) > 0 {
 		id.Globals = map[string]string{}
 		for name, val := range req.Globals {
 			v, ok := spec.Variables[name]
 			if !ok {
-				return id, fault.Errorf(fault.Invalid, "global %q not in program object of image %q (it has: %s)", name, img.Reference, strings.Join(globalNames(spec), ", "))
+				return fault.Errorf(fault.Invalid, "global %q not in program object of image %q (it has: %s)", name, img.Reference, strings.Join(globalNames(spec), ", "))
 			}
 			if int(v.Size()) != len(val) {
-				return id, fault.Errorf(fault.Invalid, "global %q is %d bytes but the value given is %d bytes (give exactly %d bytes as %d hex digits, in the node's byte order)",
+				return fault.Errorf(fault.Invalid, "global %q is %d bytes but the value given is %d bytes (give exactly %d bytes as %d hex digits, in the node's byte order)",
 					name, v.Size(), len(val), v.Size(), 2*v.Size())
 			}
 			id.Globals[name] = hex.EncodeToString(val)
 		}
 	}
-	return id, nil
+	return nil
 }
 
 func resolveProceedOn(h Hook, actions []string) ([]string, error) {
@@ -226,6 +259,20 @@ func collectionFor(id Identity, spec *ebpf.CollectionSpec) (*ebpf.CollectionSpec
 			delete(cs.Programs, name)
 		}
 	}
+	if id.Hook == HookFentry || id.Hook == HookFexit {
+		// The trampoline's target is fixed at load.
+		t, err := ParseAttachTo(id.Hook, id.AttachTo)
+		if err != nil {
+			return nil, err
+		}
+		ps := cs.Programs[id.Program].Copy()
+		ps.AttachTo = t.Symbol
+		ps.AttachType = ebpf.AttachTraceFEntry
+		if id.Hook == HookFexit {
+			ps.AttachType = ebpf.AttachTraceFExit
+		}
+		cs.Programs[id.Program] = ps
+	}
 	for name, h := range id.Globals {
 		val, err := hex.DecodeString(h)
 		if err != nil {
@@ -241,6 +288,9 @@ func collectionFor(id Identity, spec *ebpf.CollectionSpec) (*ebpf.CollectionSpec
 }
 
 func describeIdentity(id Identity) string {
+	if IsTracing(id.Hook) {
+		return fmt.Sprintf("program %q (%s on %s)", id.Program, id.Hook, id.AttachTo)
+	}
 	s := fmt.Sprintf("program %q (%s on %s", id.Program, id.Hook, id.Interface)
 	if id.Direction != "" {
 		s += " " + id.Direction

@@ -44,6 +44,7 @@ type serveOptions struct {
 	libxdpDir  string
 	imageCache string
 	mountBPFFS bool
+	mountTrace bool
 	policyPath string
 	policyPoll time.Duration
 	programs   string
@@ -107,6 +108,7 @@ for them to roll back, and exits. Attached programs stay attached.`,
 	f.DurationVar(&o.gcInterval, "gc-interval", 10*time.Minute, "how often to remove pins and staging mounts no volume owns (0: only at start)")
 	f.StringSliceVar(&o.targetRoot, "target-root", driver.DefaultTargetRoots, "directories publish targets must lie in (repeat or comma-separate); no symlink below them is followed, anything else is refused. On Kubernetes: <kubelet root>/pods")
 	f.BoolVar(&o.mountBPFFS, "mount-bpffs", true, "mount a bpffs at the parent of --bpffs-root when none is mounted there")
+	f.BoolVar(&o.mountTrace, "mount-tracefs", true, "mount tracefs at /sys/kernel/tracing when a tracepoint needs it and none is mounted")
 	f.DurationVar(&o.shutdownGrace, "shutdown-grace", 20*time.Second, "on SIGTERM or SIGINT, how long calls in flight may run before they are cancelled; keep it, plus 5 s, below the pod's terminationGracePeriodSeconds")
 	addLogFlags(cmd)
 	return cmd
@@ -159,7 +161,7 @@ func (o *serveOptions) run(ctx context.Context) error {
 		return err
 	}
 	defer reg.Close()
-	ld, err := loader.New(loader.Options{Root: o.bpffsRoot, Fetcher: reg, NodeName: o.nodeID, LibxdpDir: o.libxdpDir})
+	ld, err := loader.New(loader.Options{Root: o.bpffsRoot, Fetcher: reg, NodeName: o.nodeID, LibxdpDir: o.libxdpDir, MountTracefs: o.mountTrace})
 	if err != nil {
 		return err
 	}

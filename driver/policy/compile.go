@@ -68,7 +68,7 @@ func compileConds(fc fileConds, isRule bool) (conditions, error) {
 		readOnlyOnly:     fc.ReadOnlyOnly,
 		minPrio:          minPriority,
 		maxPrio:          maxPriority,
-		hooks:            allHooks,
+		hooks:            networkHooks,
 	}
 	switch {
 	case fc.Images == nil && isRule && fc.Names != nil:
@@ -100,15 +100,20 @@ func compileConds(fc fileConds, isRule bool) (conditions, error) {
 	c.interfacesRaw = fc.Interfaces
 	if fc.Hooks != nil {
 		if len(fc.Hooks) == 0 {
-			return c, errors.New(`hooks is an empty list: omit it to allow all hooks, or list some of "xdp", "tc", "tcx"`)
+			return c, fmt.Errorf(`hooks is an empty list: omit it to allow xdp, tc and tcx, or list some of %s`, quoteList(allHooks))
 		}
 		for _, h := range fc.Hooks {
 			if !contains(allHooks, h) {
-				return c, fmt.Errorf(`hooks: unknown hook %q: valid hooks are "xdp", "tc" and "tcx"`, h)
+				return c, fmt.Errorf(`hooks: unknown hook %q: valid hooks are %s`, h, quoteList(allHooks))
 			}
 		}
 		c.hooks = fc.Hooks
 	}
+	if err := checkGlobs("attachTo", fc.AttachTo, true); err != nil {
+		return c, err
+	}
+	c.attachTo = compileGlobs(fc.AttachTo)
+	c.attachToRaw = fc.AttachTo
 	c.fromWritable = fc.FromWritable
 	if err := c.compileNames(fc.Names, isRule); err != nil {
 		return c, err
@@ -225,6 +230,8 @@ type conditions struct {
 	interfaces       []glob // nil: any
 	interfacesRaw    []string
 	hooks            []string
+	attachTo         []glob // nil: any target of an allowed tracing hook
+	attachToRaw      []string
 	minPrio, maxPrio int
 	readOnlyOnly     bool
 	nameConds        // lifetime.go

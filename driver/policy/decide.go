@@ -16,6 +16,7 @@ const (
 	condDigest
 	condInterface
 	condHook
+	condAttachTo
 	condPriority
 	condReadOnly
 	condName
@@ -115,13 +116,19 @@ func (c *conditions) failed(k cond, ref imageRef, r *Request) bool {
 	case condDigest:
 		return c.requireDigest && !ref.pinned
 	case condInterface:
-		return c.interfaces != nil && !matchAny(c.interfaces, r.Interface)
+		// Tracing requests name no interface; network ones always do.
+		return c.interfaces != nil && r.Interface != "" && !matchAny(c.interfaces, r.Interface)
 	case condHook:
 		// An unknown hook passes: every rule allows some hook, and the
 		// request is decided again once the image names it.
 		return r.Hook != "" && !contains(c.hooks, r.Hook)
+	case condAttachTo:
+		return c.attachTo != nil && r.AttachTo != "" && !matchAny(c.attachTo, r.AttachTo)
 	case condPriority:
-		return r.Priority < c.minPrio || r.Priority > c.maxPrio
+		// Priorities order network programs only; a tracing request names
+		// a target and no interface, also before its hook is known.
+		tracing := contains(tracingHooks, r.Hook) || r.Hook == "" && r.Interface == "" && r.AttachTo != ""
+		return !tracing && (r.Priority < c.minPrio || r.Priority > c.maxPrio)
 	case condReadOnly:
 		return c.readOnlyOnly && !r.ReadOnly
 	case condName:
@@ -156,6 +163,8 @@ func (c *conditions) explain(k cond, subject string, ref imageRef, r *Request) s
 		return fmt.Sprintf("%s allows interfaces %s only", subject, quoteList(c.interfacesRaw))
 	case condHook:
 		return fmt.Sprintf("%s allows hooks %s only, not %q", subject, quoteList(c.hooks), r.Hook)
+	case condAttachTo:
+		return fmt.Sprintf("%s allows attachTo %s only", subject, quoteList(c.attachToRaw))
 	case condPriority:
 		return fmt.Sprintf("%s allows priorities %d..%d only, not %d", subject, c.minPrio, c.maxPrio, r.Priority)
 	case condReadOnly:
@@ -194,7 +203,7 @@ func (p *Policy) Decide(r Request) Decision {
 		if r.Reads {
 			return Decision{Rule: rule, Reason: fmt.Sprintf("namespace %q may not read the maps of %q: %s", r.Namespace, r.Name, why)}
 		}
-		return Decision{Rule: rule, Reason: fmt.Sprintf("namespace %q may not load %q on %q: %s", r.Namespace, r.Image, r.Interface, why)}
+		return Decision{Rule: rule, Reason: fmt.Sprintf("namespace %q may not load %q on %q: %s", r.Namespace, r.Image, r.target(), why)}
 	}
 	if r.Namespace == "" {
 		return deny("", "the request carries no pod namespace")
@@ -260,7 +269,7 @@ func (p *Policy) decideLocal(r *Request) Decision {
 	c := p.local
 	deny := func(why string) Decision {
 		return Decision{Rule: localRule, RequireSignature: c.requireSignature,
-			Reason: fmt.Sprintf("local request may not load %q on %q: %s", r.Image, r.Interface, why)}
+			Reason: fmt.Sprintf("local request may not load %q on %q: %s", r.Image, r.target(), why)}
 	}
 	ref, err := parseRequestRef(r)
 	if err != nil {
@@ -270,6 +279,14 @@ func (p *Policy) decideLocal(r *Request) Decision {
 		return deny(c.explain(k, "the policy's local section", ref, r))
 	}
 	return Decision{Allowed: true, Rule: localRule, RequireSignature: c.requireSignature}
+}
+
+// target is what the request attaches to, for messages.
+func (r *Request) target() string {
+	if r.Interface == "" && r.AttachTo != "" {
+		return r.AttachTo
+	}
+	return r.Interface
 }
 
 func quoteList(xs []string) string {

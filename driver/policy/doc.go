@@ -22,7 +22,8 @@
 //	  requireDigest: true                   # optional; image must be pinned by @sha256:
 //	  requireSignature: true                # optional; driver verifies after fetching
 //	  interfaces: ["eth*"]                  # optional; absent = any interface
-//	  hooks: ["xdp", "tcx"]                 # optional; absent = xdp, tc and tcx
+//	  hooks: ["xdp", "tcx", "tracepoint"]   # optional; absent = xdp, tc and tcx (tracing types only when listed)
+//	  attachTo: ["syscalls/*"]              # optional; tracing targets; absent = any
 //	  priorities: {min: 10, max: 500}       # optional; absent = 1..1000 (either bound may be omitted)
 //	  readOnlyOnly: true                    # optional; only readOnly volumes
 //	- name: bytecode-on-disk
@@ -52,6 +53,11 @@
 // If no rule matches, the request is denied and the message names the
 // closest rule (the one failing the fewest conditions, first in file on
 // ties) and why it did not match.
+//
+// Tracing requests (tracepoint, kprobe, kretprobe, uprobe, uretprobe,
+// fentry, fexit) name an attachTo target and no interface or priority:
+// interfaces and priorities apply to network requests only, attachTo
+// patterns to tracing ones only.
 //
 // A request whose hook is not known yet (the volume names no type; the
 // image's labels will) passes the hooks condition of every rule: it is

@@ -36,6 +36,7 @@ type fileConds struct {
 	RequireSignature bool            `json:"requireSignature"`
 	Interfaces       []string        `json:"interfaces"`
 	Hooks            []string        `json:"hooks"`
+	AttachTo         []string        `json:"attachTo"`
 	Priorities       *filePriorities `json:"priorities"`
 	ReadOnlyOnly     bool            `json:"readOnlyOnly"`
 	Names            []string        `json:"names"`        // lifetime.go
@@ -52,11 +53,11 @@ type filePriorities struct {
 // unknown-field errors do not say where the field was.
 var (
 	docKeys  = []string{"apiVersion", "kind", "rules", "local", "keepAttached"}
-	condKeys = []string{"images", "requireDigest", "requireSignature", "interfaces", "hooks", "priorities", "readOnlyOnly", "names", "fromWritable"}
+	condKeys = []string{"images", "requireDigest", "requireSignature", "interfaces", "hooks", "attachTo", "priorities", "readOnlyOnly", "names", "fromWritable"}
 	ruleKeys = append([]string{"name", "namespaces", "serviceAccounts"}, condKeys...)
 	prioKeys = []string{"min", "max"}
 	// Fields holding strings or lists of strings.
-	stringFields = []string{"apiVersion", "kind", "name", "namespaces", "serviceAccounts", "images", "interfaces", "hooks", "names"}
+	stringFields = []string{"apiVersion", "kind", "name", "namespaces", "serviceAccounts", "images", "interfaces", "hooks", "attachTo", "names"}
 	localHint    = map[string]string{
 		"namespaces":      "the local section applies to requests without pod information; it takes no namespaces",
 		"serviceAccounts": "the local section applies to requests without pod information; it takes no serviceAccounts",

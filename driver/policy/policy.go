@@ -7,8 +7,9 @@ type Request struct {
 	ServiceAccount string // pod service account (may be empty)
 	Pod            string // pod name (for messages only)
 	Image          string // the image reference exactly as written in the volume attribute
-	Interface      string
-	Hook           string // "xdp", "tc" or "tcx"; "" before the image names it (see Decide)
+	Interface      string // network hooks
+	AttachTo       string // tracing hooks: their target
+	Hook           string // a hook ("xdp", "kprobe", ...); "" before the image names it (see Decide)
 	Priority       int
 	ReadOnly       bool
 	Name           string // the request's name attribute, or the name a map-only volume reads ("" for none)
@@ -60,7 +61,11 @@ const (
 )
 
 var (
-	allHooks      = []string{"xdp", "tc", "tcx"}
+	// networkHooks are allowed where a rule lists no hooks; tracing hooks
+	// only where a rule lists them.
+	networkHooks  = []string{"xdp", "tc", "tcx"}
+	tracingHooks  = []string{"tracepoint", "kprobe", "kretprobe", "uprobe", "uretprobe", "fentry", "fexit"}
+	allHooks      = append(append([]string{}, networkHooks...), tracingHooks...)
 	defaultPolicy = &Policy{}
 )
 

@@ -42,6 +42,8 @@ type DaemonOptions struct {
 	Fetcher bytecode.Fetcher
 	// Configure, when set, edits the driver options before start.
 	Configure func(*driver.Options)
+	// ConfigureLoader, when set, edits the loader options before start.
+	ConfigureLoader func(*loader.Options)
 	// TmpfsState puts the state directory on a tmpfs, as /run is on real
 	// nodes (here /tmp is ext4 mounted with discard, where creating and
 	// deleting small files can take milliseconds).
@@ -68,7 +70,11 @@ func StartDaemon(t testing.TB, opts DaemonOptions) *Daemon {
 
 func (d *Daemon) start(opts DaemonOptions) {
 	t := d.t
-	ld, err := loader.New(loader.Options{Root: d.BPFFSRoot, Fetcher: d.Fetcher, NodeName: "test-node"})
+	lopts := loader.Options{Root: d.BPFFSRoot, Fetcher: d.Fetcher, NodeName: "test-node"}
+	if opts.ConfigureLoader != nil {
+		opts.ConfigureLoader(&lopts)
+	}
+	ld, err := loader.New(lopts)
 	if err != nil {
 		t.Fatal(err)
 	}

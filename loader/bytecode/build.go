@@ -130,6 +130,23 @@ func HookOf(p *ebpf.ProgramSpec) string {
 			return "tcx"
 		}
 		return "tc"
+	case ebpf.TracePoint:
+		return "tracepoint"
+	case ebpf.Kprobe:
+		// One program type for four hooks: the section says which.
+		for _, h := range []string{"kretprobe", "uretprobe", "uprobe"} {
+			if strings.HasPrefix(p.SectionName, h) {
+				return h
+			}
+		}
+		return "kprobe"
+	case ebpf.Tracing:
+		switch p.AttachType {
+		case ebpf.AttachTraceFEntry:
+			return "fentry"
+		case ebpf.AttachTraceFExit:
+			return "fexit"
+		}
 	}
 	return snake(p.Type.String())
 }

@@ -98,7 +98,7 @@ func decodeFile(t *testing.T, file string) []decoded {
 // attributes"; driver/attributes.go parses them).
 var volumeAttributes = []string{
 	"image", "program", "type", "interface", "priority", "proceedOn",
-	"direction", "xdpMode", "maps", "globals", "pullPolicy",
+	"direction", "xdpMode", "maps", "globals", "pullPolicy", "attachTo",
 }
 
 // TestExamples decodes the example manifests strictly (Pods, Secrets and

@@ -31,7 +31,7 @@ func TestSchemaRejects(t *testing.T) {
 		{"policy rule with unknown field", "policy: {rules: [{name: a, namespaces: [x], images: [r.example/x], image: z}]}", "image"},
 		{"policy rule named local", "policy: {rules: [{name: local, namespaces: [x], images: [r.example/x]}]}", "name"},
 		{"policy empty namespaces", "policy: {rules: [{name: a, namespaces: [], images: [r.example/x]}]}", "namespaces"},
-		{"policy unknown hook", "policy: {rules: [{name: a, namespaces: [x], images: [r.example/x], hooks: [kprobe]}]}", "hooks"},
+		{"policy unknown hook", "policy: {rules: [{name: a, namespaces: [x], images: [r.example/x], hooks: [kprobes]}]}", "hooks"},
 		{"policy priority out of range", "policy: {rules: [{name: a, namespaces: [x], images: [r.example/x], priorities: {min: 0}}]}", "min"},
 		{"policy local with namespaces", "policy: {rules: [], local: {namespaces: [x]}}", "namespaces"},
 		{"policy rules not a list", "policy: {rules: {name: a}}", "rules"},

@@ -30,14 +30,14 @@ func TestPodStartBench(t *testing.T) {
 	if err := c.createNamespace(ctx, allowedNS); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.helmInstall(ctx, filepath.Join(repoRoot, "charts", "bpfmount"), c.chartValues("v1", freePort())); err != nil {
+	if err := c.HelmInstall(ctx, filepath.Join(repoRoot, "charts", "bpfmount"), c.chartValues("v1", freePort())); err != nil {
 		t.Fatalf("helm install: %v", err)
 	}
-	if err := c.waitDaemonSet(ctx); err != nil {
+	if err := c.WaitDaemonSet(ctx); err != nil {
 		t.Fatal(err)
 	}
 	defer func() {
-		if err := c.helmUninstall(); err != nil {
+		if err := c.HelmUninstall(); err != nil {
 			t.Errorf("helm uninstall: %v", err)
 		}
 	}()
@@ -81,11 +81,11 @@ func TestPodStartBench(t *testing.T) {
 // polling every 10ms.
 func (c *cluster) timePodStart(ctx context.Context, pod *corev1.Pod) (time.Duration, error) {
 	start := time.Now()
-	if _, err := c.cs.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+	if _, err := c.CS.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		return 0, err
 	}
 	for time.Since(start) < 60*time.Second {
-		p, err := c.cs.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
+		p, err := c.CS.CoreV1().Pods(pod.Namespace).Get(ctx, pod.Name, metav1.GetOptions{})
 		if err == nil {
 			for _, cond := range p.Status.Conditions {
 				if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue {

@@ -8,7 +8,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -23,13 +22,29 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+
+	kcluster "github.com/bpfmount/bpfmount/test/e2e/cluster"
 )
 
 const (
 	allowedNS = "e2e-allowed"
 	deniedNS  = "e2e-denied"
-	k8sVer    = "v1.34.4"
+
+	nodeName      = kcluster.NodeName
+	pauseImage    = kcluster.PauseImage
+	readerImage   = kcluster.ReaderImage
+	bytecodeDir   = kcluster.BytecodeDir
+	counterLayout = kcluster.CounterLayout
+	seqLayout     = kcluster.SeqLayout
+	releaseNS     = kcluster.ReleaseNS
+	releaseName   = kcluster.ReleaseName
 )
+
+// cluster is the cluster package's Cluster (the same code `make cluster`
+// runs) with the test's helpers.
+type cluster struct {
+	*kcluster.Cluster
+}
 
 var (
 	repoRoot string
@@ -40,6 +55,9 @@ var (
 	setupErr   error
 	skipWhy    string
 	timings    []timing
+
+	poll     = kcluster.Poll
+	freePort = kcluster.FreePort
 )
 
 func init() {
@@ -55,7 +73,7 @@ func TestMain(m *testing.M) {
 			os.Setenv("BPFMOUNT_E2E_KEEP_LOGS", "1") // keep the components' logs of a failed run
 		}
 		start := time.Now()
-		errs := theCluster.down()
+		errs := theCluster.Down()
 		fmt.Printf("e2e: teardown took %v\n", time.Since(start).Round(time.Millisecond))
 		for _, err := range errs {
 			fmt.Fprintf(os.Stderr, "e2e: teardown: %v\n", err)
@@ -68,50 +86,39 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// prerequisites returns why the cluster cannot run here, or "".
-func prerequisites() string {
-	if os.Geteuid() != 0 {
-		return "the e2e test runs kubelet, containerd and eBPF programs, which needs root (run `sudo make e2e`)"
-	}
-	if b, _ := os.ReadFile(filepath.Join(binDir, "k8s-version")); strings.TrimSpace(string(b)) != k8sVer {
-		return fmt.Sprintf("Kubernetes %s binaries not built in %s (run test/e2e/build-k8s.sh, or `make e2e`)", k8sVer, binDir)
-	}
-	for _, p := range []string{"etcd", "containerd", "ctr", "runc", "containerd-shim-runc-v2", "iptables-save", "ip"} {
-		if _, err := exec.LookPath(p); err != nil {
-			return fmt.Sprintf("%s not found (apt-get install etcd-server containerd runc containernetworking-plugins iproute2 iptables)", p)
-		}
-	}
-	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
-		return "CNI plugins not in /usr/lib/cni (apt-get install containernetworking-plugins)"
-	}
-	return ""
-}
-
 // setup brings the cluster up once for every test in the package; the
 // cluster goes down in TestMain.
 func setup(t *testing.T) *cluster {
 	t.Helper()
 	setupOnce.Do(func() {
-		if why := prerequisites(); why != "" {
-			skipWhy = why
+		if why := kcluster.Missing(binDir); why != "" {
+			skipWhy = why + " (`make e2e` builds what is missing; run it as root)"
 			return
 		}
-		c := newCluster(binDir, func(f string, a ...any) { fmt.Printf("e2e: "+f+"\n", a...) })
+		c := &cluster{kcluster.New(kcluster.Options{
+			Work: os.Getenv("BPFMOUNT_E2E_DIR"), Bin: binDir,
+			Logf: func(f string, a ...any) { fmt.Printf("e2e: "+f+"\n", a...) },
+		})}
 		ctx := context.Background()
 		start := time.Now()
-		if setupErr = c.buildImagesFirst(); setupErr != nil {
+		if setupErr = c.BuildHostTools(repoRoot); setupErr != nil {
+			return
+		}
+		imgs := releaseImages()
+		if setupErr = kcluster.CheckReleaseImages(imgs); setupErr != nil {
 			return
 		}
 		addTiming("build test binaries", time.Since(start))
 		theCluster = c
 		start = time.Now()
-		if setupErr = c.up(ctx); setupErr != nil {
+		if setupErr = c.Up(ctx); setupErr != nil {
 			return
 		}
 		addTiming("bring-up to node Ready", time.Since(start))
-		if setupErr = c.afterUp(); setupErr != nil {
+		if setupErr = c.LoadImages(imgs); setupErr != nil {
 			return
 		}
+		setupErr = c.BytecodeLayouts(repoRoot)
 	})
 	if skipWhy != "" {
 		if os.Getenv("BPFMOUNT_E2E") != "" {
@@ -125,38 +132,9 @@ func setup(t *testing.T) *cluster {
 	return theCluster
 }
 
-// buildImagesFirst builds the static binaries the test runs on the host
-// (bpfmount for `image build`, and the pause container's binary) before the
-// cluster exists, and checks that the release images are there.
-func (c *cluster) buildImagesFirst() error {
-	for n, b := range map[string][2]string{
-		"bpfmount": {repoRoot, "./cmd/bpfmount"},
-		"pause":    {filepath.Join(repoRoot, "test", "e2e"), "./pause"},
-	} {
-		if err := goBuild(b[0], b[1], filepath.Join(c.bin, n), ""); err != nil {
-			return err
-		}
-	}
-	for _, a := range releaseImages() {
-		if _, err := os.Stat(a.archive); err != nil {
-			return fmt.Errorf("release image %s: %v (build it with `make image`, or run the e2e with `make e2e`)", a.archive, err)
-		}
-	}
-	return nil
-}
-
-// releaseImage is an image `make image` built from the Dockerfile.
-type releaseImage struct {
-	archive string   // OCI archive
-	built   string   // the name inside it
-	tags    []string // the names the test's pods and chart use
-}
-
 // releaseImages are the driver and reader images `make image` wrote to
-// BPFMOUNT_E2E_IMAGES for BPFMOUNT_E2E_IMAGE_VERSION. The driver image is
-// tagged v1 and v2 so that the upgrade scenario rolls the DaemonSet to a new
-// pod of the released image.
-func releaseImages() []releaseImage {
+// BPFMOUNT_E2E_IMAGES for BPFMOUNT_E2E_IMAGE_VERSION.
+func releaseImages() []kcluster.ReleaseImage {
 	dir, ver := os.Getenv("BPFMOUNT_E2E_IMAGES"), os.Getenv("BPFMOUNT_E2E_IMAGE_VERSION")
 	if dir == "" {
 		dir = filepath.Join(repoRoot, "build", "images")
@@ -164,28 +142,21 @@ func releaseImages() []releaseImage {
 	if ver == "" {
 		ver = "dev"
 	}
-	return []releaseImage{
-		{filepath.Join(dir, "bpfmount-"+ver+".tar"), "bpfmount/bpfmount:" + ver, []string{driverRepo + ":v1", driverRepo + ":v2"}},
-		{filepath.Join(dir, "xdp-counter-reader-"+ver+".tar"), "bpfmount/xdp-counter-reader:" + ver, []string{readerImage}},
-	}
+	return kcluster.ReleaseImages(dir, ver)
 }
 
-// afterUp imports the images and writes the bytecode layouts.
-func (c *cluster) afterUp() error {
-	if err := c.importImage(pauseImage, []string{"/pause"}, "65535:65535", file{path: "/pause", src: filepath.Join(c.bin, "pause")}); err != nil {
-		return err
-	}
-	for _, a := range releaseImages() {
-		if err := c.ctr("images", "import", a.archive); err != nil {
-			return err
-		}
-		for _, t := range a.tags {
-			if err := c.ctr("images", "tag", "--force", a.built, t); err != nil {
-				return err
-			}
-		}
-	}
-	return c.bytecodeLayouts(repoRoot)
+// chartValues are the cluster's values with a policy allowing allowedNS
+// to load the local OCI layouts under bytecodeDir (and nobody else
+// anything).
+func (c *cluster) chartValues(tag string, healthPort int) map[string]any {
+	v := c.Values(tag, healthPort)
+	v["policy"] = map[string]any{"rules": []any{map[string]any{
+		"name":         "e2e",
+		"namespaces":   []any{allowedNS},
+		"images":       []any{"oci:" + bytecodeDir + "/**"},
+		"readOnlyOnly": true,
+	}}}
+	return v
 }
 
 // ---- pods ----
@@ -235,44 +206,21 @@ func podSpec(o podOpts) *corev1.Pod {
 }
 
 func (c *cluster) createNamespace(ctx context.Context, name string) error {
-	_, err := c.cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	_, err := c.CS.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
 	// The service account admission plugin refuses pods until the
 	// namespace's default service account exists.
 	return poll(ctx, 60*time.Second, func() (bool, error) {
-		_, err := c.cs.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
+		_, err := c.CS.CoreV1().ServiceAccounts(name).Get(ctx, "default", metav1.GetOptions{})
 		return err == nil, nil
 	})
 }
 
-func poll(ctx context.Context, timeout time.Duration, f func() (bool, error)) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	var lastErr error
-	for {
-		ok, err := f()
-		if ok {
-			return nil
-		}
-		if err != nil {
-			lastErr = err
-		}
-		select {
-		case <-ctx.Done():
-			if lastErr != nil {
-				return fmt.Errorf("timed out after %v: %w", timeout, lastErr)
-			}
-			return fmt.Errorf("timed out after %v", timeout)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
-
 func (c *cluster) waitRunning(ctx context.Context, ns, name string, timeout time.Duration) error {
 	return poll(ctx, timeout, func() (bool, error) {
-		p, err := c.cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		p, err := c.CS.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, err
 		}
@@ -292,7 +240,7 @@ func (c *cluster) waitRunning(ctx context.Context, ns, name string, timeout time
 }
 
 func (c *cluster) podEvents(ctx context.Context, ns, name string) string {
-	evs, err := c.cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("involvedObject.name", name).String()})
+	evs, err := c.CS.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("involvedObject.name", name).String()})
 	if err != nil {
 		return ""
 	}
@@ -304,12 +252,12 @@ func (c *cluster) podEvents(ctx context.Context, ns, name string) string {
 }
 
 func (c *cluster) deletePod(ctx context.Context, ns, name string) error {
-	err := c.cs.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{})
+	err := c.CS.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return err
 	}
 	return poll(ctx, 90*time.Second, func() (bool, error) {
-		_, err := c.cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		_, err := c.CS.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 		return apierrors.IsNotFound(err), nil
 	})
 }
@@ -321,11 +269,11 @@ var countsRE = regexp.MustCompile(`packets=(\d+) bytes=(\d+)`)
 // the apiserver reaches kubelet at the node's address, and the test's
 // kubelet listens on 127.0.0.1 only.
 func (c *cluster) packets(ctx context.Context, ns, name string) (uint64, error) {
-	p, err := c.cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	p, err := c.CS.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return 0, err
 	}
-	logs, _ := filepath.Glob(filepath.Join(c.work, "pod-logs", ns+"_"+name+"_"+string(p.UID), "main", "*.log"))
+	logs, _ := filepath.Glob(filepath.Join(c.Work, "pod-logs", ns+"_"+name+"_"+string(p.UID), "main", "*.log"))
 	if len(logs) == 0 {
 		return 0, fmt.Errorf("no log file for %s/%s yet", ns, name)
 	}
@@ -357,11 +305,11 @@ func (c *cluster) waitPackets(ctx context.Context, ns, name string, min uint64) 
 
 // volumePath is where kubelet mounted a pod's bpfmount volume on the host.
 func (c *cluster) volumePath(ctx context.Context, ns, name string) (string, error) {
-	p, err := c.cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	p, err := c.CS.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
 		return "", err
 	}
-	return filepath.Join(c.kubeletDir, "pods", string(p.UID), "volumes", "kubernetes.io~csi", "bpf", "mount"), nil
+	return filepath.Join(c.KubeletDir, "pods", string(p.UID), "volumes", "kubernetes.io~csi", "bpf", "mount"), nil
 }
 
 type timing struct {

@@ -42,14 +42,14 @@ func TestE2E(t *testing.T) {
 	}
 
 	step("1-install", func(t *testing.T) {
-		if err := c.helmInstall(ctx, chartDir, c.chartValues("v1", healthPort)); err != nil {
+		if err := c.HelmInstall(ctx, chartDir, c.chartValues("v1", healthPort)); err != nil {
 			t.Fatalf("helm install: %v%s", err, c.driverPodEvents(ctx))
 		}
-		if err := c.waitDaemonSet(ctx); err != nil {
+		if err := c.WaitDaemonSet(ctx); err != nil {
 			t.Fatalf("%v%s", err, c.driverPodEvents(ctx))
 		}
 		err := poll(ctx, 60*time.Second, func() (bool, error) {
-			n, err := c.cs.StorageV1().CSINodes().Get(ctx, nodeName, metav1.GetOptions{})
+			n, err := c.CS.StorageV1().CSINodes().Get(ctx, nodeName, metav1.GetOptions{})
 			if err != nil {
 				return false, err
 			}
@@ -67,7 +67,7 @@ func TestE2E(t *testing.T) {
 
 	step("2-xdp-counter", func(t *testing.T) {
 		start := time.Now()
-		if _, err := c.cs.CoreV1().Pods(allowedNS).Create(ctx, podSpec(podOpts{name: "counter-a", ns: allowedNS, iface: veth.Host, layout: counterLayout, reader: true}), metav1.CreateOptions{}); err != nil {
+		if _, err := c.CS.CoreV1().Pods(allowedNS).Create(ctx, podSpec(podOpts{name: "counter-a", ns: allowedNS, iface: veth.Host, layout: counterLayout, reader: true}), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		if err := c.waitRunning(ctx, allowedNS, "counter-a", 60*time.Second); err != nil {
@@ -92,7 +92,7 @@ func TestE2E(t *testing.T) {
 	})
 
 	step("3-denied-namespace", func(t *testing.T) {
-		if _, err := c.cs.CoreV1().Pods(deniedNS).Create(ctx, podSpec(podOpts{name: "denied", ns: deniedNS, iface: veth.Host, layout: counterLayout, reader: true}), metav1.CreateOptions{}); err != nil {
+		if _, err := c.CS.CoreV1().Pods(deniedNS).Create(ctx, podSpec(podOpts{name: "denied", ns: deniedNS, iface: veth.Host, layout: counterLayout, reader: true}), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		want := fmt.Sprintf("namespace %q may not load", deniedNS)
@@ -104,7 +104,7 @@ func TestE2E(t *testing.T) {
 		if err != nil {
 			t.Fatalf("no event carrying %q on the denied pod; events:%s", want, evs)
 		}
-		p, err := c.cs.CoreV1().Pods(deniedNS).Get(ctx, "denied", metav1.GetOptions{})
+		p, err := c.CS.CoreV1().Pods(deniedNS).Get(ctx, "denied", metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -124,7 +124,7 @@ func TestE2E(t *testing.T) {
 
 	step("4-shared-program", func(t *testing.T) {
 		id := testenv.XDPProgram(t, veth.Host)
-		if _, err := c.cs.CoreV1().Pods(allowedNS).Create(ctx, podSpec(podOpts{name: "counter-b", ns: allowedNS, iface: veth.Host, layout: counterLayout, reader: true}), metav1.CreateOptions{}); err != nil {
+		if _, err := c.CS.CoreV1().Pods(allowedNS).Create(ctx, podSpec(podOpts{name: "counter-b", ns: allowedNS, iface: veth.Host, layout: counterLayout, reader: true}), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		if err := c.waitRunning(ctx, allowedNS, "counter-b", 60*time.Second); err != nil {
@@ -161,7 +161,7 @@ func TestE2E(t *testing.T) {
 	})
 
 	step("5-upgrade-no-gap", func(t *testing.T) {
-		if _, err := c.cs.CoreV1().Pods(allowedNS).Create(ctx, podSpec(podOpts{name: "seq", ns: allowedNS, iface: veth.Host, layout: seqLayout}), metav1.CreateOptions{}); err != nil {
+		if _, err := c.CS.CoreV1().Pods(allowedNS).Create(ctx, podSpec(podOpts{name: "seq", ns: allowedNS, iface: veth.Host, layout: seqLayout}), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		if err := c.waitRunning(ctx, allowedNS, "seq", 60*time.Second); err != nil {
@@ -180,9 +180,9 @@ func TestE2E(t *testing.T) {
 		// Frames flow, numbered, for the whole upgrade.
 		send := veth.StartSeq(t, 50, 64, 2*time.Millisecond)
 		upStart := time.Now()
-		err = c.helmUpgrade(ctx, chartDir, c.chartValues("v2", healthPort))
+		err = c.HelmUpgrade(ctx, chartDir, c.chartValues("v2", healthPort))
 		if err == nil {
-			err = c.waitDaemonSet(ctx)
+			err = c.WaitDaemonSet(ctx)
 		}
 		upDur := time.Since(upStart)
 		time.Sleep(500 * time.Millisecond)
@@ -226,28 +226,28 @@ func TestE2E(t *testing.T) {
 		if err != nil {
 			t.Fatalf("after the pods went: %d programs still pinned, driver state left: %v", pinned, recs)
 		}
-		if err := c.helmUninstall(); err != nil {
+		if err := c.HelmUninstall(); err != nil {
 			t.Fatalf("helm uninstall: %v", err)
 		}
 		err = poll(ctx, 60*time.Second, func() (bool, error) {
-			pods, err := c.cs.CoreV1().Pods(releaseNS).List(ctx, metav1.ListOptions{})
+			pods, err := c.CS.CoreV1().Pods(releaseNS).List(ctx, metav1.ListOptions{})
 			return err == nil && len(pods.Items) == 0, err
 		})
 		if err != nil {
 			t.Fatalf("driver pods left after uninstall: %v", err)
 		}
 		err = poll(ctx, 30*time.Second, func() (bool, error) {
-			n, err := c.cs.StorageV1().CSINodes().Get(ctx, nodeName, metav1.GetOptions{})
+			n, err := c.CS.StorageV1().CSINodes().Get(ctx, nodeName, metav1.GetOptions{})
 			return err == nil && len(n.Spec.Drivers) == 0, err
 		})
 		if err != nil {
-			reg := filepath.Join(c.kubeletDir, "plugins_registry", "csi.bpfmount.io-reg.sock")
+			reg := filepath.Join(c.KubeletDir, "plugins_registry", "csi.bpfmount.io-reg.sock")
 			if _, serr := os.Lstat(reg); serr == nil {
 				t.Fatalf("driver still in CSINode after uninstall (%v): the driver exited without removing its registration socket %s, so kubelet never deregistered it", err, reg)
 			}
 			t.Fatalf("driver still in CSINode after uninstall: %v", err)
 		}
-		if ms := testenv.MountsUnder(t, filepath.Join(c.kubeletDir, "pods")); len(ms) > 0 {
+		if ms := testenv.MountsUnder(t, filepath.Join(c.KubeletDir, "pods")); len(ms) > 0 {
 			t.Fatalf("mounts left under kubelet's pods: %v", ms)
 		}
 	})
@@ -255,7 +255,7 @@ func TestE2E(t *testing.T) {
 
 func (c *cluster) driverPod(t *testing.T) *corev1.Pod {
 	t.Helper()
-	pods, err := c.cs.CoreV1().Pods(releaseNS).List(context.Background(), metav1.ListOptions{})
+	pods, err := c.CS.CoreV1().Pods(releaseNS).List(context.Background(), metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +269,7 @@ func (c *cluster) driverPod(t *testing.T) *corev1.Pod {
 }
 
 func (c *cluster) driverPodEvents(ctx context.Context) string {
-	pods, err := c.cs.CoreV1().Pods(releaseNS).List(ctx, metav1.ListOptions{})
+	pods, err := c.CS.CoreV1().Pods(releaseNS).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return ""
 	}
@@ -314,21 +314,6 @@ func nonEmpty(t *testing.T, dir string) []string {
 		return nil
 	})
 	return out
-}
-
-// waitDaemonSet waits until the driver's DaemonSet has rolled out: one
-// updated pod, ready, on the node.
-func (c *cluster) waitDaemonSet(ctx context.Context) error {
-	return poll(ctx, 3*time.Minute, func() (bool, error) {
-		ds, err := c.cs.AppsV1().DaemonSets(releaseNS).Get(ctx, releaseName, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		st := ds.Status
-		ok := st.ObservedGeneration == ds.Generation && st.DesiredNumberScheduled == 1 &&
-			st.UpdatedNumberScheduled == 1 && st.NumberReady == 1 && st.NumberAvailable == 1 && st.NumberUnavailable == 0
-		return ok, fmt.Errorf("DaemonSet status %+v", st)
-	})
 }
 
 // waitDetached waits until no XDP program is on ifname: kubelet unpublishes

@@ -41,7 +41,8 @@ func TestHostileInput(t *testing.T) {
 	noLabels := handmadeLayout(t, nil, layerWith("x.o", obj))
 	badJSON := handmadeLayout(t, map[string]string{bytecode.LabelPrograms: `{"xdp_stats":`}, layerWith("x.o", obj))
 	lyingMap := handmadeLayout(t, map[string]string{bytecode.LabelPrograms: `{"xdp_stats":"xdp"}`, bytecode.LabelMaps: `{"secret_map":"hash"}`}, layerWith("x.o", obj))
-	wrongType := handmadeLayout(t, map[string]string{bytecode.LabelPrograms: `{"xdp_stats":"kprobe"}`}, layerWith("x.o", obj))
+	wrongType := handmadeLayout(t, map[string]string{bytecode.LabelPrograms: `{"xdp_stats":"raw_tracepoint"}`}, layerWith("x.o", obj))
+	kprobeLabel := handmadeLayout(t, map[string]string{bytecode.LabelPrograms: `{"xdp_stats":"kprobe"}`}, layerWith("x.o", obj))
 
 	good := func() map[string]string { return map[string]string{"image": xdp, "interface": v.Host} }
 	with := func(kv ...string) map[string]string {
@@ -116,7 +117,7 @@ func TestHostileInput(t *testing.T) {
 		{name: "look-alike key", attrs: with("im\u0430ge", xdp), code: codes.InvalidArgument, fragment: "unknown volume attribute"},
 		{name: "program injection", attrs: with("program", "x;rm -rf /"), code: codes.InvalidArgument, fragment: "not a program"},
 		{name: "program path", attrs: with("program", "../x"), code: codes.InvalidArgument, fragment: "not a program"},
-		{name: "type unknown", attrs: with("type", "kprobe"), code: codes.InvalidArgument, fragment: "not a supported type"},
+		{name: "type unknown", attrs: with("type", "raw_tracepoint"), code: codes.InvalidArgument, fragment: "not a supported type"},
 		{name: "priority zero", attrs: with("priority", "0"), code: codes.InvalidArgument, fragment: "out of range"},
 		{name: "priority too high", attrs: with("priority", "1001"), code: codes.InvalidArgument, fragment: "out of range"},
 		{name: "priority word", attrs: with("priority", "high"), code: codes.InvalidArgument, fragment: "not a number"},
@@ -179,7 +180,8 @@ func TestHostileInput(t *testing.T) {
 		{name: "image is not ELF", attrs: with("image", notELF), code: codes.InvalidArgument, fragment: "not an ELF object"},
 		{name: "image has no labels", attrs: with("image", noLabels), code: codes.InvalidArgument, fragment: "no bytecode labels"},
 		{name: "image labels not JSON", attrs: with("image", badJSON), code: codes.InvalidArgument, fragment: "not a JSON object"},
-		{name: "image type unsupported", attrs: with("image", wrongType), code: codes.InvalidArgument, fragment: `type "kprobe"`},
+		{name: "image type unsupported", attrs: with("image", wrongType), code: codes.InvalidArgument, fragment: `type "raw_tracepoint"`},
+		{name: "image type mismatch", attrs: with("image", kprobeLabel), code: codes.InvalidArgument, fragment: `is a XDP program; it cannot attach to hook "kprobe"`},
 		// Lifetimes (this daemon's policy sets no keepAttached cap: 0s).
 		{name: "keepAttached negative", attrs: with("keepAttached", "-5s"), code: codes.InvalidArgument, fragment: `"keepAttached": "-5s" is not a duration`},
 		{name: "keepAttached not a duration", attrs: with("keepAttached", "forever"), code: codes.InvalidArgument, fragment: `"keepAttached": "forever" is not a duration`},

@@ -178,6 +178,11 @@ func TestHostileLayoutsThroughDaemon(t *testing.T) {
 	bomb, _ := writeLayout(t, imageOfLayer(t, bombLayer(t, 48<<20), types.OCILayer))
 	notJSON, notJSONDir := writeLayout(t, good)
 	os.WriteFile(filepath.Join(notJSONDir, "index.json"), []byte("{{{"), 0o644)
+	// A plain file and a directory that is no layout (like /etc/passwd and
+	// /etc, made here: the VMs have neither).
+	plainDir := t.TempDir()
+	plainFile := filepath.Join(plainDir, "passwd")
+	os.WriteFile(plainFile, []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644)
 
 	for _, c := range []struct {
 		name, image string
@@ -191,8 +196,8 @@ func TestHostileLayoutsThroughDaemon(t *testing.T) {
 		{"layer does not match its digest", tampered, codes.InvalidArgument, "does not match its digest"},
 		{"gzip bomb", bomb, codes.InvalidArgument, "unpacks to more than"},
 		{"index.json is not JSON", notJSON, codes.InvalidArgument, "not JSON"},
-		{"a file, not a layout", "oci:/etc/passwd", codes.InvalidArgument, "not a directory"},
-		{"a directory, not a layout", "oci:/etc:v1", codes.NotFound, "index.json"},
+		{"a file, not a layout", "oci:" + plainFile, codes.InvalidArgument, "not a directory"},
+		{"a directory, not a layout", "oci:" + plainDir + ":v1", codes.NotFound, "index.json"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

@@ -20,6 +20,7 @@ import (
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/internal/testenv"
+	"github.com/bpfmount/bpfmount/loader/dispatcher"
 )
 
 // series returns the samples of one metric whose id label is id, each as
@@ -115,17 +116,30 @@ func TestProgramStatsRiseWithTraffic(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{Configure: func(o *driver.Options) {
+	// Where the kernel chains, XDP programs run as dispatcher members
+	// (freplace), and the kernel keeps no run statistics of their own for
+	// extension programs: measure a tcx program there.
+	obj, hook, extra := testenv.XDPCounterObject, "xdp", map[string]string{}
+	if dispatcher.Supported() == nil {
+		obj, hook, extra = testenv.TCXOrderObject, "tcx/ingress", map[string]string{"type": "tcx", "direction": "ingress"}
+	}
+	d, v, img, dir := setup(t, obj, testenv.DaemonOptions{Configure: func(o *driver.Options) {
 		o.Policy, o.RunStats = policy.Static(pol), true
 	}})
+	with := func(a map[string]string) map[string]string {
+		for k, v := range extra {
+			a[k] = v
+		}
+		return a
+	}
 	srv := httptest.NewServer(metrics.Handler())
 	defer srv.Close()
 	ctx := context.Background()
 
 	vols := map[string]map[string]string{
-		"vol-local": xdpAttrs(img, v.Host),
-		"vol-web":   podAttrs(img, v.Host, "web"),
-		"vol-team":  podAttrs(img, v.Host, "team-x"),
+		"vol-local": with(xdpAttrs(img, v.Host)),
+		"vol-web":   with(podAttrs(img, v.Host, "web")),
+		"vol-team":  with(podAttrs(img, v.Host, "team-x")),
 	}
 	for vol, attrs := range vols {
 		if _, err := d.Node.NodePublishVolume(ctx, publishReq(vol, filepath.Join(dir, vol), attrs, true)); err != nil {
@@ -139,7 +153,7 @@ func TestProgramStatsRiseWithTraffic(t *testing.T) {
 	id := rec.ProgramID
 
 	first := one(t, srv, "bpfmount_program_run_count_total", id)
-	want := map[string]string{"program": rec.Identity.Program, "hook": "xdp", "interface": v.Host, "namespaces": "local,other,web"}
+	want := map[string]string{"program": rec.Identity.Program, "hook": hook, "interface": v.Host, "namespaces": "local,other,web"}
 	for k, w := range want {
 		if first[k] != w {
 			t.Errorf("run count label %s = %q, want %q (all labels: %v)", k, first[k], w, first)

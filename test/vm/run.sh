@@ -51,9 +51,9 @@ suite_files() {
 	CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o bin/vm/bpfmount ./cmd/bpfmount
 	CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -tags failpoints -o bin/vm/bpfmount-failpoints ./cmd/bpfmount
 	local f files=()
+	# Every committed object the suites may open by its host path.
 	for f in bin/vm/bpfmount bin/vm/bpfmount-failpoints \
-		deploy/examples/xdp-counter/bpf/xdpcounter_bpfel.o \
-		test/programs/tcxorder_bpfel.o test/programs/xdpseq_bpfel.o; do
+		deploy/examples/*/bpf/*.o test/programs/*.o; do
 		files+=("$PWD/$f")
 	done
 	(IFS=,; echo "${files[*]}")

@@ -111,6 +111,12 @@ func setup() error {
 	}
 	var errs []error
 	for _, m := range mounts {
+		// The host's -files land at their host paths, which may be under
+		// /tmp or /run (a clone in /tmp): a tmpfs there would hide them.
+		// The initramfs root is in memory already, so keep it as is.
+		if m.fstype == "tmpfs" && hasEntries(m.dst) {
+			continue
+		}
 		os.MkdirAll(m.dst, 0o755)
 		if err := unix.Mount(m.src, m.dst, m.fstype, 0, ""); err != nil && !errors.Is(err, unix.EBUSY) {
 			errs = append(errs, fmt.Errorf("mounting %s on %s: %w", m.fstype, m.dst, err))
@@ -118,6 +124,12 @@ func setup() error {
 	}
 	os.MkdirAll("/root", 0o700)
 	return errors.Join(errs...)
+}
+
+// hasEntries reports whether dir exists and holds anything.
+func hasEntries(dir string) bool {
+	ents, err := os.ReadDir(dir)
+	return err == nil && len(ents) > 0
 }
 
 // openPort opens a serial port in raw mode, so that output passes

@@ -1,4 +1,4 @@
-package e2e
+package cluster
 
 import (
 	"bytes"
@@ -14,38 +14,33 @@ import (
 
 // Helm through its Go library (pkg/action), as `helm install/upgrade/
 // uninstall` do, with the test's kubeconfig: no helm binary to build.
+// The release the cluster installs.
 const (
-	releaseName = "bpfmount"
-	releaseNS   = "bpfmount"
+	ReleaseName = "bpfmount"
+	ReleaseNS   = "bpfmount"
 )
 
-func (c *cluster) helmConfig() (*action.Configuration, error) {
+func (c *Cluster) helmConfig() (*action.Configuration, error) {
 	flags := genericclioptions.NewConfigFlags(false)
-	kc, ns := c.kubeconfig, releaseNS
+	kc, ns := c.Kubeconfig, ReleaseNS
 	flags.KubeConfig, flags.Namespace = &kc, &ns
 	cfg := new(action.Configuration)
-	if err := cfg.Init(flags, releaseNS, "secret", func(string, ...any) {}); err != nil {
+	if err := cfg.Init(flags, ReleaseNS, "secret", func(string, ...any) {}); err != nil {
 		return nil, err
 	}
 	return cfg, nil
 }
 
-// chartValues are the values the test installs the chart with: the
-// driver image imported into containerd (never pulled), the test's
-// kubelet root, a free health port, and a policy allowing allowedNS to
-// load the local OCI layouts under bytecodeDir (and nobody else anything).
-func (c *cluster) chartValues(tag string, healthPort int) map[string]any {
+// Values are the chart values every install on this cluster needs: the
+// driver image imported into containerd (never pulled) with tag, the
+// cluster's kubelet root, and a health port (the driver runs in the host
+// network). The chart's defaults stand for the rest, its policy included.
+func (c *Cluster) Values(tag string, healthPort int) map[string]any {
 	return map[string]any{
-		"kubeletRootDir": c.kubeletDir,
-		"image":          map[string]any{"repository": driverRepo, "tag": tag, "pullPolicy": "Never"},
+		"kubeletRootDir": c.KubeletDir,
+		"image":          map[string]any{"repository": DriverRepo, "tag": tag, "pullPolicy": "Never"},
 		"health":         map[string]any{"port": healthPort},
 		"logLevel":       4,
-		"policy": map[string]any{"rules": []any{map[string]any{
-			"name":         "e2e",
-			"namespaces":   []any{allowedNS},
-			"images":       []any{"oci:" + bytecodeDir + "/**"},
-			"readOnlyOnly": true,
-		}}},
 	}
 }
 
@@ -63,7 +58,8 @@ func (p apiEnv) Run(in *bytes.Buffer) (*bytes.Buffer, error) {
 	return bytes.NewBuffer(bytes.Replace(in.Bytes(), anchor, append(append([]byte{}, anchor...), add...), 1)), nil
 }
 
-func (c *cluster) helmInstall(ctx context.Context, chartDir string, vals map[string]any) error {
+// HelmInstall installs the chart in chartDir as `helm install --wait` does.
+func (c *Cluster) HelmInstall(ctx context.Context, chartDir string, vals map[string]any) error {
 	cfg, err := c.helmConfig()
 	if err != nil {
 		return err
@@ -73,14 +69,15 @@ func (c *cluster) helmInstall(ctx context.Context, chartDir string, vals map[str
 		return err
 	}
 	in := action.NewInstall(cfg)
-	in.ReleaseName, in.Namespace, in.CreateNamespace = releaseName, releaseNS, true
+	in.ReleaseName, in.Namespace, in.CreateNamespace = ReleaseName, ReleaseNS, true
 	in.Wait, in.Timeout = true, 3*time.Minute
-	in.PostRenderer = apiEnv{c.apiPort}
+	in.PostRenderer = apiEnv{c.APIPort}
 	_, err = in.RunWithContext(ctx, ch, vals)
 	return err
 }
 
-func (c *cluster) helmUpgrade(ctx context.Context, chartDir string, vals map[string]any) error {
+// HelmUpgrade upgrades the release as `helm upgrade --wait` does.
+func (c *Cluster) HelmUpgrade(ctx context.Context, chartDir string, vals map[string]any) error {
 	cfg, err := c.helmConfig()
 	if err != nil {
 		return err
@@ -90,20 +87,21 @@ func (c *cluster) helmUpgrade(ctx context.Context, chartDir string, vals map[str
 		return err
 	}
 	up := action.NewUpgrade(cfg)
-	up.Namespace = releaseNS
+	up.Namespace = ReleaseNS
 	up.Wait, up.Timeout = true, 3*time.Minute
-	up.PostRenderer = apiEnv{c.apiPort}
-	_, err = up.RunWithContext(ctx, releaseName, ch, vals)
+	up.PostRenderer = apiEnv{c.APIPort}
+	_, err = up.RunWithContext(ctx, ReleaseName, ch, vals)
 	return err
 }
 
-func (c *cluster) helmUninstall() error {
+// HelmUninstall uninstalls the release as `helm uninstall --wait` does.
+func (c *Cluster) HelmUninstall() error {
 	cfg, err := c.helmConfig()
 	if err != nil {
 		return err
 	}
 	un := action.NewUninstall(cfg)
 	un.Wait, un.Timeout = true, 2*time.Minute
-	_, err = un.Run(releaseName)
+	_, err = un.Run(ReleaseName)
 	return err
 }

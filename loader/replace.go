@@ -32,6 +32,10 @@ type Replaced struct {
 	Owners []string
 }
 
+// replaceLoaded, when set (by tests only), runs in Replace between the new
+// version's load and the swap.
+var replaceLoaded func()
+
 // Replace puts the program r describes in the place of the attachment
 // oldKey: one link update, so no packet meets neither program and none
 // meets both. Maps carry over by name when their shape matches (the new
@@ -57,26 +61,22 @@ func (l *Loader) Replace(ctx context.Context, oldKey string, r *Resolved, owner 
 		// version can attach beside the old one instead.
 		return nil, nil, fault.Errorf(fault.Precondition, "upgrading %s in place is not supported for tracing hooks: use another name, or unload the old version first", describeIdentity(id))
 	}
+	// Order as Acquire's: key, then target. The key lock keeps other
+	// requests for the new identity waiting; the new version loads (the
+	// verifier's work) without the target lock, on its own handles of the
+	// old maps, and only the swap is serialized with the target's other
+	// attaches and releases.
 	unlockKey := l.lockKey(key)
 	defer unlockKey()
-	// Order as Acquire's: key, then target. The load below runs under the
-	// target lock (unlike Acquire's prepare) because it reuses the old
-	// program's maps, which a Release of the old attachment would close.
-	unlock := l.lockTarget(id)
-	defer unlock()
-	l.mu.Lock()
-	old, cur := l.entries[oldKey], l.entries[key]
-	l.mu.Unlock()
-	switch {
-	case old == nil:
-		return nil, nil, fault.Errorf(fault.NotFound, "the program to upgrade (%s) is no longer loaded", oldKey)
-	case cur != nil:
-		return nil, nil, fault.Errorf(fault.Precondition, "%s is already loaded: nothing to upgrade", describeIdentity(id))
-	case old.chain != nil || old.link == nil:
-		return nil, nil, fault.Errorf(fault.Precondition, "%s runs in a dispatcher: upgrading it in place is not supported yet", describeIdentity(old.id))
-	case old.id.Hook != id.Hook || old.id.Interface != id.Interface || old.id.AttachTo != id.AttachTo || old.id.Direction != id.Direction:
-		return nil, nil, fault.Errorf(fault.Invalid, "%s cannot replace %s: another hook", describeIdentity(id), describeIdentity(old.id))
+	old, oldMaps, err := l.replaceable(oldKey, id)
+	if err != nil {
+		return nil, nil, err
 	}
+	defer func() {
+		for _, m := range oldMaps {
+			m.Close()
+		}
+	}()
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
@@ -87,7 +87,7 @@ func (l *Loader) Replace(ctx context.Context, oldKey string, r *Resolved, owner 
 	rep := &Replaced{From: old.id}
 	repl := map[string]*ebpf.Map{}
 	for name, ms := range cs.Maps {
-		om := old.maps[name]
+		om := oldMaps[name]
 		if strings.HasPrefix(name, ".") || om == nil {
 			continue
 		}
@@ -103,6 +103,25 @@ func (l *Loader) Replace(ctx context.Context, oldKey string, r *Resolved, owner 
 	coll, err := ebpf.NewCollectionWithOptions(cs, ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
 		return nil, nil, classifyLoadError(id, err)
+	}
+	if replaceLoaded != nil {
+		replaceLoaded()
+	}
+	unlock := l.lockTarget(id)
+	defer unlock()
+	// While the new version loaded, the old one may have been released
+	// (or upgraded by another name's version), or the new identity
+	// adopted: the swap needs both as they were.
+	l.mu.Lock()
+	gone, cur := l.entries[oldKey] != old, l.entries[key]
+	l.mu.Unlock()
+	switch {
+	case gone:
+		coll.Close()
+		return nil, nil, fault.Errorf(fault.NotFound, "the program to upgrade (%s) was unloaded while its new version loaded", oldKey)
+	case cur != nil:
+		coll.Close()
+		return nil, nil, fault.Errorf(fault.Precondition, "%s is already loaded: nothing to upgrade", describeIdentity(id))
 	}
 	e := &entry{id: id, key: key, owners: map[string]struct{}{}, maps: map[string]*ebpf.Map{}, mode: old.mode, created: old.created}
 	e.prog = coll.Programs[id.Program]
@@ -163,6 +182,40 @@ func (l *Loader) Replace(ctx context.Context, oldKey string, r *Resolved, owner 
 	klog.InfoS("Replaced program in place", "from", oldKey, "to", key, "program", id.Program, "hook", id.Hook, "interface", id.Interface,
 		"id", e.progID, "carried", rep.Carried, "reset", rep.Reset)
 	return p, rep, nil
+}
+
+// replaceable checks that the attachment oldKey can be replaced by id and
+// returns it with new handles on its maps (by name), which stay valid
+// should it be released meanwhile. The caller closes them.
+func (l *Loader) replaceable(oldKey string, id Identity) (*entry, map[string]*ebpf.Map, error) {
+	key := id.Key()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	old, cur := l.entries[oldKey], l.entries[key]
+	switch {
+	case old == nil:
+		return nil, nil, fault.Errorf(fault.NotFound, "the program to upgrade (%s) is no longer loaded", oldKey)
+	case cur != nil:
+		return nil, nil, fault.Errorf(fault.Precondition, "%s is already loaded: nothing to upgrade", describeIdentity(id))
+	case old.chain != nil || old.link == nil:
+		return nil, nil, fault.Errorf(fault.Precondition, "%s runs in a dispatcher: upgrading it in place is not supported yet", describeIdentity(old.id))
+	case old.id.Hook != id.Hook || old.id.Interface != id.Interface || old.id.AttachTo != id.AttachTo || old.id.Direction != id.Direction:
+		return nil, nil, fault.Errorf(fault.Invalid, "%s cannot replace %s: another hook", describeIdentity(id), describeIdentity(old.id))
+	}
+	// A Release takes the entry out of l.entries under l.mu before it
+	// closes anything, so its maps are open while l.mu is held here.
+	maps := make(map[string]*ebpf.Map, len(old.maps))
+	for name, m := range old.maps {
+		c, err := m.Clone()
+		if err != nil {
+			for _, c := range maps {
+				c.Close()
+			}
+			return nil, nil, fmt.Errorf("opening map %q of %s: %w", name, describeIdentity(old.id), err)
+		}
+		maps[name] = c
+	}
+	return old, maps, nil
 }
 
 // RecoverReplace finishes or undoes, from the pins alone, a Replace from

@@ -2,6 +2,7 @@ package loader_test
 
 import (
 	"encoding/binary"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -226,5 +227,56 @@ func TestReplaceTracingRefused(t *testing.T) {
 	}
 	if err := l.Release(p1.Key, "vol-1"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestReplaceLoadsWithoutTargetLock: the new version loads without the
+// interface lock (a Release of the old version goes through meanwhile),
+// and the swap then finds the old version gone: the upgrade fails with
+// NotFound and leaves nothing of the new version behind.
+func TestReplaceLoadsWithoutTargetLock(t *testing.T) {
+	l, root := newTestLoader(t)
+	v := testenv.NewVeth(t)
+	img := testenv.Layout(t, testenv.TCXOrderObject, "v1")
+	req := func(id string) loader.Request {
+		return loader.Request{Image: bytecode.Request{Reference: img}, Hook: loader.HookTCX, Interface: v.Host, Direction: loader.Ingress,
+			Priority: 100, Globals: map[string][]byte{"order_id": {byte(id[0]), 0, 0, 0}}}
+	}
+	p1, err := l.Acquire(testenv.Ctx(t), resolve(t, l, req("1")), "vol-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2 := resolve(t, l, req("2"))
+	released := make(chan error, 1)
+	loader.SetReplaceLoaded(func() {
+		// Release takes the interface lock: under the old locking this
+		// waited for Replace, which waited for it.
+		done := make(chan error, 1)
+		go func() { done <- l.Release(p1.Key, "vol-1") }()
+		select {
+		case err := <-done:
+			released <- err
+		case <-time.After(10 * time.Second):
+			released <- errors.New("release of the old version waited for the upgrade's load")
+		}
+	})
+	defer loader.SetReplaceLoaded(nil)
+	_, _, err = l.Replace(testenv.Ctx(t), p1.Key, r2, "vol-2")
+	if rerr := <-released; rerr != nil {
+		t.Fatal(rerr)
+	}
+	if err == nil || fault.Of(err) != fault.NotFound || !strings.Contains(err.Error(), "unloaded while its new version loaded") {
+		t.Fatalf("upgrading a program released meanwhile: %v, want NotFound", err)
+	}
+	if l.Program(r2.Identity.Key()) != nil {
+		t.Fatal("the new version is recorded")
+	}
+	for _, k := range []string{p1.Key, r2.Identity.Key()} {
+		if _, err := os.Stat(filepath.Join(root, "programs", k)); !os.IsNotExist(err) {
+			t.Fatalf("pins of %s left behind: %v", k, err)
+		}
+	}
+	if ids := testenv.TCXPrograms(t, v.Host, "ingress"); len(ids) != 0 {
+		t.Fatalf("tcx ingress still runs %v", ids)
 	}
 }

@@ -80,7 +80,7 @@ func adminVolume(r *state.Record) admin.Volume {
 		PodNamespace: r.Pod.Namespace, PodName: r.Pod.Name, PodUID: r.Pod.UID,
 		Image: r.Image, Digest: r.Identity.Digest, Signed: r.Signed,
 		Program: r.Identity.Program, Hook: string(r.Identity.Hook), Direction: r.Identity.Direction,
-		Interface: r.Identity.Interface, Priority: r.Identity.Priority, XDPMode: r.Identity.XDPMode,
+		Interface: r.Identity.Interface, Cgroup: r.Identity.Cgroup, AttachTo: r.Identity.AttachTo, Priority: r.Identity.Priority, XDPMode: r.Identity.XDPMode,
 		ProgramID: r.ProgramID, Maps: r.Maps, ReadOnly: r.ReadOnly, Broken: r.Broken,
 	}
 	if v.Maps == nil {

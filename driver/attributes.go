@@ -21,7 +21,7 @@ const (
 	AttrProgram    = "program"
 	AttrType       = "type"
 	AttrInterface  = "interface"
-	AttrAttachTo   = "attachTo"
+	AttrAttachTo   = "attachTo" // tracing types: the target; cgroup_sock_addr: the socket operation
 	AttrPriority   = "priority"
 	AttrProceedOn  = "proceedOn"
 	AttrDirection  = "direction"
@@ -29,6 +29,7 @@ const (
 	AttrMaps       = "maps"
 	AttrGlobals    = "globals"
 	AttrPullPolicy = "pullPolicy"
+	AttrCgroup     = "cgroup" // cgroup types of local requests: the cgroup2 directory
 	// Lifetimes (lifetime.go).
 	AttrKeepAttached = "keepAttached"
 	AttrName         = "name"
@@ -47,7 +48,7 @@ const (
 
 var attrKeys = []string{
 	AttrAttachTo, AttrDirection, AttrGlobals, AttrImage, AttrInterface, AttrMaps, AttrPriority,
-	AttrProceedOn, AttrProgram, AttrPullPolicy, AttrType, AttrXDPMode,
+	AttrProceedOn, AttrProgram, AttrPullPolicy, AttrType, AttrXDPMode, AttrCgroup,
 	AttrKeepAttached, AttrName, AttrFrom,
 }
 
@@ -83,7 +84,10 @@ type volumeRequest struct {
 	// then a pod's request, decided by the policy's rules; only requests
 	// with none are local (the standalone CLI).
 	fromPod bool
-	life    lifetime // keepAttached, name, from (lifetime.go)
+	// podCgroup is true when the program attaches to the pod's own cgroup,
+	// found at publish (see cgroup.go).
+	podCgroup bool
+	life      lifetime // keepAttached, name, from (lifetime.go)
 }
 
 // parseAttributes checks every volume attribute and turns them into a load
@@ -206,24 +210,8 @@ func (vr *volumeRequest) parse() error {
 		}
 		lr.Hook = loader.Hook(t)
 	}
-	_, hasAttachTo := a[AttrAttachTo]
-	if at, ok := a[AttrAttachTo]; ok {
-		if at == "" {
-			return invalid("volume attribute %q is empty: name the tracing hook's target, or remove it", AttrAttachTo)
-		}
-		lr.AttachTo = at
-	}
-	// The interface is required unless the request is for a tracing hook,
-	// or may be (no type: the image's labels decide, with attachTo given).
-	tracing := loader.IsTracing(lr.Hook) || lr.Hook == "" && hasAttachTo
-	if ifname, ok := a[AttrInterface]; ok || !tracing {
-		if !ok || ifname == "" {
-			return invalid("volume attribute %q is required: the host interface to attach to, e.g. eth0 (tracing types take %q instead)", AttrInterface, AttrAttachTo)
-		}
-		if err := checkIfname(ifname); err != nil {
-			return err
-		}
-		lr.Interface = ifname
+	if err := vr.parseTarget(); err != nil {
+		return err
 	}
 
 	if p, ok := a[AttrPriority]; ok {
@@ -301,8 +289,8 @@ func checkHookKeys(lr *loader.Request, a map[string]string) error {
 		}
 		return nil
 	}
-	if lr.Hook != "" && lr.AttachTo != "" {
-		return invalid("volume attribute %q applies to tracing types (%s), not %s: remove it", AttrAttachTo, hookNames(loader.TracingHooks), lr.Hook)
+	if lr.Hook != "" && lr.AttachTo != "" && lr.Hook != loader.HookCgroupSockAddr {
+		return invalid("volume attribute %q applies to tracing types (%s) and cgroup_sock_addr, not %s: remove it", AttrAttachTo, hookNames(loader.TracingHooks), lr.Hook)
 	}
 	switch lr.Hook {
 	case loader.HookXDP:
@@ -316,6 +304,9 @@ func checkHookKeys(lr *loader.Request, a map[string]string) error {
 		if lr.XDPMode != "" {
 			return invalid("volume attribute %q applies to xdp, not %s: remove it", AttrXDPMode, lr.Hook)
 		}
+	}
+	if loader.IsCgroupHook(lr.Hook) {
+		return checkCgroupHookKeys(lr)
 	}
 	if lr.Hook != "" && len(lr.ProceedOn) > 0 {
 		if lr.Hook == loader.HookTCX {

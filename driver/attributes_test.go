@@ -182,6 +182,8 @@ func FuzzParseAttributes(f *testing.F) {
 	f.Add("image", "r/x", "interface", "lo", "proceedOn", "pass,dispatcher_return")
 	f.Add("image", "r/x", "interface", "lo", "maps", "a,b,c")
 	f.Add("image", "r/x", "interface", "\u0435th0", "type", "tcx")
+	f.Add("image", "r/x", "cgroup", "/sys/fs/cgroup/a", "attachTo", "connect4")
+	f.Add("image", "r/x", "type", "kprobe", "attachTo", "tcp_connect")
 	f.Fuzz(func(t *testing.T, k1, v1, k2, v2, k3, v3 string) {
 		vr, err := parseAttributes(map[string]string{k1: v1, k2: v2, k3: v3})
 		if err != nil {
@@ -200,8 +202,12 @@ func FuzzParseAttributes(f *testing.F) {
 		}
 		lr := vr.load
 		tracing := loader.IsTracing(lr.Hook) || lr.Hook == "" && lr.AttachTo != ""
-		if lr.Image.Reference == "" || lr.Interface == "" && !tracing || len(lr.Interface) > 15 {
+		onCgroup := lr.Cgroup != "" || vr.podCgroup
+		if lr.Image.Reference == "" || lr.Interface == "" && !tracing && !onCgroup || len(lr.Interface) > 15 {
 			t.Fatalf("accepted a request without image or with a bad interface: %+v", lr)
+		}
+		if lr.Cgroup != "" && (vr.fromPod || lr.Interface != "") || onCgroup && loader.IsTracing(lr.Hook) {
+			t.Fatalf("accepted a cgroup a pod names, or with an interface or a tracing type: %+v", lr)
 		}
 		if loader.IsTracing(lr.Hook) && (lr.Interface != "" || lr.Priority != 0) {
 			t.Fatalf("accepted network keys on a tracing request: %+v", lr)

@@ -45,6 +45,12 @@ type Options struct {
 	// enabled (BPF_ENABLE_STATS): programs' run counts and times are then
 	// reported. Without it none are, not even zeros.
 	RunStats bool
+	// CgroupRoot is where the cgroup hierarchy is mounted (empty:
+	// /sys/fs/cgroup); on a hybrid node its cgroup2 part is CgroupRoot/unified.
+	CgroupRoot string
+	// KubeletCgroupRoot is kubelet's --cgroup-root (empty: "/"), under
+	// which pods' cgroups are looked for.
+	KubeletCgroupRoot string
 }
 
 // Driver serves the CSI Identity and Node services.
@@ -58,6 +64,8 @@ type Driver struct {
 	mounts mounter
 	locks  volumeLocks
 	ready  atomic.Bool
+	// defaultRoute names the interface of the default route (node:default).
+	defaultRoute func() (string, error)
 
 	lingerMu   sync.Mutex    // linger records and the driver's holds (lifetime.go)
 	lingerWake chan struct{} // a new deadline was recorded
@@ -106,7 +114,8 @@ func newDriver(opts Options, ld programLoader, st recordStore, mnt mounter) (*Dr
 	if opts.Policy == nil {
 		opts.Policy = policy.Static(policy.Default())
 	}
-	return &Driver{opts: opts, store: newCountingStore(st), loader: ld, mounts: mnt, lingerWake: make(chan struct{}, 1)}, nil
+	return &Driver{opts: opts, store: newCountingStore(st), loader: ld, mounts: mnt, lingerWake: make(chan struct{}, 1),
+		defaultRoute: func() (string, error) { return defaultRouteInterface(nil) }}, nil
 }
 
 // metricsState is what the node gauges report at scrape time. Everything

@@ -157,7 +157,7 @@ func (d *Driver) expireLingers(now time.Time) []string {
 			continue
 		}
 		klog.InfoS("Program's keepAttached ended", "program", clip(l.Identity.Program, maxLogValue), "id", l.ProgramID,
-			"interface", l.Identity.Interface, "attachTo", clip(l.Identity.AttachTo, maxLogValue))
+			"target", clip(targetOf(l.Identity), maxLogValue))
 		expired = append(expired, l.Key)
 	}
 	return expired

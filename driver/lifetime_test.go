@@ -598,3 +598,38 @@ func TestUpgradeRefusedWhenSharedWithoutName(t *testing.T) {
 		t.Fatalf("a refused upgrade left records: %v %v", f.store.upgrades, f.store.records["vol-2"])
 	}
 }
+
+// A node program on interface node:default attaches to the default
+// route's interface, found at each load; a node program's cgroup is
+// checked as a local volume's.
+func TestSyncProgramsNodeDefaultAndCgroup(t *testing.T) {
+	f := newTestDriver(t, nil)
+	ctx := context.Background()
+	f.d.defaultRoute = func() (string, error) { return "ens5", nil }
+	want, err := parsePrograms([]byte(programsHead + `programs:
+- name: fw
+  attributes: {image: registry.example/bpf/fw:v1, interface: "node:default"}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.d.syncPrograms(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.store.nodeProgs["fw"].Identity.Interface; got != "ens5" {
+		t.Fatalf("node program attached to %q, want the default route's ens5", got)
+	}
+	if want["fw"].load.Interface != NodeDefault {
+		t.Fatal("the parsed request was changed: the next load would not look up the route again")
+	}
+	want, err = parsePrograms([]byte(programsHead + `programs:
+- name: skb
+  attributes: {image: registry.example/bpf/skb:v1, type: cgroup_skb, direction: egress, cgroup: /nonexistent/bpfmount-test}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.d.syncPrograms(ctx, want); err == nil || f.store.nodeProgs["skb"] != nil {
+		t.Fatalf("a node program on a missing cgroup: %v, records %v", err, f.store.nodeProgs)
+	}
+}

@@ -112,8 +112,9 @@ func nameTaken(name string, h *nameHolder, want loader.Identity) error {
 			"a node program does not replace a pod's: give it another name, or let the pods' volumes go first",
 			name, where, h.progID, h.holder)
 	}
-	if !loader.IsTracing(have.Hook) {
-		// Tracing programs have no priority: nothing orders them.
+	if !loader.IsTracing(have.Hook) && !loader.IsCgroupHook(have.Hook) {
+		// Tracing and cgroup programs have no priority: nothing orders
+		// them (a cgroup runs its programs in attach order).
 		where += fmt.Sprintf(" with priority %d", have.Priority)
 	}
 	return fault.Errorf(fault.Precondition, "name %q already holds %s (program id %d, held by %s): "+
@@ -121,16 +122,17 @@ func nameTaken(name string, h *nameHolder, want loader.Identity) error {
 		name, where, h.progID, h.holder)
 }
 
-// attachPoint names where id attaches: an interface (with its direction) or
-// a tracing hook's target.
+// attachPoint names where id attaches: an interface or a cgroup (with the
+// direction or socket operation), or a tracing hook's target.
 func attachPoint(id loader.Identity) string {
-	if loader.IsTracing(id.Hook) {
-		return id.AttachTo
+	s := targetOf(id)
+	if loader.IsCgroupHook(id.Hook) && id.AttachTo != "" {
+		s += " " + id.AttachTo
 	}
 	if id.Direction != "" {
-		return id.Interface + " " + id.Direction
+		s += " " + id.Direction
 	}
-	return id.Interface
+	return s
 }
 
 // sameAttachPoint reports whether two identities differ only in what an

@@ -24,4 +24,11 @@ func TestNameTakenNamesTracingTarget(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), `tcx program "p" on eth0 ingress with priority 5`) {
 		t.Fatalf("got %v, want the interface and direction named", err)
 	}
+	skb := loader.Identity{Digest: "sha256:00", Program: "p", Hook: loader.HookCgroupSKB, Cgroup: "/sys/fs/cgroup/pod", Direction: loader.Egress, Priority: 1000}
+	other = skb
+	other.Cgroup = "/sys/fs/cgroup/other"
+	err = nameTaken("skb", &nameHolder{key: skb.Key(), id: skb, progID: 9, holder: "volume vol-3"}, other)
+	if err == nil || !strings.Contains(err.Error(), `cgroup_skb program "p" on cgroup /sys/fs/cgroup/pod egress (program id 9`) {
+		t.Fatalf("got %v, want the cgroup and direction named, no priority", err)
+	}
 }

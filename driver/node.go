@@ -91,9 +91,12 @@ func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *pub
 	if vr.life.from != "" {
 		return d.publishFrom(pr, out)
 	}
+	if err := d.resolveNodeInterface(vr); err != nil {
+		return err
+	}
 	// Policy first, on everything known before the fetch: a pod no rule
 	// allows makes the node read no file and contact no registry.
-	if out.dec, err = d.authorize(pr, vr.load.Hook); err != nil {
+	if out.dec, err = d.authorize(pr, vr.load.Hook, vr.load.AttachTo); err != nil {
 		return err
 	}
 	if pr.keep, err = d.checkLifetime(vr); err != nil {
@@ -117,15 +120,20 @@ func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *pub
 		return err
 	}
 	defer tgt.Close()
+	if err := d.resolveCgroup(vr); err != nil {
+		return err
+	}
 
 	res, err := d.loader.Resolve(ctx, vr.load)
 	if err != nil {
 		return err
 	}
 	out.hook = res.Identity.Hook
-	if vr.load.Hook == "" {
-		// The image named the hook: decide again, now on all of it.
-		if out.dec, err = d.authorize(pr, res.Identity.Hook); err != nil {
+	if vr.load.Hook == "" || res.Identity.AttachTo != vr.load.AttachTo {
+		// The image named the hook, or the socket operation of a
+		// cgroup_sock_addr program (its section): decide again, now on
+		// all of it.
+		if out.dec, err = d.authorize(pr, res.Identity.Hook, res.Identity.AttachTo); err != nil {
 			return err
 		}
 	}
@@ -156,8 +164,10 @@ func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *pub
 
 // authorize is the policy's one decision point. An empty hook means the
 // image will name it: the request is then denied only when no rule could
-// allow it for any hook, and decided again once the hook is known.
-func (d *Driver) authorize(pr *publishRequest, hook loader.Hook) (policy.Decision, error) {
+// allow it for any hook, and decided again once the hook is known. So is
+// an empty attachTo of a cgroup_sock_addr request: the object's section
+// names the operation.
+func (d *Driver) authorize(pr *publishRequest, hook loader.Hook, attachTo string) (policy.Decision, error) {
 	vr := pr.vol
 	pol := d.opts.Policy.Current()
 	prio := vr.load.Priority
@@ -171,7 +181,8 @@ func (d *Driver) authorize(pr *publishRequest, hook loader.Hook) (policy.Decisio
 		Pod:            vr.pod.Name,
 		Image:          vr.load.Image.Reference,
 		Interface:      vr.load.Interface,
-		AttachTo:       vr.load.AttachTo,
+		Cgroup:         vr.load.Cgroup,
+		AttachTo:       attachTo,
 		Hook:           string(hook),
 		Priority:       prio,
 		ReadOnly:       pr.readOnly,
@@ -551,7 +562,7 @@ func (d *Driver) report(pr *publishRequest, out *publishOutcome, err error) {
 		return
 	}
 	d.opts.Events.Normal(pod, events.ReasonLoaded, fmt.Sprintf("loaded %s program %q (id %d) on %s for volume %s",
-		rec.Identity.Hook, rec.Identity.Program, rec.ProgramID, rec.Identity.Interface, pr.volID))
+		rec.Identity.Hook, rec.Identity.Program, rec.ProgramID, targetOf(rec.Identity), pr.volID))
 	klog.V(2).InfoS("Published volume", "volume", pr.volID, "target", clip(pr.target, maxLogValue), "program", rec.Identity.Program,
 		"id", rec.ProgramID, "maps", rec.Maps)
 }
@@ -576,7 +587,7 @@ func audit(action, volID string, vr *volumeRequest, rec *state.Record, dec polic
 	case rec != nil:
 		pod = rec.Pod
 		kv = append(kv, "image", clip(rec.Image, maxLogValue), "digest", rec.Identity.Digest, "program", clip(rec.Identity.Program, maxLogValue),
-			"hook", rec.Identity.Hook, "interface", rec.Identity.Interface, "priority", rec.Identity.Priority, "programID", rec.ProgramID)
+			"hook", rec.Identity.Hook, "interface", rec.Identity.Interface, "cgroup", clip(rec.Identity.Cgroup, maxLogValue), "priority", rec.Identity.Priority, "programID", rec.ProgramID)
 	case vr != nil:
 		pod = vr.pod
 		kv = append(kv, "image", clip(vr.load.Image.Reference, maxLogValue), "program", clip(vr.load.Program, maxLogValue), "hook", vr.load.Hook,

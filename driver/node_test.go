@@ -36,14 +36,17 @@ import (
 // fakeLoader resolves every image to one program and keeps the owners of
 // each acquired key, so a test can see an acquire without its release.
 type fakeLoader struct {
-	mu         sync.Mutex
-	imageHook  loader.Hook // the hook the image's labels name
-	signed     bool
-	resolveErr error
-	acquireErr error
-	resolves   int
-	acquires   int
-	held       map[string]map[string]bool // key -> owners
+	mu        sync.Mutex
+	imageHook loader.Hook // the hook the image's labels name
+	// imageAttachTo is the attachTo the object's section names, used
+	// when the request names none (cgroup_sock_addr's operation).
+	imageAttachTo string
+	signed        bool
+	resolveErr    error
+	acquireErr    error
+	resolves      int
+	acquires      int
+	held          map[string]map[string]bool // key -> owners
 }
 
 func newFakeLoader() *fakeLoader {
@@ -61,13 +64,17 @@ func (f *fakeLoader) Resolve(_ context.Context, req loader.Request) (*loader.Res
 	if hook == "" {
 		hook = f.imageHook
 	}
+	attachTo := req.AttachTo
+	if attachTo == "" {
+		attachTo = f.imageAttachTo
+	}
 	prio := req.Priority
 	if prio == 0 && !loader.IsTracing(hook) {
 		prio = loader.DefaultPriority // as the loader's Resolve
 	}
 	return &loader.Resolved{
 		Identity: loader.Identity{Digest: "sha256:" + req.Image.Reference, Program: "prog", Hook: hook,
-			Interface: req.Interface, AttachTo: req.AttachTo, Direction: req.Direction, Priority: prio},
+			Interface: req.Interface, Cgroup: req.Cgroup, AttachTo: attachTo, Direction: req.Direction, Priority: prio},
 		Image: &bytecode.Image{Reference: req.Image.Reference, Signed: f.signed},
 		Maps:  []string{"counts", "events"},
 	}, nil

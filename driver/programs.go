@@ -132,7 +132,17 @@ func (d *Driver) syncPrograms(ctx context.Context, want map[string]*volumeReques
 }
 
 func (d *Driver) loadNodeProgram(ctx context.Context, name string, vr *volumeRequest) error {
-	res, err := d.loader.Resolve(ctx, vr.load)
+	// Where it attaches is found at each load, as for a volume: the
+	// default route's interface (node:default), a checked cgroup2
+	// directory. On a copy: want is parsed once per file.
+	v := *vr
+	if err := d.resolveNodeInterface(&v); err != nil {
+		return err
+	}
+	if err := d.resolveCgroup(&v); err != nil {
+		return err
+	}
+	res, err := d.loader.Resolve(ctx, v.load)
 	if err != nil {
 		return err
 	}
@@ -150,7 +160,7 @@ func (d *Driver) loadNodeProgram(ctx context.Context, name string, vr *volumeReq
 	if err := d.store.PutNodeProgram(rec); err != nil {
 		return errors.Join(fmt.Errorf("writing the record of node program %q: %w", name, err), d.loader.Release(prog.Key, nodeOwner(name)))
 	}
-	klog.InfoS("Loaded node program", "name", name, "hook", res.Identity.Hook, "interface", res.Identity.Interface, "attachTo", clip(res.Identity.AttachTo, maxLogValue), "id", prog.ID)
+	klog.InfoS("Loaded node program", "name", name, "hook", res.Identity.Hook, "target", clip(targetOf(res.Identity), maxLogValue), "id", prog.ID)
 	return nil
 }
 

@@ -27,11 +27,17 @@ import (
 // verifier's work) of different programs for one interface run in
 // parallel, and only attach, which orders the programs, is serialized.
 func (l *Loader) prepare(id Identity, spec *ebpf.CollectionSpec) (_ *entry, ifc *net.Interface, err error) {
-	if IsTracing(id.Hook) {
-		if err := l.prepareTracing(id); err != nil {
-			return nil, nil, err
-		}
-	} else if ifc, err = l.iface(id.Interface); err != nil {
+	switch {
+	case IsTracing(id.Hook):
+		err = l.prepareTracing(id)
+	case IsCgroupHook(id.Hook):
+		err = checkCgroupDir(id.Cgroup)
+	case id.Netns != "":
+		err = checkNetns(id) // the interface is looked up at attach, in the namespace
+	default:
+		ifc, err = l.iface(id.Interface)
+	}
+	if err != nil {
 		return nil, nil, err
 	}
 	// Refuse early what attach would refuse; attach checks again under
@@ -78,11 +84,15 @@ func (l *Loader) attach(e *entry, ifc *net.Interface) (err error) {
 	// Age orders ties on a hook: it counts from attach, in the order the
 	// interface lock grants, as a restart counts it from the pins.
 	e.created = time.Now()
-	switch e.id.Hook {
+	switch attachPath(e.id) {
+	case hookInNetns:
+		err = l.attachInNetns(e)
 	case HookXDP:
 		err = l.attachXDP(e, ifc)
 	case HookTCX:
 		err = l.attachTCX(e, ifc)
+	case HookCgroupSKB, HookCgroupSockAddr, HookSockOps:
+		err = l.attachCgroup(e)
 	case HookTracepoint, HookKprobe, HookKretprobe, HookUprobe, HookUretprobe, HookFentry, HookFexit:
 		err = l.attachTracing(e)
 	case HookTC:
@@ -93,9 +103,6 @@ func (l *Loader) attach(e *entry, ifc *net.Interface) (err error) {
 	if err != nil {
 		return err
 	}
-	// The program's ID from its link: one BPF_OBJ_GET_INFO_BY_FD, where
-	// Program.Info also reads /proc/self/fdinfo and copies the translated
-	// instructions out of the kernel (about half a millisecond a publish).
 	if e.progID, err = attachedProgramID(e); err != nil {
 		return err
 	}
@@ -111,16 +118,21 @@ func (l *Loader) attach(e *entry, ifc *net.Interface) (err error) {
 // attachedProgramID returns the kernel's ID of e's program. For links that
 // are bpf_links it comes from the link (one BPF_OBJ_GET_INFO_BY_FD, where
 // Program.Info also reads /proc/self/fdinfo and copies the translated
-// instructions out of the kernel: about half a millisecond a publish);
-// perf-event based tracing links may not report it, so those ask the
-// program.
+// instructions out of the kernel: about half a millisecond a publish).
+// Perf-event based tracing links may not report it, nor may a cgroup link
+// the library made with BPF_PROG_ATTACH (kernels without cgroup bpf_links):
+// those ask the program.
 func attachedProgramID(e *entry) (ebpf.ProgramID, error) {
 	if !IsTracing(e.id.Hook) {
 		info, err := e.link.Info()
-		if err != nil {
+		switch {
+		case err == nil && info.Program != 0:
+			return info.Program, nil
+		case !IsCgroupHook(e.id.Hook) && err != nil:
 			return 0, fmt.Errorf("reading link info: %w", err)
+		case !IsCgroupHook(e.id.Hook):
+			return info.Program, nil
 		}
-		return info.Program, nil
 	}
 	info, err := e.prog.Info()
 	if err != nil {
@@ -139,7 +151,7 @@ func (l *Loader) checkHookFree(id Identity) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, e := range l.entries {
-		if e.id.Hook != HookXDP || e.id.Interface != id.Interface {
+		if e.id.Hook != HookXDP || e.id.Interface != id.Interface || e.id.Netns != id.Netns {
 			continue
 		}
 		owners := make([]string, 0, len(e.owners))
@@ -215,7 +227,7 @@ func (l *Loader) attachTCX(e *entry, ifc *net.Interface) error {
 func (l *Loader) tcxPeers(id Identity) []*entry {
 	var out []*entry
 	for _, e := range l.entries {
-		if e.id.Hook == HookTCX && e.id.Interface == id.Interface && e.id.Direction == id.Direction && e.attached {
+		if e.id.Hook == HookTCX && e.id.Interface == id.Interface && e.id.Netns == id.Netns && e.id.Direction == id.Direction && e.attached {
 			out = append(out, e)
 		}
 	}
@@ -359,6 +371,9 @@ func linkInfoAttached(info *link.Info) bool {
 	}
 	if t := info.TCX(); t != nil {
 		return t.Ifindex != 0
+	}
+	if c := info.Cgroup(); c != nil {
+		return c.CgroupId != 0 // zeroed when the cgroup is released
 	}
 	return true
 }

@@ -70,6 +70,9 @@ func proceedMask(id Identity) uint32 {
 
 func (l *Loader) acquireChained(r *Resolved, owner string) (_ *Program, err error) {
 	id, key := r.Identity, r.Identity.Key()
+	if id.Netns != "" {
+		return nil, fault.Errorf(fault.Precondition, "the %s dispatcher cannot run on an interface in another network namespace yet: use type=tcx (or xdp on a kernel without freplace)", id.Hook)
+	}
 	unlock := l.lockKey(key)
 	defer unlock()
 	if p := l.join(key, owner); p != nil {

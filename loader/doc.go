@@ -1,7 +1,10 @@
 // Package loader loads eBPF programs from bytecode images, attaches them to
-// network hooks (xdp, tc, tcx: an interface) or tracing hooks (tracepoints,
-// kprobes, uprobes, fentry/fexit: an AttachTo target) and pins them,
-// sharing one attachment between identical requests.
+// network hooks (xdp, tc, tcx: an interface, maybe in another network
+// namespace), cgroup hooks (cgroup_skb, cgroup_sock_addr, sock_ops: a
+// cgroup2 directory, AttachTo naming cgroup_sock_addr's socket operation)
+// or tracing hooks (tracepoints, kprobes, uprobes, fentry/fexit: an
+// AttachTo target) and pins them, sharing one attachment between identical
+// requests.
 //
 // The loader knows nothing of CSI or Kubernetes. A caller describes what to
 // load in a [Request]; [Loader.Acquire] fetches the image, resolves the

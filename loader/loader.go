@@ -137,14 +137,11 @@ func (l *Loader) CanChain() bool { return l.canChain }
 
 func (l *Loader) lockIface(name string) func() { return l.ifaces.lock(name) }
 
-// lockTarget serializes work on what id attaches to: its interface, or for
-// a tracing hook its target (interface names never hold a ':').
-func (l *Loader) lockTarget(id Identity) func() {
-	if IsTracing(id.Hook) {
-		return l.ifaces.lock(string(id.Hook) + ":" + id.AttachTo)
-	}
-	return l.ifaces.lock(id.Interface)
-}
+// lockTarget serializes work on what id attaches to: its interface (in
+// its network namespace), its cgroup, or its tracing target (see
+// lockName).
+func (l *Loader) lockTarget(id Identity) func() { return l.ifaces.lock(lockName(id)) }
+
 func (l *Loader) lockKey(key string) func() { return l.keys.lock(key) }
 
 func (l *Loader) pinDir(key string) string { return filepath.Join(l.root, "programs", key) }
@@ -237,7 +234,7 @@ func (l *Loader) Acquire(ctx context.Context, r *Resolved, owner string) (*Progr
 	}
 	p := l.insert(key, owner, e)
 	klog.V(2).InfoS("Attached program", "key", key, "program", r.Identity.Program, "hook", r.Identity.Hook,
-		"interface", r.Identity.Interface, "attachTo", r.Identity.AttachTo, "direction", r.Identity.Direction, "priority", r.Identity.Priority, "id", e.progID, "mode", e.mode)
+		"interface", r.Identity.Interface, "netns", r.Identity.Netns, "cgroup", r.Identity.Cgroup, "attachTo", r.Identity.AttachTo, "direction", r.Identity.Direction, "priority", r.Identity.Priority, "id", e.progID, "mode", e.mode)
 	return p, nil
 }
 

@@ -41,7 +41,8 @@ var replaceLoaded func()
 // meets both. Maps carry over by name when their shape matches (the new
 // program uses the same kernel maps); the others start empty. The old
 // attachment's owners become the new one's, with owner added. Only direct
-// attachments (tcx, a lone XDP program) can be replaced.
+// attachments with a bpf_link (tcx, a lone XDP program, cgroup hooks) can
+// be replaced.
 //
 // Crash safety: the new program's pins are made first, beside the old
 // ones; moving the link's pin into the new directory (a rename) is the
@@ -199,7 +200,8 @@ func (l *Loader) replaceable(oldKey string, id Identity) (*entry, map[string]*eb
 		return nil, nil, fault.Errorf(fault.Precondition, "%s is already loaded: nothing to upgrade", describeIdentity(id))
 	case old.chain != nil || old.link == nil:
 		return nil, nil, fault.Errorf(fault.Precondition, "%s runs in a dispatcher: upgrading it in place is not supported yet", describeIdentity(old.id))
-	case old.id.Hook != id.Hook || old.id.Interface != id.Interface || old.id.AttachTo != id.AttachTo || old.id.Direction != id.Direction:
+	case old.id.Hook != id.Hook || old.id.Interface != id.Interface || old.id.Netns != id.Netns ||
+		old.id.Cgroup != id.Cgroup || old.id.AttachTo != id.AttachTo || old.id.Direction != id.Direction:
 		return nil, nil, fault.Errorf(fault.Invalid, "%s cannot replace %s: another hook", describeIdentity(id), describeIdentity(old.id))
 	}
 	// A Release takes the entry out of l.entries under l.mu before it

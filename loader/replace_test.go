@@ -3,6 +3,7 @@ package loader_test
 import (
 	"encoding/binary"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 
 	"github.com/bpfmount/bpfmount/internal/fault"
 	"github.com/bpfmount/bpfmount/internal/testenv"
@@ -278,5 +280,78 @@ func TestReplaceLoadsWithoutTargetLock(t *testing.T) {
 	}
 	if ids := testenv.TCXPrograms(t, v.Host, "ingress"); len(ids) != 0 {
 		t.Fatalf("tcx ingress still runs %v", ids)
+	}
+}
+
+// TestReplaceCgroup: a cgroup_skb program upgraded in place keeps its
+// place on the cgroup (one program there, now the new one) and its map's
+// contents, and goes on counting what the cgroup's processes send.
+func TestReplaceCgroup(t *testing.T) {
+	l, root := newTestLoader(t)
+	cg := filepath.Join(testenv.Cgroup2(t), testenv.RandomName("bpfmount-test-"))
+	testenv.MakeCgroup(t, cg)
+	udp, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer udp.Close()
+	send := func() {
+		t.Helper()
+		if out, rc := testenv.RunInCgroup(t, cg, "udp-send", udp.LocalAddr().String()); rc != 0 {
+			t.Fatalf("udp-send: %d %s", rc, out)
+		}
+	}
+	req := func(img string) loader.Request {
+		return loader.Request{Image: bytecode.Request{Reference: img}, Program: "count_skb", Hook: loader.HookCgroupSKB,
+			Direction: loader.Egress, Cgroup: cg}
+	}
+	v1 := testenv.LayoutBytes(t, programs.CgroupHooksObject(), "cgrouphooks.o", "v1")
+	v2 := testenv.LayoutBytes(t, programs.CgroupHooksObject(), "cgrouphooks-v2.o", "v2")
+	p1, err := l.Acquire(testenv.Ctx(t), resolve(t, l, req(v1)), "vol-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	send()
+	before := hits(t, p1)
+	if before < 10 {
+		t.Fatalf("counted %d packets, want at least 10", before)
+	}
+	r2 := resolve(t, l, req(v2))
+	if r2.Identity.Key() == p1.Key {
+		t.Fatal("both versions have one identity")
+	}
+	p2, rep, err := l.Replace(testenv.Ctx(t), p1.Key, r2, "vol-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(rep.Carried, []string{"hits"}) || !slices.Equal(rep.Owners, []string{"vol-1"}) || p2.ID == p1.ID {
+		t.Fatalf("replace report %+v, ids %d -> %d", rep, p1.ID, p2.ID)
+	}
+	f, err := os.Open(cg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := link.QueryPrograms(link.QueryOptions{Target: int(f.Fd()), Attach: ebpf.AttachCGroupInetEgress})
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Programs) != 1 || res.Programs[0].ID != p2.ID {
+		t.Fatalf("cgroup egress runs %+v, want the new program %d alone", res.Programs, p2.ID)
+	}
+	send()
+	if after := hits(t, p2); after < before+10 {
+		t.Fatalf("hits went from %d to %d across the upgrade: the map did not carry over or the new program does not run", before, after)
+	}
+	if _, err := os.Stat(filepath.Join(root, "programs", p1.Key)); !os.IsNotExist(err) {
+		t.Fatalf("the old program's pins are still there: %v", err)
+	}
+	for _, o := range []string{"vol-1", "vol-2"} {
+		if err := l.Release(p2.Key, o); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := cgroupPrograms(t, cg, ebpf.AttachCGroupInetEgress); n != 0 {
+		t.Fatalf("%d egress programs left on the cgroup", n)
 	}
 }

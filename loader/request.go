@@ -20,6 +20,11 @@ const (
 	HookTC  Hook = "tc"  // tc clsact ingress/egress through the TC dispatcher
 	HookTCX Hook = "tcx" // tcx multi-program attach (kernel 6.6+)
 
+	// Hooks on a cgroup (v2): they need Cgroup, never Interface.
+	HookCgroupSKB      Hook = "cgroup_skb"       // packets in or out of the cgroup's sockets
+	HookCgroupSockAddr Hook = "cgroup_sock_addr" // connect, sendmsg, recvmsg, bind of its sockets (AttachTo names which)
+	HookSockOps        Hook = "sock_ops"         // TCP events of its sockets
+
 	// Tracing hooks, spelled as bpfman's image labels spell them. Each
 	// names its target in Request.AttachTo; the kernel runs any number
 	// of programs on one, so they need no dispatcher and no priority.
@@ -32,14 +37,16 @@ const (
 	HookFexit      Hook = "fexit"      // a kernel function's return through a BPF trampoline
 )
 
-// NetworkHooks attach to an interface; TracingHooks to an AttachTo target.
+// NetworkHooks attach to an interface; CgroupHooks to a cgroup;
+// TracingHooks to an AttachTo target.
 var (
 	NetworkHooks = []Hook{HookXDP, HookTC, HookTCX}
+	CgroupHooks  = []Hook{HookCgroupSKB, HookCgroupSockAddr, HookSockOps}
 	TracingHooks = []Hook{HookTracepoint, HookKprobe, HookKretprobe, HookUprobe, HookUretprobe, HookFentry, HookFexit}
 )
 
 // Hooks lists the supported hooks.
-var Hooks = append(slices.Clone(NetworkHooks), TracingHooks...)
+var Hooks = slices.Concat(NetworkHooks, TracingHooks, CgroupHooks)
 
 // IsTracing reports whether h is a tracing hook.
 func IsTracing(h Hook) bool { return slices.Contains(TracingHooks, h) }
@@ -102,7 +109,15 @@ type Request struct {
 	Hook Hook
 	// Interface is the host interface name, for xdp, tc and tcx.
 	Interface string
-	// AttachTo is the tracing hook's target (see ParseAttachTo).
+	// Netns, when set, is the network namespace (a path to open) that
+	// Interface is in; empty means the daemon's own.
+	Netns string
+	// Cgroup is the cgroup2 directory a cgroup hook attaches to (absolute).
+	Cgroup string
+	// AttachTo is a tracing hook's target (see ParseAttachTo), or the
+	// socket operation of a cgroup_sock_addr hook (connect4, sendmsg6...;
+	// empty there means the one the object's section names). Other hooks
+	// take none (see CheckAttachTo).
 	AttachTo string
 	// Direction is Ingress or Egress, for tc and tcx.
 	Direction string
@@ -124,6 +139,8 @@ type Identity struct {
 	Program   string            `json:"program"`
 	Hook      Hook              `json:"hook"`
 	Interface string            `json:"interface"`
+	Netns     string            `json:"netns,omitempty"`
+	Cgroup    string            `json:"cgroup,omitempty"`
 	AttachTo  string            `json:"attachTo,omitempty"` // omitted: network identities keep their keys
 	Direction string            `json:"direction,omitempty"`
 	Priority  int               `json:"priority"`

@@ -87,6 +87,8 @@ func resolve(req Request, img *bytecode.Image, spec *ebpf.CollectionSpec) (Ident
 		Program:   req.Program,
 		Hook:      req.Hook,
 		Interface: req.Interface,
+		Netns:     req.Netns,
+		Cgroup:    req.Cgroup,
 		AttachTo:  req.AttachTo,
 		Direction: req.Direction,
 		Priority:  req.Priority,
@@ -119,13 +121,19 @@ func resolve(req Request, img *bytecode.Image, spec *ebpf.CollectionSpec) (Ident
 	if IsTracing(id.Hook) {
 		return resolveTracing(id, req, img, spec)
 	}
-	if id.AttachTo != "" {
-		return id, fault.Errorf(fault.Invalid, "attachTo applies to tracing types (%s), not %s: remove it", hookList(TracingHooks), id.Hook)
-	}
-	if id.Interface == "" {
-		return id, fault.Errorf(fault.Invalid, "hook %s needs interface: the host interface to attach to, e.g. eth0", id.Hook)
+	if !IsCgroupHook(id.Hook) {
+		if err := checkNotCgroup(id); err != nil {
+			return id, err
+		}
+		if id.Interface == "" {
+			return id, fault.Errorf(fault.Invalid, "hook %s needs interface: the host interface to attach to, e.g. eth0", id.Hook)
+		}
 	}
 	switch id.Hook {
+	case HookCgroupSKB, HookCgroupSockAddr, HookSockOps:
+		if err := resolveCgroup(&id, ps); err != nil {
+			return id, err
+		}
 	case HookXDP:
 		if id.Direction != "" {
 			return id, fault.Errorf(fault.Invalid, "direction applies to tc and tcx, not xdp")
@@ -174,6 +182,12 @@ func resolveTracing(id Identity, req Request, img *bytecode.Image, spec *ebpf.Co
 	}
 	if _, err := ParseAttachTo(id.Hook, id.AttachTo); err != nil {
 		return id, err
+	}
+	// After the target: a request without type whose attachTo names a
+	// socket operation was taken for cgroup_sock_addr, its pod's cgroup
+	// found.
+	if id.Cgroup != "" || id.Netns != "" {
+		return id, fault.Errorf(fault.Invalid, "type %s attaches to its attachTo target, not to a cgroup or a network namespace (a request without type whose attachTo names a socket operation is taken for cgroup_sock_addr: set type)", id.Hook)
 	}
 	return id, resolveGlobals(&id, req, img, spec)
 }
@@ -284,6 +298,7 @@ func collectionFor(id Identity, spec *ebpf.CollectionSpec) (*ebpf.CollectionSpec
 		}
 		v.Value = val
 	}
+	setCgroupAttachType(cs, id)
 	return cs, nil
 }
 
@@ -291,7 +306,7 @@ func describeIdentity(id Identity) string {
 	if IsTracing(id.Hook) {
 		return fmt.Sprintf("program %q (%s on %s)", id.Program, id.Hook, id.AttachTo)
 	}
-	s := fmt.Sprintf("program %q (%s on %s", id.Program, id.Hook, id.Interface)
+	s := fmt.Sprintf("program %q (%s on %s", id.Program, id.Hook, targetName(id))
 	if id.Direction != "" {
 		s += " " + id.Direction
 	}

@@ -169,6 +169,9 @@ func programTypeOf(h Hook) ebpf.ProgramType {
 	case HookFentry, HookFexit:
 		return ebpf.Tracing
 	}
+	if t, ok := cgroupProgTypes[h]; ok {
+		return t
+	}
 	return ebpf.UnspecifiedProgram
 }
 

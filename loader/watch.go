@@ -81,8 +81,11 @@ func (l *Loader) sweepDetached(lost func(*Program)) {
 	}
 	l.mu.Unlock()
 	for _, p := range gone {
-		klog.InfoS("Interface went away; its program is detached and its maps stay mounted",
-			"interface", p.Identity.Interface, "program", p.Identity.Program, "hook", p.Identity.Hook, "id", p.ID, "volumes", p.Owners)
+		// A cgroup link loses its cgroup the same way (the pod ended
+		// before its volume was unpublished); it is noticed on the next
+		// interface removal.
+		klog.InfoS("Attach point went away; its program is detached and its maps stay mounted",
+			"target", targetName(p.Identity), "program", p.Identity.Program, "hook", p.Identity.Hook, "id", p.ID, "volumes", p.Owners)
 		if lost != nil {
 			lost(p)
 		}

@@ -352,7 +352,14 @@ func printVolumes(out io.Writer, format string, vols []admin.Volume) error {
 		if v.Direction != "" {
 			hook += "/" + v.Direction
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s", cell(v.VolumeID), cell(pod), cell(v.Program), cell(hook), cell(v.Interface), v.Priority, cell(v.Target))
+		if v.AttachTo != "" {
+			hook += "/" + v.AttachTo
+		}
+		where := v.Interface
+		if v.Cgroup != "" {
+			where = "cgroup:" + v.Cgroup // a cgroup hook attaches to no interface
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s", cell(v.VolumeID), cell(pod), cell(v.Program), cell(hook), cell(where), v.Priority, cell(v.Target))
 		if wide {
 			digest := v.Digest
 			if len(digest) > 19 { // "sha256:" and 12 hex digits

@@ -396,3 +396,27 @@ func TestTargetThroughSymlinkedParent(t *testing.T) {
 		t.Errorf("unpublishes %v, want one for v at the recorded target", f.unpublishes)
 	}
 }
+
+// A cgroup hook's volume lists its cgroup where an interface would be,
+// and a cgroup_sock_addr hook its operation.
+func TestListCgroupVolumes(t *testing.T) {
+	vols := []admin.Volume{
+		{VolumeID: "cg-1", Program: "count_skb", Hook: "cgroup_skb", Direction: "egress", Cgroup: "/sys/fs/cgroup/kubepods/pod1", Priority: 1000, Target: "/run/bpf/a"},
+		{VolumeID: "cg-2", Program: "deny", Hook: "cgroup_sock_addr", AttachTo: "connect4", Cgroup: "/sys/fs/cgroup/x", Priority: 1000, Target: "/run/bpf/b"},
+	}
+	f := startFake(t, &fakeDaemon{volumes: vols}, true)
+	out, err := run(t, "list", "--endpoint", f.endpoint)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("table:\n%s", out)
+	}
+	if f := strings.Fields(lines[1]); !reflect.DeepEqual(f, []string{"cg-1", "-", "count_skb", "cgroup_skb/egress", "cgroup:/sys/fs/cgroup/kubepods/pod1", "1000", "/run/bpf/a"}) {
+		t.Errorf("row 1 = %q", f)
+	}
+	if f := strings.Fields(lines[2]); !reflect.DeepEqual(f, []string{"cg-2", "-", "deny", "cgroup_sock_addr/connect4", "cgroup:/sys/fs/cgroup/x", "1000", "/run/bpf/b"}) {
+		t.Errorf("row 2 = %q", f)
+	}
+}

@@ -60,6 +60,8 @@ type serveOptions struct {
 	metricsAddr  string
 	healthAddr   string
 	programStats bool
+	cgroupRoot   string
+	kubeletCg    string
 	gcInterval   time.Duration
 
 	shutdownGrace time.Duration
@@ -103,6 +105,8 @@ for them to roll back, and exits. Attached programs stay attached.`,
 	f.StringVar(&o.metricsAddr, "metrics-address", "", "serve Prometheus metrics at http://ADDR/metrics (empty: off)")
 	f.BoolVar(&o.programStats, "program-stats", true, "keep the kernel's run-time statistics of eBPF programs enabled while serving (BPF_ENABLE_STATS), so metrics and `list -o wide` report each program's run count and time; costs every eBPF program on the node two clock reads per run")
 	f.StringVar(&o.healthAddr, "health-address", "", "serve http://ADDR/healthz (empty: off)")
+	f.StringVar(&o.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "where the node's cgroup hierarchy is mounted; cgroup programs attach in its cgroup2 part (DIR itself, or DIR/unified on a hybrid cgroup v1/v2 node)")
+	f.StringVar(&o.kubeletCg, "kubelet-cgroup-root", "/", "kubelet's --cgroup-root, under which pods' cgroups are looked for")
 	f.StringVar(&o.registrationSocket, "registration-socket", "", "serve kubelet's plugin registration API on this socket (in <kubeletRootDir>/plugins_registry/), so no registrar sidecar is needed")
 	f.StringVar(&o.kubeletPath, "kubelet-registration-path", "", "the CSI socket's path as kubelet sees it (e.g. /var/lib/kubelet/plugins/csi.bpfmount.io/csi.sock); required with --registration-socket")
 	f.DurationVar(&o.gcInterval, "gc-interval", 10*time.Minute, "how often to remove pins and staging mounts no volume owns (0: only at start)")
@@ -189,7 +193,7 @@ func (o *serveOptions) run(ctx context.Context) error {
 		defer runStats.Close()
 	}
 	d, err := driver.New(driver.Options{NodeID: o.nodeID, StateDir: o.stateDir, BPFFSRoot: o.bpffsRoot, Loader: ld, Policy: pol, Events: rec, TargetRoots: o.targetRoot,
-		RunStats: runStats != nil})
+		RunStats: runStats != nil, CgroupRoot: o.cgroupRoot, KubeletCgroupRoot: o.kubeletCg})
 	if err != nil {
 		return err
 	}

@@ -46,6 +46,8 @@ type Volume struct {
 	Hook         string   `json:"hook"`
 	Direction    string   `json:"direction,omitempty"`
 	Interface    string   `json:"interface"`
+	Cgroup       string   `json:"cgroup,omitempty"` // cgroup hooks: the cgroup attached to
+	AttachTo     string   `json:"attachTo,omitempty"`
 	Priority     int      `json:"priority"`
 	XDPMode      string   `json:"xdpMode,omitempty"`
 	ProgramID    uint32   `json:"programID"`

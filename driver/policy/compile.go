@@ -230,7 +230,7 @@ type conditions struct {
 	interfaces       []glob // nil: any
 	interfacesRaw    []string
 	hooks            []string
-	attachTo         []glob // nil: any target of an allowed tracing hook
+	attachTo         []glob // nil: any target of an allowed tracing hook, any cgroup_sock_addr operation
 	attachToRaw      []string
 	minPrio, maxPrio int
 	readOnlyOnly     bool

@@ -116,19 +116,25 @@ func (c *conditions) failed(k cond, ref imageRef, r *Request) bool {
 	case condDigest:
 		return c.requireDigest && !ref.pinned
 	case condInterface:
-		// Tracing requests name no interface; network ones always do.
+		// Cgroup and tracing requests name no interface; network ones
+		// always do: interfaces restrict network requests only.
 		return c.interfaces != nil && r.Interface != "" && !matchAny(c.interfaces, r.Interface)
 	case condHook:
+		if r.Hook == "" && r.Interface == "" {
+			// No interface: only a cgroup hook can follow, or with an
+			// attachTo a tracing hook.
+			return !c.allowsAny(cgroupHooks) && !(r.AttachTo != "" && c.allowsAny(tracingHooks))
+		}
 		// An unknown hook passes: every rule allows some hook, and the
 		// request is decided again once the image names it.
 		return r.Hook != "" && !contains(c.hooks, r.Hook)
 	case condAttachTo:
 		return c.attachTo != nil && r.AttachTo != "" && !matchAny(c.attachTo, r.AttachTo)
 	case condPriority:
-		// Priorities order network programs only; a tracing request names
-		// a target and no interface, also before its hook is known.
-		tracing := contains(tracingHooks, r.Hook) || r.Hook == "" && r.Interface == "" && r.AttachTo != ""
-		return !tracing && (r.Priority < c.minPrio || r.Priority > c.maxPrio)
+		// Priorities order network programs only; cgroup and tracing
+		// requests name no interface, also before their hook is known.
+		network := contains(networkHooks, r.Hook) || r.Hook == "" && r.Interface != ""
+		return network && (r.Priority < c.minPrio || r.Priority > c.maxPrio)
 	case condReadOnly:
 		return c.readOnlyOnly && !r.ReadOnly
 	case condName:
@@ -162,6 +168,13 @@ func (c *conditions) explain(k cond, subject string, ref imageRef, r *Request) s
 	case condInterface:
 		return fmt.Sprintf("%s allows interfaces %s only", subject, quoteList(c.interfacesRaw))
 	case condHook:
+		if r.Hook == "" && r.AttachTo != "" {
+			return fmt.Sprintf("%s allows hooks %s only: none of them a tracing hook (%s) or a cgroup hook (%s), which a request with attachTo and no interface is for",
+				subject, quoteList(c.hooks), strings.Join(tracingHooks, ", "), strings.Join(cgroupHooks, ", "))
+		}
+		if r.Hook == "" {
+			return fmt.Sprintf("%s allows hooks %s only, none of them a cgroup hook (%s), and the request names no interface", subject, quoteList(c.hooks), strings.Join(cgroupHooks, ", "))
+		}
 		return fmt.Sprintf("%s allows hooks %s only, not %q", subject, quoteList(c.hooks), r.Hook)
 	case condAttachTo:
 		return fmt.Sprintf("%s allows attachTo %s only", subject, quoteList(c.attachToRaw))
@@ -203,7 +216,7 @@ func (p *Policy) Decide(r Request) Decision {
 		if r.Reads {
 			return Decision{Rule: rule, Reason: fmt.Sprintf("namespace %q may not read the maps of %q: %s", r.Namespace, r.Name, why)}
 		}
-		return Decision{Rule: rule, Reason: fmt.Sprintf("namespace %q may not load %q on %q: %s", r.Namespace, r.Image, r.target(), why)}
+		return Decision{Rule: rule, Reason: fmt.Sprintf("namespace %q may not load %q on %s: %s", r.Namespace, r.Image, r.target(), why)}
 	}
 	if r.Namespace == "" {
 		return deny("", "the request carries no pod namespace")
@@ -269,7 +282,7 @@ func (p *Policy) decideLocal(r *Request) Decision {
 	c := p.local
 	deny := func(why string) Decision {
 		return Decision{Rule: localRule, RequireSignature: c.requireSignature,
-			Reason: fmt.Sprintf("local request may not load %q on %q: %s", r.Image, r.target(), why)}
+			Reason: fmt.Sprintf("local request may not load %q on %s: %s", r.Image, r.target(), why)}
 	}
 	ref, err := parseRequestRef(r)
 	if err != nil {
@@ -279,14 +292,6 @@ func (p *Policy) decideLocal(r *Request) Decision {
 		return deny(c.explain(k, "the policy's local section", ref, r))
 	}
 	return Decision{Allowed: true, Rule: localRule, RequireSignature: c.requireSignature}
-}
-
-// target is what the request attaches to, for messages.
-func (r *Request) target() string {
-	if r.Interface == "" && r.AttachTo != "" {
-		return r.AttachTo
-	}
-	return r.Interface
 }
 
 func quoteList(xs []string) string {

@@ -22,8 +22,8 @@
 //	  requireDigest: true                   # optional; image must be pinned by @sha256:
 //	  requireSignature: true                # optional; driver verifies after fetching
 //	  interfaces: ["eth*"]                  # optional; absent = any interface
-//	  hooks: ["xdp", "tcx", "tracepoint"]   # optional; absent = xdp, tc and tcx (tracing types only when listed)
-//	  attachTo: ["syscalls/*"]              # optional; tracing targets; absent = any
+//	  hooks: ["xdp", "tcx", "tracepoint"]   # optional; absent = xdp, tc and tcx (tracing and cgroup types only when listed)
+//	  attachTo: ["syscalls/*", "connect4"]  # optional; tracing targets and cgroup_sock_addr operations; absent = any
 //	  priorities: {min: 10, max: 500}       # optional; absent = 1..1000 (either bound may be omitted)
 //	  readOnlyOnly: true                    # optional; only readOnly volumes
 //	- name: bytecode-on-disk
@@ -55,9 +55,19 @@
 // ties) and why it did not match.
 //
 // Tracing requests (tracepoint, kprobe, kretprobe, uprobe, uretprobe,
-// fentry, fexit) name an attachTo target and no interface or priority:
-// interfaces and priorities apply to network requests only, attachTo
-// patterns to tracing ones only.
+// fentry, fexit) name an attachTo target and no interface or priority.
+// Cgroup requests (cgroup_skb, cgroup_sock_addr, sock_ops) attach to the
+// pod's own cgroup (a local request names one) and take no interface or
+// priority either. Both kinds are allowed only by a rule that lists them
+// in hooks: a rule written for interfaces never grants them, and a rule
+// listing only them grants nothing on the node's interfaces. Interfaces
+// and priorities apply to network requests only. attachTo patterns apply
+// to every request that has an attachTo: a tracing target, or the socket
+// operation of a cgroup_sock_addr request (connect4, sendmsg6, ...; when
+// the volume names none, the one the program's section names). So a rule
+// with attachTo patterns that lists cgroup_sock_addr must list its
+// operations too ("connect*"); cgroup_skb and sock_ops have no attachTo
+// and are not restricted by the patterns.
 //
 // A request whose hook is not known yet (the volume names no type; the
 // image's labels will) passes the hooks condition of every rule: it is

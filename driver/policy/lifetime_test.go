@@ -70,8 +70,8 @@ local:
 		{req("net-fw", "counter"), false, `rule "fw" allows names ["fw-*"] only, not "counter"`},
 		{req("web", "fw-edge"), false, `rule "plain" allows no program names, not "fw-edge"`},
 		{req("web", ""), true, ""},
-		{Request{Local: true, Image: "oci:/x:v1", Priority: 1000, Name: "node-fw"}, true, ""},
-		{Request{Local: true, Image: "oci:/x:v1", Priority: 1000, Name: "fw-edge"}, false, `local section allows names ["node-*"] only`},
+		{Request{Local: true, Image: "oci:/x:v1", Interface: "eth0", Priority: 1000, Name: "node-fw"}, true, ""},
+		{Request{Local: true, Image: "oci:/x:v1", Interface: "eth0", Priority: 1000, Name: "fw-edge"}, false, `local section allows names ["node-*"] only`},
 	} {
 		d := p.Decide(c.r)
 		if d.Allowed != c.ok || !strings.Contains(d.Reason, c.want) {

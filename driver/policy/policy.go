@@ -1,5 +1,7 @@
 package policy
 
+import "slices"
+
 // Request is what a publish asks for, as the policy sees it.
 type Request struct {
 	Local          bool   // true when the request carries no pod information (standalone CLI over the root-only socket)
@@ -7,8 +9,9 @@ type Request struct {
 	ServiceAccount string // pod service account (may be empty)
 	Pod            string // pod name (for messages only)
 	Image          string // the image reference exactly as written in the volume attribute
-	Interface      string // network hooks
-	AttachTo       string // tracing hooks: their target
+	Interface      string // network hooks; "" for cgroup and tracing hooks
+	Cgroup         string // the cgroup a local request names; "" for a pod's own cgroup
+	AttachTo       string // tracing hooks: their target; cgroup_sock_addr: its socket operation
 	Hook           string // a hook ("xdp", "kprobe", ...); "" before the image names it (see Decide)
 	Priority       int
 	ReadOnly       bool
@@ -61,11 +64,11 @@ const (
 )
 
 var (
-	// networkHooks are allowed where a rule lists no hooks; tracing hooks
-	// only where a rule lists them.
+	// networkHooks are allowed where a rule lists no hooks; tracing and
+	// cgroup hooks (cgroup.go) only where a rule lists them.
 	networkHooks  = []string{"xdp", "tc", "tcx"}
 	tracingHooks  = []string{"tracepoint", "kprobe", "kretprobe", "uprobe", "uretprobe", "fentry", "fexit"}
-	allHooks      = append(append([]string{}, networkHooks...), tracingHooks...)
+	allHooks      = slices.Concat(networkHooks, tracingHooks, cgroupHooks)
 	defaultPolicy = &Policy{}
 )
 

@@ -290,7 +290,7 @@ func TestParseErrors(t *testing.T) {
 		{"priority min below range", rule("  priorities: {min: 0}\n"), "priorities.min is 0: priorities range from 1 to 1000"},
 		{"priority max above range", rule("  priorities: {max: 1001}\n"), "priorities.max is 1001"},
 		{"local min greater than default max", head + "local:\n  priorities: {min: 2000}\n", "policy local: priorities.min is 2000"},
-		{"unknown hook", rule("  hooks: [xdp, xpd]\n"), `hooks: unknown hook "xpd": valid hooks are ["xdp", "tc", "tcx", "tracepoint"`},
+		{"unknown hook", rule("  hooks: [xdp, xpd]\n"), `hooks: unknown hook "xpd": valid hooks are ["xdp", "tc", "tcx", "tracepoint", "kprobe", "kretprobe", "uprobe", "uretprobe", "fentry", "fexit", "cgroup_skb", "cgroup_sock_addr", "sock_ops"]`},
 		{"wrong apiVersion", "apiVersion: bpfmount.io/v1\nkind: NodePolicy\n", `apiVersion "bpfmount.io/v1" and kind "NodePolicy": want apiVersion: bpfmount.io/v1alpha1 and kind: NodePolicy`},
 		{"wrong kind", "apiVersion: bpfmount.io/v1alpha1\nkind: Policy\n", `kind "Policy"`},
 		{"empty document", "", "policy is empty"},

@@ -43,6 +43,9 @@ func runHelper(mode string, args []string) int {
 		fmt.Fprintln(os.Stderr, "helper: want one path")
 		return HelperFailed
 	}
+	if rc := netHelper(mode, args[0]); rc >= 0 {
+		return rc
+	}
 	switch mode {
 	case "read-counter":
 		c, err := counter.Read(args[0])

@@ -15,6 +15,7 @@ var (
 	XDPCounterObject = "deploy/examples/xdp-counter/bpf/xdpcounter_bpfel.o"
 	TCXOrderObject   = "test/programs/tcxorder_bpfel.o"
 	XDPSeqObject     = "test/programs/xdpseq_bpfel.o"
+	CgroupObject     = "test/programs/cgrouphooks_bpfel.o"
 	TraceCountObject = "test/programs/tracecount_bpfel.o"
 	ExecEventsObject = "deploy/examples/exec-events/bpf/execevents_bpfel.o"
 )

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"os"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -72,6 +73,10 @@ func NewVeth(t testing.TB) *Veth {
 	}
 	return v
 }
+
+// NetnsPath is a path that opens the peer's network namespace, as a pod's
+// netns path does, for as long as the test runs.
+func (v *Veth) NetnsPath() string { return fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), v.nsFD) }
 
 // Delete removes the pair (idempotent): what a pod's network going away
 // does to its interface.

@@ -458,6 +458,8 @@ func checkDaemonSet(t *testing.T, sc scenario, ds *appsv1.DaemonSet) {
 		"health-address":            ":" + strconv.Itoa(sc.healthPort),
 		"v":                         strconv.Itoa(sc.logLevel),
 		"program-stats":             strconv.FormatBool(!sc.noStats),
+		"cgroup-root":               "/host/sys/fs/cgroup", // the host's tree, read-only
+		"kubelet-cgroup-root":       "/",
 	}
 	if sc.metrics {
 		want["metrics-address"] = ":" + strconv.Itoa(sc.metricsPort)
@@ -583,6 +585,7 @@ func checkMounts(t *testing.T, sc scenario, ds *appsv1.DaemonSet) {
 		"bpffs":            {"/sys/fs/bpf", "/sys/fs/bpf", corev1.HostPathDirectory, corev1.MountPropagationBidirectional, false},
 		"state-dir":        {"/run/bpfmount", "/run/bpfmount", corev1.HostPathDirectoryOrCreate, corev1.MountPropagationBidirectional, false},
 		"image-cache":      {"/var/cache/bpfmount", "/var/cache/bpfmount", corev1.HostPathDirectoryOrCreate, "", false},
+		"cgroup-root":      {"/sys/fs/cgroup", "/host/sys/fs/cgroup", corev1.HostPathDirectory, corev1.MountPropagationHostToContainer, true},
 	}
 	if sc.localBytecode != "" {
 		want["local-bytecode"] = hp{sc.localBytecode, sc.localBytecode, corev1.HostPathDirectoryOrCreate, "", true}

@@ -7,6 +7,9 @@ func TCXOrderObject() []byte { return _TcxorderBytes }
 // the same program with a map of another shape.
 func TCXOrderWideObject() []byte { return _TcxorderwideBytes }
 
+// CgroupHooksObject returns the compiled cgroup_hooks programs.
+func CgroupHooksObject() []byte { return _CgrouphooksBytes }
+
 // TraceCountObject returns the compiled trace_count programs.
 func TraceCountObject() []byte { return _TracecountBytes }
 

@@ -167,18 +167,6 @@ func (d *Driver) finishIntent(in *state.Intent, rep *RestoreReport) error {
 	return d.store.DeleteIntent(in.VolumeID)
 }
 
-// liveVolumes counts the records whose program is in the kernel (broken
-// ones are not).
-func liveVolumes(recs []*state.Record) int {
-	n := 0
-	for _, r := range recs {
-		if r.Broken == "" {
-			n++
-		}
-	}
-	return n
-}
-
 // countErrors counts the errors joined in err.
 func countErrors(err error) int {
 	if j, ok := err.(interface{ Unwrap() []error }); ok {

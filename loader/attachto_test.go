@@ -1,15 +1,11 @@
 package loader
 
 import (
-	"bytes"
 	"fmt"
 	"strings"
 	"testing"
 
-	"github.com/cilium/ebpf"
-
 	"github.com/bpfmount/bpfmount/internal/fault"
-	"github.com/bpfmount/bpfmount/loader/bytecode"
 	"github.com/bpfmount/bpfmount/test/programs"
 )
 
@@ -110,16 +106,7 @@ func TestHooksListEveryKind(t *testing.T) {
 // without type whose attachTo is a socket operation got its pod's cgroup,
 // and the labels then named a tracing type.
 func TestResolveTracingRefusesCgroup(t *testing.T) {
-	obj := programs.TraceCountObject()
-	progs, _, err := bytecode.Describe(obj)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(obj))
-	if err != nil {
-		t.Fatal(err)
-	}
-	img := &bytecode.Image{Reference: "oci:/x:v1", Digest: "sha256:00", Object: obj, Programs: progs}
+	img, spec := objectImage(t, programs.TraceCountObject(), "oci:/x:v1")
 	for _, req := range []Request{
 		{Program: "count_kprobe", AttachTo: "connect4", Cgroup: "/sys/fs/cgroup/kubepods/pod1"},
 		{Program: "count_tracepoint", AttachTo: "sched/sched_switch", Netns: "/proc/1/ns/net"},
@@ -130,7 +117,7 @@ func TestResolveTracingRefusesCgroup(t *testing.T) {
 		}
 	}
 	// With no attachTo, the missing target is what is said.
-	_, err = resolve(Request{Program: "count_kprobe", Cgroup: "/sys/fs/cgroup/kubepods/pod1"}, img, spec)
+	_, err := resolve(Request{Program: "count_kprobe", Cgroup: "/sys/fs/cgroup/kubepods/pod1"}, img, spec)
 	if !strings.Contains(fmt.Sprint(err), "needs attachTo") {
 		t.Errorf("got %v", err)
 	}

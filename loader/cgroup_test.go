@@ -17,15 +17,7 @@ func cgroupImage(t *testing.T) (*bytecode.Image, *ebpf.CollectionSpec) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec, err := parseSpec(obj)
-	if err != nil {
-		t.Fatal(err)
-	}
-	progs, _, err := bytecode.Describe(obj)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &bytecode.Image{Reference: "oci:/x", Digest: "sha256:00", Object: obj, Programs: progs}, spec
+	return objectImage(t, obj, "oci:/x")
 }
 
 func TestResolveCgroupHooks(t *testing.T) {
@@ -117,4 +109,19 @@ func TestIdentityKeyIncludesCgroup(t *testing.T) {
 	if lockName(a) == lockName(b) || lockName(a) == "p" || !strings.HasPrefix(lockName(a), "cgroup:") {
 		t.Fatalf("lock names %q %q", lockName(a), lockName(b))
 	}
+}
+
+// objectImage is an image of one object as resolve sees it: the parsed
+// spec and the labels bytecode.Describe derives, with no fetch.
+func objectImage(t *testing.T, obj []byte, ref string) (*bytecode.Image, *ebpf.CollectionSpec) {
+	t.Helper()
+	spec, err := parseSpec(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	progs, _, err := bytecode.Describe(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &bytecode.Image{Reference: ref, Digest: "sha256:00", Object: obj, Programs: progs}, spec
 }

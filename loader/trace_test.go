@@ -1,7 +1,6 @@
 package loader
 
 import (
-	"bytes"
 	"strings"
 	"testing"
 
@@ -114,16 +113,7 @@ func TestTracingLabels(t *testing.T) {
 // request, the network keys refused on tracing types and attachTo on
 // network ones, all before the kernel is touched.
 func TestResolveTracing(t *testing.T) {
-	obj := programs.TraceCountObject()
-	progs, _, err := bytecode.Describe(obj)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec, err := ebpf.LoadCollectionSpecFromReader(bytes.NewReader(obj))
-	if err != nil {
-		t.Fatal(err)
-	}
-	img := &bytecode.Image{Reference: "oci:/x:v1", Digest: "sha256:00", Object: obj, Programs: progs}
+	img, spec := objectImage(t, programs.TraceCountObject(), "oci:/x:v1")
 	id, err := resolve(Request{Program: "count_tracepoint", AttachTo: "sched/sched_switch"}, img, spec)
 	if err != nil || id.Hook != HookTracepoint || id.AttachTo != "sched/sched_switch" || id.Priority != 0 || id.Interface != "" {
 		t.Fatalf("type from the labels: %+v, %v", id, err)

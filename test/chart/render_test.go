@@ -585,7 +585,7 @@ func checkMounts(t *testing.T, sc scenario, ds *appsv1.DaemonSet) {
 		"bpffs":            {"/sys/fs/bpf", "/sys/fs/bpf", corev1.HostPathDirectory, corev1.MountPropagationBidirectional, false},
 		"state-dir":        {"/run/bpfmount", "/run/bpfmount", corev1.HostPathDirectoryOrCreate, corev1.MountPropagationBidirectional, false},
 		"image-cache":      {"/var/cache/bpfmount", "/var/cache/bpfmount", corev1.HostPathDirectoryOrCreate, "", false},
-		"cgroup-root":      {"/sys/fs/cgroup", "/host/sys/fs/cgroup", corev1.HostPathDirectory, corev1.MountPropagationHostToContainer, true},
+		"cgroup-root":      {"/sys/fs/cgroup", "/host/sys/fs/cgroup", corev1.HostPathDirectory, "", true},
 	}
 	if sc.localBytecode != "" {
 		want["local-bytecode"] = hp{sc.localBytecode, sc.localBytecode, corev1.HostPathDirectoryOrCreate, "", true}

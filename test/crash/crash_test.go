@@ -72,6 +72,22 @@ func retry(t *testing.T, what string, op func() error) {
 	t.Fatalf("%s never succeeded: %v", what, err)
 }
 
+// crashAt starts p set to crash at step and makes the call that reaches it:
+// the call must fail and the daemon must exit. It then starts p plainly and
+// retries the call until it succeeds, as kubelet would.
+func crashAt(t *testing.T, p *testenv.ProcDaemon, step, what string, call func() error) {
+	t.Helper()
+	p.Start(t, failpoint.Env+"="+step)
+	if err := call(); err == nil {
+		t.Fatalf("%s succeeded although the daemon was to crash at %s", what, step)
+	}
+	if !p.Exited(5 * time.Second) {
+		t.Fatalf("the daemon did not crash at %s", step)
+	}
+	p.Start(t)
+	retry(t, what, call)
+}
+
 // assertPublished checks the one promised end state of a publish.
 func assertPublished(t *testing.T, p *testenv.ProcDaemon, v *testenv.Veth, target string) {
 	t.Helper()
@@ -132,15 +148,7 @@ func TestCrashDuringPublish(t *testing.T) {
 			target := filepath.Join(testenv.ShortTempDir(t), "vol")
 			req := publishReq("vol-crash", target, img, v.Host)
 
-			p.Start(t, failpoint.Env+"="+step)
-			if _, err := p.Node.NodePublishVolume(testenv.Ctx(t), req); err == nil {
-				t.Fatalf("publish succeeded although the daemon was to crash at %s", step)
-			}
-			if !p.Exited(5 * time.Second) {
-				t.Fatalf("the daemon did not crash at %s", step)
-			}
-			p.Start(t)
-			retry(t, "publish", func() error { _, err := p.Node.NodePublishVolume(testenv.Ctx(t), req); return err })
+			crashAt(t, p, step, "publish", func() error { _, err := p.Node.NodePublishVolume(testenv.Ctx(t), req); return err })
 			assertPublished(t, p, v, target)
 
 			if _, err := p.Node.NodeUnpublishVolume(testenv.Ctx(t), &csi.NodeUnpublishVolumeRequest{VolumeId: "vol-crash", TargetPath: target}); err != nil {
@@ -166,15 +174,7 @@ func TestCrashDuringUnpublish(t *testing.T) {
 				t.Fatal(err)
 			}
 			p.Kill()
-			p.Start(t, failpoint.Env+"="+step)
-			if _, err := p.Node.NodeUnpublishVolume(testenv.Ctx(t), unreq); err == nil {
-				t.Fatalf("unpublish succeeded although the daemon was to crash at %s", step)
-			}
-			if !p.Exited(5 * time.Second) {
-				t.Fatalf("the daemon did not crash at %s", step)
-			}
-			p.Start(t)
-			retry(t, "unpublish", func() error { _, err := p.Node.NodeUnpublishVolume(testenv.Ctx(t), unreq); return err })
+			crashAt(t, p, step, "unpublish", func() error { _, err := p.Node.NodeUnpublishVolume(testenv.Ctx(t), unreq); return err })
 			testenv.AssertClean(t, p.StateDir, p.BPFFSRoot, v, target)
 		})
 	}

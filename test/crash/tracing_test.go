@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -80,15 +79,7 @@ func TestCrashDuringTracingPublish(t *testing.T) {
 			target := filepath.Join(testenv.ShortTempDir(t), "vol")
 			req := tracepointReq("vol-crash", target, img)
 
-			p.Start(t, failpoint.Env+"="+step)
-			if _, err := p.Node.NodePublishVolume(testenv.Ctx(t), req); err == nil {
-				t.Fatalf("publish succeeded although the daemon was to crash at %s", step)
-			}
-			if !p.Exited(5 * time.Second) {
-				t.Fatalf("the daemon did not crash at %s", step)
-			}
-			p.Start(t)
-			retry(t, "publish", func() error { _, err := p.Node.NodePublishVolume(testenv.Ctx(t), req); return err })
+			crashAt(t, p, step, "publish", func() error { _, err := p.Node.NodePublishVolume(testenv.Ctx(t), req); return err })
 			assertTracing(t, p, target)
 		})
 	}
@@ -116,15 +107,7 @@ func TestCrashDuringTracingUnpublish(t *testing.T) {
 			}
 			defer m.Close()
 			p.Kill()
-			p.Start(t, failpoint.Env+"="+step)
-			if _, err := p.Node.NodeUnpublishVolume(testenv.Ctx(t), unreq); err == nil {
-				t.Fatalf("unpublish succeeded although the daemon was to crash at %s", step)
-			}
-			if !p.Exited(5 * time.Second) {
-				t.Fatalf("the daemon did not crash at %s", step)
-			}
-			p.Start(t)
-			retry(t, "unpublish", func() error { _, err := p.Node.NodeUnpublishVolume(testenv.Ctx(t), unreq); return err })
+			crashAt(t, p, step, "unpublish", func() error { _, err := p.Node.NodeUnpublishVolume(testenv.Ctx(t), unreq); return err })
 			testenv.AssertClean(t, p.StateDir, p.BPFFSRoot, nil, target)
 			if before, after := execCount(t, m); after != before {
 				t.Fatalf("the tracepoint program still runs after unpublish (counter %d -> %d)", before, after)

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -16,6 +17,7 @@ import (
 
 	"github.com/bpfmount/bpfmount/internal/failpoint"
 	"github.com/bpfmount/bpfmount/internal/fault"
+	"github.com/bpfmount/bpfmount/loader/dispatcher"
 )
 
 // Replaced says what an upgrade in place did.
@@ -37,30 +39,32 @@ type Replaced struct {
 var replaceLoaded func()
 
 // Replace puts the program r describes in the place of the attachment
-// oldKey: one link update, so no packet meets neither program and none
-// meets both. Maps carry over by name when their shape matches (the new
-// program uses the same kernel maps); the others start empty. The old
-// attachment's owners become the new one's, with owner added. Only direct
-// attachments with a bpf_link (tcx, a lone XDP program, cgroup hooks) can
-// be replaced.
+// oldKey, atomically, so no packet meets neither program and none meets
+// both: a direct attachment with a bpf_link (tcx, a lone XDP program,
+// cgroup hooks) gets one link update; a dispatcher member gets a new
+// dispatcher revision with the new program in the old one's slot. Maps
+// carry over by name when their shape matches (the new program uses the
+// same kernel maps); the others start empty. The old attachment's owners
+// become the new one's, with owner added. Tracing programs cannot be
+// replaced.
 //
 // Crash safety: the new program's pins are made first, beside the old
-// ones; moving the link's pin into the new directory (a rename) is the
-// commit; RecoverReplace finishes or undoes an interrupted Replace from
-// the pins.
+// ones; the commit is moving the link's pin into the new directory (a
+// rename), or for a dispatcher member the revision swap; RecoverReplace
+// finishes or undoes an interrupted Replace from the pins.
 func (l *Loader) Replace(ctx context.Context, oldKey string, r *Resolved, owner string) (*Program, *Replaced, error) {
 	l.gc.RLock()
 	defer l.gc.RUnlock()
 	id := r.Identity
 	key := id.Key()
-	if l.chained(id.Hook) {
-		return nil, nil, fault.Errorf(fault.Precondition, "upgrading %s in place goes through its dispatcher, which bpfmount cannot do yet: unload the old version first", describeIdentity(id))
-	}
 	if IsTracing(id.Hook) {
 		// Perf-event and tracing links cannot swap their program; the
 		// kernel runs any number of programs on one target, so the new
 		// version can attach beside the old one instead.
 		return nil, nil, fault.Errorf(fault.Precondition, "upgrading %s in place is not supported for tracing hooks: use another name, or unload the old version first", describeIdentity(id))
+	}
+	if l.chained(id.Hook) {
+		return l.replaceMember(ctx, oldKey, r, owner)
 	}
 	// Order as Acquire's: key, then target. The key lock keeps other
 	// requests for the new identity waiting; the new version loads (the
@@ -85,22 +89,7 @@ func (l *Loader) Replace(ctx context.Context, oldKey string, r *Resolved, owner 
 	if err != nil {
 		return nil, nil, err
 	}
-	rep := &Replaced{From: old.id}
-	repl := map[string]*ebpf.Map{}
-	for name, ms := range cs.Maps {
-		om := oldMaps[name]
-		if strings.HasPrefix(name, ".") || om == nil {
-			continue
-		}
-		if ms.Compatible(om) == nil {
-			repl[name] = om
-			rep.Carried = append(rep.Carried, name)
-		} else {
-			rep.Reset = append(rep.Reset, name)
-		}
-	}
-	sort.Strings(rep.Carried)
-	sort.Strings(rep.Reset)
+	repl, rep := carryOver(cs, old, oldMaps)
 	coll, err := ebpf.NewCollectionWithOptions(cs, ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
 		return nil, nil, classifyLoadError(id, err)
@@ -162,27 +151,140 @@ func (l *Loader) Replace(ctx context.Context, oldKey string, r *Resolved, owner 
 	if pid, err := attachedProgramID(e); err == nil {
 		e.progID = pid
 	}
+	old.link = nil
+	return l.succeed(old, e, owner, rep), rep, nil
+}
+
+// carryOver pairs the maps of the new version's spec with the old
+// version's open maps by name: those of the same shape are reused (the
+// MapReplacements of the new load), the others start empty.
+func carryOver(cs *ebpf.CollectionSpec, old *entry, oldMaps map[string]*ebpf.Map) (map[string]*ebpf.Map, *Replaced) {
+	rep := &Replaced{From: old.id}
+	repl := map[string]*ebpf.Map{}
+	for name, ms := range cs.Maps {
+		om := oldMaps[name]
+		if strings.HasPrefix(name, ".") || om == nil {
+			continue
+		}
+		if ms.Compatible(om) == nil {
+			repl[name] = om
+			rep.Carried = append(rep.Carried, name)
+		} else {
+			rep.Reset = append(rep.Reset, name)
+		}
+	}
+	sort.Strings(rep.Carried)
+	sort.Strings(rep.Reset)
+	return repl, rep
+}
+
+// succeed records e, which took old's place, with old's owners and owner,
+// and lets old go: its program's descriptors and pins (maps not carried
+// over live on only in the volumes that mount them).
+func (l *Loader) succeed(old, e *entry, owner string, rep *Replaced) *Program {
 	l.mu.Lock()
 	for o := range old.owners {
 		e.owners[o] = struct{}{}
 		rep.Owners = append(rep.Owners, o)
 	}
 	e.owners[owner] = struct{}{}
-	delete(l.entries, oldKey)
-	l.entries[key] = e
+	delete(l.entries, old.key)
+	l.entries[e.key] = e
 	p := e.snapshot(false)
 	l.mu.Unlock()
 	sort.Strings(rep.Owners)
-	// The old program goes; maps not carried over live on only in the
-	// volumes that mount them.
-	old.link = nil
 	old.closeFDs()
-	if err := l.removePins(oldKey); err != nil {
-		klog.ErrorS(err, "Removing the pins of a replaced program; garbage collection retries", "key", oldKey)
+	if err := l.removePins(old.key); err != nil {
+		klog.ErrorS(err, "Removing the pins of a replaced program; garbage collection retries", "key", old.key)
 	}
-	klog.InfoS("Replaced program in place", "from", oldKey, "to", key, "program", id.Program, "hook", id.Hook, "interface", id.Interface,
-		"id", e.progID, "carried", rep.Carried, "reset", rep.Reset)
-	return p, rep, nil
+	klog.InfoS("Replaced program in place", "from", old.key, "to", e.key, "program", e.id.Program, "hook", e.id.Hook, "interface", e.id.Interface,
+		"direction", e.id.Direction, "id", e.progID, "carried", rep.Carried, "reset", rep.Reset)
+	return p
+}
+
+// replaceMember is Replace for a dispatcher member: the new version loads
+// as a member on its own handles of the old maps, and a new revision of
+// the dispatcher runs it in the old member's slot (same priority and
+// position); the revision swap is the commit, as for every chain change.
+func (l *Loader) replaceMember(ctx context.Context, oldKey string, r *Resolved, owner string) (_ *Program, _ *Replaced, err error) {
+	id, key := r.Identity, r.Identity.Key()
+	// Both keys, in a fixed order: the new one keeps other requests for
+	// the new identity waiting, the old one the old member's releases and
+	// joins (which take its key, as on every dispatcher member), until
+	// the swap is done or given up.
+	unlock := l.lockKeys(key, oldKey)
+	defer unlock()
+	old, oldMaps, err := l.replaceable(oldKey, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		for _, m := range oldMaps {
+			m.Close()
+		}
+	}()
+	if old.chain == nil || !old.attached {
+		return nil, nil, fault.Errorf(fault.Precondition, "%s is not running in its dispatcher (its interface went away): nothing to upgrade in place; unpublish its volumes first", describeIdentity(old.id))
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	cs, err := collectionFor(id, r.spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	repl, rep := carryOver(cs, old, oldMaps)
+	ext, err := dispatcher.LoadMember(dispatcher.Hook(id.Hook), cs, id.Program, &ebpf.CollectionOptions{MapReplacements: repl})
+	if err != nil {
+		return nil, nil, classifyLoadError(id, err)
+	}
+	if replaceLoaded != nil {
+		replaceLoaded()
+	}
+	e := &entry{id: id, key: key, prog: ext.Program, maps: ext.Maps, chain: old.chain, created: old.created, owners: map[string]struct{}{}}
+	defer func() {
+		if err != nil {
+			e.destroy()
+			l.removePins(key)
+		}
+	}()
+	// Both keys are locked, so the old member is still recorded and the
+	// new identity not; Adopt, which takes neither, runs only at start.
+	l.mu.Lock()
+	gone, cur := l.entries[oldKey] != old, l.entries[key]
+	l.mu.Unlock()
+	if gone || cur != nil {
+		return nil, nil, fault.Errorf(fault.Aborted, "the program to upgrade (%s) changed while its new version loaded; retry", oldKey)
+	}
+	info, err := e.prog.Info()
+	if err != nil {
+		return nil, nil, fmt.Errorf("reading program info: %w", err)
+	}
+	e.progID, _ = info.ID()
+	// The new program and maps pinned beside the old ones, in no
+	// revision yet.
+	if err := l.pin(e); err != nil {
+		return nil, nil, err
+	}
+	failpoint.Hit("replace.pinned")
+	m := dispatcher.Member{Key: key, Name: id.Program, Program: e.prog, Priority: id.Priority, ProceedOn: proceedMask(id), Frags: ext.Frags}
+	if err := old.chain.Replace(oldKey, m); err != nil {
+		return nil, nil, fmt.Errorf("replacing %s with %s in its dispatcher: %w", describeIdentity(old.id), describeIdentity(id), l.chainError(id, err))
+	}
+	failpoint.Hit("replace.updated")
+	e.attached, e.mode = true, old.chain.Mode()
+	return l.succeed(old, e, owner, rep), rep, nil
+}
+
+// lockKeys locks two identity keys in a fixed order (no two callers can
+// wait for each other) and returns the function that unlocks both.
+func (l *Loader) lockKeys(a, b string) func() {
+	if b < a {
+		a, b = b, a
+	}
+	ua := l.lockKey(a)
+	ub := l.lockKey(b)
+	return func() { ub(); ua() }
 }
 
 // replaceable checks that the attachment oldKey can be replaced by id and
@@ -198,8 +300,8 @@ func (l *Loader) replaceable(oldKey string, id Identity) (*entry, map[string]*eb
 		return nil, nil, fault.Errorf(fault.NotFound, "the program to upgrade (%s) is no longer loaded", oldKey)
 	case cur != nil:
 		return nil, nil, fault.Errorf(fault.Precondition, "%s is already loaded: nothing to upgrade", describeIdentity(id))
-	case old.chain != nil || old.link == nil:
-		return nil, nil, fault.Errorf(fault.Precondition, "%s runs in a dispatcher: upgrading it in place is not supported yet", describeIdentity(old.id))
+	case !l.chained(old.id.Hook) && old.link == nil:
+		return nil, nil, fault.Errorf(fault.Precondition, "%s has no link to update: it cannot be upgraded in place; unpublish its volumes first", describeIdentity(old.id))
 	case old.id.Hook != id.Hook || old.id.Interface != id.Interface || old.id.Netns != id.Netns ||
 		old.id.Cgroup != id.Cgroup || old.id.AttachTo != id.AttachTo || old.id.Direction != id.Direction:
 		return nil, nil, fault.Errorf(fault.Invalid, "%s cannot replace %s: another hook", describeIdentity(id), describeIdentity(old.id))
@@ -229,6 +331,9 @@ func (l *Loader) RecoverReplace(from, to Identity) (done bool, err error) {
 	l.gc.RLock()
 	defer l.gc.RUnlock()
 	oldKey, newKey := from.Key(), to.Key()
+	if l.chained(from.Hook) {
+		return l.recoverMember(from, to)
+	}
 	if _, err := os.Stat(filepath.Join(l.pinDir(newKey), "link")); err == nil {
 		return true, l.removePins(oldKey)
 	}
@@ -254,6 +359,28 @@ func (l *Loader) RecoverReplace(from, to Identity) (done bool, err error) {
 				return false, fmt.Errorf("putting %s back on its link: %w", describeIdentity(from), err)
 			}
 		}
+	}
+	return false, l.removePins(newKey)
+}
+
+// recoverMember is RecoverReplace for a dispatcher member: opening the
+// chain adopts the revision the interface runs and removes the others (one
+// built for the upgrade and never swapped in, or the one it swapped out).
+// The upgrade stands when that revision holds the new member.
+func (l *Loader) recoverMember(from, to Identity) (bool, error) {
+	oldKey, newKey := from.Key(), to.Key()
+	ifc, err := l.iface(from.Interface)
+	if err != nil {
+		// The interface went away, and with it what either version ran:
+		// the older version stays recorded, without a chain.
+		return false, l.removePins(newKey)
+	}
+	chain, err := l.chainFor(targetOf(from, ifc.Index))
+	if err != nil {
+		return false, err
+	}
+	if slices.ContainsFunc(chain.Members(), func(m dispatcher.Member) bool { return m.Key == newKey }) {
+		return true, l.removePins(oldKey)
 	}
 	return false, l.removePins(newKey)
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -47,7 +48,12 @@ func TestKeepAttachedAcrossRestart(t *testing.T) {
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-a", first, keepAttrs(img, v.Host, "30s"), true)); err != nil {
 		t.Fatal(err)
 	}
-	id := testenv.XDPProgram(t, v.Host)
+	// The volume's program: attached alone, or a member of the dispatcher
+	// on a kernel that chains XDP programs.
+	id := record(t, d, "vol-a").ProgramID
+	if !testenv.XDPRuns(t, v.Host, id) {
+		t.Fatalf("program %d of vol-a does not run on %s", id, v.Host)
+	}
 	if err := v.Send(20, 64); err != nil {
 		t.Fatal(err)
 	}
@@ -55,8 +61,8 @@ func TestKeepAttachedAcrossRestart(t *testing.T) {
 	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-a", first)); err != nil {
 		t.Fatal(err)
 	}
-	if got := testenv.XDPProgram(t, v.Host); got != id {
-		t.Fatalf("after the last unpublish XDP program is %d, want %d still attached", got, id)
+	if !testenv.XDPRuns(t, v.Host, id) {
+		t.Fatalf("after the last unpublish program %d no longer runs on %s (XDP runs %d)", id, v.Host, testenv.XDPProgram(t, v.Host))
 	}
 	if f := testenv.Files(t, filepath.Join(d.StateDir, "lingers")); len(f) != 1 {
 		t.Fatalf("linger records %v, want one", f)
@@ -67,14 +73,14 @@ func TestKeepAttachedAcrossRestart(t *testing.T) {
 	}
 	d.Restart(opts)
 	d.Driver.CollectGarbage() // before the deadline: keeps it
-	if got := testenv.XDPProgram(t, v.Host); got != id {
-		t.Fatalf("after a restart XDP program is %d, want %d", got, id)
+	if !testenv.XDPRuns(t, v.Host, id) {
+		t.Fatalf("after a restart program %d no longer runs on %s (XDP runs %d)", id, v.Host, testenv.XDPProgram(t, v.Host))
 	}
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-b", second, keepAttrs(img, v.Host, "30s"), true)); err != nil {
 		t.Fatal(err)
 	}
 	rec := record(t, d, "vol-b")
-	if rec.ProgramID != uint32(id) {
+	if rec.ProgramID != id {
 		t.Fatalf("the new volume has program %d, want the lingering %d", rec.ProgramID, id)
 	}
 	after, _ := counts(t, testenv.Consumer{}, filepath.Join(second, "xdp_stats_map"))
@@ -89,8 +95,8 @@ func TestKeepAttachedAcrossRestart(t *testing.T) {
 	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-b", second)); err != nil {
 		t.Fatal(err)
 	}
-	if got := testenv.XDPProgram(t, v.Host); got != id {
-		t.Fatalf("after the second last unpublish XDP program is %d, want %d", got, id)
+	if !testenv.XDPRuns(t, v.Host, id) {
+		t.Fatalf("after the second last unpublish program %d no longer runs on %s (XDP runs %d)", id, v.Host, testenv.XDPProgram(t, v.Host))
 	}
 }
 
@@ -103,14 +109,14 @@ func TestKeepAttachedWindowEnds(t *testing.T) {
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-a", target, keepAttrs(img, v.Host, "1s"), true)); err != nil {
 		t.Fatal(err)
 	}
-	id := testenv.XDPProgram(t, v.Host)
+	id := record(t, d, "vol-a").ProgramID
 	if err := v.Send(10, 64); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-a", target)); err != nil {
 		t.Fatal(err)
 	}
-	if testenv.XDPProgram(t, v.Host) != id {
+	if !testenv.XDPRuns(t, v.Host, id) {
 		t.Fatal("program detached at once despite keepAttached")
 	}
 	time.Sleep(1100 * time.Millisecond)
@@ -119,8 +125,8 @@ func TestKeepAttachedWindowEnds(t *testing.T) {
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-b", target, keepAttrs(img, v.Host, "1s"), true)); err != nil {
 		t.Fatal(err)
 	}
-	if rec := record(t, d, "vol-b"); rec.ProgramID == uint32(id) {
-		t.Fatalf("publish after the window took over program %d", id)
+	if rec := record(t, d, "vol-b"); rec.ProgramID == id || !testenv.XDPRuns(t, v.Host, rec.ProgramID) {
+		t.Fatalf("publish after the window: program %d (running: %v), want a new one running in place of %d", rec.ProgramID, testenv.XDPRuns(t, v.Host, rec.ProgramID), id)
 	}
 	if p, _ := counts(t, testenv.Consumer{}, filepath.Join(target, "xdp_stats_map")); p != 0 {
 		t.Fatalf("new program's counter is %d, want fresh maps", p)
@@ -228,7 +234,10 @@ rules:
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-load", load, a, false)); err != nil {
 		t.Fatal(err)
 	}
-	id := testenv.XDPProgram(t, v.Host)
+	id, top := record(t, d, "vol-load").ProgramID, testenv.XDPProgram(t, v.Host)
+	if !testenv.XDPRuns(t, v.Host, id) {
+		t.Fatalf("program %d of the load volume does not run on %s", id, v.Host)
+	}
 	expectCode(t, d, publishReq("vol-r", reader, readerAttrs("mon", "counter"), true), codes.PermissionDenied, `allows names ["fw-*"] only, not "counter"`)
 	expectCode(t, d, publishReq("vol-r", reader, readerAttrs("web", "fw-edge"), true), codes.PermissionDenied, "no rule matches")
 	expectCode(t, d, publishReq("vol-r", reader, readerAttrs("mon", "fw-edge"), false), codes.PermissionDenied, "read-only map-only volumes only")
@@ -239,11 +248,13 @@ rules:
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-r", reader, readerAttrs("mon", "fw-edge"), true)); err != nil {
 		t.Fatal(err)
 	}
-	if rec := record(t, d, "vol-r"); rec.ProgramID != uint32(id) {
+	if rec := record(t, d, "vol-r"); rec.ProgramID != id {
 		t.Fatalf("map-only volume records program %d, want %d", rec.ProgramID, id)
 	}
-	if got := testenv.XDPProgram(t, v.Host); got != id {
-		t.Fatalf("a map-only volume changed the attachment: %d, want %d", got, id)
+	// Nothing attached anew: the same program (or, chained, the same
+	// dispatcher revision) on the hook.
+	if got := testenv.XDPProgram(t, v.Host); got != top || !testenv.XDPRuns(t, v.Host, id) {
+		t.Fatalf("a map-only volume changed the attachment: XDP runs %d, want %d running %d", got, top, id)
 	}
 	pin := filepath.Join(reader, "xdp_stats_map")
 	if err := v.Send(15, 64); err != nil {
@@ -383,7 +394,10 @@ func seqCounts(t *testing.T, target string) (count, gaps uint64) {
 // TestUpgradeInPlaceXDP: a named XDP program upgraded to another image
 // version while numbered frames flow: every frame counted once, the
 // counters continue, and the older version's volume follows the new
-// program until the last volume of either version goes.
+// program until the last volume of either version goes. On a kernel that
+// chains XDP programs the upgraded program shares the hook with another
+// volume's, ahead of it: the new version takes the old one's slot, and
+// the neighbour counts every frame across the swap.
 func TestUpgradeInPlaceXDP(t *testing.T) {
 	d, v, v1, dir := setup(t, testenv.XDPSeqObject, testenv.DaemonOptions{})
 	obj, err := os.ReadFile(testenv.RepoPath(testenv.XDPSeqObject))
@@ -397,11 +411,25 @@ func TestUpgradeInPlaceXDP(t *testing.T) {
 		a["name"] = "seq"
 		return a
 	}
-	a, b := filepath.Join(dir, "a"), filepath.Join(dir, "b")
+	a, b, n := filepath.Join(dir, "a"), filepath.Join(dir, "b"), filepath.Join(dir, "n")
+	chained := d.Loader.CanChain()
+	if chained {
+		na := xdpAttrs(testenv.Layout(t, testenv.XDPCounterObject, "v1"), v.Host)
+		na["priority"] = "10"
+		if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-n", n, na, true)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-a", a, attrs(v1), true)); err != nil {
 		t.Fatal(err)
 	}
-	old := testenv.XDPProgram(t, v.Host)
+	ra := record(t, d, "vol-a")
+	old := ra.ProgramID
+	if chained {
+		if got, want := xdpSlots(t, d, v.Host), []string{record(t, d, "vol-n").Key, ra.Key}; !slices.Equal(got, want) {
+			t.Fatalf("dispatcher slots %v, want %v", got, want)
+		}
+	}
 	s := v.StartSeq(t, 16, 64, time.Millisecond)
 	s.WaitSent(t, 200)
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-b", b, attrs(v2), true)); err != nil {
@@ -411,12 +439,12 @@ func TestUpgradeInPlaceXDP(t *testing.T) {
 	if err := s.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	now := testenv.XDPProgram(t, v.Host)
-	if now == old || now == 0 {
-		t.Fatalf("XDP program %d after the upgrade (before: %d)", now, old)
-	}
 	ra, rb := record(t, d, "vol-a"), record(t, d, "vol-b")
-	if ra.ProgramID != now || rb.ProgramID != now || ra.Key != rb.Key {
+	now := rb.ProgramID
+	if now == old || !testenv.XDPRuns(t, v.Host, now) || testenv.XDPRuns(t, v.Host, old) {
+		t.Fatalf("after the upgrade program %d (before: %d) must run on %s alone of the two; XDP runs %d", now, old, v.Host, testenv.XDPProgram(t, v.Host))
+	}
+	if ra.ProgramID != now || ra.Key != rb.Key {
 		t.Fatalf("records after the upgrade: vol-a program %d key %s, vol-b program %d key %s; want both on %d", ra.ProgramID, ra.Key, rb.ProgramID, rb.Key, now)
 	}
 	count, gaps := seqCounts(t, b)
@@ -426,17 +454,69 @@ func TestUpgradeInPlaceXDP(t *testing.T) {
 	if ca, _ := seqCounts(t, a); ca != count {
 		t.Fatalf("the older volume sees %d frames, the newer %d: the map was not carried over", ca, count)
 	}
+	if chained {
+		if got, want := xdpSlots(t, d, v.Host), []string{record(t, d, "vol-n").Key, rb.Key}; !slices.Equal(got, want) {
+			t.Fatalf("dispatcher slots after the upgrade %v, want %v: the new version in the old one's slot", got, want)
+		}
+		if p, _ := counts(t, testenv.Consumer{}, filepath.Join(n, "xdp_stats_map")); p < uint64(s.Sent()) {
+			t.Fatalf("the neighbour counted %d of %d frames across the upgrade", p, s.Sent())
+		}
+	}
 	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-a", a)); err != nil {
 		t.Fatal(err)
 	}
-	if got := testenv.XDPProgram(t, v.Host); got != now {
-		t.Fatalf("after the older volume went XDP runs %d, want %d", got, now)
+	if !testenv.XDPRuns(t, v.Host, now) {
+		t.Fatalf("after the older volume went program %d no longer runs (XDP runs %d)", now, testenv.XDPProgram(t, v.Host))
 	}
 	d.Restart(testenv.DaemonOptions{})
-	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-b", b)); err != nil {
-		t.Fatal(err)
+	if !testenv.XDPRuns(t, v.Host, now) {
+		t.Fatalf("after a restart program %d no longer runs (XDP runs %d)", now, testenv.XDPProgram(t, v.Host))
 	}
-	d.AssertClean(t, v, a, b)
+	for vol, tgt := range map[string]string{"vol-b": b, "vol-n": n} {
+		if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq(vol, tgt)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.AssertClean(t, v, a, b, n)
+}
+
+// xdpSlots returns the keys of the members of the dispatcher revision
+// ifname's XDP hook runs, in slot order (from its pins:
+// rev-<N>/slot-<i>_<key>_<created>_<name>).
+func xdpSlots(t *testing.T, d *testenv.Daemon, ifname string) []string {
+	t.Helper()
+	live := testenv.XDPProgram(t, ifname)
+	revs, _ := filepath.Glob(filepath.Join(d.BPFFSRoot, "dispatchers", "*-xdp", "rev-*"))
+	for _, rev := range revs {
+		p, err := ebpf.LoadPinnedProgram(filepath.Join(rev, "dispatcher"), nil)
+		if err != nil {
+			continue
+		}
+		info, err := p.Info()
+		p.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id, _ := info.ID(); uint32(id) != live {
+			continue
+		}
+		pins, err := filepath.Glob(filepath.Join(rev, "slot-*"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys := make([]string, len(pins))
+		for _, pin := range pins {
+			parts := strings.SplitN(strings.TrimPrefix(filepath.Base(pin), "slot-"), "_", 3)
+			i, err := strconv.Atoi(parts[0])
+			if err != nil || i >= len(keys) || len(parts) < 2 {
+				t.Fatalf("unexpected slot pin %s", pin)
+			}
+			keys[i] = parts[1]
+		}
+		return keys
+	}
+	t.Fatalf("no pinned dispatcher revision is the one %s runs (%d)", ifname, live)
+	return nil
 }
 
 // TestUpgradeInPlaceTCXResetsChangedMap: an upgrade whose map changed
@@ -524,6 +604,7 @@ func TestRolloutUpgradesLingeringProgram(t *testing.T) {
 	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-old", a, attrs(v1), true)); err != nil {
 		t.Fatal(err)
 	}
+	old := record(t, d, "vol-old").ProgramID
 	s := v.StartSeq(t, 16, 64, time.Millisecond)
 	s.WaitSent(t, 200)
 	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-old", a)); err != nil {
@@ -540,8 +621,8 @@ func TestRolloutUpgradesLingeringProgram(t *testing.T) {
 	if count, gaps := seqCounts(t, b); gaps != 0 || count != uint64(s.Sent()) {
 		t.Fatalf("counted %d of %d frames with %d gaps across the rollout", count, s.Sent(), gaps)
 	}
-	if rec := record(t, d, "vol-new"); uint32(testenv.XDPProgram(t, v.Host)) != rec.ProgramID {
-		t.Fatalf("XDP runs %d, the new volume records %d", testenv.XDPProgram(t, v.Host), rec.ProgramID)
+	if rec := record(t, d, "vol-new"); !testenv.XDPRuns(t, v.Host, rec.ProgramID) || testenv.XDPRuns(t, v.Host, old) {
+		t.Fatalf("XDP runs %d; the new volume records %d, which must run there, and the old version %d must not", testenv.XDPProgram(t, v.Host), rec.ProgramID, old)
 	}
 	if f := testenv.Files(t, filepath.Join(d.StateDir, "lingers")); len(f) != 0 {
 		t.Fatalf("linger records %v after the new version took over", f)

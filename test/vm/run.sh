@@ -59,7 +59,7 @@ suite_files() {
 	(IFS=,; echo "${files[*]}")
 }
 # On 6.1 (no tcx) the suites' tests that touch xdp and tc.
-suite_run_61='^(TestXDP|TestSecondXDP|TestIdentical|TestReadOnly|TestRestartKeeps|TestPublishIsIdempotent|TestInterfaceRemoval|TestUnpublishAfter|TestCrashDuring|TestTrafficContinues|TestSIGTERM)'
+suite_run_61='^(TestXDP|TestSecondXDP|TestIdentical|TestReadOnly|TestRestartKeeps|TestPublishIsIdempotent|TestInterfaceRemoval|TestUnpublishAfter|TestCrashDuring|TestTrafficContinues|TestSIGTERM|TestKeepAttached|TestNameHeldByAnotherLoad|TestMapOnlyVolume|TestNodeProgramsFromFile|TestUpgradeInPlaceXDP|TestRolloutUpgradesLingeringProgram|TestCrashWhileLingering)'
 
 status=0
 suites=0

@@ -2,7 +2,6 @@ package vm
 
 import (
 	"fmt"
-	"slices"
 	"testing"
 	"time"
 
@@ -15,9 +14,11 @@ import (
 // old one's order keys, and every frame sent meets exactly one version of
 // the middle member, in the middle, between the first and the last.
 // Replacing with another priority, or a key the chain does not hold, is
-// refused and leaves the chain as it was.
+// refused and leaves the chain as it was. With two CPUs (run.sh's -smp 2
+// run) the frames run on CPU 0 and the replacements on CPU 1.
 func TestReplaceMemberUnderTraffic(t *testing.T) {
 	requireVM(t)
+	cpus := wantCPUs(t)
 	forEachHook(t, func(t *testing.T, h hookCase) {
 		host, peer := vethPair(t)
 		c, err := dispatcher.Open(h.target(host), pinDir(t))
@@ -49,27 +50,42 @@ func TestReplaceMemberUnderTraffic(t *testing.T) {
 			t.Fatalf("refused replacements built revision %d (was %d)", got, rev)
 		}
 
-		s := newSender(t, from, to)
-		s.start(t)
-		versions := []*member{middle}
-		time.Sleep(50 * time.Millisecond)
 		const rounds = 6
+		versions := []*member{middle}
 		for i := 1; i <= rounds; i++ {
 			next := loadMember(t, h, "", 2, h.proceed, 20, h.mask(h.proceed))
 			next.Key = fmt.Sprintf("mid-v%d", i)
 			next.Created = time.Now() // replaced by the old member's
-			if err := c.Replace(versions[len(versions)-1].Key, next.Member); err != nil {
-				t.Fatal(err)
-			}
 			versions = append(versions, next)
-			ms := c.Members()
-			keys := []string{ms[0].Key, ms[1].Key, ms[2].Key}
-			if len(ms) != 3 || !slices.Equal(keys, []string{first.Key, next.Key, last.Key}) || !ms[1].Created.Equal(created) {
-				t.Fatalf("after replacement %d the chain runs %v (middle created %v), want %s in the middle, created %v", i, keys, ms[1].Created, next.Key, created)
-			}
-			time.Sleep(20 * time.Millisecond)
 		}
-		time.Sleep(50 * time.Millisecond)
+		s := newSender(t, from, to)
+		sendCPU, swapCPU := -1, -1
+		if cpus >= 2 {
+			sendCPU, swapCPU = 0, 1
+		}
+		s.startOn(t, sendCPU)
+		replace := func() {
+			time.Sleep(50 * time.Millisecond)
+			for i := 1; i <= rounds; i++ {
+				next := versions[i]
+				if err := c.Replace(versions[i-1].Key, next.Member); err != nil {
+					t.Error(err)
+					return
+				}
+				ms := c.Members()
+				if len(ms) != 3 || ms[0].Key != first.Key || ms[1].Key != next.Key || ms[2].Key != last.Key || !ms[1].Created.Equal(created) {
+					t.Errorf("after replacement %d the chain runs %+v, want %s in the middle, created %v", i, ms, next.Key, created)
+					return
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if swapCPU >= 0 {
+			onCPU(t, swapCPU, replace)
+		} else {
+			replace()
+		}
 		sent := s.halt()
 		time.Sleep(100 * time.Millisecond)
 		f, l := first.runs(t), last.runs(t)
@@ -86,8 +102,8 @@ func TestReplaceMemberUnderTraffic(t *testing.T) {
 			}
 			mid += r
 		}
-		t.Logf("%d frames sent; first saw %d, the middle versions %d (%d of %d versions saw frames), last %d; revision %d",
-			sent, f, mid, seen, len(versions), l, c.Revision())
+		t.Logf("%d CPUs: %d frames sent; first saw %d, the middle versions %d (%d of %d versions saw frames), last %d; revision %d",
+			cpus, sent, f, mid, seen, len(versions), l, c.Revision())
 		if f != sent || l != sent {
 			t.Errorf("%d frames sent; the first member saw %d and the last %d: a frame skipped the chain or met a partial one", sent, f, l)
 		}

@@ -89,7 +89,7 @@ for k in "${kernels[@]}"; do
 		run "$k" "-rootfs=$rootfs" "${flags[@]}" ./test/vm/
 		if ((suites)); then
 			# Frames on one vCPU meet swaps on the other.
-			VMTEST_CPUS=2 run "$k" "-smp 2" "${flags[@]}" -run '^TestRemoveMiddleUnderTraffic$' ./test/vm/
+			VMTEST_CPUS=2 run "$k" "-smp 2" "${flags[@]}" -run '^(TestRemoveMiddleUnderTraffic|TestReplaceMemberUnderTraffic)$' ./test/vm/
 			sel=()
 			[[ $k == 6.1 ]] && sel=(-run "$suite_run_61")
 			VMEXEC_TIMEOUT=${VMEXEC_TIMEOUT:-20m} run "$k" "-files=$files" -p 1 -timeout 30m "${sel[@]}" "${flags[@]}" ./test/integration/ ./test/crash/

@@ -248,14 +248,9 @@ func (l *Loader) replaceMember(ctx context.Context, oldKey string, r *Resolved, 
 			l.removePins(key)
 		}
 	}()
-	// Both keys are locked, so the old member is still recorded and the
-	// new identity not; Adopt, which takes neither, runs only at start.
-	l.mu.Lock()
-	gone, cur := l.entries[oldKey] != old, l.entries[key]
-	l.mu.Unlock()
-	if gone || cur != nil {
-		return nil, nil, fault.Errorf(fault.Aborted, "the program to upgrade (%s) changed while its new version loaded; retry", oldKey)
-	}
+	// Both keys stay locked, so the old member is still recorded and the
+	// new identity not: unlike Replace's own link path, nothing needs
+	// checking again before the swap.
 	info, err := e.prog.Info()
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading program info: %w", err)

@@ -36,11 +36,10 @@ func (c *Chain) Update(add []Member, remove []string) error {
 // revision swapped in like any other: a packet runs the revision with old
 // or the one with m, never neither and never both. m must have old's
 // priority and program name; it takes old's creation time, so it sorts
-// (Compare) exactly where old did, now and in every later revision. The
-// chain keeps old's other settings from m (its chain-call mask and frags
-// flag may change). Replacing a key the chain does not hold is a
-// fault.NotFound error; like Update, the call is coalesced with
-// concurrent changes.
+// (Compare) exactly where old did, now and in every later revision; its
+// own chain-call mask and frags flag apply. Replacing a key the chain does
+// not hold is a fault.NotFound error; like Update, the call is coalesced
+// with concurrent changes.
 func (c *Chain) Replace(old string, m Member) error {
 	return c.submit(&change{add: []Member{m}, remove: []string{old}, replaces: old, done: make(chan error, 1)})
 }

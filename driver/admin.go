@@ -86,6 +86,10 @@ func adminVolume(r *state.Record) admin.Volume {
 	if v.Maps == nil {
 		v.Maps = []string{}
 	}
+	v.Name, v.From, v.ResetMaps = r.Attributes[AttrName], r.Attributes[AttrFrom], r.ResetMaps
+	if r.KeepAttached > 0 {
+		v.KeepAttached = r.KeepAttached.String()
+	}
 	if !r.Created.IsZero() {
 		v.Created = r.Created.UTC().Format(time.RFC3339)
 	}

@@ -30,6 +30,10 @@ const (
 	AttrGlobals    = "globals"
 	AttrPullPolicy = "pullPolicy"
 	AttrCgroup     = "cgroup" // cgroup types of local requests: the cgroup2 directory
+	// Lifetimes (lifetime.go).
+	AttrKeepAttached = "keepAttached"
+	AttrName         = "name"
+	AttrFrom         = "from"
 )
 
 // Keys kubelet adds with podInfoOnMount and for ephemeral volumes.
@@ -45,6 +49,7 @@ const (
 var attrKeys = []string{
 	AttrAttachTo, AttrDirection, AttrGlobals, AttrImage, AttrInterface, AttrMaps, AttrPriority,
 	AttrProceedOn, AttrProgram, AttrPullPolicy, AttrType, AttrXDPMode, AttrCgroup, AttrContainer,
+	AttrKeepAttached, AttrName, AttrFrom,
 }
 
 // Bounds on attribute values: generous for real use, small enough that a
@@ -82,6 +87,7 @@ type volumeRequest struct {
 	// podCgroup is true when the program attaches to the pod's own cgroup,
 	// found at publish (see cgroup.go).
 	podCgroup bool
+	life      lifetime // keepAttached, name, from (lifetime.go)
 }
 
 // parseAttributes checks every volume attribute and turns them into a load
@@ -133,7 +139,16 @@ func parseAttributes(ctx map[string]string) (*volumeRequest, error) {
 		// policy treats far more leniently.
 		return nil, invalid("the volume context holds kubelet keys (%s*) but no %q: a pod's request must name its namespace (is podInfoOnMount set on the CSIDriver?)", kubeletPrefix, keyPodNamespace)
 	}
+	if err := vr.parseLifetime(); err != nil {
+		return nil, err
+	}
+	if vr.life.from != "" {
+		return vr, nil // a map-only volume, checked by parseLifetime
+	}
 	if err := vr.parse(); err != nil {
+		return nil, err
+	}
+	if err := vr.checkPodScopedLifetime(); err != nil {
 		return nil, err
 	}
 	return vr, nil

@@ -232,6 +232,8 @@ func TestPodInterfaceAttribute(t *testing.T) {
 		{"tc", with(podnetAttrs("pod"), AttrType, "tc"), "use type tcx or xdp"},
 		{"uid", with(podnetAttrs("pod"), keyPodUID, "../../x"), "not a UUID"},
 		{"cgroup type", with(podnetAttrs("pod"), AttrType, "sock_ops", AttrDirection, ""), "does not apply"},
+		{"keepAttached", with(podnetAttrs("pod"), AttrKeepAttached, "30s"), "goes with the pod"},
+		{"name", with(podnetAttrs("pod"), AttrName, "fw"), "goes with the pod"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newPodnetDriver(t, podnetPolicy, true)
@@ -490,4 +492,21 @@ func TestPodInterfaceShown(t *testing.T) {
 	if shownInterface(host) != "eth0" || metricInterface(host) != "eth0" {
 		t.Error("a node interface is shown otherwise")
 	}
+}
+
+// The node policy's keepAttached default never keeps a program on a pod's
+// own interface after its volume: the interface went with the pod.
+func TestPodInterfaceNeverLingers(t *testing.T) {
+	f := newPodnetDriver(t, podnetPolicy+"keepAttached:\n  default: 30s\n  max: 1m\n", true)
+	f.cri.set(&cri.Sandbox{ID: "sb-1", Netns: "/proc/42/ns/net"}, nil)
+	if _, err := f.d.NodePublishVolume(context.Background(), publishReq("vol-1", testTarget, podnetAttrs("pod"))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.d.NodeUnpublishVolume(context.Background(), unpublishReq("vol-1", testTarget)); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.store.lingers) != 0 {
+		t.Fatalf("linger records %v after the pod's volume went", f.store.lingers)
+	}
+	f.assertNothingLeft(t)
 }

@@ -24,7 +24,8 @@
 //  2. Log the checked request, every value cut to a bounded length.
 //  3. Ask the policy, on everything known before the fetch (namespace,
 //     service account, image reference, interface, priority, read-only,
-//     and the hook when the request names it). When the hook is not named
+//     name, and the hook when the request names it); then check
+//     keepAttached against the policy's cap. When the hook is not named
 //     the request is denied only if no rule could allow it for any hook.
 //     A denied request reads no file and contacts no registry.
 //  4. Take the volume's lock.
@@ -36,16 +37,32 @@
 //     request against it.
 //  7. Ask the policy again when the image named the hook; check the
 //     signature when the deciding rule requires one.
-//  8. Create the volume (createVolume): write the publish intent, acquire
-//     the program, expose the chosen maps at the target, write the record,
-//     delete the intent. A failure undoes the steps done, last first.
-//  9. Report: one audit line, and an event on the pod.
+//  8. Claim the name, if any (names.go): under the name's lock, refuse a
+//     load whose name holds a different program, unless it is another
+//     version of it on the same hook, which this load upgrades in place
+//     (upgrade.go). Detach programs whose keepAttached deadline passed, so
+//     none is joined after it.
+//  9. Create the volume (createVolume): write the publish intent, acquire
+//     the program (for an upgrade: write the upgrade record, replace the
+//     old program, point the older volumes' records at the new one),
+//     expose the chosen maps at the target, write the record,
+//     delete the intent. A failure undoes the steps done, last first
+//     (an upgrade stays: the older volumes hold the new program). A
+//     lingering program the volume joined is taken over (its linger
+//     record deleted, the driver's hold released).
+//  10. Report: one audit line, and an event on the pod.
+//
+// A map-only volume (from: NAME, from.go) skips the loading steps: the
+// policy decides on the name and read-only; the program held under NAME
+// is found from the records (none: Unavailable), held while its maps are
+// exposed, and the record names no program key.
 //
 // An unpublish checks its arguments, takes the volume's lock and reads the
 // record. Without one (or for another target) it only makes sure nothing
 // of bpfmount's is mounted there. Otherwise it writes the unpublish intent,
-// unmounts, releases the program (detaching it when no other volume shares
-// it), deletes the record and then the intent.
+// unmounts, records a linger deadline and adds the driver's hold when the
+// volume has keepAttached, releases the program (detaching it when nothing
+// else holds it), deletes the record and then the intent.
 //
 // A volume on the pod's own interface (interface: pod) is deferred: step 8
 // loads and pins the program with no link, and a waiter per volume
@@ -63,9 +80,20 @@
 // that process (container.go); a restarted container gets the probe
 // again, a stopped one is detached.
 //
-// At start, Restore re-adopts every recorded attachment (starting the
-// waiters of deferred volumes), rolls back
-// publishes and finishes unpublishes that a crash interrupted (their
+// # Lifetimes
+//
+// A program is detached when the last of its loader owners lets go
+// (lifetime.go, programs.go): its load volumes (owner: the volume ID), the
+// driver while it lingers after its last volume (owner "linger:KEY", a
+// record in lingers/ with the deadline), and the node's programs file
+// (owner "node:NAME", a record in nodeprograms/). Each owner kind has a
+// record, so a restart re-adopts them all; garbage collection keeps their
+// pins. Map-only volumes own nothing: their own bpffs pins keep the maps.
+//
+// At start, Restore finishes or undoes interrupted upgrades, re-adopts
+// every recorded attachment (volumes, lingering programs, node programs;
+// deferred volumes get their waiters back), rolls back publishes and
+// finishes unpublishes that a crash interrupted (their
 // intents say which), and removes pins and staging mounts no volume owns.
 //
 // # Errors
@@ -86,13 +114,15 @@
 //     attributes, or another bpf filesystem is mounted there.
 //   - FailedPrecondition: the volume is published at another target, the
 //     target holds a filesystem bpfmount did not mount, the interface is
-//     taken, the kernel lacks a feature, or pull policy Never misses; a
-//     hostNetwork pod asks for its own interface, or the driver has no
-//     container runtime endpoint for it (or for a container's uprobe).
+//     taken, the kernel lacks a feature, pull policy Never misses, or the
+//     request's name holds a different program; a hostNetwork pod asks
+//     for its own interface, or the driver has no container runtime
+//     endpoint for it (or for a container's uprobe).
 //   - Aborted: another operation on the same volume is in flight; retry.
 //   - ResourceExhausted: a dispatcher has no free slot.
-//   - Unavailable: a registry, or the container runtime (interface pod),
-//     could not be reached; retry.
+//   - Unavailable: a registry or the container runtime (interface pod,
+//     container) could not be reached, or no program is loaded under a
+//     map-only volume's name; retry.
 //   - DeadlineExceeded, Canceled: the caller's deadline passed, or it gave
 //     up.
 //   - Internal: anything else (an unexpected kernel or file system error).
@@ -109,4 +139,7 @@
 //   - The in-memory volume counts (countingStore) have their own mutex,
 //     held only to update or copy them.
 //   - A policy is immutable; the policy watcher swaps whole policies.
+//   - lingerMu serializes linger records with the driver's holds; a name's
+//     lock (names) is held from the name's check to the volume's record;
+//     node program syncs run one at a time.
 package driver

@@ -76,6 +76,11 @@ type Driver struct {
 	defaultRoute func() (string, error)
 	// waiters attach deferred volumes (deferred.go).
 	waiters waiters
+
+	lingerMu   sync.Mutex    // linger records and the driver's holds (lifetime.go)
+	lingerWake chan struct{} // a new deadline was recorded
+	names      namedMutex    // a name is checked and taken under its lock
+	programs   nodePrograms  // node programs (programs.go)
 }
 
 // New opens the state directory. Call Restore before serving.
@@ -119,7 +124,7 @@ func newDriver(opts Options, ld programLoader, st recordStore, mnt mounter) (*Dr
 	if opts.Policy == nil {
 		opts.Policy = policy.Static(policy.Default())
 	}
-	return &Driver{opts: opts, store: newCountingStore(st), loader: ld, mounts: mnt,
+	return &Driver{opts: opts, store: newCountingStore(st), loader: ld, mounts: mnt, lingerWake: make(chan struct{}, 1),
 		defaultRoute: defaultRouteInterface}, nil
 }
 

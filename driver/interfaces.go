@@ -19,6 +19,10 @@ type programLoader interface {
 	Resolve(ctx context.Context, req loader.Request) (*loader.Resolved, error)
 	Acquire(ctx context.Context, r *loader.Resolved, owner string) (*loader.Program, error)
 	Release(key, owner string) error
+	Hold(key, owner string) bool
+	Program(key string) *loader.Program
+	Replace(ctx context.Context, oldKey string, r *loader.Resolved, owner string) (*loader.Program, *loader.Replaced, error)
+	RecoverReplace(from, to loader.Identity) (bool, error)
 	Adopt(id loader.Identity, owner string) (*loader.Program, error)
 	Prune(keep ...string) ([]string, error)
 	Programs() []*loader.Program
@@ -37,6 +41,16 @@ type recordStore interface {
 	Intents() ([]*state.Intent, error)
 	StagingPath(volumeID string) string
 	MountsDir() string
+	PutLinger(l *state.Linger) error
+	GetLinger(key string) (*state.Linger, error)
+	DeleteLinger(key string) error
+	Lingers() ([]*state.Linger, error)
+	PutNodeProgram(p *state.NodeProgram) error
+	DeleteNodeProgram(name string) error
+	NodePrograms() ([]*state.NodeProgram, error)
+	PutUpgrade(u *state.Upgrade) error
+	DeleteUpgrade(key string) error
+	Upgrades() ([]*state.Upgrade, error)
 }
 
 // mounter is what the driver uses of package mapfs.

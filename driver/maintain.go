@@ -24,6 +24,7 @@ func (d *Driver) Maintain(ctx context.Context, interval time.Duration) {
 			klog.ErrorS(err, "Cannot follow interface removals; detached programs are noticed at the next collection")
 		}
 	}()
+	go d.expireAtDeadlines(ctx)
 	if interval <= 0 {
 		return
 	}
@@ -43,6 +44,7 @@ func (d *Driver) Maintain(ctx context.Context, interval time.Duration) {
 // directories that no volume owns. Volumes with an operation in flight are
 // skipped; nothing outside the driver's directories is touched.
 func (d *Driver) CollectGarbage() (staging, pins []string) {
+	d.expireLingers(time.Now())
 	ents, err := os.ReadDir(d.store.MountsDir())
 	if err != nil {
 		klog.ErrorS(err, "Garbage collection: reading staging directories")
@@ -71,11 +73,23 @@ func (d *Driver) CollectGarbage() (staging, pins []string) {
 	// be read, its pins are unknown: none is removed.
 	recs, listErr := d.store.List()
 	intents, intentErr := d.store.Intents()
-	if listErr != nil || intentErr != nil {
-		klog.ErrorS(errors.Join(listErr, intentErr), "Garbage collection: some records or intents cannot be read; no pins are removed until they are fixed or removed")
+	lingers, lingerErr := d.lingerKeys()
+	nodeKeys, nodeErr := d.nodeProgramKeys()
+	if listErr != nil || intentErr != nil || lingerErr != nil || nodeErr != nil {
+		klog.ErrorS(errors.Join(listErr, intentErr, lingerErr, nodeErr), "Garbage collection: some records or intents cannot be read; no pins are removed until they are fixed or removed")
 		return staging, nil
 	}
-	keep := make([]string, 0, len(recs)+len(intents))
+	keep := make([]string, 0, len(recs)+len(intents)+len(lingers))
+	keep = append(keep, lingers...)
+	keep = append(keep, nodeKeys...)
+	if ups, err := d.store.Upgrades(); err == nil {
+		for _, u := range ups { // kept: the next start finishes or undoes it
+			keep = append(keep, u.From.Key(), u.To.Key())
+		}
+	} else {
+		klog.ErrorS(err, "Garbage collection: some upgrade records cannot be read; no pins are removed")
+		return staging, nil
+	}
 	for _, r := range recs {
 		keep = append(keep, r.Key)
 	}

@@ -51,6 +51,9 @@ type publishRequest struct {
 	readOnly               bool
 	gid                    string // volume_mount_group, "" for none
 	vol                    *volumeRequest
+	keep                   time.Duration // keepAttached in effect (lifetime.go)
+	upgradeFrom            *nameHolder   // the program this load replaces in place (upgrade.go)
+	upgraded               *loader.Replaced
 }
 
 // publishOutcome is what a publish learned, for metrics, audit and events.
@@ -85,12 +88,18 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest,
 // publishVolume does the steps after the request is checked.
 func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *publishOutcome) (err error) {
 	vr := pr.vol
+	if vr.life.from != "" {
+		return d.publishFrom(pr, out)
+	}
 	if err := d.resolveNodeInterface(vr); err != nil {
 		return err
 	}
 	// Policy first, on everything known before the fetch: a pod no rule
 	// allows makes the node read no file and contact no registry.
 	if out.dec, err = d.authorize(pr, vr.load.Hook, vr.load.AttachTo); err != nil {
+		return err
+	}
+	if pr.keep, err = d.checkLifetime(vr); err != nil {
 		return err
 	}
 	unlock, err := d.lockVolume(pr.volID)
@@ -138,7 +147,21 @@ func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *pub
 	if err != nil {
 		return err
 	}
+	// A name is checked and taken in one step: two loads under one name
+	// cannot both pass the check.
+	unlockName, upgradeFrom, err := d.claimName(vr.life.name, res, true)
+	if err != nil {
+		return err
+	}
+	pr.upgradeFrom = upgradeFrom
+	defer unlockName()
+	// A program whose keepAttached ended is detached before this publish
+	// could join it, whether or not the collector ran yet.
+	d.expireLingers(time.Now())
 	out.rec, err = d.createVolume(ctx, pr, tgt, res, maps)
+	if err == nil {
+		d.takeOver(out.rec)
+	}
 	return err
 }
 
@@ -166,6 +189,7 @@ func (d *Driver) authorize(pr *publishRequest, hook loader.Hook, attachTo string
 		Hook:           string(hook),
 		Priority:       prio,
 		ReadOnly:       pr.readOnly,
+		Name:           vr.life.name,
 	})
 	if !dec.Allowed {
 		metrics.PolicyDenials.WithLabelValues(pol.NamespaceLabel(vr.pod.Namespace)).Inc()
@@ -208,7 +232,7 @@ func (d *Driver) createVolume(ctx context.Context, pr *publishRequest, tgt *mapf
 	undo.push("deleting the intent", func() error { return d.store.DeleteIntent(volID) })
 	failpoint.Hit("publish.intent")
 
-	prog, err := d.loader.Acquire(ctx, res, volID)
+	prog, err := d.acquire(ctx, pr, res)
 	if err != nil {
 		return nil, err
 	}
@@ -233,7 +257,10 @@ func (d *Driver) createVolume(ctx context.Context, pr *publishRequest, tgt *mapf
 		VolumeID: volID, TargetPath: pr.target, StagingPath: pr.staging, ReadOnly: pr.readOnly, MountGroup: pr.gid,
 		Attributes: pr.vol.attrs, Image: pr.vol.load.Image.Reference, Signed: res.Image.Signed,
 		Identity: res.Identity, Key: key, ProgramID: uint32(prog.ID), Maps: maps, Pod: pr.vol.pod, Created: time.Now().UTC(),
-		Mount: made,
+		Mount: made, KeepAttached: pr.keep,
+	}
+	if pr.upgraded != nil {
+		rec.ResetMaps = pr.upgraded.Reset
 	}
 	if err := d.store.Put(rec); err != nil {
 		return nil, fmt.Errorf("writing the record of volume %q: %w", volID, err)
@@ -376,8 +403,13 @@ func (d *Driver) unpublish(rec *state.Record) error {
 		return fmt.Errorf("unmounting volume %q: %w", rec.VolumeID, err)
 	}
 	d.stopDeferred(rec.VolumeID)
-	if err := d.loader.Release(rec.Key, rec.VolumeID); err != nil {
-		return fmt.Errorf("releasing the program of volume %q: %w", rec.VolumeID, err)
+	if err := d.linger(rec); err != nil {
+		return err
+	}
+	if !isFrom(rec) { // a map-only volume holds no program
+		if err := d.loader.Release(rec.Key, rec.VolumeID); err != nil {
+			return fmt.Errorf("releasing the program of volume %q: %w", rec.VolumeID, err)
+		}
 	}
 	failpoint.Hit("unpublish.released")
 	if err := d.store.Delete(rec.VolumeID); err != nil {
@@ -526,6 +558,15 @@ func (d *Driver) report(pr *publishRequest, out *publishOutcome, err error) {
 		return
 	}
 	rec := out.rec
+	if isFrom(rec) {
+		d.opts.Events.Normal(pod, events.ReasonLoaded, fmt.Sprintf("mounted the maps %s of the program named %q (id %d) for volume %s",
+			strings.Join(rec.Maps, ", "), rec.Attributes[AttrFrom], rec.ProgramID, pr.volID))
+		return
+	}
+	if pr.upgraded != nil {
+		d.opts.Events.Normal(pod, events.ReasonLoaded, upgradeMessage(rec, pr.upgraded))
+		return
+	}
 	d.opts.Events.Normal(pod, events.ReasonLoaded, fmt.Sprintf("loaded %s program %q (id %d) on %s for volume %s",
 		rec.Identity.Hook, rec.Identity.Program, rec.ProgramID, targetOf(rec.Identity), pr.volID))
 	klog.V(2).InfoS("Published volume", "volume", pr.volID, "target", clip(pr.target, maxLogValue), "program", rec.Identity.Program,

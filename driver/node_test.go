@@ -68,9 +68,13 @@ func (f *fakeLoader) Resolve(_ context.Context, req loader.Request) (*loader.Res
 	if attachTo == "" {
 		attachTo = f.imageAttachTo
 	}
+	prio := req.Priority
+	if prio == 0 && !loader.IsTracing(hook) {
+		prio = loader.DefaultPriority // as the loader's Resolve
+	}
 	return &loader.Resolved{
 		Identity: loader.Identity{Digest: "sha256:" + req.Image.Reference, Program: "prog", Hook: hook,
-			Interface: req.Interface, Cgroup: req.Cgroup, AttachTo: attachTo, Direction: req.Direction, Priority: req.Priority},
+			Interface: req.Interface, Cgroup: req.Cgroup, AttachTo: attachTo, Direction: req.Direction, Priority: prio},
 		Image: &bytecode.Image{Reference: req.Image.Reference, Signed: f.signed},
 		Maps:  []string{"counts", "events"},
 	}, nil
@@ -128,6 +132,9 @@ type fakeStore struct {
 	putErr       error
 	putIntentErr error
 	lists        int
+	lingers      map[string]*state.Linger      // lifetime_test.go
+	nodeProgs    map[string]*state.NodeProgram // lifetime_test.go
+	upgrades     map[string]*state.Upgrade     // lifetime_test.go
 }
 
 func newFakeStore() *fakeStore {

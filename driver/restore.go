@@ -15,16 +15,18 @@ import (
 
 // RestoreReport says what Restore found.
 type RestoreReport struct {
-	Volumes    int      // records adopted
-	Vanished   []string // volumes whose pins were gone (marked broken)
-	Broken     []string // volumes whose pins could not be re-opened (marked broken)
-	Detached   []string // volumes whose program lost its interface
-	RolledBack []string // publishes interrupted by a crash, undone
-	Completed  []string // unpublishes interrupted by a crash, finished
-	Kept       []string // interrupted operations left as found (their record is unreadable, or finishing failed)
-	Unreadable int      // record or intent files that could not be decoded (kept as found)
-	Pruned     []string // pin directories no volume owned
-	Staging    []string // staging mounts no volume owned
+	Volumes      int      // records adopted
+	Vanished     []string // volumes whose pins were gone (marked broken)
+	Broken       []string // volumes whose pins could not be re-opened (marked broken)
+	Detached     []string // volumes whose program lost its interface
+	RolledBack   []string // publishes interrupted by a crash, undone
+	Completed    []string // unpublishes interrupted by a crash, finished
+	Kept         []string // interrupted operations left as found (their record is unreadable, or finishing failed)
+	Unreadable   int      // record or intent files that could not be decoded (kept as found)
+	Pruned       []string // pin directories no volume owned
+	Staging      []string // staging mounts no volume owned
+	Lingering    []string // keys of programs kept attached past their last volume (keepAttached), re-adopted
+	NodePrograms []string // node programs (the programs file) re-adopted
 }
 
 // Restore rebuilds the driver's view from its records and the pins before
@@ -38,6 +40,7 @@ type RestoreReport struct {
 // goes on. Only a cancelled ctx fails Restore.
 func (d *Driver) Restore(ctx context.Context) (*RestoreReport, error) {
 	rep := &RestoreReport{}
+	d.recoverUpgrades() // before anything is adopted: it moves pins
 	records, err := d.store.List()
 	if err != nil {
 		n := countErrors(err)
@@ -49,6 +52,10 @@ func (d *Driver) Restore(ctx context.Context) (*RestoreReport, error) {
 		if rec.Broken != "" {
 			rep.Broken = append(rep.Broken, rec.VolumeID)
 			continue // marked at an earlier start; its unpublish cleans up
+		}
+		if isFrom(rec) {
+			d.restoreFrom(rec, rep)
+			continue
 		}
 		p, err := d.loader.Adopt(rec.Identity, rec.VolumeID)
 		if err != nil {
@@ -62,6 +69,14 @@ func (d *Driver) Restore(ctx context.Context) (*RestoreReport, error) {
 				klog.ErrorS(err, "Cannot make a read-only volume's filesystem read-only", "volume", rec.VolumeID)
 			}
 		}
+		if uint32(p.ID) != rec.ProgramID {
+			// An upgrade finished by recoverUpgrades: the record learns
+			// its new program's ID.
+			rec.ProgramID = uint32(p.ID)
+			if err := d.store.Put(rec); err != nil {
+				klog.ErrorS(err, "Updating a volume's program ID", "volume", rec.VolumeID)
+			}
+		}
 		if !p.Attached && !rec.Identity.Deferred() {
 			klog.InfoS("Volume's program lost its interface; its maps stay mounted", "volume", rec.VolumeID, "interface", rec.Identity.Interface)
 			rep.Detached = append(rep.Detached, rec.VolumeID)
@@ -69,6 +84,9 @@ func (d *Driver) Restore(ctx context.Context) (*RestoreReport, error) {
 		d.startDeferred(rec, p, false)
 		rep.Volumes++
 	}
+
+	d.restoreLingers(rep)
+	d.restoreNodePrograms(rep)
 
 	intents, err := d.store.Intents()
 	if err != nil {

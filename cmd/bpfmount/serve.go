@@ -48,6 +48,7 @@ type serveOptions struct {
 	mountTrace bool
 	policyPath string
 	policyPoll time.Duration
+	programs   string
 	targetRoot []string
 
 	cacheBytes    int64
@@ -97,6 +98,7 @@ for them to roll back, and exits. Attached programs stay attached.`,
 	f.StringVar(&o.imageCache, "image-cache", defaultImageCache, "directory of the bytecode image cache")
 	f.StringVar(&o.policyPath, "policy", "", "node policy file (YAML; reloaded on change). Without one, pods may not load programs and the local CLI may")
 	f.DurationVar(&o.policyPoll, "policy-reload-interval", 5*time.Second, "how often to check the policy file for changes")
+	f.StringVar(&o.programs, "programs", "", "node programs file (YAML, kind NodePrograms): named programs the node keeps loaded whatever pods do, unloaded when removed from the file; checked for changes like the policy (see docs/lifetimes.md)")
 	f.Int64Var(&o.cacheBytes, "image-cache-size", 1<<30, "bytes of image cache before unused images are evicted, least recently used first (0: no limit)")
 	f.Int64Var(&o.maxUnpacked, "image-max-unpacked-size", bytecode.DefaultMaxUnpackedBytes, "bytes an image's layer may unpack to; a layer that inflates past it (a gzip bomb) is refused (at most 65 MiB)")
 	f.DurationVar(&o.pullTimeout, "pull-timeout", 2*time.Minute, "how long one image pull may take")
@@ -175,6 +177,9 @@ func (o *serveOptions) run(ctx context.Context) error {
 	defer ld.Close()
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	if o.programs != "" && o.policyPoll <= 0 {
+		return fmt.Errorf("--policy-reload-interval must be positive with --programs, got %v: it is how often the programs file is checked", o.policyPoll)
+	}
 	var pol policy.Source
 	if o.policyPath != "" {
 		w, err := policy.NewWatcher(o.policyPath, o.policyPoll)
@@ -219,6 +224,9 @@ func (o *serveOptions) run(ctx context.Context) error {
 		return err
 	}
 	go d.Maintain(ctx, o.gcInterval)
+	if o.programs != "" {
+		go d.WatchPrograms(ctx, o.programs, o.policyPoll)
+	}
 	regDone := make(chan struct{})
 	if o.registrationSocket != "" {
 		// Only now: kubelet calls NodeGetInfo as soon as this socket appears.

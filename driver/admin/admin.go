@@ -58,6 +58,13 @@ type Volume struct {
 	// Broken says why the volume's program could not be re-adopted when
 	// the daemon started; its program is not loaded.
 	Broken string `json:"broken,omitempty"`
+	// Lifetimes (see docs/lifetimes.md): the load's name, the name a
+	// map-only volume reads, keepAttached, and the maps an upgrade in
+	// place by this volume's publish started empty.
+	Name         string   `json:"name,omitempty"`
+	From         string   `json:"from,omitempty"`
+	KeepAttached string   `json:"keepAttached,omitempty"`
+	ResetMaps    []string `json:"resetMaps,omitempty"`
 
 	// What the daemon's loader holds for the volume's program now; absent
 	// when the program is not loaded (a broken volume, or a daemon that

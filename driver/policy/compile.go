@@ -27,8 +27,8 @@ func compileRule(fr fileRule, seen map[string]int, i int) (rule, error) {
 	if err := checkGlobs("serviceAccounts", fr.ServiceAccounts, true); err != nil {
 		return rule{}, err
 	}
-	if fr.Conds.Images == nil {
-		return rule{}, errors.New(`images is required: list the image repositories this rule allows, e.g. ["registry.example/bpf/*"]`)
+	if fr.Conds.Images == nil && fr.Conds.Names == nil {
+		return rule{}, errors.New(`images is required: list the image repositories this rule allows, e.g. ["registry.example/bpf/*"] (a rule for map-only volumes lists names instead)`)
 	}
 	c, err := compileConds(fr.Conds, true)
 	if err != nil {
@@ -70,12 +70,14 @@ func compileConds(fc fileConds, isRule bool) (conditions, error) {
 		maxPrio:          maxPriority,
 		hooks:            networkHooks,
 	}
-	if fc.Images == nil {
-		if isRule {
-			return c, errors.New("images is required")
-		}
+	switch {
+	case fc.Images == nil && isRule && fc.Names != nil:
+		// A rule for map-only volumes (from:): it loads nothing.
+	case fc.Images == nil && isRule:
+		return c, errors.New("images is required")
+	case fc.Images == nil:
 		c.anyImage = true // local section without images: anything root asks for
-	} else {
+	default:
 		if len(fc.Images) == 0 {
 			return c, errors.New("images is an empty list: list at least one repository pattern (omit it in the local section to allow any)")
 		}
@@ -112,6 +114,10 @@ func compileConds(fc fileConds, isRule bool) (conditions, error) {
 	}
 	c.attachTo = compileGlobs(fc.AttachTo)
 	c.attachToRaw = fc.AttachTo
+	c.fromWritable = fc.FromWritable
+	if err := c.compileNames(fc.Names, isRule); err != nil {
+		return c, err
+	}
 	if pr := fc.Priorities; pr != nil {
 		if pr.Min != nil {
 			c.minPrio = *pr.Min
@@ -228,6 +234,7 @@ type conditions struct {
 	attachToRaw      []string
 	minPrio, maxPrio int
 	readOnlyOnly     bool
+	nameConds        // lifetime.go
 }
 
 // cond identifies a condition, in the order conditions are checked and

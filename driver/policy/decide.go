@@ -19,6 +19,8 @@ const (
 	condAttachTo
 	condPriority
 	condReadOnly
+	condName
+	condLast = condName // the last condition a rule checks
 )
 
 // imageRef is a reference reduced to what policy matching needs.
@@ -105,6 +107,9 @@ func (c *conditions) matchImage(ref imageRef) bool {
 
 // failed reports whether condition k fails for the request.
 func (c *conditions) failed(k cond, ref imageRef, r *Request) bool {
+	if r.Reads {
+		return c.failedRead(k, r)
+	}
 	switch k {
 	case condImage:
 		return !c.matchImage(ref)
@@ -132,13 +137,15 @@ func (c *conditions) failed(k cond, ref imageRef, r *Request) bool {
 		return network && (r.Priority < c.minPrio || r.Priority > c.maxPrio)
 	case condReadOnly:
 		return c.readOnlyOnly && !r.ReadOnly
+	case condName:
+		return !c.allowsName(r.Name)
 	}
 	return false
 }
 
 // firstFailure returns the first failing condition, or condNone.
 func (c *conditions) firstFailure(ref imageRef, r *Request) cond {
-	for k := condImage; k <= condReadOnly; k++ {
+	for k := condImage; k <= condLast; k++ {
 		if c.failed(k, ref, r) {
 			return k
 		}
@@ -174,7 +181,12 @@ func (c *conditions) explain(k cond, subject string, ref imageRef, r *Request) s
 	case condPriority:
 		return fmt.Sprintf("%s allows priorities %d..%d only, not %d", subject, c.minPrio, c.maxPrio, r.Priority)
 	case condReadOnly:
+		if r.Reads && !c.readOnlyOnly {
+			return fmt.Sprintf("%s allows read-only map-only volumes only: set readOnly: true on the csi volume, or fromWritable: true in the rule", subject)
+		}
 		return fmt.Sprintf("%s allows read-only volumes only: set readOnly: true on the csi volume", subject)
+	case condName:
+		return c.explainName(subject, r.Name)
 	}
 	return ""
 }
@@ -201,12 +213,15 @@ func (p *Policy) Decide(r Request) Decision {
 		return Decision{Reason: noPolicyReason}
 	}
 	deny := func(rule, why string) Decision {
+		if r.Reads {
+			return Decision{Rule: rule, Reason: fmt.Sprintf("namespace %q may not read the maps of %q: %s", r.Namespace, r.Name, why)}
+		}
 		return Decision{Rule: rule, Reason: fmt.Sprintf("namespace %q may not load %q on %s: %s", r.Namespace, r.Image, r.target(), why)}
 	}
 	if r.Namespace == "" {
 		return deny("", "the request carries no pod namespace")
 	}
-	ref, err := parseRef(r.Image)
+	ref, err := parseRequestRef(&r)
 	if err != nil {
 		return deny("", err.Error())
 	}
@@ -244,7 +259,7 @@ func (p *Policy) noMatch(ref imageRef, r *Request) string {
 				first = condServiceAccount
 			}
 		}
-		for k := condImage; k <= condReadOnly; k++ {
+		for k := condImage; k <= condLast; k++ {
 			if ru.failed(k, ref, r) {
 				fails++
 			}
@@ -269,7 +284,7 @@ func (p *Policy) decideLocal(r *Request) Decision {
 		return Decision{Rule: localRule, RequireSignature: c.requireSignature,
 			Reason: fmt.Sprintf("local request may not load %q on %s: %s", r.Image, r.target(), why)}
 	}
-	ref, err := parseRef(r.Image)
+	ref, err := parseRequestRef(r)
 	if err != nil {
 		return deny(err.Error())
 	}

@@ -39,6 +39,8 @@ type fileConds struct {
 	AttachTo         []string        `json:"attachTo"`
 	Priorities       *filePriorities `json:"priorities"`
 	ReadOnlyOnly     bool            `json:"readOnlyOnly"`
+	Names            []string        `json:"names"`        // lifetime.go
+	FromWritable     bool            `json:"fromWritable"` // lifetime.go
 }
 
 type filePriorities struct {
@@ -50,12 +52,12 @@ type filePriorities struct {
 // encoding/json alone would accept "Images" for "images" and its
 // unknown-field errors do not say where the field was.
 var (
-	docKeys  = []string{"apiVersion", "kind", "rules", "local"}
-	condKeys = []string{"images", "requireDigest", "requireSignature", "interfaces", "hooks", "attachTo", "priorities", "readOnlyOnly"}
+	docKeys  = []string{"apiVersion", "kind", "rules", "local", "keepAttached"}
+	condKeys = []string{"images", "requireDigest", "requireSignature", "interfaces", "hooks", "attachTo", "priorities", "readOnlyOnly", "names", "fromWritable"}
 	ruleKeys = append([]string{"name", "namespaces", "serviceAccounts"}, condKeys...)
 	prioKeys = []string{"min", "max"}
 	// Fields holding strings or lists of strings.
-	stringFields = []string{"apiVersion", "kind", "name", "namespaces", "serviceAccounts", "images", "interfaces", "hooks", "attachTo"}
+	stringFields = []string{"apiVersion", "kind", "name", "namespaces", "serviceAccounts", "images", "interfaces", "hooks", "attachTo", "names"}
 	localHint    = map[string]string{
 		"namespaces":      "the local section applies to requests without pod information; it takes no namespaces",
 		"serviceAccounts": "the local section applies to requests without pod information; it takes no serviceAccounts",
@@ -102,6 +104,9 @@ func Parse(data []byte) (*Policy, error) {
 	}
 
 	p := &Policy{configured: true}
+	if p.keep, err = parseKeepAttached(generic.(map[string]any)); err != nil {
+		return nil, err
+	}
 	seen := map[string]int{}
 	for i, fr := range doc.Rules {
 		where := fmt.Sprintf("rules[%d]", i)

@@ -15,6 +15,10 @@ type Request struct {
 	Hook           string // a hook ("xdp", "kprobe", ...); "" before the image names it (see Decide)
 	Priority       int
 	ReadOnly       bool
+	Name           string // the request's name attribute, or the name a map-only volume reads ("" for none)
+	// Reads marks a map-only volume (from: Name): it loads nothing, so
+	// only who asks, the name and read-only are decided.
+	Reads bool
 }
 
 // Decision is the outcome; Rule names the rule that decided ("" when none
@@ -33,6 +37,7 @@ type Policy struct {
 	rules      []rule          // in file order
 	local      *conditions     // nil: local requests are allowed unconditionally
 	named      map[string]bool // namespaces some rule names exactly (metric labels)
+	keep       KeepAttached    // the keepAttached section
 }
 
 // Source yields the policy in force; Decide is called on each publish with

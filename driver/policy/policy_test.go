@@ -261,7 +261,7 @@ func TestParseErrors(t *testing.T) {
 		return head + "rules:\n- name: a\n  namespaces: [x]\n  images: [\"reg/*\"]\n" + extra
 	}
 	cases := []struct{ name, doc, frag string }{
-		{"unknown top-level field", head + "rulez: []\n", `policy: unknown field "rulez" (valid fields: apiVersion, kind, rules, local)`},
+		{"unknown top-level field", head + "rulez: []\n", `policy: unknown field "rulez" (valid fields: apiVersion, kind, rules, local, keepAttached)`},
 		{"unknown rule field", rule("  namespace: [ns2]\n"), `policy rules[0]: unknown field "namespace" (did you mean "namespaces"?)`},
 		{"field names are case-sensitive", rule("  Hooks: [xdp]\n"), `unknown field "Hooks" (did you mean "hooks"?)`},
 		{"unknown priorities field", rule("  priorities: {minimum: 3}\n"), `policy rules[0].priorities: unknown field "minimum"`},

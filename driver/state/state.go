@@ -66,6 +66,12 @@ type Record struct {
 	// counted as loaded, a publish of it starts afresh, and its unpublish
 	// cleans up what is left.
 	Broken string `json:"broken,omitempty"`
+	// KeepAttached is how long the program stays attached after this
+	// volume goes, when no other volume holds it (see Linger).
+	KeepAttached time.Duration `json:"keepAttached,omitempty"`
+	// ResetMaps, after an upgrade in place by this volume's publish, are
+	// the maps that changed shape and started empty.
+	ResetMaps []string `json:"resetMaps,omitempty"`
 }
 
 // Op names the operation an intent is for.

@@ -19,6 +19,23 @@ var (
 	UnpublishSteps = []string{
 		"unpublish.intent", "mapfs.target-unmounted", "mapfs.withdrawn", "unpublish.released", "unpublish.record",
 	}
+	// LingerSteps are those of keepAttached: the deadline recorded at
+	// the last unpublish, before the driver's hold; and, at the deadline,
+	// before and after the program's release.
+	LingerSteps = []string{"unpublish.linger", "linger.expire", "linger.released"}
+	// UpgradeSteps are those of an upgrade in place of a program with its
+	// own link: the upgrade recorded; the new program pinned beside the
+	// old; the link updated; its pin moved (the commit); the loader done,
+	// before the records follow.
+	UpgradeSteps = []string{"upgrade.recorded", "replace.pinned", "replace.updated", "replace.committed", "upgrade.replaced"}
+	// MemberUpgradeSteps are those of an upgrade in place of a dispatcher
+	// member: the upgrade recorded; the new program pinned beside the old;
+	// the new revision, with it in the old one's slot, loaded, attached
+	// and swapped in (the commit); the swap done, before the loader
+	// records it; the loader done, before the records follow; and, after
+	// the grace period, the old revision about to be torn down.
+	MemberUpgradeSteps = []string{"upgrade.recorded", "replace.pinned", "chain.loaded", "chain.attached", "chain.swapped",
+		"replace.updated", "upgrade.replaced", "chain.retiring"}
 	// ChainSteps are the steps of a dispatcher change (loader/dispatcher):
 	// the new revision's dispatcher loaded; its members attached and
 	// everything pinned; the revision swapped in; and, after the grace

@@ -62,7 +62,7 @@ type ProcDaemon struct {
 	DaemonDirs
 	Bin, CacheDir, Log string
 	Node               csi.NodeClient
-	// Args are extra flags for `serve` (e.g. --libxdp-dir).
+	// Args are extra flags for `serve` (e.g. --libxdp-dir, --policy).
 	Args []string
 
 	cmd  *exec.Cmd

@@ -31,7 +31,22 @@ import (
 // combined build fails, the changes are retried one by one so that each
 // error lands on the change that caused it.
 func (c *Chain) Update(add []Member, remove []string) error {
-	ch := &change{add: add, remove: remove, done: make(chan error, 1)}
+	return c.submit(&change{add: add, remove: remove, done: make(chan error, 1)})
+}
+
+// Replace puts m in the slot of the member whose key is old, in one new
+// revision swapped in like any other: a packet runs the revision with old
+// or the one with m, never neither and never both. m must have old's
+// priority and program name; it takes old's creation time, so it sorts
+// (Compare) exactly where old did, now and in every later revision; its
+// own chain-call mask and frags flag apply. Replacing a key the chain does
+// not hold is a fault.NotFound error; like Update, the call is coalesced
+// with concurrent changes.
+func (c *Chain) Replace(old string, m Member) error {
+	return c.submit(&change{add: []Member{m}, remove: []string{old}, replaces: old, done: make(chan error, 1)})
+}
+
+func (c *Chain) submit(ch *change) error {
 	c.qmu.Lock()
 	c.queue = append(c.queue, ch)
 	c.qmu.Unlock()
@@ -51,7 +66,27 @@ func (c *Chain) Update(add []Member, remove []string) error {
 type change struct {
 	add    []Member
 	remove []string
-	done   chan error
+	// replaces is the key of the member add[0] takes the slot of (Replace).
+	replaces string
+	done     chan error
+}
+
+// apply returns set with ch applied, and whether that changed it.
+func (c *Chain) apply(set []Member, ch *change) ([]Member, bool, error) {
+	if ch.replaces != "" {
+		i := slices.IndexFunc(set, func(m Member) bool { return m.Key == ch.replaces })
+		if i < 0 {
+			return nil, false, fault.Errorf(fault.NotFound, "dispatcher: the %s dispatcher has no member %s to replace", c.target.describe(), ch.replaces)
+		}
+		old, m := set[i], &ch.add[0]
+		if m.Priority != old.Priority || m.Name != old.Name {
+			return nil, false, fmt.Errorf("dispatcher: member %s (program %q, priority %d) cannot take the slot of %s (program %q, priority %d): a replacement keeps the program name and priority",
+				m.Key, m.Name, m.Priority, old.Key, old.Name, old.Priority)
+		}
+		m.Created = old.Created
+	}
+	next, changed := merge(set, ch.add, ch.remove)
+	return next, changed, nil
 }
 
 func (c *Chain) applyBatch(batch []*change) {
@@ -69,7 +104,11 @@ func (c *Chain) applyBatch(batch []*change) {
 	set := cur
 	var accepted []*change
 	for _, ch := range batch {
-		next, changed := merge(set, ch.add, ch.remove)
+		next, changed, err := c.apply(set, ch)
+		if err != nil {
+			ch.done <- err
+			continue
+		}
 		if !changed {
 			ch.done <- nil
 			continue
@@ -92,7 +131,11 @@ func (c *Chain) applyBatch(batch []*change) {
 		return
 	}
 	for _, ch := range accepted {
-		next, changed := merge(c.members(), ch.add, ch.remove)
+		next, changed, err := c.apply(c.members(), ch)
+		if err != nil {
+			ch.done <- err
+			continue
+		}
 		if !changed {
 			ch.done <- nil
 			continue

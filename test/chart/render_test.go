@@ -284,7 +284,7 @@ func checkObjects(t *testing.T, sc scenario, objs []decoded) {
 			t.Errorf("%s %q: no app.kubernetes.io/name label", o.Kind, meta.GetName())
 		}
 	}
-	want := []string{"ConfigMap", "CSIDriver", "DaemonSet"}
+	want := []string{"ConfigMap", "ConfigMap", "CSIDriver", "DaemonSet"} // the policy and the node programs
 	if sc.saCreate {
 		want = append(want, "ServiceAccount")
 	}
@@ -451,6 +451,7 @@ func checkDaemonSet(t *testing.T, sc scenario, ds *appsv1.DaemonSet) {
 		"bpffs-root":                "/sys/fs/bpf/bpfmount",
 		"image-cache":               "/var/cache/bpfmount",
 		"policy":                    "/etc/bpfmount/policy.yaml",
+		"programs":                  "/etc/bpfmount-programs/programs.yaml",
 		"kubelet-registration-path": pluginDir + "/csi.sock",
 		"registration-socket":       "/registration/" + driverName + "-reg.sock",
 		"target-root":               sc.root + "/pods", // volumes only below kubelet's pods directory

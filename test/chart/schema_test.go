@@ -35,6 +35,9 @@ func TestSchemaRejects(t *testing.T) {
 		{"policy priority out of range", "policy: {rules: [{name: a, namespaces: [x], images: [r.example/x], priorities: {min: 0}}]}", "min"},
 		{"policy local with namespaces", "policy: {rules: [], local: {namespaces: [x]}}", "namespaces"},
 		{"policy rules not a list", "policy: {rules: {name: a}}", "rules"},
+		{"keepAttached not a duration", "policy: {rules: [], keepAttached: {max: soon}}", "max"},
+		{"program name not a DNS label", "programs: [{name: Fw, attributes: {image: r.example/x}}]", "name"},
+		{"program without image", "programs: [{name: fw, attributes: {interface: eth0}}]", "image"},
 		{"localBytecodeDir relative", "localBytecodeDir: bytecode", "localBytecodeDir"},
 		{"toleration typo", "tolerations: [{operater: Exists}]", "operater"},
 		{"resources typo", "resources: {request: {cpu: 1m}}", "request"},
@@ -70,6 +73,8 @@ func TestSchemaAccepts(t *testing.T) {
 		"tolerations: [{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}]",
 		"resources: {requests: {cpu: 0.5, memory: 64Mi}}",
 		"policy: {rules: [], local: {images: ['oci:/srv/**'], priorities: {max: 10}}}",
+		"policy: {rules: [{name: mon, namespaces: [mon], names: ['fw-*'], fromWritable: true}], keepAttached: {default: 0s, max: 5m}}",
+		"programs: [{name: node-counter, attributes: {image: registry.example/bpf/xdp-counter:v1, interface: eth0, priority: 10}}]",
 		"logLevel: 0",
 		"logLevel: 10",
 		// Every hook the driver's policy knows.

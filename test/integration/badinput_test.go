@@ -182,6 +182,15 @@ func TestHostileInput(t *testing.T) {
 		{name: "image labels not JSON", attrs: with("image", badJSON), code: codes.InvalidArgument, fragment: "not a JSON object"},
 		{name: "image type unsupported", attrs: with("image", wrongType), code: codes.InvalidArgument, fragment: `type "raw_tracepoint"`},
 		{name: "image type mismatch", attrs: with("image", kprobeLabel), code: codes.InvalidArgument, fragment: `is a XDP program; it cannot attach to hook "kprobe"`},
+		// Lifetimes (this daemon's policy sets no keepAttached cap: 0s).
+		{name: "keepAttached negative", attrs: with("keepAttached", "-5s"), code: codes.InvalidArgument, fragment: `"keepAttached": "-5s" is not a duration`},
+		{name: "keepAttached not a duration", attrs: with("keepAttached", "forever"), code: codes.InvalidArgument, fragment: `"keepAttached": "forever" is not a duration`},
+		{name: "keepAttached over the cap", attrs: with("keepAttached", "30s"), code: codes.InvalidArgument, fragment: `"keepAttached": 30s is over this node's cap of 0s`},
+		{name: "name upper case", attrs: with("name", "Firewall"), code: codes.InvalidArgument, fragment: `"name": "Firewall" is not a DNS label`},
+		{name: "name too long", attrs: with("name", strings.Repeat("a", 64)), code: codes.InvalidArgument, fragment: `is not a DNS label`},
+		{name: "name path", attrs: with("name", "../fw"), code: codes.InvalidArgument, fragment: `"name": "../fw" is not a DNS label`},
+		{name: "from with image", attrs: with("from", "fw"), code: codes.InvalidArgument, fragment: `cannot be used with "from": a volume either loads or reads`},
+		{name: "from not a name", attrs: map[string]string{"from": "../../maps"}, code: codes.InvalidArgument, fragment: `"from": "../../maps" is not a DNS label`},
 	}
 	if len(cases) < 60 {
 		t.Fatalf("only %d hostile cases", len(cases))

@@ -21,9 +21,15 @@ struct order {
 	__u32 pad;
 };
 
+// ORDER_ENTRIES sizes order_map; the tcxorderwide object sets it to 2, a
+// map of another shape, to test what an upgrade in place does with it.
+#ifndef ORDER_ENTRIES
+#define ORDER_ENTRIES 1
+#endif
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, ORDER_ENTRIES);
 	__type(key, __u32);
 	__type(value, struct order);
 } order_map SEC(".maps");

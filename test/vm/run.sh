@@ -68,7 +68,7 @@ suite_files() {
 }
 # On 6.1 (no tcx) the suites' tests that touch xdp and tc, and the cgroup
 # hooks'.
-suite_run_61='^(TestXDP|TestSecondXDP|TestIdentical|TestReadOnly|TestRestartKeeps|TestPublishIsIdempotent|TestInterfaceRemoval|TestUnpublishAfter|TestCrashDuring|TestTrafficContinues|TestSIGTERM|TestPodCgroup|TestLocalCgroup|TestHybridCgroup|TestDefaultRoute)'
+suite_run_61='^(TestXDP|TestSecondXDP|TestIdentical|TestReadOnly|TestRestartKeeps|TestPublishIsIdempotent|TestInterfaceRemoval|TestUnpublishAfter|TestCrashDuring|TestTrafficContinues|TestSIGTERM|TestPodCgroup|TestLocalCgroup|TestHybridCgroup|TestDefaultRoute|TestKeepAttached|TestNameHeldByAnotherLoad|TestMapOnlyVolume|TestNodeProgramsFromFile|TestUpgradeInPlaceXDP|TestRolloutUpgradesLingeringProgram|TestCrashWhileLingering)'
 
 status=0
 suites=0
@@ -105,7 +105,7 @@ for k in "${kernels[@]}"; do
 		run "$k" "-rootfs=$rootfs${vmfiles:+ -files=$vmfiles}" "${flags[@]}" ./test/vm/
 		if ((suites)); then
 			# Frames on one vCPU meet swaps on the other.
-			VMTEST_CPUS=2 run "$k" "-smp 2 -rootfs=$rootfs" "${flags[@]}" -run '^(TestRemoveMiddleUnderTraffic|TestSharedSwapUnderTraffic)$' ./test/vm/
+			VMTEST_CPUS=2 run "$k" "-smp 2 -rootfs=$rootfs" "${flags[@]}" -run '^(TestRemoveMiddleUnderTraffic|TestSharedSwapUnderTraffic|TestReplaceMemberUnderTraffic)$' ./test/vm/
 			sel=()
 			[[ $k == 6.1 ]] && sel=(-run "$suite_run_61")
 			VMEXEC_TIMEOUT=${VMEXEC_TIMEOUT:-20m} run "$k" "-files=$files" -p 1 -timeout 30m "${sel[@]}" "${flags[@]}" ./test/integration/ ./test/crash/

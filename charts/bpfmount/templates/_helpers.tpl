@@ -82,4 +82,28 @@ rules: []
 local:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- with .Values.policy.keepAttached }}
+keepAttached:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+The node programs file (kind NodePrograms, see docs/lifetimes.md).
+*/}}
+{{- define "bpfmount.programs" -}}
+apiVersion: bpfmount.io/v1alpha1
+kind: NodePrograms
+{{- with .Values.programs }}
+programs:
+{{- range . }}
+  - name: {{ .name | toJson }}
+    attributes:
+      {{- range $k, $v := .attributes }}
+      {{ $k | toJson }}: {{ $v | toString | toJson }}
+      {{- end }}
+{{- end }}
+{{- else }}
+programs: []
+{{- end }}
 {{- end }}

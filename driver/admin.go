@@ -2,7 +2,6 @@ package driver
 
 import (
 	"context"
-	"sort"
 	"time"
 
 	"google.golang.org/grpc"
@@ -15,14 +14,9 @@ import (
 )
 
 // Volumes returns the record of every volume the driver has published,
-// sorted by volume ID.
+// sorted by volume ID, from the records it keeps in memory.
 func (d *Driver) Volumes() ([]*state.Record, error) {
-	recs, err := d.store.List()
-	if err != nil {
-		return nil, err
-	}
-	sort.Slice(recs, func(i, j int) bool { return recs[i].VolumeID < recs[j].VolumeID })
-	return recs, nil
+	return d.store.List()
 }
 
 // RegisterAdmin serves the admin service (bpfmount.v1.Admin: what

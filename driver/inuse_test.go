@@ -3,6 +3,8 @@ package driver
 import (
 	"fmt"
 	"maps"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/bpfmount/bpfmount/driver/state"
@@ -72,5 +74,117 @@ func BenchmarkInUse(b *testing.B) {
 				d.DigestsInUse()
 			}
 		})
+	}
+}
+
+// Records are served from memory: a publish or a listing reads no file.
+// What a caller does to a record it got changes nothing in the index.
+func TestRecordIndexInMemory(t *testing.T) {
+	dir := t.TempDir()
+	st, err := state.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putRecords(t, st, 3)
+	c := newCountingStore(st)
+	// Gone from disk behind the index's back: still served, so not read.
+	if err := os.RemoveAll(filepath.Join(dir, "volumes")); err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Get("vol-1")
+	if err != nil || r == nil || r.Identity.Digest != "sha256:1" {
+		t.Fatalf("Get = %+v, %v; want vol-1 from memory", r, err)
+	}
+	r.Identity.Digest, r.Broken = "changed", "changed"
+	if again, _ := c.Get("vol-1"); again.Identity.Digest != "sha256:1" || again.Broken != "" {
+		t.Fatalf("a caller's change reached the index: %+v", again)
+	}
+	recs, err := c.List()
+	if err != nil || len(recs) != 3 || recs[0].VolumeID != "vol-0" || recs[2].VolumeID != "vol-2" {
+		t.Fatalf("List = %v, %v; want the 3 records sorted", recs, err)
+	}
+	if r, err := c.Get("vol-unknown"); r != nil || err != nil {
+		t.Fatalf("Get of an unknown volume = %+v, %v", r, err)
+	}
+	// A failed write changes nothing in memory.
+	if err := c.Put(&state.Record{VolumeID: "vol-new"}); err == nil {
+		t.Fatal("Put into a removed directory succeeded")
+	}
+	if r, _ := c.Get("vol-new"); r != nil || c.count() != 3 {
+		t.Fatalf("a failed Put was indexed: %+v, count %d", r, c.count())
+	}
+}
+
+// A record on disk that cannot be decoded at start is not forgotten: its
+// Get fails as it did, List reports the error, and once repaired by hand
+// it is found.
+func TestRecordIndexUnreadable(t *testing.T) {
+	dir := t.TempDir()
+	st, err := state.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	putRecords(t, st, 2)
+	file := filepath.Join(dir, "volumes", "vol-1.json")
+	good, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, good[:len(good)/2], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := newCountingStore(st)
+	if r, err := c.Get("vol-1"); err == nil {
+		t.Fatalf("Get of a damaged record = %+v, want an error", r)
+	}
+	if recs, err := c.List(); err == nil || len(recs) != 1 {
+		t.Fatalf("List = %v, %v; want the good record and an error", recs, err)
+	}
+	if err := os.WriteFile(file, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := c.Get("vol-1"); err != nil || r == nil || c.count() != 2 {
+		t.Fatalf("after repair: Get = %+v, %v, count %d", r, err, c.count())
+	}
+}
+
+// intentCounter counts how often the intents are listed.
+type intentCounter struct {
+	recordStore
+	n int
+}
+
+func (s *intentCounter) Intents() ([]*state.Intent, error) {
+	s.n++
+	return s.recordStore.Intents()
+}
+
+// Garbage collection lists the intents once, however many staging
+// directories there are: here, those of interrupted operations whose
+// intents are kept (so nothing is withdrawn).
+func TestCollectGarbageListsIntentsOnce(t *testing.T) {
+	st, err := state.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		vol := fmt.Sprintf("vol-%d", i)
+		if err := st.PutIntent(&state.Intent{Op: state.OpPublish, VolumeID: vol, StagingPath: st.StagingPath(vol)}); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(st.StagingPath(vol), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ic := &intentCounter{recordStore: st}
+	d, err := newDriver(Options{NodeID: "n"}, newFakeLoader(), ic, newFakeMounts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if staging, _ := d.CollectGarbage(); len(staging) != 0 {
+		t.Fatalf("collected the staging directories of kept intents: %v", staging)
+	}
+	if ic.n != 1 {
+		t.Fatalf("intents listed %d times, want 1", ic.n)
 	}
 }

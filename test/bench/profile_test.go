@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 	"testing"
 )
@@ -79,10 +80,21 @@ func (p *profiler) around(t *testing.T, name string, fn func()) {
 		t.Fatal(err)
 	}
 	defer cpu.Close()
+	tr, err := os.Create(filepath.Join(p.dir, name+".trace"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
 	if err := pprof.StartCPUProfile(cpu); err != nil {
 		t.Fatal(err)
 	}
+	// The execution trace sees what CPU profiles cannot: time spent
+	// waiting in system calls (go tool trace -pprof=syscall).
+	if err := trace.Start(tr); err != nil {
+		t.Fatal(err)
+	}
 	fn()
+	trace.Stop()
 	pprof.StopCPUProfile()
 	for _, k := range kinds {
 		write(name+"."+k+".pprof", lookup(k))

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/bpfmount/bpfmount/internal/testenv"
@@ -201,4 +204,53 @@ func newRegistry(t *testing.T) *bytecode.Registry {
 	}
 	t.Cleanup(func() { r.Close() })
 	return r
+}
+
+// rawTCXBurst is the kernel's floor under a burst: distinct copies of the
+// tcx test program loaded and attached to ifname's ingress at once, with
+// cilium/ebpf and nothing else (no pins, mounts or state), each in a
+// goroutine of its own. It returns the wall time and detaches them all.
+func rawTCXBurst(t *testing.T, ifname string, distinct int) time.Duration {
+	t.Helper()
+	spec, err := ebpf.LoadCollectionSpec(testenv.RepoPath(testenv.TCXOrderObject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ifidx, err := netInterface(ifname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var prog string
+	for name := range spec.Programs {
+		prog = name
+	}
+	colls := make([]*ebpf.Collection, distinct)
+	links := make([]link.Link, distinct)
+	errs := make([]error, distinct)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range distinct {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if colls[i], errs[i] = ebpf.NewCollection(spec); errs[i] != nil {
+				return
+			}
+			links[i], errs[i] = link.AttachTCX(link.TCXOptions{Interface: ifidx, Program: colls[i].Programs[prog], Attach: ebpf.AttachTCXIngress})
+		}()
+	}
+	wg.Wait()
+	wall := time.Since(start)
+	for i := range distinct {
+		if links[i] != nil {
+			links[i].Close()
+		}
+		if colls[i] != nil {
+			colls[i].Close()
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		t.Fatal(err)
+	}
+	return wall
 }

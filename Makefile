@@ -114,7 +114,7 @@ bench: bench-host
 bench-host: build
 	BPFMOUNT_BENCH_OUT=$(abspath docs/benchmarks.md) BPFMOUNT_BENCH_BIN=$(abspath $(BIN)/bpfmount) $(GO) test -count=1 -timeout 30m -run '^TestBenchmarkReport$$' ./test/bench/
 	@printf '\n## Go benchmarks (pure-Go hot paths)\n\n`go test -run ^$$ -bench . -benchmem` on the packages below; feed two runs to benchstat to compare.\n\n```\n' >> docs/benchmarks.md
-	$(GO) test -run '^$$' -bench . -benchmem ./driver ./driver/state ./driver/policy ./loader | grep -E '^(Benchmark|goos|goarch|cpu|pkg)' >> docs/benchmarks.md
+	$(GO) test -run '^$$' -bench . -benchmem ./driver ./driver/state ./driver/policy ./loader ./internal/mapfs | grep -E '^(Benchmark|goos|goarch|cpu|pkg)' >> docs/benchmarks.md
 	@printf '```\n' >> docs/benchmarks.md
 
 # Regenerate the committed eBPF objects and their Go bindings (needs clang).

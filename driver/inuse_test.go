@@ -188,3 +188,23 @@ func TestCollectGarbageListsIntentsOnce(t *testing.T) {
 		t.Fatalf("intents listed %d times, want 1", ic.n)
 	}
 }
+
+// A publish's and an unpublish's record lookup: from memory, against the
+// store on disk it replaced (a file read and a JSON decode).
+func BenchmarkRecordGet(b *testing.B) {
+	st, err := state.Open(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	putRecords(b, st, 500)
+	for name, s := range map[string]recordStore{"memory": newCountingStore(st), "disk": st} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if r, err := s.Get("vol-250"); err != nil || r == nil {
+					b.Fatal(r, err)
+				}
+			}
+		})
+	}
+}

@@ -14,7 +14,9 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
-type readyIdentity struct{ csi.UnimplementedIdentityServer }
+type readyIdentity struct {
+	csi.UnimplementedIdentityServer
+}
 
 func (readyIdentity) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
 	return &csi.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil

@@ -116,8 +116,11 @@ func Serve(ctx context.Context, srv *grpc.Server, l net.Listener) error {
 
 // logCalls logs each call and its outcome, every value bounded. The
 // requests that change the node are logged by the driver itself once they
-// are checked (nothing unchecked reaches the log); others, at -v=4, with
-// secrets stripped by protosanitizer and the whole line clipped.
+// are checked (nothing unchecked reaches the log), in one audit line at the
+// default verbosity; others, at -v=4, with secrets stripped by
+// protosanitizer and the whole line clipped. Failures are logged here at
+// every verbosity (a request refused before it was checked has no audit
+// line); successes only at -v=4.
 func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	mutating := isMutating(info.FullMethod)
@@ -128,7 +131,7 @@ func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler 
 	if err != nil {
 		st, _ := status.FromError(err)
 		klog.InfoS("CSI call failed", "method", info.FullMethod, "code", st.Code().String(), "error", clip(st.Message(), maxLogError), "duration", time.Since(start))
-	} else if klog.V(4).Enabled() || mutating {
+	} else if klog.V(4).Enabled() {
 		klog.InfoS("CSI call done", "method", info.FullMethod, "duration", time.Since(start))
 	}
 	return resp, err

@@ -174,8 +174,9 @@ of bpfmount's %s. The binary is the client build (make build's bin/bpfmount,
 its start still pays for is the runtime and package initialisation of
 gRPC and the protobuf registries of the CSI messages (`+"`GODEBUG=inittrace=1`"+`);
 a Go program that does nothing starts in about 1.5 ms here. The rest is the
-daemon's side: unpublish asks for the volume list first (to find the volume
-at --target), then unpublishes: three gRPC calls for the pair; and the
+daemon's side: unpublish first asks for the volume at --target (the daemon
+describes that one volume and queries no program for it), then unpublishes:
+three gRPC calls for the pair; and the
 daemon's kernel work has more than the tools' (a bpffs mounted, bound and
 remounted read-only, and both unmounted again).
 

@@ -30,14 +30,17 @@ func RegisterAdmin(s grpc.ServiceRegistrar, d *Driver) {
 type adminServer struct{ d *Driver }
 
 func (a adminServer) ListVolumes(_ context.Context, req *admin.ListVolumesRequest) (*admin.ListVolumesResponse, error) {
-	recs, err := a.d.Volumes()
+	var recs []*state.Record
+	var err error
+	if len(req.Targets) > 0 {
+		recs, err = a.d.store.atTargets(req.Targets)
+	} else {
+		recs, err = a.d.Volumes()
+	}
 	if err != nil {
 		// The RPC boundary: a store that cannot be read is the daemon's
 		// fault, not the caller's.
 		return nil, status.Errorf(codes.Internal, "reading the volume records: %v (see the daemon's log)", err)
-	}
-	if len(req.Targets) > 0 {
-		recs = recordsAt(recs, req.Targets)
 	}
 	var byKey map[string]loader.Usage
 	if req.WithUsage() && len(recs) > 0 {
@@ -58,7 +61,8 @@ func (a adminServer) ListVolumes(_ context.Context, req *admin.ListVolumesReques
 }
 
 // recordsAt keeps the records whose target is one of targets (compared
-// clean), in their order.
+// clean), in their order: the lookup by target when the records come from
+// disk.
 func recordsAt(recs []*state.Record, targets []string) []*state.Record {
 	want := make(map[string]bool, len(targets))
 	for _, t := range targets {

@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"path/filepath"
 	"sort"
 	"sync"
 
@@ -21,6 +22,9 @@ type countingStore struct {
 	mu      sync.Mutex
 	records map[string]*state.Record // by volume ID; never handed out, only clones
 	digests map[string]int           // image digest -> volumes using it
+	// targets indexes the volume IDs by clean target path, so a lookup by
+	// target (unpublish --target) costs the same on a full node.
+	targets map[string]map[string]struct{}
 	live    int                      // volumes whose program is in the kernel
 	// unreadable is set when some record on disk could not be decoded at
 	// start: such a volume is not in records, so what records does not
@@ -32,7 +36,7 @@ type countingStore struct {
 // newCountingStore wraps s, indexing the records already on disk. Records
 // that cannot be decoded are not indexed or counted.
 func newCountingStore(s recordStore) *countingStore {
-	c := &countingStore{recordStore: s, records: map[string]*state.Record{}, digests: map[string]int{}}
+	c := &countingStore{recordStore: s, records: map[string]*state.Record{}, digests: map[string]int{}, targets: map[string]map[string]struct{}{}}
 	recs, err := s.List()
 	c.unreadable = err != nil
 	for _, r := range recs {
@@ -114,6 +118,11 @@ func (c *countingStore) add(r *state.Record) {
 	if r.Broken == "" {
 		c.live++
 	}
+	t := filepath.Clean(r.TargetPath)
+	if c.targets[t] == nil {
+		c.targets[t] = map[string]struct{}{}
+	}
+	c.targets[t][r.VolumeID] = struct{}{}
 }
 
 func (c *countingStore) drop(volumeID string) {
@@ -128,6 +137,41 @@ func (c *countingStore) drop(volumeID string) {
 	if r.Broken == "" {
 		c.live--
 	}
+	t := filepath.Clean(r.TargetPath)
+	if delete(c.targets[t], volumeID); len(c.targets[t]) == 0 {
+		delete(c.targets, t)
+	}
+}
+
+// atTargets returns a copy of the records whose target is one of targets
+// (compared clean), sorted by volume ID, from the index: it copies only
+// those. While some record on disk is unreadable it filters the disk's
+// listing, so the error is seen.
+func (c *countingStore) atTargets(targets []string) ([]*state.Record, error) {
+	c.mu.Lock()
+	if c.unreadable {
+		c.mu.Unlock()
+		recs, err := c.recordStore.List()
+		if err != nil {
+			return nil, err
+		}
+		return recordsAt(recs, targets), nil
+	}
+	var out []*state.Record
+	seen := map[string]bool{}
+	for _, t := range targets {
+		t = filepath.Clean(t)
+		if seen[t] {
+			continue
+		}
+		seen[t] = true
+		for id := range c.targets[t] {
+			out = append(out, c.records[id].Clone())
+		}
+	}
+	c.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].VolumeID < out[j].VolumeID })
+	return out, nil
 }
 
 // count returns the number of volumes whose program is in the kernel: a

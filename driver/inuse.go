@@ -25,7 +25,7 @@ type countingStore struct {
 	// targets indexes the volume IDs by clean target path, so a lookup by
 	// target (unpublish --target) costs the same on a full node.
 	targets map[string]map[string]struct{}
-	live    int                      // volumes whose program is in the kernel
+	live    int // volumes whose program is in the kernel
 	// unreadable is set when some record on disk could not be decoded at
 	// start: such a volume is not in records, so what records does not
 	// hold is read from disk (a Get of it fails as before, List reports it)

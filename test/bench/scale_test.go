@@ -157,7 +157,7 @@ func benchDaemon(t *testing.T, r *report) {
 	}
 	phases := "(the daemon's log did not show them)"
 	if len(toFirstLine) > 0 {
-		phases = fmt.Sprintf("exec to the daemon's first log line (process start, the client build exec'ing bpfmountd, package initialisation, the loader's probes of the kernel) %s; from there to \"Restored state\" (500 records re-adopted) %s; from there to the Probe that says ready (listen, serve, the test's connection) %s",
+		phases = fmt.Sprintf("exec to the daemon's first log line (process start, the client build exec'ing bpfmountd, package initialisation, the loader's freplace probe; the tracing probes wait for the first tracing volume) %s; from there to \"Restored state\" (500 records read from disk and re-adopted) %s; from there to the Probe that says ready (listen, serve, the test's connection) %s",
 			ms(percentile(toFirstLine, 0.5)), ms(percentile(toRestored, 0.5)), ms(percentile(toReady, 0.5)))
 	}
 	time.Sleep(500 * time.Millisecond)

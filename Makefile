@@ -107,23 +107,32 @@ manifests:
 # Benchmarks (not part of make test): writes docs/benchmarks.md. Needs
 # root; the CLI rows compare with Debian's xdp-tools and bpftool when they
 # are installed (apt-get install -y xdp-tools bpftool) and say so when not.
-# BPFMOUNT_BENCH_PROFILES=DIR keeps the pprof profiles.
+# BPFMOUNT_BENCH_PROFILES=DIR keeps the pprof profiles. Each part writes its
+# sections to build/bench/ and mergedoc puts them into the document, keeping
+# every section that part does not make (another target's, e.g. libxdp's).
+BENCHDIR  := $(abspath build/bench)
+MERGEDOC  := $(GO) run ./test/bench/mergedoc docs/benchmarks.md
 bench: bench-host
-	@printf '\n## Dispatchers (qemu VMs, Debian 6.1 and 6.12)\n\nThis host rejects freplace, so the dispatcher figures come from `make bench-vm`:\nper-packet cost with BPF_PROG_TEST_RUN and the publish latency of the k-th\nprogram. Under TCG (no KVM) only ratios and trends mean anything.\n\n```\n' >> docs/benchmarks.md
-	test/vm/run.sh bench 2>&1 | grep -vE '^([IEW][0-9]{4} |=== RUN|=== PAUSE|=== CONT|--- PASS|PASS$$|ok )' | sed -E 's/^ +(bench|driver)_test.go:[0-9]+: ?//' >> docs/benchmarks.md
-	@printf '```\n' >> docs/benchmarks.md
-	@printf '\n## Pod start latency (real Kubernetes, test/e2e)\n\n```\n' >> docs/benchmarks.md
+	{ printf '## Dispatchers (qemu VMs, Debian 6.1 and 6.12)\n\nThis host rejects freplace, so the dispatcher figures come from `make bench-vm`:\nper-packet cost with BPF_PROG_TEST_RUN and the publish latency of the k-th\nprogram. Under TCG (no KVM) only ratios and trends mean anything.\n\n```\n'; \
+	  test/vm/run.sh bench 2>&1 | grep -vE '^([IEW][0-9]{4} |=== RUN|=== PAUSE|=== CONT|--- PASS|PASS$$|ok )' | sed -E 's/^ +(bench|driver)_test.go:[0-9]+: ?//'; \
+	  printf '```\n'; } > $(BENCHDIR)/vm.md
+	$(MERGEDOC) $(BENCHDIR)/vm.md
 	test/e2e/build-k8s.sh
 	deploy/image/build.sh $(VERSION)
-	cd test/e2e && BPFMOUNT_E2E_BENCH=1 BPFMOUNT_E2E_IMAGES=$(abspath build/images) BPFMOUNT_E2E_IMAGE_VERSION=$(VERSION) $(GO) test -count=1 -timeout 30m -run '^TestPodStartBench$$' -v . 2>&1 | grep -E '^ +(bpfmount volume|emptyDir|ratio)' >> $(abspath docs/benchmarks.md)
-	@printf '```\n' >> docs/benchmarks.md
+	{ printf '## Pod start latency (real Kubernetes, test/e2e)\n\n```\n'; \
+	  (cd test/e2e && BPFMOUNT_E2E_BENCH=1 BPFMOUNT_E2E_IMAGES=$(abspath build/images) BPFMOUNT_E2E_IMAGE_VERSION=$(VERSION) $(GO) test -count=1 -timeout 30m -run '^TestPodStartBench$$' -v . 2>&1 | grep -E '^ +(bpfmount volume|emptyDir|ratio)'); \
+	  printf '```\n'; } > $(BENCHDIR)/e2e.md
+	$(MERGEDOC) $(BENCHDIR)/e2e.md
 
-# The host part of make bench alone (no VMs, no Kubernetes build).
+# The host part of make bench alone (no VMs, no Kubernetes build): its
+# sections and the document's header; the others stay as they are.
 bench-host: build
-	BPFMOUNT_BENCH_OUT=$(abspath docs/benchmarks.md) BPFMOUNT_BENCH_BIN=$(abspath $(BIN)/bpfmount) $(GO) test -count=1 -timeout 30m -run '^TestBenchmarkReport$$' ./test/bench/
-	@printf '\n## Go benchmarks (pure-Go hot paths)\n\n`go test -run ^$$ -bench . -benchmem` on the packages below; feed two runs to benchstat to compare.\n\n```\n' >> docs/benchmarks.md
-	$(GO) test -run '^$$' -bench . -benchmem ./driver ./driver/state ./driver/policy ./loader | grep -E '^(Benchmark|goos|goarch|cpu|pkg)' >> docs/benchmarks.md
-	@printf '```\n' >> docs/benchmarks.md
+	mkdir -p $(BENCHDIR)
+	BPFMOUNT_BENCH_OUT=$(BENCHDIR)/host.md BPFMOUNT_BENCH_BIN=$(abspath $(BIN)/bpfmount) $(GO) test -count=1 -timeout 30m -run '^TestBenchmarkReport$$' ./test/bench/
+	{ printf '## Go benchmarks (pure-Go hot paths)\n\n`go test -run ^$$ -bench . -benchmem` on the packages below; feed two runs to benchstat to compare.\n\n```\n'; \
+	  $(GO) test -run '^$$' -bench . -benchmem ./driver ./driver/state ./driver/policy ./loader ./internal/mapfs | grep -E '^(Benchmark|goos|goarch|cpu|pkg)'; \
+	  printf '```\n'; } > $(BENCHDIR)/gobench.md
+	$(MERGEDOC) $(BENCHDIR)/host.md $(BENCHDIR)/gobench.md
 
 # Regenerate the committed eBPF objects and their Go bindings (needs clang).
 generate:

@@ -2,7 +2,7 @@ package driver
 
 import (
 	"context"
-	"sort"
+	"path/filepath"
 	"time"
 
 	"google.golang.org/grpc"
@@ -15,14 +15,9 @@ import (
 )
 
 // Volumes returns the record of every volume the driver has published,
-// sorted by volume ID.
+// sorted by volume ID, from the records it keeps in memory.
 func (d *Driver) Volumes() ([]*state.Record, error) {
-	recs, err := d.store.List()
-	if err != nil {
-		return nil, err
-	}
-	sort.Slice(recs, func(i, j int) bool { return recs[i].VolumeID < recs[j].VolumeID })
-	return recs, nil
+	return d.store.List()
 }
 
 // RegisterAdmin serves the admin service (bpfmount.v1.Admin: what
@@ -34,16 +29,25 @@ func RegisterAdmin(s grpc.ServiceRegistrar, d *Driver) {
 
 type adminServer struct{ d *Driver }
 
-func (a adminServer) ListVolumes(context.Context, *admin.ListVolumesRequest) (*admin.ListVolumesResponse, error) {
-	recs, err := a.d.Volumes()
+func (a adminServer) ListVolumes(_ context.Context, req *admin.ListVolumesRequest) (*admin.ListVolumesResponse, error) {
+	var recs []*state.Record
+	var err error
+	if len(req.Targets) > 0 {
+		recs, err = a.d.store.atTargets(req.Targets)
+	} else {
+		recs, err = a.d.Volumes()
+	}
 	if err != nil {
 		// The RPC boundary: a store that cannot be read is the daemon's
 		// fault, not the caller's.
 		return nil, status.Errorf(codes.Internal, "reading the volume records: %v (see the daemon's log)", err)
 	}
-	byKey := map[string]loader.Usage{}
-	for _, u := range a.d.usage() {
-		byKey[u.Key] = u
+	var byKey map[string]loader.Usage
+	if req.WithUsage() && len(recs) > 0 {
+		byKey = map[string]loader.Usage{}
+		for _, u := range a.d.usage() {
+			byKey[u.Key] = u
+		}
 	}
 	out := &admin.ListVolumesResponse{Volumes: make([]admin.Volume, 0, len(recs))}
 	for _, r := range recs {
@@ -54,6 +58,23 @@ func (a adminServer) ListVolumes(context.Context, *admin.ListVolumesRequest) (*a
 		out.Volumes = append(out.Volumes, v)
 	}
 	return out, nil
+}
+
+// recordsAt keeps the records whose target is one of targets (compared
+// clean), in their order: the lookup by target when the records come from
+// disk.
+func recordsAt(recs []*state.Record, targets []string) []*state.Record {
+	want := make(map[string]bool, len(targets))
+	for _, t := range targets {
+		want[filepath.Clean(t)] = true
+	}
+	var out []*state.Record
+	for _, r := range recs {
+		if want[filepath.Clean(r.TargetPath)] {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // addUsage adds to v what the loader holds for its program now.

@@ -22,8 +22,10 @@ import (
 )
 
 // newAdminDriver is a driver on temporary directories, serving the admin
-// service on a unix socket; it needs no root (nothing is loaded).
-func newAdminDriver(t *testing.T) (*driver.Driver, *state.Store, *admin.Client) {
+// service on a unix socket; it needs no root (nothing is loaded). put
+// writes records into its state directory before the driver starts (the
+// driver reads them once, at start).
+func newAdminDriver(t *testing.T, put func(*state.Store)) (*driver.Driver, *state.Store, *admin.Client) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "bpfmount-admin-")
 	if err != nil {
@@ -34,11 +36,12 @@ func newAdminDriver(t *testing.T) (*driver.Driver, *state.Store, *admin.Client) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := driver.New(driver.Options{NodeID: "n", StateDir: filepath.Join(dir, "state"), BPFFSRoot: filepath.Join(dir, "pins"), Loader: ld})
+	store, err := state.Open(filepath.Join(dir, "state"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := state.Open(filepath.Join(dir, "state"))
+	put(store)
+	d, err := driver.New(driver.Options{NodeID: "n", StateDir: filepath.Join(dir, "state"), BPFFSRoot: filepath.Join(dir, "pins"), Loader: ld})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,10 +62,9 @@ func newAdminDriver(t *testing.T) (*driver.Driver, *state.Store, *admin.Client) 
 }
 
 func TestListVolumes(t *testing.T) {
-	d, store, client := newAdminDriver(t)
 	ctx := context.Background()
-
-	resp, err := client.ListVolumes(ctx)
+	_, _, empty := newAdminDriver(t, func(*state.Store) {})
+	resp, err := empty.ListVolumes(ctx)
 	if err != nil || len(resp.Volumes) != 0 {
 		t.Fatalf("ListVolumes on an empty node = %+v, %v; want none", resp, err)
 	}
@@ -70,7 +72,7 @@ func TestListVolumes(t *testing.T) {
 	created := time.Date(2026, 11, 26, 9, 0, 0, 0, time.UTC)
 	pod := &state.Record{
 		Version: 1, VolumeID: "csi-b", TargetPath: "/var/lib/kubelet/pods/u/volumes/kubernetes.io~csi/c/mount",
-		StagingPath: store.StagingPath("csi-b"), ReadOnly: true, Image: "registry.example/bpf/c:v1", Signed: true,
+		StagingPath: "", ReadOnly: true, Image: "registry.example/bpf/c:v1", Signed: true,
 		Attributes: map[string]string{"csi.storage.k8s.io/serviceAccount.tokens": "SECRET-TOKEN", "image": "registry.example/bpf/c:v1"},
 		Identity:   loader.Identity{Digest: "sha256:aa", Program: "xdp_count", Hook: "xdp", Interface: "eth0", Priority: 50, XDPMode: "skb"},
 		Key:        "k1", ProgramID: 42, Maps: []string{"stats"},
@@ -82,11 +84,14 @@ func TestListVolumes(t *testing.T) {
 		Identity: loader.Identity{Digest: "sha256:bb", Program: "tc_count", Hook: "tcx", Direction: "egress", Interface: "veth0"},
 		Key:      "k2", ProgramID: 7,
 	}
-	for _, r := range []*state.Record{pod, local} {
-		if err := store.Put(r); err != nil {
-			t.Fatal(err)
+	d, _, client := newAdminDriver(t, func(store *state.Store) {
+		pod.StagingPath = store.StagingPath("csi-b")
+		for _, r := range []*state.Record{pod, local} {
+			if err := store.Put(r); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
+	})
 
 	resp, err = client.ListVolumes(ctx)
 	if err != nil {

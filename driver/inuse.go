@@ -1,55 +1,106 @@
 package driver
 
 import (
+	"path/filepath"
+	"sort"
 	"sync"
 
 	"github.com/bpfmount/bpfmount/driver/state"
 )
 
-// countingStore keeps, in memory, which volumes have a record and the image
-// digest each uses, so the node gauges and the image cache's in-use check
-// cost nothing per volume on the node instead of re-reading every record
-// from disk. It is filled once from the records on disk and then follows
-// every Put and Delete made through it; all record writes go through it.
+// countingStore keeps every record in memory, next to the store on disk:
+// a publish, an unpublish, the admin listing, the node gauges and the
+// image cache's in-use check read no file and decode no JSON, so their
+// cost does not grow with the volumes on the node. It is filled once from
+// the records on disk and then follows every Put and Delete made through
+// it; all record writes go through it. The disk stays the truth: a record
+// is changed in memory only after it was written or removed there, and a
+// restart reads them all again.
 type countingStore struct {
 	recordStore
 
 	mu      sync.Mutex
-	volumes map[string]counted // by volume ID
-	digests map[string]int     // image digest -> volumes using it
-	live    int                // volumes whose program is in the kernel
+	records map[string]*state.Record // by volume ID; never handed out, only clones
+	digests map[string]int           // image digest -> volumes using it
+	// targets indexes the volume IDs by clean target path, so a lookup by
+	// target (unpublish --target) costs the same on a full node.
+	targets map[string]map[string]struct{}
+	live    int // volumes whose program is in the kernel
+	// unreadable is set when some record on disk could not be decoded at
+	// start: such a volume is not in records, so what records does not
+	// hold is read from disk (a Get of it fails as before, List reports it)
+	// until the next start.
+	unreadable bool
 }
 
-type counted struct {
-	digest    string
-	namespace string // the pod's; empty for a local volume
-	live      bool   // not marked broken (its program was adopted or loaded)
-}
-
-// newCountingStore wraps s, counting the records already on disk. Records
-// that cannot be decoded are not counted (and not used by anything else).
+// newCountingStore wraps s, indexing the records already on disk. Records
+// that cannot be decoded are not indexed or counted.
 func newCountingStore(s recordStore) *countingStore {
-	c := &countingStore{recordStore: s, volumes: map[string]counted{}, digests: map[string]int{}}
-	recs, _ := s.List()
+	c := &countingStore{recordStore: s, records: map[string]*state.Record{}, digests: map[string]int{}, targets: map[string]map[string]struct{}{}}
+	recs, err := s.List()
+	c.unreadable = err != nil
 	for _, r := range recs {
-		c.add(r)
+		c.add(r.Clone())
 	}
 	return c
 }
 
-// Put writes the record and counts it.
+// Get returns a copy of the volume's record, or nil when it has none.
+func (c *countingStore) Get(volumeID string) (*state.Record, error) {
+	c.mu.Lock()
+	r, ok := c.records[volumeID]
+	unreadable := c.unreadable
+	c.mu.Unlock()
+	if ok {
+		return r.Clone(), nil
+	}
+	if !unreadable {
+		return nil, nil
+	}
+	r, err := c.recordStore.Get(volumeID)
+	if err != nil || r == nil {
+		return r, err
+	}
+	// Repaired by hand since the start: index it from now on.
+	c.mu.Lock()
+	if _, ok := c.records[volumeID]; !ok {
+		c.add(r.Clone())
+	}
+	c.mu.Unlock()
+	return r, nil
+}
+
+// List returns a copy of every record, sorted by volume ID. While some
+// record on disk is unreadable, it lists the disk, so the error is seen.
+func (c *countingStore) List() ([]*state.Record, error) {
+	c.mu.Lock()
+	if c.unreadable {
+		c.mu.Unlock()
+		return c.recordStore.List()
+	}
+	out := make([]*state.Record, 0, len(c.records))
+	for _, r := range c.records {
+		out = append(out, r.Clone())
+	}
+	c.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].VolumeID < out[j].VolumeID })
+	return out, nil
+}
+
+// Put writes the record and indexes a copy of it.
 func (c *countingStore) Put(r *state.Record) error {
 	if err := c.recordStore.Put(r); err != nil {
 		return err
 	}
+	cp := r.Clone()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.drop(r.VolumeID)
-	c.add(r)
+	c.add(cp)
 	return nil
 }
 
-// Delete removes the record and stops counting it.
+// Delete removes the record and drops it from the index.
 func (c *countingStore) Delete(volumeID string) error {
 	if err := c.recordStore.Delete(volumeID); err != nil {
 		return err
@@ -62,26 +113,65 @@ func (c *countingStore) Delete(volumeID string) error {
 
 // add and drop need c.mu held (or c not yet shared).
 func (c *countingStore) add(r *state.Record) {
-	v := counted{digest: r.Identity.Digest, namespace: r.Pod.Namespace, live: r.Broken == ""}
-	c.volumes[r.VolumeID] = v
-	c.digests[v.digest]++
-	if v.live {
+	c.records[r.VolumeID] = r
+	c.digests[r.Identity.Digest]++
+	if r.Broken == "" {
 		c.live++
 	}
+	t := filepath.Clean(r.TargetPath)
+	if c.targets[t] == nil {
+		c.targets[t] = map[string]struct{}{}
+	}
+	c.targets[t][r.VolumeID] = struct{}{}
 }
 
 func (c *countingStore) drop(volumeID string) {
-	v, ok := c.volumes[volumeID]
+	r, ok := c.records[volumeID]
 	if !ok {
 		return
 	}
-	delete(c.volumes, volumeID)
-	if c.digests[v.digest]--; c.digests[v.digest] <= 0 {
-		delete(c.digests, v.digest)
+	delete(c.records, volumeID)
+	if c.digests[r.Identity.Digest]--; c.digests[r.Identity.Digest] <= 0 {
+		delete(c.digests, r.Identity.Digest)
 	}
-	if v.live {
+	if r.Broken == "" {
 		c.live--
 	}
+	t := filepath.Clean(r.TargetPath)
+	if delete(c.targets[t], volumeID); len(c.targets[t]) == 0 {
+		delete(c.targets, t)
+	}
+}
+
+// atTargets returns a copy of the records whose target is one of targets
+// (compared clean), sorted by volume ID, from the index: it copies only
+// those. While some record on disk is unreadable it filters the disk's
+// listing, so the error is seen.
+func (c *countingStore) atTargets(targets []string) ([]*state.Record, error) {
+	c.mu.Lock()
+	if c.unreadable {
+		c.mu.Unlock()
+		recs, err := c.recordStore.List()
+		if err != nil {
+			return nil, err
+		}
+		return recordsAt(recs, targets), nil
+	}
+	var out []*state.Record
+	seen := map[string]bool{}
+	for _, t := range targets {
+		t = filepath.Clean(t)
+		if seen[t] {
+			continue
+		}
+		seen[t] = true
+		for id := range c.targets[t] {
+			out = append(out, c.records[id].Clone())
+		}
+	}
+	c.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].VolumeID < out[j].VolumeID })
+	return out, nil
 }
 
 // count returns the number of volumes whose program is in the kernel: a
@@ -109,6 +199,9 @@ func (c *countingStore) digestsInUse() map[string]bool {
 func (c *countingStore) namespace(volumeID string) (ns string, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	v, ok := c.volumes[volumeID]
-	return v.namespace, ok
+	r, ok := c.records[volumeID]
+	if !ok {
+		return "", false
+	}
+	return r.Pod.Namespace, true
 }

@@ -13,7 +13,6 @@ import (
 // The admin listing says a volume's lifetime: its name, keepAttached, the
 // maps an upgrade reset, and the name a map-only volume reads.
 func TestListVolumesLifetimes(t *testing.T) {
-	_, store, client := newAdminDriver(t)
 	named := &state.Record{
 		Version: 1, VolumeID: "v-named", TargetPath: "/run/bpf/a", Image: "oci:/srv/a:v2",
 		Attributes: map[string]string{"image": "oci:/srv/a:v2", "name": "fw-edge", "keepAttached": "30s"},
@@ -26,11 +25,13 @@ func TestListVolumesLifetimes(t *testing.T) {
 		Identity:   loader.Identity{Digest: "sha256:aa", Program: "p", Hook: "xdp", Interface: "eth0"},
 		ProgramID:  9, Maps: []string{"counts"},
 	}
-	for _, r := range []*state.Record{named, reader} {
-		if err := store.Put(r); err != nil {
-			t.Fatal(err)
+	_, _, client := newAdminDriver(t, func(store *state.Store) {
+		for _, r := range []*state.Record{named, reader} {
+			if err := store.Put(r); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
+	})
 	resp, err := client.ListVolumes(context.Background())
 	if err != nil || len(resp.Volumes) != 2 {
 		t.Fatalf("ListVolumes = %+v, %v", resp, err)

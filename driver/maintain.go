@@ -49,6 +49,14 @@ func (d *Driver) CollectGarbage() (staging, pins []string) {
 	if err != nil {
 		klog.ErrorS(err, "Garbage collection: reading staging directories")
 	}
+	// The intents are read once, not once per staging directory. One
+	// written after this read is for a volume whose lock its operation
+	// holds, so tryLock below skips that volume.
+	intents, intentErr := d.store.Intents()
+	kept := make(map[string]bool, len(intents))
+	for _, in := range intents {
+		kept[in.VolumeID] = true
+	}
 	for _, de := range ents {
 		vol := de.Name()
 		if !state.ValidVolumeID(vol) {
@@ -59,7 +67,7 @@ func (d *Driver) CollectGarbage() (staging, pins []string) {
 			continue // a publish or unpublish owns it right now
 		}
 		rec, err := d.store.Get(vol)
-		if err == nil && rec == nil && !d.hasIntent(vol) {
+		if err == nil && rec == nil && !kept[vol] {
 			if err := mapfs.Withdraw(filepath.Join(d.store.MountsDir(), vol), "", mapfs.Made{}); err != nil {
 				klog.ErrorS(err, "Garbage collection: removing a staging mount", "volume", vol)
 			} else {
@@ -72,7 +80,9 @@ func (d *Driver) CollectGarbage() (staging, pins []string) {
 	// removes them), and so are those of kept intents. When a record cannot
 	// be read, its pins are unknown: none is removed.
 	recs, listErr := d.store.List()
-	intents, intentErr := d.store.Intents()
+	// Read again: a publish that began after the first read has its
+	// intent written before it makes pins.
+	intents, intentErr = d.store.Intents()
 	lingers, lingerErr := d.lingerKeys()
 	nodeKeys, nodeErr := d.nodeProgramKeys()
 	if listErr != nil || intentErr != nil || lingerErr != nil || nodeErr != nil {
@@ -106,16 +116,4 @@ func (d *Driver) CollectGarbage() (staging, pins []string) {
 		klog.InfoS("Collected garbage", "stagingMounts", staging, "pins", pins)
 	}
 	return staging, pins
-}
-
-// hasIntent reports whether an interrupted operation of the volume is kept
-// (Restore could not finish it): its staging mount stays as found.
-func (d *Driver) hasIntent(vol string) bool {
-	ins, _ := d.store.Intents()
-	for _, in := range ins {
-		if in.VolumeID == vol {
-			return true
-		}
-	}
-	return false
 }

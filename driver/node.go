@@ -72,8 +72,11 @@ func (d *Driver) publish(ctx context.Context, req *csi.NodePublishVolumeRequest,
 		return err
 	}
 	out.hook = pr.vol.load.Hook
-	// Logged only now: nothing unchecked reaches the log.
-	klog.InfoS("Publish request", publishLogValues(pr)...)
+	// Logged only now: nothing unchecked reaches the log. At the default
+	// verbosity the audit line is the call's one line.
+	if klog.V(4).Enabled() {
+		klog.InfoS("Publish request", publishLogValues(pr)...)
+	}
 	err = d.publishVolume(ctx, pr, out)
 	switch {
 	case err == nil && out.rec == nil:
@@ -368,7 +371,7 @@ func (d *Driver) unpublishRequest(req *csi.NodeUnpublishVolumeRequest, hook *loa
 	if err := d.checkVolumeAndTarget(volID, target); err != nil {
 		return err
 	}
-	klog.InfoS("Unpublish request", "volume", volID, "target", clip(target, maxLogValue))
+	klog.V(4).InfoS("Unpublish request", "volume", volID, "target", clip(target, maxLogValue))
 	unlock, err := d.lockVolume(volID)
 	if err != nil {
 		return err
@@ -388,7 +391,7 @@ func (d *Driver) unpublishRequest(req *csi.NodeUnpublishVolumeRequest, hook *loa
 	if err := d.unpublish(rec); err != nil {
 		return err
 	}
-	audit("unload", volID, nil, rec, policy.Decision{}, nil)
+	audit("unload", volID, target, nil, rec, policy.Decision{}, nil)
 	return nil
 }
 
@@ -547,7 +550,7 @@ func (d *Driver) report(pr *publishRequest, out *publishOutcome, err error) {
 	if err == nil {
 		failpoint.Hit("publish.done")
 	}
-	audit("load", pr.volID, pr.vol, out.rec, out.dec, err)
+	audit("load", pr.volID, pr.target, pr.vol, out.rec, out.dec, err)
 	pod := podRef(pr.vol.pod)
 	if err != nil {
 		reason := events.ReasonFailed
@@ -569,7 +572,7 @@ func (d *Driver) report(pr *publishRequest, out *publishOutcome, err error) {
 	}
 	d.opts.Events.Normal(pod, events.ReasonLoaded, fmt.Sprintf("loaded %s program %q (id %d) on %s for volume %s",
 		rec.Identity.Hook, rec.Identity.Program, rec.ProgramID, targetOf(rec.Identity), pr.volID))
-	klog.V(2).InfoS("Published volume", "volume", pr.volID, "target", clip(pr.target, maxLogValue), "program", rec.Identity.Program,
+	klog.V(4).InfoS("Published volume", "volume", pr.volID, "target", clip(pr.target, maxLogValue), "program", rec.Identity.Program,
 		"id", rec.ProgramID, "maps", rec.Maps)
 }
 
@@ -585,9 +588,9 @@ func publishLogValues(pr *publishRequest) []any {
 }
 
 // audit logs one structured line per load and unload decision, every value
-// bounded.
-func audit(action, volID string, vr *volumeRequest, rec *state.Record, dec policy.Decision, err error) {
-	kv := []any{"action", action, "volume", volID}
+// bounded: at the default verbosity, a publish's or unpublish's only line.
+func audit(action, volID, target string, vr *volumeRequest, rec *state.Record, dec policy.Decision, err error) {
+	kv := []any{"action", action, "volume", volID, "target", clip(target, maxLogValue)}
 	var pod state.Pod
 	switch {
 	case rec != nil:

@@ -878,7 +878,7 @@ func TestLogsBounded(t *testing.T) {
 			t.Fatalf("log line of %d bytes: %.200s…", len(line), line)
 		}
 	}
-	if !strings.Contains(buf.String(), "Publish request") {
+	if !strings.Contains(buf.String(), `"Audit" action="load"`) {
 		t.Fatalf("the checked request was not logged: %s", buf.String())
 	}
 

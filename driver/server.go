@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -24,29 +25,69 @@ import (
 func ParseEndpoint(ep string) (string, error) { return endpoint.Parse(ep) }
 
 // Listen opens the CSI socket with mode 0600: whoever can reach it can load
-// programs into the kernel, so only root may.
+// programs into the kernel, so only root may. The socket is bound and
+// listening under a hidden temporary name in the same directory and then
+// renamed into place: a socket file appears at bind(), before listen(), and a
+// client that connects in between (kubelet's registrar, the CLI, a readiness
+// probe) is refused and, with gRPC, backs off for about a second.
 func Listen(endpoint string) (net.Listener, error) {
 	path, err := ParseEndpoint(endpoint)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, err
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("removing stale socket %s: %w", path, err)
 	}
+	tmp := filepath.Join(dir, fmt.Sprintf(".%s.%d.tmp", filepath.Base(path), os.Getpid()))
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("removing stale socket %s: %w", tmp, err)
+	}
 	old := umask(0o177)
-	l, err := net.Listen("unix", path)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
 	umask(old)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	l.SetUnlinkOnClose(false) // renamed below; Close removes the final name
+	fail := func(err error) (net.Listener, error) {
 		l.Close()
+		os.Remove(tmp)
 		return nil, err
 	}
-	return l, nil
+	if err := os.Chmod(tmp, 0o600); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fail(fmt.Errorf("putting the socket in place at %s: %w", path, err))
+	}
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return fail(err)
+	}
+	return &socketListener{UnixListener: l, path: path, fi: fi}, nil
+}
+
+// socketListener removes its socket file on Close, as net.Listen's does,
+// unless another process has put its own socket there since.
+type socketListener struct {
+	*net.UnixListener
+	path string
+	fi   os.FileInfo
+	once sync.Once
+}
+
+func (l *socketListener) Close() error {
+	err := l.UnixListener.Close()
+	l.once.Do(func() {
+		if fi, statErr := os.Lstat(l.path); statErr == nil && os.SameFile(fi, l.fi) {
+			os.Remove(l.path)
+		}
+	})
+	return err
 }
 
 // NewServer returns a gRPC server serving d's Identity and Node services,
@@ -75,8 +116,11 @@ func Serve(ctx context.Context, srv *grpc.Server, l net.Listener) error {
 
 // logCalls logs each call and its outcome, every value bounded. The
 // requests that change the node are logged by the driver itself once they
-// are checked (nothing unchecked reaches the log); others, at -v=4, with
-// secrets stripped by protosanitizer and the whole line clipped.
+// are checked (nothing unchecked reaches the log), in one audit line at the
+// default verbosity; others, at -v=4, with secrets stripped by
+// protosanitizer and the whole line clipped. Failures are logged here at
+// every verbosity (a request refused before it was checked has no audit
+// line); successes only at -v=4.
 func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	mutating := isMutating(info.FullMethod)
@@ -87,7 +131,7 @@ func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler 
 	if err != nil {
 		st, _ := status.FromError(err)
 		klog.InfoS("CSI call failed", "method", info.FullMethod, "code", st.Code().String(), "error", clip(st.Message(), maxLogError), "duration", time.Since(start))
-	} else if klog.V(4).Enabled() || mutating {
+	} else if klog.V(4).Enabled() {
 		klog.InfoS("CSI call done", "method", info.FullMethod, "duration", time.Since(start))
 	}
 	return resp, err

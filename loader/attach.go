@@ -399,7 +399,7 @@ func classifyLoadError(id Identity, err error) error {
 		return fault.Errorf(fault.Precondition, "the kernel refused to load %s: %v (the driver needs CAP_BPF and CAP_NET_ADMIN, and kernel lockdown must allow BPF)", describeIdentity(id), err)
 	}
 	if (id.Hook == HookFentry || id.Hook == HookFexit) && (errors.Is(err, btf.ErrNotFound) || errors.Is(err, ebpf.ErrNotSupported)) {
-		// The kernel runs trampolines (probed at start), so what is
+		// The kernel runs trampolines (probed before the load), so what is
 		// "unsupported" is the target: the library reports a function
 		// missing from the kernel's BTF so.
 		return fault.Errorf(fault.Invalid, "kernel function %q not found in the kernel's BTF (fentry and fexit attach to functions the kernel describes there; see bpftool btf dump file /sys/kernel/btf/vmlinux): %v", id.AttachTo, err)

@@ -47,8 +47,11 @@ type Loader struct {
 	canChain bool // the kernel accepts freplace, so dispatchers can run
 	libxdp   string
 	// missing names, per tracing hook this kernel cannot run, the kernel
-	// feature it lacks; probed once per process. Read only.
-	missing      map[Hook]string
+	// feature it lacks. It probes at its first call, the first tracing
+	// request: the probes parse the kernel's BTF and attach a trampoline,
+	// tens of milliseconds a start would otherwise wait for. The map is
+	// read only.
+	missing      func() map[Hook]string
 	mountTracefs bool
 	tracefsMu    sync.Mutex
 
@@ -124,7 +127,7 @@ func New(opts Options) (*Loader, error) {
 		node:         opts.NodeName,
 		fetch:        opts.Fetcher,
 		canChain:     dispatcher.Supported() == nil,
-		missing:      probeTracing(),
+		missing:      sync.OnceValue(probeAndLog),
 		mountTracefs: opts.MountTracefs,
 		entries:      map[string]*entry{},
 		chains:       map[string]*dispatcher.Chain{},
@@ -133,12 +136,19 @@ func New(opts Options) (*Loader, error) {
 	if !l.canChain {
 		klog.InfoS("Kernel rejects freplace (BPF_PROG_TYPE_EXT): XDP and TC dispatchers are unavailable; a lone XDP program attaches directly and tcx keeps working")
 	}
+	return l, nil
+}
+
+// probeAndLog probes the tracing features and logs, once, each hook the
+// kernel cannot run.
+func probeAndLog() map[Hook]string {
+	missing := probeTracing()
 	for _, h := range TracingHooks {
-		if why, ok := l.missing[h]; ok {
+		if why, ok := missing[h]; ok {
 			klog.InfoS("Kernel cannot run this tracing hook; volumes asking for it fail", "hook", h, "lacks", why)
 		}
 	}
-	return l, nil
+	return missing
 }
 
 // CanChain reports whether the kernel supports the dispatchers.

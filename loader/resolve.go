@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -267,13 +268,27 @@ func globalNames(spec *ebpf.CollectionSpec) []string {
 	return out
 }
 
-// collectionFor copies spec down to one program and applies the globals.
+// collectionFor makes, from the cached spec, the spec of one load: its one
+// program, the globals applied. It copies only what it changes (the
+// program's attach type or target, the variables set) and shares the rest
+// with the cache read only: ebpf.NewCollection copies each map and program
+// spec before it changes it, and reads the object's BTF only (it is safe
+// for concurrent use). spec.Copy would copy all of the object, its BTF
+// included, on every publish. Whoever changes the result beyond this
+// must copy what it changes.
 func collectionFor(id Identity, spec *ebpf.CollectionSpec) (*ebpf.CollectionSpec, error) {
-	cs := spec.Copy()
-	for name := range cs.Programs {
-		if name != id.Program {
-			delete(cs.Programs, name)
-		}
+	cs := &ebpf.CollectionSpec{
+		Maps:      maps.Clone(spec.Maps),
+		Programs:  map[string]*ebpf.ProgramSpec{},
+		Variables: maps.Clone(spec.Variables),
+		Types:     spec.Types,
+		ByteOrder: spec.ByteOrder,
+	}
+	if ps := spec.Programs[id.Program]; ps != nil {
+		// A shallow copy: its instructions stay shared, and the library
+		// copies them before it rewrites them.
+		own := *ps
+		cs.Programs[id.Program] = &own
 	}
 	if id.Hook == HookFentry || id.Hook == HookFexit {
 		// The trampoline's target is fixed at load.
@@ -281,13 +296,13 @@ func collectionFor(id Identity, spec *ebpf.CollectionSpec) (*ebpf.CollectionSpec
 		if err != nil {
 			return nil, err
 		}
-		ps := cs.Programs[id.Program].Copy()
-		ps.AttachTo = t.Symbol
-		ps.AttachType = ebpf.AttachTraceFEntry
-		if id.Hook == HookFexit {
-			ps.AttachType = ebpf.AttachTraceFExit
+		if ps := cs.Programs[id.Program]; ps != nil {
+			ps.AttachTo = t.Symbol
+			ps.AttachType = ebpf.AttachTraceFEntry
+			if id.Hook == HookFexit {
+				ps.AttachType = ebpf.AttachTraceFExit
+			}
 		}
-		cs.Programs[id.Program] = ps
 	}
 	for name, h := range id.Globals {
 		val, err := hex.DecodeString(h)
@@ -298,7 +313,9 @@ func collectionFor(id Identity, spec *ebpf.CollectionSpec) (*ebpf.CollectionSpec
 		if v == nil {
 			return nil, fault.Errorf(fault.Invalid, "global %q not in program object", name)
 		}
-		v.Value = val
+		own := *v
+		own.Value = val
+		cs.Variables[name] = &own
 	}
 	setCgroupAttachType(cs, id)
 	return cs, nil

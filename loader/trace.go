@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -179,15 +178,10 @@ func programTypeOf(h Hook) ebpf.ProgramType {
 // attach through theirs.
 var eventSources = "/sys/bus/event_source/devices"
 
-// tracingSupport is probeTracing's answer, found once per process: the
-// kernel's features do not change while it runs, and the fentry probe
-// attaches a trampoline, which is slow on some kernels.
-var tracingSupport = sync.OnceValue(probeTracing)
-
 // probeTracing finds which tracing hooks this kernel cannot run and why.
 // A probe that cannot tell (no privilege) reports nothing: the load itself
-// then says what is wrong.
-func probeTracing() map[Hook]string {
+// then says what is wrong. A variable so tests can count the probes.
+var probeTracing = func() map[Hook]string {
 	missing := map[Hook]string{}
 	have := func(pt ebpf.ProgramType) (string, bool) {
 		err := features.HaveProgramType(pt)
@@ -271,9 +265,14 @@ func probeTrampoline() string {
 }
 
 // CheckHook fails with fault.Precondition when the kernel cannot run hook h,
-// naming the missing kernel feature.
+// naming the missing kernel feature. Only a tracing hook needs the
+// probes, so only it runs them (once per loader; the kernel's features do
+// not change while it runs).
 func (l *Loader) CheckHook(h Hook) error {
-	if why, ok := l.missing[h]; ok {
+	if !IsTracing(h) {
+		return nil
+	}
+	if why, ok := l.missing()[h]; ok {
 		return fault.Errorf(fault.Precondition, "this kernel cannot run %s programs on node %q: it lacks %s", h, l.node, why)
 	}
 	return nil

@@ -79,7 +79,9 @@ func TestIdentityKeyAttachTo(t *testing.T) {
 }
 
 func TestCheckHook(t *testing.T) {
-	l := &Loader{node: "n1", missing: map[Hook]string{HookKprobe: "kprobe events (CONFIG_KPROBE_EVENTS)"}}
+	l := &Loader{node: "n1", missing: func() map[Hook]string {
+		return map[Hook]string{HookKprobe: "kprobe events (CONFIG_KPROBE_EVENTS)"}
+	}}
 	err := l.CheckHook(HookKprobe)
 	if fault.Of(err) != fault.Precondition || !strings.Contains(err.Error(), "CONFIG_KPROBE_EVENTS") {
 		t.Fatalf("got %v, want a Precondition naming the feature", err)
@@ -147,5 +149,41 @@ func TestResolveTracing(t *testing.T) {
 	}
 	if spec.Programs["count_fexit"].AttachTo != "placeholder" {
 		t.Fatal("collectionFor changed the cached spec")
+	}
+}
+
+// The tracing probes (the kernel's BTF parsed, a trampoline attached) run
+// at the first tracing request, not when the loader starts, and once: a
+// network hook never waits for them, and a missing feature is still
+// refused with Precondition naming it.
+func TestTracingProbesLazy(t *testing.T) {
+	calls := 0
+	orig := probeTracing
+	t.Cleanup(func() { probeTracing = orig })
+	probeTracing = func() map[Hook]string {
+		calls++
+		return map[Hook]string{HookFentry: "BPF trampolines (test)", HookFexit: "BPF trampolines (test)"}
+	}
+	l, err := New(Options{Root: t.TempDir(), Fetcher: bytecode.Layout{}, NodeName: "n1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls != 0 {
+		t.Fatalf("New probed the tracing features %d times; want none before a tracing request", calls)
+	}
+	if err := l.CheckHook(HookXDP); err != nil || calls != 0 {
+		t.Fatalf("CheckHook(xdp) = %v after %d probes; want nil and none", err, calls)
+	}
+	if err := l.CheckHook(HookTracepoint); err != nil || calls != 1 {
+		t.Fatalf("CheckHook(tracepoint) = %v after %d probes; want nil and one", err, calls)
+	}
+	for _, h := range []Hook{HookFentry, HookFexit} {
+		err := l.CheckHook(h)
+		if fault.Of(err) != fault.Precondition || !strings.Contains(err.Error(), "BPF trampolines (test)") || !strings.Contains(err.Error(), `node "n1"`) {
+			t.Fatalf("CheckHook(%s) = %v; want a Precondition naming the feature", h, err)
+		}
+	}
+	if calls != 1 {
+		t.Fatalf("probed %d times; want once per loader", calls)
 	}
 }

@@ -64,9 +64,10 @@ func (o *connOptions) dial() (*daemon, error) {
 
 func (d *daemon) Close() { d.conn.Close() }
 
-// volumes asks the daemon for every volume it knows.
-func (d *daemon) volumes(ctx context.Context) ([]admin.Volume, error) {
-	resp, err := d.admin.ListVolumes(ctx)
+// volumes asks the daemon for the volumes it knows (req filters them and
+// says whether to add what the programs cost now).
+func (d *daemon) volumes(ctx context.Context, req *admin.ListVolumesRequest) ([]admin.Volume, error) {
+	resp, err := d.admin.List(ctx, req)
 	if status.Code(err) == codes.Unimplemented {
 		return nil, fmt.Errorf("the daemon at %s cannot list volumes (it predates %s): upgrade it", d.path, admin.ListVolumesMethod)
 	}
@@ -248,13 +249,17 @@ volume is published is an error.`,
 			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
 			defer cancel()
 			if o.volumeID == "" {
-				vols, err := d.volumes(ctx)
+				// Only the volumes at the target, without usage: the
+				// daemon looks up no program for this. A daemon predating
+				// the filter returns every volume, so volumeAt still picks.
+				parent := resolveParent(o.target)
+				vols, err := d.volumes(ctx, &admin.ListVolumesRequest{Targets: []string{o.target, parent}, Usage: new(bool)})
 				if err != nil {
 					return err
 				}
 				v, ok := volumeAt(vols, o.target)
 				if !ok {
-					v, ok = volumeAt(vols, resolveParent(o.target))
+					v, ok = volumeAt(vols, parent)
 				}
 				if !ok {
 					return fmt.Errorf("no volume is published at %s (`bpfmount list` shows the targets there are)", o.target)
@@ -315,7 +320,10 @@ known. -o json prints every field the daemon returns.`,
 			defer d.Close()
 			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
 			defer cancel()
-			vols, err := d.volumes(ctx)
+			// The plain table shows no usage: only wide and json ask
+			// the daemon for it (a kernel query per program).
+			usage := output != "table"
+			vols, err := d.volumes(ctx, &admin.ListVolumesRequest{Usage: &usage})
 			if err != nil {
 				return err
 			}

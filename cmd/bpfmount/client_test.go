@@ -31,6 +31,7 @@ type fakeDaemon struct {
 	publishes   []*csi.NodePublishVolumeRequest
 	unpublishes []*csi.NodeUnpublishVolumeRequest
 	lists       int
+	listReqs    []*admin.ListVolumesRequest
 	volumes     []admin.Volume
 	publishErr  error
 }
@@ -52,10 +53,12 @@ func (f *fakeDaemon) NodeUnpublishVolume(_ context.Context, r *csi.NodeUnpublish
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
 
-func (f *fakeDaemon) ListVolumes(context.Context, *admin.ListVolumesRequest) (*admin.ListVolumesResponse, error) {
+// ListVolumes ignores the request's filter, as a daemon predating it does.
+func (f *fakeDaemon) ListVolumes(_ context.Context, req *admin.ListVolumesRequest) (*admin.ListVolumesResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lists++
+	f.listReqs = append(f.listReqs, req)
 	return &admin.ListVolumesResponse{Volumes: f.volumes}, nil
 }
 
@@ -221,6 +224,48 @@ func TestUnpublishFindsVolumeByTarget(t *testing.T) {
 	}
 	if !strings.Contains(out, "unpublished volume published-with-its-own-id from "+target) {
 		t.Errorf("output %q", out)
+	}
+}
+
+// unpublish asks only for the volumes at its target (as given and with its
+// parent resolved), without usage: the daemon queries no program for it.
+func TestUnpublishAsksOnlyTheTarget(t *testing.T) {
+	dir := shortTempDir(t)
+	real := filepath.Join(dir, "real")
+	if err := os.Mkdir(real, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(real, filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	f := startFake(t, &fakeDaemon{volumes: []admin.Volume{{VolumeID: "v", Target: filepath.Join(real, "vol")}}}, true)
+	if _, err := run(t, "unpublish", "--endpoint", f.endpoint, "--target", filepath.Join(dir, "link", "vol")); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.listReqs) != 1 {
+		t.Fatalf("%d list calls, want 1", len(f.listReqs))
+	}
+	req := f.listReqs[0]
+	want := []string{filepath.Join(dir, "link", "vol"), filepath.Join(real, "vol")}
+	if !reflect.DeepEqual(req.Targets, want) || req.WithUsage() {
+		t.Errorf("list request = targets %q, usage %v; want %q without usage", req.Targets, req.Usage, want)
+	}
+}
+
+// list asks for usage only where it shows it (-o wide, -o json).
+func TestListAsksUsageOnlyWhenShown(t *testing.T) {
+	f := startFake(t, &fakeDaemon{volumes: testVolumes}, true)
+	for _, c := range []struct {
+		format string
+		usage  bool
+	}{{"table", false}, {"wide", true}, {"json", true}} {
+		f.listReqs = nil
+		if _, err := run(t, "list", "--endpoint", f.endpoint, "-o", c.format); err != nil {
+			t.Fatal(err)
+		}
+		if len(f.listReqs) != 1 || f.listReqs[0].Usage == nil || *f.listReqs[0].Usage != c.usage || len(f.listReqs[0].Targets) != 0 {
+			t.Errorf("list -o %s asked %+v; want every volume, usage %t", c.format, f.listReqs, c.usage)
+		}
 	}
 }
 

@@ -23,8 +23,22 @@ const ServiceName = "bpfmount.v1.Admin"
 // ListVolumesMethod is the full method name of ListVolumes.
 const ListVolumesMethod = "/" + ServiceName + "/ListVolumes"
 
-// ListVolumesRequest asks for every volume the daemon knows.
-type ListVolumesRequest struct{}
+// ListVolumesRequest asks for the volumes the daemon knows: every one, or
+// those at the given targets.
+type ListVolumesRequest struct {
+	// Targets, when not empty, keeps only the volumes published at one of
+	// these paths (compared clean): how `unpublish --target` finds its
+	// volume without the daemon describing every other one.
+	Targets []string `json:"targets,omitempty"`
+	// Usage asks for what the loader holds for each volume's program
+	// (attached, shared by, run statistics, map memory), which costs the
+	// daemon a kernel query per program. Nil, as from a client predating
+	// the field, means yes.
+	Usage *bool `json:"usage,omitempty"`
+}
+
+// WithUsage returns whether req asks for usage.
+func (req *ListVolumesRequest) WithUsage() bool { return req.Usage == nil || *req.Usage }
 
 // ListVolumesResponse lists the daemon's volumes, sorted by volume ID.
 type ListVolumesResponse struct {
@@ -130,10 +144,16 @@ type Client struct{ cc grpc.ClientConnInterface }
 // NewClient returns a client on cc.
 func NewClient(cc grpc.ClientConnInterface) *Client { return &Client{cc: cc} }
 
-// ListVolumes returns every volume the daemon knows.
+// ListVolumes returns every volume the daemon knows, with usage.
 func (c *Client) ListVolumes(ctx context.Context) (*ListVolumesResponse, error) {
+	return c.List(ctx, &ListVolumesRequest{})
+}
+
+// List asks ListVolumes with req. A daemon predating a field of req
+// ignores it: it returns every volume, with usage.
+func (c *Client) List(ctx context.Context, req *ListVolumesRequest) (*ListVolumesResponse, error) {
 	out := new(ListVolumesResponse)
-	if err := c.cc.Invoke(ctx, ListVolumesMethod, &ListVolumesRequest{}, out, grpc.CallContentSubtype(codecName)); err != nil {
+	if err := c.cc.Invoke(ctx, ListVolumesMethod, req, out, grpc.CallContentSubtype(codecName)); err != nil {
 		return nil, err
 	}
 	return out, nil

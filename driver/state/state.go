@@ -18,9 +18,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -72,6 +74,17 @@ type Record struct {
 	// ResetMaps, after an upgrade in place by this volume's publish, are
 	// the maps that changed shape and started empty.
 	ResetMaps []string `json:"resetMaps,omitempty"`
+}
+
+// Clone returns a deep copy of r, so a caller may change it without
+// changing a copy kept elsewhere (the driver's in-memory index).
+func (r *Record) Clone() *Record {
+	c := *r
+	c.Attributes = maps.Clone(r.Attributes)
+	c.Maps = slices.Clone(r.Maps)
+	c.Identity.ProceedOn = slices.Clone(r.Identity.ProceedOn)
+	c.Identity.Globals = maps.Clone(r.Identity.Globals)
+	return &c
 }
 
 // Op names the operation an intent is for.

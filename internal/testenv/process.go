@@ -2,6 +2,9 @@ package testenv
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +15,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
@@ -116,41 +120,63 @@ func (p *ProcDaemon) Start(t testing.TB, env ...string) {
 	}
 	p.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) { cmd.Wait(); close(done) }(p.cmd, p.done)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(sock); err == nil {
-			break
-		}
-		select {
-		case <-p.done:
-			b, _ := os.ReadFile(p.Log)
-			t.Fatalf("daemon exited at start:\n%s", b)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("daemon did not create its socket within 10 s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := DialReady(ctx, sock, p.done)
 	if err != nil {
-		t.Fatal(err)
+		b, _ := os.ReadFile(p.Log)
+		t.Fatalf("daemon not ready: %v\n%s", err, b)
 	}
 	p.conn = conn
 	p.Node = csi.NewNodeClient(conn)
-	// The socket file appears at bind(), a moment before listen(): wait
-	// for a real answer so the test's first call cannot be refused.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+}
+
+// DialReady returns a client of the daemon at sock once its Probe says
+// ready. It first waits, trying every millisecond, until the socket accepts
+// a connection, so the gRPC client's first attempt finds it listening; the
+// client it returns reconnects within 10 ms. With gRPC's default backoff a
+// refused connection costs about a second, and a restart-to-ready time
+// would measure that instead of the daemon.
+func DialReady(ctx context.Context, sock string, exited <-chan struct{}) (*grpc.ClientConn, error) {
 	for {
-		resp, err := csi.NewIdentityClient(conn).Probe(ctx, &csi.ProbeRequest{}, grpc.WaitForReady(true))
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+			break
+		}
+		select {
+		case <-exited:
+			return nil, errors.New("the daemon exited")
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (last connection attempt: %v)", ctx.Err(), err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 2 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 10 * time.Millisecond},
+			MinConnectTimeout: time.Second,
+		}))
+	if err != nil {
+		return nil, err
+	}
+	id := csi.NewIdentityClient(conn)
+	for {
+		attempt, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		resp, err := id.Probe(attempt, &csi.ProbeRequest{}, grpc.WaitForReady(true))
+		cancel()
 		if err == nil && resp.GetReady().GetValue() {
-			return
+			return conn, nil
 		}
-		if ctx.Err() != nil {
-			t.Fatalf("daemon not ready: %v", err)
+		select {
+		case <-exited:
+			conn.Close()
+			return nil, errors.New("the daemon exited")
+		case <-ctx.Done():
+			conn.Close()
+			return nil, fmt.Errorf("%w (last probe: %v)", ctx.Err(), err)
+		case <-time.After(2 * time.Millisecond):
 		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -1,6 +1,8 @@
 // Package bench measures bpfmount beside the kernel's own cost and writes
-// docs/benchmarks.md. It runs only when BPFMOUNT_BENCH_OUT names the output
-// file (make bench); timings never gate tests.
+// the host sections of docs/benchmarks.md. It runs only when
+// BPFMOUNT_BENCH_OUT names the output file (make bench-host writes it under
+// build/bench and merges it into the document with mergedoc); timings never
+// gate tests.
 package bench
 
 import (
@@ -76,9 +78,16 @@ func TestBenchmarkReport(t *testing.T) {
 	}
 	header := fmt.Sprintf(`# bpfmount benchmarks
 
-Written by `+"`make bench`"+` (test/bench); every figure below comes from one run
-on this machine, and figures that compare were measured side by side in that
-run. Timings never gate tests.
+Written by `+"`make bench`"+`. Its host part (`+"`make bench-host`"+`, test/bench) writes
+this header and the sections from "Publish latency" to "Go benchmarks" from
+one run on this machine, and figures that compare were measured side by side
+in that run; the other sections (VMs, Kubernetes, other tools side by side)
+come from their own targets, say where they were measured, and stay as they
+are when only the host part runs. Timings never gate tests.
+
+This machine's load is high and varies (two cores shared with other work,
+load averages below): only ratios and paired differences from one run mean
+much; absolute times move from run to run.
 
 - Date: %s
 - Kernel: %s

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"strings"
 	"testing"
 )
@@ -79,10 +80,21 @@ func (p *profiler) around(t *testing.T, name string, fn func()) {
 		t.Fatal(err)
 	}
 	defer cpu.Close()
+	tr, err := os.Create(filepath.Join(p.dir, name+".trace"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
 	if err := pprof.StartCPUProfile(cpu); err != nil {
 		t.Fatal(err)
 	}
+	// The execution trace sees what CPU profiles cannot: time spent
+	// waiting in system calls (go tool trace -pprof=syscall).
+	if err := trace.Start(tr); err != nil {
+		t.Fatal(err)
+	}
 	fn()
+	trace.Stop()
 	pprof.StopCPUProfile()
 	for _, k := range kinds {
 		write(name+"."+k+".pprof", lookup(k))
@@ -110,6 +122,20 @@ func top(n int, args ...string) string {
 	return strings.TrimRight(strings.Join(keep, "\n"), "\n")
 }
 
+// syscallTop is the top of the execution trace's system call view (time
+// from entering a system call to leaving it, on CPU or not) of the
+// driver's calls; base names the profile's files.
+func syscallTop(base string) string {
+	out, err := exec.Command("go", "tool", "trace", "-pprof=syscall", base+".trace").Output()
+	if err != nil {
+		return fmt.Sprintf("go tool trace failed: %v", err)
+	}
+	if err := os.WriteFile(base+".syscall.pprof", out, 0o644); err != nil {
+		return err.Error()
+	}
+	return top(20, "-cum", driverCalls, plumbing, base+".syscall.pprof")
+}
+
 const (
 	// driverCalls keeps the samples of the driver's CSI calls.
 	driverCalls = `-focus=bpfmount/driver\.\(\*Driver\)\.Node`
@@ -124,7 +150,9 @@ func (p *profiler) report(what map[string]string) string {
 	fmt.Fprintf(&b, `Profiled in the test process with runtime/pprof: CPU (100 Hz; cumulative,
 the driver's calls and below; kernel time in system calls counts as CPU of
 the calling function), allocated bytes (one sample per %d bytes) and, for
-the burst, time blocked (events of about %d µs and more). The test's gRPC
+the burst, time blocked (events of about %d µs and more); and, from an
+execution trace taken at the same time, the time the driver's calls spent
+in system calls, which is where a publish waits. The test's gRPC
 client is in the same process; the CPU and blocking views keep the
 driver's calls. A publish spends most of its time waiting in the kernel,
 off CPU, so the CPU profiles are short.
@@ -138,6 +166,10 @@ off CPU, so the CPU profiles are short.
 		if strings.HasPrefix(name, "burst") {
 			fmt.Fprintf(&b, "\n### %s: time blocked, cumulative\n\n```\n%s\n```\n", what[name],
 				top(20, "-cum", "-sample_index=delay", driverCalls, plumbing, base("block"), file("block")))
+		}
+		if name != "at500" {
+			fmt.Fprintf(&b, "\n### %s: time in system calls (execution trace), cumulative\n\n```\n%s\n```\n", what[name],
+				syscallTop(filepath.Join(p.dir, name)))
 		}
 	}
 	fmt.Fprintf(&b, "\nReproduce: `sudo BPFMOUNT_BENCH_PROFILES=/tmp/prof make bench`, then for example `go tool pprof -top -cum /tmp/prof/at500.cpu.pprof`.\n")

@@ -441,8 +441,11 @@ func TestDeferredAttachFailures(t *testing.T) {
 func TestDeferredRestoredAtStart(t *testing.T) {
 	f := newPodnetDriver(t, podnetPolicy, true)
 	id := loader.Identity{Digest: "sha256:x", Program: "prog", Hook: loader.HookTCX, Interface: "eth0", Pod: podUID, Direction: "ingress", Priority: 1000}
-	f.store.records["vol-1"] = &state.Record{VolumeID: "vol-1", TargetPath: testTarget, Identity: id, Key: id.Key(),
-		Pod: state.Pod{Namespace: "team", Name: "p", UID: podUID}}
+	// Through the driver's store, as a record the last run wrote.
+	if err := f.d.store.Put(&state.Record{VolumeID: "vol-1", TargetPath: testTarget, Identity: id, Key: id.Key(),
+		Pod: state.Pod{Namespace: "team", Name: "p", UID: podUID}}); err != nil {
+		t.Fatal(err)
+	}
 	f.cri.set(&cri.Sandbox{ID: "sb-1", Netns: "/var/run/netns/cni-1"}, nil)
 	if _, err := f.d.Restore(context.Background()); err != nil {
 		t.Fatal(err)

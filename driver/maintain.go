@@ -80,9 +80,6 @@ func (d *Driver) CollectGarbage() (staging, pins []string) {
 	// removes them), and so are those of kept intents. When a record cannot
 	// be read, its pins are unknown: none is removed.
 	recs, listErr := d.store.List()
-	// Read again: a publish that began after the first read has its
-	// intent written before it makes pins.
-	intents, intentErr = d.store.Intents()
 	lingers, lingerErr := d.lingerKeys()
 	nodeKeys, nodeErr := d.nodeProgramKeys()
 	if listErr != nil || intentErr != nil || lingerErr != nil || nodeErr != nil {

@@ -94,8 +94,6 @@ const ProbeTargetSymbol = "bpfmount_probe_target"
 // tests. It returns the binary's path.
 func BuildProbeTarget(t testing.TB) string {
 	t.Helper()
-	dir := t.TempDir()
-	src := filepath.Join(dir, "target.c")
 	code := `#include <stdlib.h>
 __attribute__((noinline)) int ` + ProbeTargetSymbol + `(int i) { asm volatile("" ::: "memory"); return i + 1; }
 int main(int argc, char **argv) {
@@ -104,15 +102,24 @@ int main(int argc, char **argv) {
 	return s == -1;
 }
 `
+	return CompileStatic(t, "probe-target", code)
+}
+
+// CompileStatic builds C source into a static binary in a temporary
+// directory (uprobe targets: a static binary has its symbols in itself).
+// It skips the test where gcc is missing: the VMs have no compiler, and
+// test/vm attaches a uprobe there by address in a binary it has.
+func CompileStatic(t testing.TB, name, code string) string {
+	t.Helper()
+	if _, err := exec.LookPath("gcc"); err != nil {
+		t.Skip("gcc not found: the uprobe target binary is built with it")
+	}
+	dir := t.TempDir()
+	src := filepath.Join(dir, name+".c")
 	if err := os.WriteFile(src, []byte(code), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(dir, "probe-target")
-	if _, err := exec.LookPath("gcc"); err != nil {
-		// The VMs have no compiler; test/vm attaches a uprobe there by
-		// address in a binary it has.
-		t.Skip("gcc not found: the uprobe target binary is built with it")
-	}
+	bin := filepath.Join(dir, name)
 	if out, err := exec.Command("gcc", "-O1", "-static", "-o", bin, src).CombinedOutput(); err != nil {
 		t.Fatalf("gcc: %v: %s", err, out)
 	}

@@ -88,11 +88,6 @@ func containerAttrs(img, uid, typ, container, attachTo string) map[string]string
 // answering "ok" after each: a container's long-lived main process.
 func buildProbeServer(t *testing.T) string {
 	t.Helper()
-	if _, err := exec.LookPath("gcc"); err != nil {
-		t.Skip("gcc not found: the uprobe target binary is built with it")
-	}
-	dir := t.TempDir()
-	src := filepath.Join(dir, "server.c")
 	code := `#include <stdio.h>
 __attribute__((noinline)) int ` + testenv.ProbeTargetSymbol + `(int i) { asm volatile("" ::: "memory"); return i + 1; }
 int main(void) {
@@ -105,14 +100,7 @@ int main(void) {
 	return s == -1;
 }
 `
-	if err := os.WriteFile(src, []byte(code), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "probe-server")
-	if out, err := exec.Command("gcc", "-O1", "-static", "-o", bin, src).CombinedOutput(); err != nil {
-		t.Fatalf("gcc: %v: %s", err, out)
-	}
-	return bin
+	return testenv.CompileStatic(t, "probe-server", code)
 }
 
 // ctStatus reads the status a volume shows its pod, values as text (the

@@ -95,9 +95,9 @@ run() { # kernel, vmexec flags, go test args...
 	# The test binary runs as the VM's only program: it must be static.
 	CGO_ENABLED=0 go test "$@" -exec "$PWD/bin/vmexec -kernel $k $vmflags" || status=1
 }
-for k in "${kernels[@]}"; do
+suite() { # kernel: everything this mode runs on it
+	local k=$1 status=0 start=$SECONDS
 	echo "== VM tests on Linux $k"
-	start=$SECONDS
 	if [[ -n ${VMTEST_PACKAGES:-} ]]; then
 		# shellcheck disable=SC2086
 		VMEXEC_TIMEOUT=${VMEXEC_TIMEOUT:-20m} run "$k" "-files=$files" -timeout 30m "${flags[@]}" $VMTEST_PACKAGES
@@ -112,5 +112,27 @@ for k in "${kernels[@]}"; do
 		fi
 	fi
 	echo "== Linux $k: $((SECONDS - start))s"
-done
+	return $status
+}
+# The kernels' VMs run side by side (each is one emulated CPU, most of the
+# time), their lines prefixed with the kernel; VMTEST_SERIAL=1 runs them one
+# after the other, and bench modes always do (their figures are ratios
+# within one boot, but a second VM beside it would add noise).
+if ((${#kernels[@]} > 1)) && [[ -z ${VMTEST_SERIAL:-} && $mode == test ]]; then
+	pids=()
+	for k in "${kernels[@]}"; do
+		(
+			set -o pipefail
+			suite "$k" 2>&1 | sed -u "s/^/[$k] /"
+		) &
+		pids+=($!)
+	done
+	for p in "${pids[@]}"; do
+		wait "$p" || status=1
+	done
+else
+	for k in "${kernels[@]}"; do
+		suite "$k" || status=1
+	done
+fi
 exit $status

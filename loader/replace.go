@@ -77,11 +77,7 @@ func (l *Loader) Replace(ctx context.Context, oldKey string, r *Resolved, owner 
 	if err != nil {
 		return nil, nil, err
 	}
-	defer func() {
-		for _, m := range oldMaps {
-			m.Close()
-		}
-	}()
+	defer closeMaps(oldMaps)
 	if err := ctx.Err(); err != nil {
 		return nil, nil, err
 	}
@@ -113,16 +109,8 @@ func (l *Loader) Replace(ctx context.Context, oldKey string, r *Resolved, owner 
 		coll.Close()
 		return nil, nil, fault.Errorf(fault.Precondition, "%s is already loaded: nothing to upgrade", describeIdentity(id))
 	}
-	e := &entry{id: id, key: key, owners: map[string]struct{}{}, maps: map[string]*ebpf.Map{}, mode: old.mode, created: old.created}
-	e.prog = coll.Programs[id.Program]
-	delete(coll.Programs, id.Program)
-	for name, m := range coll.Maps {
-		if !strings.HasPrefix(name, ".") {
-			e.maps[name] = m
-			delete(coll.Maps, name)
-		}
-	}
-	coll.Close()
+	e := &entry{id: id, key: key, owners: map[string]struct{}{}, mode: old.mode, created: old.created}
+	e.take(coll)
 	undo := func() {
 		e.closeFDs()
 		l.removePins(key)
@@ -218,11 +206,7 @@ func (l *Loader) replaceMember(ctx context.Context, oldKey string, r *Resolved, 
 	if err != nil {
 		return nil, nil, err
 	}
-	defer func() {
-		for _, m := range oldMaps {
-			m.Close()
-		}
-	}()
+	defer closeMaps(oldMaps)
 	if old.chain == nil || !old.attached {
 		return nil, nil, fault.Errorf(fault.Precondition, "%s is not running in its dispatcher (its interface went away): nothing to upgrade in place; unpublish its volumes first", describeIdentity(old.id))
 	}
@@ -307,14 +291,19 @@ func (l *Loader) replaceable(oldKey string, id Identity) (*entry, map[string]*eb
 	for name, m := range old.maps {
 		c, err := m.Clone()
 		if err != nil {
-			for _, c := range maps {
-				c.Close()
-			}
+			closeMaps(maps)
 			return nil, nil, fmt.Errorf("opening map %q of %s: %w", name, describeIdentity(old.id), err)
 		}
 		maps[name] = c
 	}
 	return old, maps, nil
+}
+
+// closeMaps closes the handles replaceable opened.
+func closeMaps(maps map[string]*ebpf.Map) {
+	for _, m := range maps {
+		m.Close()
+	}
 }
 
 // RecoverReplace finishes or undoes, from the pins alone, a Replace from

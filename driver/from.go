@@ -82,20 +82,11 @@ func (d *Driver) publishFrom(pr *publishRequest, out *publishOutcome) (err error
 	if out.dec, err = d.authorizeFrom(pr); err != nil {
 		return err
 	}
-	unlock, err := d.lockVolume(pr.volID)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	done, err := d.checkExisting(pr.volID, pr.target, pr.staging, vr, pr.readOnly, pr.gid)
+	tgt, release, done, err := d.claimTarget(pr)
 	if err != nil || done {
 		return err
 	}
-	tgt, err := d.mounts.OpenTarget(pr.target, d.opts.TargetRoots)
-	if err != nil {
-		return err
-	}
-	defer tgt.Close()
+	defer release()
 
 	name := vr.life.from
 	h, err := d.holderOf(name)

@@ -105,24 +105,12 @@ func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *pub
 	if pr.keep, err = d.checkLifetime(vr); err != nil {
 		return err
 	}
-	unlock, err := d.lockVolume(pr.volID)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-
-	done, err := d.checkExisting(pr.volID, pr.target, pr.staging, vr, pr.readOnly, pr.gid)
+	// The target before anything is fetched or loaded.
+	tgt, release, done, err := d.claimTarget(pr)
 	if err != nil || done {
 		return err
 	}
-	// The target before anything is fetched or loaded: under an allowed
-	// root, no symlink, missing or an empty directory. It stays open, so
-	// the mount lands on what was checked.
-	tgt, err := d.mounts.OpenTarget(pr.target, d.opts.TargetRoots)
-	if err != nil {
-		return err
-	}
-	defer tgt.Close()
+	defer release()
 	if err := d.resolveCgroup(vr); err != nil {
 		return err
 	}
@@ -296,6 +284,31 @@ func (u undoStack) run(volID string) {
 			klog.ErrorS(errors.New(clip(err.Error(), maxLogError)), "Rolling back publish: "+u[i].what, "volume", volID)
 		}
 	}
+}
+
+// claimTarget locks pr's volume, answers a repeated publish of it (done),
+// and opens the target: under an allowed root, no symlink, missing or an
+// empty directory. The target stays open, so the mount lands on what was
+// checked; release closes it and unlocks the volume, and is set whenever
+// a target is returned.
+func (d *Driver) claimTarget(pr *publishRequest) (tgt *mapfs.Target, release func(), done bool, err error) {
+	unlock, err := d.lockVolume(pr.volID)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	done, err = d.checkExisting(pr.volID, pr.target, pr.staging, pr.vol, pr.readOnly, pr.gid)
+	if err != nil || done {
+		unlock()
+		return nil, nil, done, err
+	}
+	if tgt, err = d.mounts.OpenTarget(pr.target, d.opts.TargetRoots); err != nil {
+		unlock()
+		return nil, nil, false, err
+	}
+	return tgt, func() {
+		tgt.Close()
+		unlock()
+	}, false, nil
 }
 
 // checkExisting implements publish idempotency from what is really mounted.

@@ -17,7 +17,6 @@ import (
 	"github.com/bpfmount/bpfmount/driver/state"
 	"github.com/bpfmount/bpfmount/internal/fault"
 	"github.com/bpfmount/bpfmount/internal/mapfs"
-	"github.com/bpfmount/bpfmount/loader/bytecode"
 )
 
 // A map-only volume (from: NAME) loads nothing: it mounts the maps of the
@@ -46,14 +45,9 @@ func (vr *volumeRequest) parseFrom() error {
 	}
 	vr.life.from = n
 	if m, ok := vr.attrs[AttrMaps]; ok {
-		list, err := splitList(AttrMaps, m)
+		list, err := parseMaps(m)
 		if err != nil {
 			return err
-		}
-		for _, name := range list {
-			if !bytecode.IsIdentifier(name) {
-				return invalid("volume attribute %q: %q is not a map name: use letters, digits and _", AttrMaps, name)
-			}
 		}
 		vr.maps = list
 	}

@@ -82,12 +82,20 @@ func (l *Loader) pinDeferred(e *entry) error {
 		return fmt.Errorf("creating the status map: %w", err)
 	}
 	e.maps[StatusMap] = m
+	if err := e.readProgID(); err != nil {
+		return err
+	}
+	return l.pin(e)
+}
+
+// readProgID records the kernel's ID of e's program.
+func (e *entry) readProgID() error {
 	info, err := e.prog.Info()
 	if err != nil {
 		return fmt.Errorf("reading program info: %w", err)
 	}
 	e.progID, _ = info.ID()
-	return l.pin(e)
+	return nil
 }
 
 // openDeferred re-opens the link of a deferred entry after a restart, if

@@ -235,11 +235,9 @@ func (l *Loader) replaceMember(ctx context.Context, oldKey string, r *Resolved, 
 	// Both keys stay locked, so the old member is still recorded and the
 	// new identity not: unlike Replace's own link path, nothing needs
 	// checking again before the swap.
-	info, err := e.prog.Info()
-	if err != nil {
-		return nil, nil, fmt.Errorf("reading program info: %w", err)
+	if err := e.readProgID(); err != nil {
+		return nil, nil, err
 	}
-	e.progID, _ = info.ID()
 	// The new program and maps pinned beside the old ones, in no
 	// revision yet.
 	if err := l.pin(e); err != nil {

@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/bpfmount/bpfmount/driver/events"
-	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/internal/cri"
 	"github.com/bpfmount/bpfmount/internal/fault"
 	"github.com/bpfmount/bpfmount/loader"
@@ -95,21 +94,9 @@ const containerPolicy = `rules:
 
 func newContainerDriver(t *testing.T, pol string, withCRI bool) *containerFakes {
 	t.Helper()
-	pf := &podnetFakes{fakes: &fakes{loader: newFakeLoader(), store: newFakeStore(), mounts: newFakeMounts()},
-		cri: &fakeCRI{}, events: &fakeEvents{}}
-	pf.nl = &netnsLoader{fakeLoader: pf.loader, where: map[string]string{}}
+	pf := newPodnetFakes()
 	f := &containerFakes{podnetFakes: pf, cl: &containerLoader{netnsLoader: pf.nl}, ccri: &containerCRI{fakeCRI: pf.cri}}
-	opts := Options{NodeID: "node-1", StateDir: "/state", BPFFSRoot: "/sys/fs/bpf/bpfmount", Policy: policy.Static(mustPolicy(t, pol)),
-		Events: pf.events, SandboxPoll: 5 * time.Millisecond, SandboxWait: time.Hour}
-	if withCRI {
-		opts.CRI = f.ccri
-	}
-	d, err := newDriver(opts, f.cl, pf.store, pf.mounts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pf.d = d
-	t.Cleanup(d.StopWaiters)
+	pf.start(t, pol, f.cl, f.ccri, withCRI)
 	return f
 }
 

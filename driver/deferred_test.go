@@ -127,21 +127,35 @@ const podnetPolicy = `rules:
 
 func newPodnetDriver(t *testing.T, pol string, withCRI bool) *podnetFakes {
 	t.Helper()
+	f := newPodnetFakes()
+	f.start(t, pol, f.nl, f.cri, withCRI)
+	return f
+}
+
+// newPodnetFakes makes the fakes of a driver that finds pods' sandboxes,
+// before it starts.
+func newPodnetFakes() *podnetFakes {
 	f := &podnetFakes{fakes: &fakes{loader: newFakeLoader(), store: newFakeStore(), mounts: newFakeMounts()},
 		cri: &fakeCRI{}, events: &fakeEvents{}}
 	f.nl = &netnsLoader{fakeLoader: f.loader, where: map[string]string{}}
+	return f
+}
+
+// start starts f's driver under pol on loader ld, and with the runtime
+// finder when withCRI.
+func (f *podnetFakes) start(t *testing.T, pol string, ld programLoader, finder SandboxFinder, withCRI bool) {
+	t.Helper()
 	opts := Options{NodeID: "node-1", StateDir: "/state", BPFFSRoot: "/sys/fs/bpf/bpfmount", Policy: policy.Static(mustPolicy(t, pol)),
 		Events: f.events, SandboxPoll: 5 * time.Millisecond, SandboxWait: time.Hour}
 	if withCRI {
-		opts.CRI = f.cri
+		opts.CRI = finder
 	}
-	d, err := newDriver(opts, f.nl, f.store, f.mounts)
+	d, err := newDriver(opts, ld, f.store, f.mounts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.d = d
 	t.Cleanup(d.StopWaiters)
-	return f
 }
 
 // with sets keys of a copy of a; an empty value deletes the key.

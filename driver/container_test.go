@@ -147,12 +147,7 @@ func TestContainerAttribute(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newContainerDriver(t, containerPolicy, true)
-			_, err := f.d.NodePublishVolume(context.Background(), publishReq("vol-1", testTarget, tc.attrs))
-			wantCode(t, err, codes.InvalidArgument, tc.want)
-			f.assertNothingLeft(t)
-			if f.ccri.containerCalls() != 0 || f.loader.resolves != 0 {
-				t.Errorf("asked the runtime %d times, resolved %d images", f.ccri.containerCalls(), f.loader.resolves)
-			}
+			f.wantRefusedEarly(t, tc.attrs, tc.want, f.ccri.containerCalls)
 		})
 	}
 }

@@ -158,6 +158,19 @@ func (f *podnetFakes) start(t *testing.T, pol string, ld programLoader, finder S
 	t.Cleanup(d.StopWaiters)
 }
 
+// wantRefusedEarly publishes attrs and wants it refused as invalid input
+// (want in the message), leaving nothing, before the runtime was asked
+// (calls counts what it was asked) or an image resolved.
+func (f *podnetFakes) wantRefusedEarly(t *testing.T, attrs map[string]string, want string, calls func() int) {
+	t.Helper()
+	_, err := f.d.NodePublishVolume(context.Background(), publishReq("vol-1", testTarget, attrs))
+	wantCode(t, err, codes.InvalidArgument, want)
+	f.assertNothingLeft(t)
+	if n := calls(); n != 0 || f.loader.resolves != 0 {
+		t.Errorf("asked the runtime %d times, resolved %d images", n, f.loader.resolves)
+	}
+}
+
 // with sets keys of a copy of a; an empty value deletes the key.
 func with(a map[string]string, kv ...string) map[string]string {
 	out := map[string]string{}
@@ -251,12 +264,7 @@ func TestPodInterfaceAttribute(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newPodnetDriver(t, podnetPolicy, true)
-			_, err := f.d.NodePublishVolume(context.Background(), publishReq("vol-1", testTarget, tc.attrs))
-			wantCode(t, err, codes.InvalidArgument, tc.want)
-			f.assertNothingLeft(t)
-			if f.cri.count() != 0 || f.loader.resolves != 0 {
-				t.Errorf("asked the runtime %d times, resolved %d images", f.cri.count(), f.loader.resolves)
-			}
+			f.wantRefusedEarly(t, tc.attrs, tc.want, f.cri.count)
 		})
 	}
 }

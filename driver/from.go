@@ -5,7 +5,6 @@ import (
 	"maps"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -134,20 +133,13 @@ func (d *Driver) createFrom(pr *publishRequest, tgt *mapfs.Target, h *nameHolder
 			undo.run(volID)
 		}
 	}()
-	intent := &state.Intent{Op: state.OpPublish, VolumeID: volID, TargetPath: pr.target, StagingPath: pr.staging, CreateTarget: !tgt.Existed}
-	if err := d.store.PutIntent(intent); err != nil {
-		return nil, fmt.Errorf("writing the intent of volume %q: %w", volID, err)
+	if err := d.putIntent(pr, tgt, "", &undo); err != nil {
+		return nil, err
 	}
-	undo.push("deleting the intent", func() error { return d.store.DeleteIntent(volID) })
-	gid := -1
-	if pr.gid != "" {
-		gid, _ = strconv.Atoi(pr.gid) // checked by checkCapability
-	}
-	made, err := d.mounts.Expose(pr.staging, tgt, selected, mapfs.Options{ReadOnly: pr.readOnly, GID: gid})
+	made, err := d.expose(pr, tgt, selected, &undo)
 	if err != nil {
-		return nil, fmt.Errorf("mounting the maps of volume %q at %s: %w", volID, pr.target, err)
+		return nil, err
 	}
-	undo.push("unmounting", func() error { return d.mounts.Withdraw(pr.staging, pr.target, made) })
 	rec := &state.Record{
 		VolumeID: volID, TargetPath: pr.target, StagingPath: pr.staging, ReadOnly: pr.readOnly, MountGroup: pr.gid,
 		Attributes: pr.vol.attrs, Identity: h.id, ProgramID: h.progID, Maps: chosen, Pod: pr.vol.pod,

@@ -78,14 +78,10 @@ func (l *Loader) Replace(ctx context.Context, oldKey string, r *Resolved, owner 
 		return nil, nil, err
 	}
 	defer closeMaps(oldMaps)
-	if err := ctx.Err(); err != nil {
-		return nil, nil, err
-	}
-	cs, err := collectionFor(id, r.spec)
+	cs, repl, rep, err := newVersion(ctx, r, old, oldMaps)
 	if err != nil {
 		return nil, nil, err
 	}
-	repl, rep := carryOver(cs, old, oldMaps)
 	coll, err := ebpf.NewCollectionWithOptions(cs, ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
 		return nil, nil, classifyLoadError(id, err)
@@ -141,6 +137,20 @@ func (l *Loader) Replace(ctx context.Context, oldKey string, r *Resolved, owner 
 	}
 	old.link = nil
 	return l.succeed(old, e, owner, rep), rep, nil
+}
+
+// newVersion is the spec of r's program, the new version, and the old
+// version's maps it carries over, once ctx still wants it.
+func newVersion(ctx context.Context, r *Resolved, old *entry, oldMaps map[string]*ebpf.Map) (*ebpf.CollectionSpec, map[string]*ebpf.Map, *Replaced, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, nil, err
+	}
+	cs, err := collectionFor(r.Identity, r.spec)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	repl, rep := carryOver(cs, old, oldMaps)
+	return cs, repl, rep, nil
 }
 
 // carryOver pairs the maps of the new version's spec with the old
@@ -210,14 +220,10 @@ func (l *Loader) replaceMember(ctx context.Context, oldKey string, r *Resolved, 
 	if old.chain == nil || !old.attached {
 		return nil, nil, fault.Errorf(fault.Precondition, "%s is not running in its dispatcher (its interface went away): nothing to upgrade in place; unpublish its volumes first", describeIdentity(old.id))
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, nil, err
-	}
-	cs, err := collectionFor(id, r.spec)
+	cs, repl, rep, err := newVersion(ctx, r, old, oldMaps)
 	if err != nil {
 		return nil, nil, err
 	}
-	repl, rep := carryOver(cs, old, oldMaps)
 	ext, err := dispatcher.LoadMember(dispatcher.Hook(id.Hook), cs, id.Program, &ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
 		return nil, nil, classifyLoadError(id, err)

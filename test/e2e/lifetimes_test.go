@@ -251,24 +251,7 @@ func (c *cluster) ltInstall(t *testing.T, ctx context.Context) {
 		t.Fatalf("helm install: %v%s", err, c.driverPodEvents(ctx))
 	}
 	t.Cleanup(func() { c.ltUninstall(t) })
-	if err := c.WaitDaemonSet(ctx); err != nil {
-		t.Fatalf("%v%s", err, c.driverPodEvents(ctx))
-	}
-	err := poll(ctx, 60*time.Second, func() (bool, error) {
-		n, err := c.CS.StorageV1().CSINodes().Get(ctx, nodeName, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		for _, d := range n.Spec.Drivers {
-			if d.Name == "csi.bpfmount.io" {
-				return true, nil
-			}
-		}
-		return false, fmt.Errorf("CSINode drivers: %v", n.Spec.Drivers)
-	})
-	if err != nil {
-		t.Fatalf("driver not in the node's CSINode: %v", err)
-	}
+	c.waitRegistered(ctx, t)
 }
 
 // ltUninstall removes the release and waits until the driver is gone from

@@ -45,24 +45,7 @@ func TestE2E(t *testing.T) {
 		if err := c.HelmInstall(ctx, chartDir, c.chartValues("v1", healthPort)); err != nil {
 			t.Fatalf("helm install: %v%s", err, c.driverPodEvents(ctx))
 		}
-		if err := c.WaitDaemonSet(ctx); err != nil {
-			t.Fatalf("%v%s", err, c.driverPodEvents(ctx))
-		}
-		err := poll(ctx, 60*time.Second, func() (bool, error) {
-			n, err := c.CS.StorageV1().CSINodes().Get(ctx, nodeName, metav1.GetOptions{})
-			if err != nil {
-				return false, err
-			}
-			for _, d := range n.Spec.Drivers {
-				if d.Name == "csi.bpfmount.io" {
-					return true, nil
-				}
-			}
-			return false, fmt.Errorf("CSINode drivers: %v", n.Spec.Drivers)
-		})
-		if err != nil {
-			t.Fatalf("driver not in the node's CSINode: %v", err)
-		}
+		c.waitRegistered(ctx, t)
 	})
 
 	step("2-xdp-counter", func(t *testing.T) {

@@ -102,16 +102,8 @@ func TestChainOrderAndVerdicts(t *testing.T) {
 func TestChainTraffic(t *testing.T) {
 	requireVM(t)
 	forEachHook(t, func(t *testing.T, h hookCase) {
-		host, peer := vethPair(t)
-		c, err := dispatcher.Open(h.target(host), pinDir(t))
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, from, to := openOnVeth(t, h)
 		defer setChain(c)
-		from, to := peer, host // ingress: frames arrive on host
-		if h.direction == dispatcher.Egress {
-			from, to = host, peer // egress: frames leave host
-		}
 		a := loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
 		b := loadMember(t, h, "", 2, h.proceed, 20, h.mask(h.proceed))
 		d := loadMember(t, h, "", 3, h.proceed, 30, h.mask(h.proceed))
@@ -158,16 +150,8 @@ func TestRemoveMiddleUnderTraffic(t *testing.T) {
 	requireVM(t)
 	cpus := wantCPUs(t)
 	forEachHook(t, func(t *testing.T, h hookCase) {
-		host, peer := vethPair(t)
-		c, err := dispatcher.Open(h.target(host), pinDir(t))
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, from, to := openOnVeth(t, h)
 		defer setChain(c)
-		from, to := peer, host
-		if h.direction == dispatcher.Egress {
-			from, to = host, peer
-		}
 		first, middle, last := runThree(t, h, c)
 		const rounds = 10
 		sent := duringTraffic(t, cpus, newSender(t, from, to), func() {
@@ -252,10 +236,7 @@ func TestRestartKeepsChain(t *testing.T) {
 		host, peer := vethPair(t)
 		root := pinDir(t)
 		dir := root + "/chain"
-		from, to := peer, host
-		if h.direction == dispatcher.Egress {
-			from, to = host, peer
-		}
+		from, to := h.path(host, peer)
 		c, err := dispatcher.Open(h.target(host), dir)
 		if err != nil {
 			t.Fatal(err)

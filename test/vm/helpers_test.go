@@ -332,6 +332,29 @@ func bindThread(cpu int) error {
 	return unix.SchedSetaffinity(0, &set)
 }
 
+// path is the way frames take to meet h's dispatcher on host: into host
+// from its peer (ingress), out of host to its peer (egress).
+func (h hookCase) path(host, peer *net.Interface) (from, to *net.Interface) {
+	if h.direction == dispatcher.Egress {
+		return host, peer
+	}
+	return peer, host
+}
+
+// openOnVeth opens h's dispatcher on the host side of a new veth pair, and
+// returns the way frames take to meet it. The caller empties the chain
+// (setChain) when done.
+func openOnVeth(t testing.TB, h hookCase) (c *dispatcher.Chain, from, to *net.Interface) {
+	t.Helper()
+	host, peer := vethPair(t)
+	c, err := dispatcher.Open(h.target(host), pinDir(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	from, to = h.path(host, peer)
+	return c, from, to
+}
+
 // runThree loads three members of h (ids 1, 2, 3 at priorities 10, 20,
 // 30, each proceeding) and runs them in c.
 func runThree(t testing.TB, h hookCase, c *dispatcher.Chain) (first, middle, last *member) {

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/bpfmount/bpfmount/internal/fault"
-	"github.com/bpfmount/bpfmount/loader/dispatcher"
 )
 
 // Replacing the middle member, again and again, while frames flow (an
@@ -20,16 +19,8 @@ func TestReplaceMemberUnderTraffic(t *testing.T) {
 	requireVM(t)
 	cpus := wantCPUs(t)
 	forEachHook(t, func(t *testing.T, h hookCase) {
-		host, peer := vethPair(t)
-		c, err := dispatcher.Open(h.target(host), pinDir(t))
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, from, to := openOnVeth(t, h)
 		defer setChain(c)
-		from, to := peer, host
-		if h.direction == dispatcher.Egress {
-			from, to = host, peer
-		}
 		first, middle, last := runThree(t, h, c)
 		created, rev := c.Members()[1].Created, c.Revision()
 

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 
@@ -90,15 +89,7 @@ func podnetAttrs(img, uid, iface string) map[string]string {
 // container's pid is a JSON number).
 func volumeStatus(t *testing.T, target string) map[string]string {
 	t.Helper()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(target, loader.StatusMap), &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	v := make([]byte, loader.StatusSize)
-	if err := m.Lookup(uint32(0), &v); err != nil {
-		t.Fatal(err)
-	}
+	v := testenv.MapValue(t, filepath.Join(target, loader.StatusMap))
 	var raw map[string]any
 	if err := json.Unmarshal(bytes.TrimRight(v, "\x00"), &raw); err != nil {
 		t.Fatalf("status %q: %v", v, err)
@@ -128,16 +119,7 @@ func waitStatus(t *testing.T, target string, ok func(map[string]string) bool) ma
 // hits reads tcx_order's counter through the volume.
 func hits(t *testing.T, target string) uint64 {
 	t.Helper()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(target, "order_map"), &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	var v [16]byte
-	if err := m.Lookup(uint32(0), &v); err != nil {
-		t.Fatal(err)
-	}
-	return binary.NativeEndian.Uint64(v[:8])
+	return binary.NativeEndian.Uint64(testenv.MapValue(t, filepath.Join(target, "order_map"))[:8])
 }
 
 // A pod's own interface on the real kernel: the publish returns before the
@@ -249,16 +231,7 @@ func TestPodInterfaceBadInput(t *testing.T) {
 // seenMark reads which program tcx_order found had run before it.
 func seenMark(t *testing.T, target string) uint32 {
 	t.Helper()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(target, "order_map"), &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	var v [16]byte
-	if err := m.Lookup(uint32(0), &v); err != nil {
-		t.Fatal(err)
-	}
-	return binary.NativeEndian.Uint32(v[8:12])
+	return binary.NativeEndian.Uint32(testenv.MapValue(t, filepath.Join(target, "order_map"))[8:12])
 }
 
 // Two tcx programs on a pod's interface run in priority order, in the

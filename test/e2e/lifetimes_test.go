@@ -67,15 +67,7 @@ func TestLifetimes(t *testing.T) {
 	}
 	// Nothing left for the next test's install: no program pinned, no
 	// driver state.
-	var pinned int
-	var recs []string
-	err = poll(ctx, 30*time.Second, func() (bool, error) {
-		pinned, recs = c.pinnedPrograms(t), nonEmpty(t, "/run/bpfmount")
-		return pinned == 0 && len(recs) == 0, nil
-	})
-	if err != nil {
-		t.Fatalf("after the scenarios: %d programs still pinned, driver state left: %v", pinned, recs)
-	}
+	c.waitDriverClean(ctx, t, "after the scenarios")
 }
 
 // ltRollouts: the DaemonSet scenario.

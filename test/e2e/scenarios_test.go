@@ -200,19 +200,11 @@ func TestE2E(t *testing.T) {
 		}
 		// The detach is seen before the unpublish call has finished
 		// removing pins and records: wait for the whole call.
-		var pinned int
-		var recs []string
-		err := poll(ctx, 30*time.Second, func() (bool, error) {
-			pinned, recs = c.pinnedPrograms(t), nonEmpty(t, "/run/bpfmount")
-			return pinned == 0 && len(recs) == 0, nil
-		})
-		if err != nil {
-			t.Fatalf("after the pods went: %d programs still pinned, driver state left: %v", pinned, recs)
-		}
+		c.waitDriverClean(ctx, t, "after the pods went")
 		if err := c.HelmUninstall(); err != nil {
 			t.Fatalf("helm uninstall: %v", err)
 		}
-		err = poll(ctx, 60*time.Second, func() (bool, error) {
+		err := poll(ctx, 60*time.Second, func() (bool, error) {
 			pods, err := c.CS.CoreV1().Pods(releaseNS).List(ctx, metav1.ListOptions{})
 			return err == nil && len(pods.Items) == 0, err
 		})
@@ -261,6 +253,21 @@ func (c *cluster) driverPodEvents(ctx context.Context) string {
 		fmt.Fprintf(&b, "\npod %s: %s%s", p.Name, p.Status.Phase, c.podEvents(ctx, releaseNS, p.Name))
 	}
 	return b.String()
+}
+
+// waitDriverClean waits until the driver has no program pinned and no
+// state left; when says at what point, for the failure.
+func (c *cluster) waitDriverClean(ctx context.Context, t *testing.T, when string) {
+	t.Helper()
+	var pinned int
+	var recs []string
+	err := poll(ctx, 30*time.Second, func() (bool, error) {
+		pinned, recs = c.pinnedPrograms(t), nonEmpty(t, "/run/bpfmount")
+		return pinned == 0 && len(recs) == 0, nil
+	})
+	if err != nil {
+		t.Fatalf("%s: %d programs still pinned, driver state left: %v", when, pinned, recs)
+	}
 }
 
 // pinnedPrograms counts the programs the driver pinned (under its bpffs

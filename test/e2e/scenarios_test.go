@@ -274,7 +274,13 @@ func (c *cluster) waitDriverClean(ctx context.Context, t *testing.T, when string
 // root), by distinct program ID.
 func (c *cluster) pinnedPrograms(t *testing.T) int {
 	t.Helper()
-	ids := map[ebpf.ProgramID]bool{}
+	return len(pinnedProgramTypes())
+}
+
+// pinnedProgramTypes gives the type of each program the driver pinned
+// (under its bpffs root), by program ID.
+func pinnedProgramTypes() map[ebpf.ProgramID]ebpf.ProgramType {
+	out := map[ebpf.ProgramID]ebpf.ProgramType{}
 	filepath.WalkDir("/sys/fs/bpf/bpfmount", func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return nil
@@ -286,12 +292,12 @@ func (c *cluster) pinnedPrograms(t *testing.T) int {
 		defer prog.Close()
 		if info, err := prog.Info(); err == nil {
 			if id, ok := info.ID(); ok {
-				ids[id] = true
+				out[id] = info.Type
 			}
 		}
 		return nil
 	})
-	return len(ids)
+	return out
 }
 
 // nonEmpty lists the regular files under dir.

@@ -439,11 +439,7 @@ func seqCounts(t *testing.T, target string) (count, gaps uint64) {
 // the neighbour counts every frame across the swap.
 func TestUpgradeInPlaceXDP(t *testing.T) {
 	d, v, v1, dir := setup(t, testenv.XDPSeqObject, testenv.DaemonOptions{})
-	obj, err := os.ReadFile(testenv.RepoPath(testenv.XDPSeqObject))
-	if err != nil {
-		t.Fatal(err)
-	}
-	v2 := testenv.LayoutBytes(t, obj, "xdpseq-v2.o", "v2")
+	v2 := testenv.LayoutAs(t, testenv.XDPSeqObject, "xdpseq-v2.o", "v2")
 	ctx := context.Background()
 	attrs := func(img string) map[string]string {
 		a := xdpAttrs(img, v.Host)
@@ -613,11 +609,7 @@ func TestUpgradeInPlaceTCXResetsChangedMap(t *testing.T) {
 func TestRolloutUpgradesLingeringProgram(t *testing.T) {
 	opts := keepOptions(t)
 	d, v, v1, dir := setup(t, testenv.XDPSeqObject, opts)
-	obj, err := os.ReadFile(testenv.RepoPath(testenv.XDPSeqObject))
-	if err != nil {
-		t.Fatal(err)
-	}
-	v2 := testenv.LayoutBytes(t, obj, "xdpseq-v2.o", "v2")
+	v2 := testenv.LayoutAs(t, testenv.XDPSeqObject, "xdpseq-v2.o", "v2")
 	ctx := context.Background()
 	attrs := func(img string) map[string]string {
 		a := keepAttrs(img, v.Host, "30s")

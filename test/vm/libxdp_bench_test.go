@@ -42,10 +42,7 @@ func TestLibxdpSideBySide(t *testing.T) {
 	}
 	requireXDPLoader(t)
 	repeat := benchRepeat(t)
-	obj := filepath.Join(t.TempDir(), "members.o")
-	if err := os.WriteFile(obj, withVerdict(t, progs.Object(), xdpPass), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	obj := libxdpObject(t)
 	var report strings.Builder
 	fmt.Fprintf(&report, "\nkernel %s\n", os.Getenv("VMEXEC_KERNEL"))
 	frameCost(t, obj, repeat, &report)

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc/codes"
 
@@ -256,18 +255,7 @@ func TestContainerUprobeFollowsContainer(t *testing.T) {
 		t.Errorf("attached for processes %v", f.cl.pids)
 	}
 
-	if _, err := f.d.NodeUnpublishVolume(ctx, unpublishReq("vol-1", testTarget)); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := f.d.deferredStatus("vol-1"); ok {
-		t.Fatal("the waiter outlived unpublish")
-	}
-	calls := f.ccri.containerCalls()
-	time.Sleep(30 * time.Millisecond)
-	if f.ccri.containerCalls() != calls {
-		t.Fatal("the runtime is still asked after unpublish")
-	}
-	f.assertNothingLeft(t)
+	f.wantUnpublishStopsWaiter(t, f.ccri.containerCalls)
 }
 
 // A container's uprobe and the same uprobe in another container, or on

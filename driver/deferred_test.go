@@ -171,6 +171,25 @@ func (f *podnetFakes) wantRefusedEarly(t *testing.T, attrs map[string]string, wa
 	}
 }
 
+// wantUnpublishStopsWaiter unpublishes vol-1 and wants its waiter gone,
+// the runtime no longer asked (calls counts what it was asked) and
+// nothing left.
+func (f *podnetFakes) wantUnpublishStopsWaiter(t *testing.T, calls func() int) {
+	t.Helper()
+	if _, err := f.d.NodeUnpublishVolume(context.Background(), unpublishReq("vol-1", testTarget)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.d.deferredStatus("vol-1"); ok {
+		t.Fatal("the waiter outlived unpublish")
+	}
+	n := calls()
+	time.Sleep(30 * time.Millisecond)
+	if calls() != n {
+		t.Fatal("the runtime is still asked after unpublish")
+	}
+	f.assertNothingLeft(t)
+}
+
 // with sets keys of a copy of a; an empty value deletes the key.
 func with(a map[string]string, kv ...string) map[string]string {
 	out := map[string]string{}
@@ -375,18 +394,7 @@ func TestDeferredAttachFollowsSandbox(t *testing.T) {
 		t.Errorf("%d ProgramAttached events, want 3 (one per sandbox): %v", n, f.reasons())
 	}
 
-	if _, err := f.d.NodeUnpublishVolume(ctx, unpublishReq("vol-1", testTarget)); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := f.d.deferredStatus("vol-1"); ok {
-		t.Fatal("the waiter outlived unpublish")
-	}
-	calls := f.cri.count()
-	time.Sleep(30 * time.Millisecond)
-	if f.cri.count() != calls {
-		t.Fatal("the runtime is still asked after unpublish")
-	}
-	f.assertNothingLeft(t)
+	f.wantUnpublishStopsWaiter(t, f.cri.count)
 }
 
 // A sandbox that is there at publish is attached when the publish returns.

@@ -260,14 +260,9 @@ func (vr *volumeRequest) parse() error {
 		lr.ProceedOn = list
 	}
 	if m, ok := a[AttrMaps]; ok {
-		list, err := splitList(AttrMaps, m)
+		list, err := parseMaps(m)
 		if err != nil {
 			return err
-		}
-		for _, name := range list {
-			if !bytecode.IsIdentifier(name) {
-				return invalid("volume attribute %q: %q is not a map name: use letters, digits and _", AttrMaps, name)
-			}
 		}
 		vr.maps = list
 	}
@@ -363,6 +358,20 @@ func parseGlobals(s string) (map[string][]byte, error) {
 		out[name] = b
 	}
 	return out, nil
+}
+
+// parseMaps parses the maps attribute: a list of map names.
+func parseMaps(s string) ([]string, error) {
+	list, err := splitList(AttrMaps, s)
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range list {
+		if !bytecode.IsIdentifier(name) {
+			return nil, invalid("volume attribute %q: %q is not a map name: use letters, digits and _", AttrMaps, name)
+		}
+	}
+	return list, nil
 }
 
 func splitList(key, s string) ([]string, error) {

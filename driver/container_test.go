@@ -6,12 +6,10 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc/codes"
 
 	"github.com/bpfmount/bpfmount/driver/events"
-	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/internal/cri"
 	"github.com/bpfmount/bpfmount/internal/fault"
 	"github.com/bpfmount/bpfmount/loader"
@@ -95,21 +93,9 @@ const containerPolicy = `rules:
 
 func newContainerDriver(t *testing.T, pol string, withCRI bool) *containerFakes {
 	t.Helper()
-	pf := &podnetFakes{fakes: &fakes{loader: newFakeLoader(), store: newFakeStore(), mounts: newFakeMounts()},
-		cri: &fakeCRI{}, events: &fakeEvents{}}
-	pf.nl = &netnsLoader{fakeLoader: pf.loader, where: map[string]string{}}
+	pf := newPodnetFakes()
 	f := &containerFakes{podnetFakes: pf, cl: &containerLoader{netnsLoader: pf.nl}, ccri: &containerCRI{fakeCRI: pf.cri}}
-	opts := Options{NodeID: "node-1", StateDir: "/state", BPFFSRoot: "/sys/fs/bpf/bpfmount", Policy: policy.Static(mustPolicy(t, pol)),
-		Events: pf.events, SandboxPoll: 5 * time.Millisecond, SandboxWait: time.Hour}
-	if withCRI {
-		opts.CRI = f.ccri
-	}
-	d, err := newDriver(opts, f.cl, pf.store, pf.mounts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pf.d = d
-	t.Cleanup(d.StopWaiters)
+	pf.start(t, pol, f.cl, f.ccri, withCRI)
 	return f
 }
 
@@ -160,12 +146,7 @@ func TestContainerAttribute(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newContainerDriver(t, containerPolicy, true)
-			_, err := f.d.NodePublishVolume(context.Background(), publishReq("vol-1", testTarget, tc.attrs))
-			wantCode(t, err, codes.InvalidArgument, tc.want)
-			f.assertNothingLeft(t)
-			if f.ccri.containerCalls() != 0 || f.loader.resolves != 0 {
-				t.Errorf("asked the runtime %d times, resolved %d images", f.ccri.containerCalls(), f.loader.resolves)
-			}
+			f.wantRefusedEarly(t, tc.attrs, tc.want, f.ccri.containerCalls)
 		})
 	}
 }
@@ -274,18 +255,7 @@ func TestContainerUprobeFollowsContainer(t *testing.T) {
 		t.Errorf("attached for processes %v", f.cl.pids)
 	}
 
-	if _, err := f.d.NodeUnpublishVolume(ctx, unpublishReq("vol-1", testTarget)); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := f.d.deferredStatus("vol-1"); ok {
-		t.Fatal("the waiter outlived unpublish")
-	}
-	calls := f.ccri.containerCalls()
-	time.Sleep(30 * time.Millisecond)
-	if f.ccri.containerCalls() != calls {
-		t.Fatal("the runtime is still asked after unpublish")
-	}
-	f.assertNothingLeft(t)
+	f.wantUnpublishStopsWaiter(t, f.ccri.containerCalls)
 }
 
 // A container's uprobe and the same uprobe in another container, or on

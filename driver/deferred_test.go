@@ -127,21 +127,67 @@ const podnetPolicy = `rules:
 
 func newPodnetDriver(t *testing.T, pol string, withCRI bool) *podnetFakes {
 	t.Helper()
+	f := newPodnetFakes()
+	f.start(t, pol, f.nl, f.cri, withCRI)
+	return f
+}
+
+// newPodnetFakes makes the fakes of a driver that finds pods' sandboxes,
+// before it starts.
+func newPodnetFakes() *podnetFakes {
 	f := &podnetFakes{fakes: &fakes{loader: newFakeLoader(), store: newFakeStore(), mounts: newFakeMounts()},
 		cri: &fakeCRI{}, events: &fakeEvents{}}
 	f.nl = &netnsLoader{fakeLoader: f.loader, where: map[string]string{}}
+	return f
+}
+
+// start starts f's driver under pol on loader ld, and with the runtime
+// finder when withCRI.
+func (f *podnetFakes) start(t *testing.T, pol string, ld programLoader, finder SandboxFinder, withCRI bool) {
+	t.Helper()
 	opts := Options{NodeID: "node-1", StateDir: "/state", BPFFSRoot: "/sys/fs/bpf/bpfmount", Policy: policy.Static(mustPolicy(t, pol)),
 		Events: f.events, SandboxPoll: 5 * time.Millisecond, SandboxWait: time.Hour}
 	if withCRI {
-		opts.CRI = f.cri
+		opts.CRI = finder
 	}
-	d, err := newDriver(opts, f.nl, f.store, f.mounts)
+	d, err := newDriver(opts, ld, f.store, f.mounts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.d = d
 	t.Cleanup(d.StopWaiters)
-	return f
+}
+
+// wantRefusedEarly publishes attrs and wants it refused as invalid input
+// (want in the message), leaving nothing, before the runtime was asked
+// (calls counts what it was asked) or an image resolved.
+func (f *podnetFakes) wantRefusedEarly(t *testing.T, attrs map[string]string, want string, calls func() int) {
+	t.Helper()
+	_, err := f.d.NodePublishVolume(context.Background(), publishReq("vol-1", testTarget, attrs))
+	wantCode(t, err, codes.InvalidArgument, want)
+	f.assertNothingLeft(t)
+	if n := calls(); n != 0 || f.loader.resolves != 0 {
+		t.Errorf("asked the runtime %d times, resolved %d images", n, f.loader.resolves)
+	}
+}
+
+// wantUnpublishStopsWaiter unpublishes vol-1 and wants its waiter gone,
+// the runtime no longer asked (calls counts what it was asked) and
+// nothing left.
+func (f *podnetFakes) wantUnpublishStopsWaiter(t *testing.T, calls func() int) {
+	t.Helper()
+	if _, err := f.d.NodeUnpublishVolume(context.Background(), unpublishReq("vol-1", testTarget)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.d.deferredStatus("vol-1"); ok {
+		t.Fatal("the waiter outlived unpublish")
+	}
+	n := calls()
+	time.Sleep(30 * time.Millisecond)
+	if calls() != n {
+		t.Fatal("the runtime is still asked after unpublish")
+	}
+	f.assertNothingLeft(t)
 }
 
 // with sets keys of a copy of a; an empty value deletes the key.
@@ -237,12 +283,7 @@ func TestPodInterfaceAttribute(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newPodnetDriver(t, podnetPolicy, true)
-			_, err := f.d.NodePublishVolume(context.Background(), publishReq("vol-1", testTarget, tc.attrs))
-			wantCode(t, err, codes.InvalidArgument, tc.want)
-			f.assertNothingLeft(t)
-			if f.cri.count() != 0 || f.loader.resolves != 0 {
-				t.Errorf("asked the runtime %d times, resolved %d images", f.cri.count(), f.loader.resolves)
-			}
+			f.wantRefusedEarly(t, tc.attrs, tc.want, f.cri.count)
 		})
 	}
 }
@@ -353,18 +394,7 @@ func TestDeferredAttachFollowsSandbox(t *testing.T) {
 		t.Errorf("%d ProgramAttached events, want 3 (one per sandbox): %v", n, f.reasons())
 	}
 
-	if _, err := f.d.NodeUnpublishVolume(ctx, unpublishReq("vol-1", testTarget)); err != nil {
-		t.Fatal(err)
-	}
-	if _, ok := f.d.deferredStatus("vol-1"); ok {
-		t.Fatal("the waiter outlived unpublish")
-	}
-	calls := f.cri.count()
-	time.Sleep(30 * time.Millisecond)
-	if f.cri.count() != calls {
-		t.Fatal("the runtime is still asked after unpublish")
-	}
-	f.assertNothingLeft(t)
+	f.wantUnpublishStopsWaiter(t, f.cri.count)
 }
 
 // A sandbox that is there at publish is attached when the publish returns.

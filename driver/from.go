@@ -5,7 +5,6 @@ import (
 	"maps"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -17,7 +16,6 @@ import (
 	"github.com/bpfmount/bpfmount/driver/state"
 	"github.com/bpfmount/bpfmount/internal/fault"
 	"github.com/bpfmount/bpfmount/internal/mapfs"
-	"github.com/bpfmount/bpfmount/loader/bytecode"
 )
 
 // A map-only volume (from: NAME) loads nothing: it mounts the maps of the
@@ -46,14 +44,9 @@ func (vr *volumeRequest) parseFrom() error {
 	}
 	vr.life.from = n
 	if m, ok := vr.attrs[AttrMaps]; ok {
-		list, err := splitList(AttrMaps, m)
+		list, err := parseMaps(m)
 		if err != nil {
 			return err
-		}
-		for _, name := range list {
-			if !bytecode.IsIdentifier(name) {
-				return invalid("volume attribute %q: %q is not a map name: use letters, digits and _", AttrMaps, name)
-			}
 		}
 		vr.maps = list
 	}
@@ -82,20 +75,11 @@ func (d *Driver) publishFrom(pr *publishRequest, out *publishOutcome) (err error
 	if out.dec, err = d.authorizeFrom(pr); err != nil {
 		return err
 	}
-	unlock, err := d.lockVolume(pr.volID)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	done, err := d.checkExisting(pr.volID, pr.target, pr.staging, vr, pr.readOnly, pr.gid)
+	tgt, release, done, err := d.claimTarget(pr)
 	if err != nil || done {
 		return err
 	}
-	tgt, err := d.mounts.OpenTarget(pr.target, d.opts.TargetRoots)
-	if err != nil {
-		return err
-	}
-	defer tgt.Close()
+	defer release()
 
 	name := vr.life.from
 	h, err := d.holderOf(name)
@@ -149,20 +133,13 @@ func (d *Driver) createFrom(pr *publishRequest, tgt *mapfs.Target, h *nameHolder
 			undo.run(volID)
 		}
 	}()
-	intent := &state.Intent{Op: state.OpPublish, VolumeID: volID, TargetPath: pr.target, StagingPath: pr.staging, CreateTarget: !tgt.Existed}
-	if err := d.store.PutIntent(intent); err != nil {
-		return nil, fmt.Errorf("writing the intent of volume %q: %w", volID, err)
+	if err := d.putIntent(pr, tgt, "", &undo); err != nil {
+		return nil, err
 	}
-	undo.push("deleting the intent", func() error { return d.store.DeleteIntent(volID) })
-	gid := -1
-	if pr.gid != "" {
-		gid, _ = strconv.Atoi(pr.gid) // checked by checkCapability
-	}
-	made, err := d.mounts.Expose(pr.staging, tgt, selected, mapfs.Options{ReadOnly: pr.readOnly, GID: gid})
+	made, err := d.expose(pr, tgt, selected, &undo)
 	if err != nil {
-		return nil, fmt.Errorf("mounting the maps of volume %q at %s: %w", volID, pr.target, err)
+		return nil, err
 	}
-	undo.push("unmounting", func() error { return d.mounts.Withdraw(pr.staging, pr.target, made) })
 	rec := &state.Record{
 		VolumeID: volID, TargetPath: pr.target, StagingPath: pr.staging, ReadOnly: pr.readOnly, MountGroup: pr.gid,
 		Attributes: pr.vol.attrs, Identity: h.id, ProgramID: h.progID, Maps: chosen, Pod: pr.vol.pod,

@@ -105,24 +105,12 @@ func (d *Driver) publishVolume(ctx context.Context, pr *publishRequest, out *pub
 	if pr.keep, err = d.checkLifetime(vr); err != nil {
 		return err
 	}
-	unlock, err := d.lockVolume(pr.volID)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-
-	done, err := d.checkExisting(pr.volID, pr.target, pr.staging, vr, pr.readOnly, pr.gid)
+	// The target before anything is fetched or loaded.
+	tgt, release, done, err := d.claimTarget(pr)
 	if err != nil || done {
 		return err
 	}
-	// The target before anything is fetched or loaded: under an allowed
-	// root, no symlink, missing or an empty directory. It stays open, so
-	// the mount lands on what was checked.
-	tgt, err := d.mounts.OpenTarget(pr.target, d.opts.TargetRoots)
-	if err != nil {
-		return err
-	}
-	defer tgt.Close()
+	defer release()
 	if err := d.resolveCgroup(vr); err != nil {
 		return err
 	}
@@ -228,11 +216,9 @@ func (d *Driver) createVolume(ctx context.Context, pr *publishRequest, tgt *mapf
 	}()
 
 	key := res.Identity.Key()
-	intent := &state.Intent{Op: state.OpPublish, VolumeID: volID, TargetPath: pr.target, StagingPath: pr.staging, Key: key, CreateTarget: !tgt.Existed}
-	if err := d.store.PutIntent(intent); err != nil {
-		return nil, fmt.Errorf("writing the intent of volume %q: %w", volID, err)
+	if err := d.putIntent(pr, tgt, key, &undo); err != nil {
+		return nil, err
 	}
-	undo.push("deleting the intent", func() error { return d.store.DeleteIntent(volID) })
 	failpoint.Hit("publish.intent")
 
 	prog, err := d.acquire(ctx, pr, res)
@@ -246,15 +232,10 @@ func (d *Driver) createVolume(ctx context.Context, pr *publishRequest, tgt *mapf
 		selected[m] = prog.Maps[m]
 	}
 	statusMapOf(prog, selected)
-	gid := -1
-	if pr.gid != "" {
-		gid, _ = strconv.Atoi(pr.gid) // checked by checkCapability
-	}
-	made, err := d.mounts.Expose(pr.staging, tgt, selected, mapfs.Options{ReadOnly: pr.readOnly, GID: gid})
+	made, err := d.expose(pr, tgt, selected, &undo)
 	if err != nil {
-		return nil, fmt.Errorf("mounting the maps of volume %q at %s: %w", volID, pr.target, err)
+		return nil, err
 	}
-	undo.push("unmounting", func() error { return d.mounts.Withdraw(pr.staging, pr.target, made) })
 
 	rec := &state.Record{
 		VolumeID: volID, TargetPath: pr.target, StagingPath: pr.staging, ReadOnly: pr.readOnly, MountGroup: pr.gid,
@@ -278,6 +259,33 @@ func (d *Driver) createVolume(ctx context.Context, pr *publishRequest, tgt *mapf
 	return rec, nil
 }
 
+// putIntent writes the intent to publish pr's volume (of the program with
+// key, none for a map-only volume), undone by deleting it.
+func (d *Driver) putIntent(pr *publishRequest, tgt *mapfs.Target, key string, undo *undoStack) error {
+	volID := pr.volID
+	intent := &state.Intent{Op: state.OpPublish, VolumeID: volID, TargetPath: pr.target, StagingPath: pr.staging, Key: key, CreateTarget: !tgt.Existed}
+	if err := d.store.PutIntent(intent); err != nil {
+		return fmt.Errorf("writing the intent of volume %q: %w", volID, err)
+	}
+	undo.push("deleting the intent", func() error { return d.store.DeleteIntent(volID) })
+	return nil
+}
+
+// expose mounts the selected maps of pr's volume at its target, undone by
+// unmounting, and returns what was mounted.
+func (d *Driver) expose(pr *publishRequest, tgt *mapfs.Target, selected map[string]*ebpf.Map, undo *undoStack) (mapfs.Made, error) {
+	gid := -1
+	if pr.gid != "" {
+		gid, _ = strconv.Atoi(pr.gid) // checked by checkCapability
+	}
+	made, err := d.mounts.Expose(pr.staging, tgt, selected, mapfs.Options{ReadOnly: pr.readOnly, GID: gid})
+	if err != nil {
+		return made, fmt.Errorf("mounting the maps of volume %q at %s: %w", pr.volID, pr.target, err)
+	}
+	undo.push("unmounting", func() error { return d.mounts.Withdraw(pr.staging, pr.target, made) })
+	return made, nil
+}
+
 // undoStack holds the steps that roll back a partly done operation.
 type undoStack []undoStep
 
@@ -296,6 +304,31 @@ func (u undoStack) run(volID string) {
 			klog.ErrorS(errors.New(clip(err.Error(), maxLogError)), "Rolling back publish: "+u[i].what, "volume", volID)
 		}
 	}
+}
+
+// claimTarget locks pr's volume, answers a repeated publish of it (done),
+// and opens the target: under an allowed root, no symlink, missing or an
+// empty directory. The target stays open, so the mount lands on what was
+// checked; release closes it and unlocks the volume, and is set whenever
+// a target is returned.
+func (d *Driver) claimTarget(pr *publishRequest) (tgt *mapfs.Target, release func(), done bool, err error) {
+	unlock, err := d.lockVolume(pr.volID)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	done, err = d.checkExisting(pr.volID, pr.target, pr.staging, pr.vol, pr.readOnly, pr.gid)
+	if err != nil || done {
+		unlock()
+		return nil, nil, done, err
+	}
+	if tgt, err = d.mounts.OpenTarget(pr.target, d.opts.TargetRoots); err != nil {
+		unlock()
+		return nil, nil, false, err
+	}
+	return tgt, func() {
+		tgt.Close()
+		unlock()
+	}, false, nil
 }
 
 // checkExisting implements publish idempotency from what is really mounted.

@@ -56,9 +56,16 @@ func (l *Loader) prepare(id Identity, spec *ebpf.CollectionSpec) (_ *entry, ifc 
 		return nil, nil, classifyLoadError(id, err)
 	}
 	failpoint.Hit("loader.loaded")
-	e := &entry{id: id, key: id.Key(), owners: map[string]struct{}{}, maps: map[string]*ebpf.Map{}}
-	e.prog = coll.Programs[id.Program]
-	delete(coll.Programs, id.Program)
+	e := &entry{id: id, key: id.Key(), owners: map[string]struct{}{}}
+	e.take(coll)
+	return e, ifc, nil
+}
+
+// take moves e's program and named maps out of coll and closes the rest.
+func (e *entry) take(coll *ebpf.Collection) {
+	e.prog = coll.Programs[e.id.Program]
+	delete(coll.Programs, e.id.Program)
+	e.maps = map[string]*ebpf.Map{}
 	for name, m := range coll.Maps {
 		// Internal maps (.rodata, .bss) stay alive through the program;
 		// coll.Close below drops our handles on them.
@@ -68,7 +75,6 @@ func (l *Loader) prepare(id Identity, spec *ebpf.CollectionSpec) (_ *entry, ifc 
 		}
 	}
 	coll.Close()
-	return e, ifc, nil
 }
 
 // attach attaches a prepared entry and pins it. On error everything is

@@ -19,14 +19,7 @@ func TestProgramIDIsTheAttachedProgram(t *testing.T) {
 	testenv.RequireRoot(t)
 	v := testenv.NewVeth(t)
 	root := filepath.Join(testenv.BPFFS(t), "loader")
-	newLoader := func() *loader.Loader {
-		l, err := loader.New(loader.Options{Root: root, Fetcher: bytecode.Layout{}, NodeName: "test-node"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return l
-	}
-	l := newLoader()
+	l := openLoader(t, root)
 	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")
 	r, err := l.Resolve(context.Background(), loader.Request{Image: bytecode.Request{Reference: img}, Interface: v.Host})
 	if err != nil {
@@ -43,7 +36,7 @@ func TestProgramIDIsTheAttachedProgram(t *testing.T) {
 	l.Close()
 
 	// A restarted loader adopts the pins and reads the same ID.
-	l2 := newLoader()
+	l2 := openLoader(t, root)
 	a, err := l2.Adopt(r.Identity, "vol-1")
 	if err != nil {
 		t.Fatal(err)

@@ -50,14 +50,7 @@ func TestCgroupHooksOnKernel(t *testing.T) {
 	cg := filepath.Join(testenv.Cgroup2(t), testenv.RandomName("bpfmount-test-"))
 	testenv.MakeCgroup(t, cg)
 	root := filepath.Join(testenv.BPFFS(t), "bpfmount")
-	newLoader := func() *loader.Loader {
-		l, err := loader.New(loader.Options{Root: root, Fetcher: bytecode.Layout{}, NodeName: "test-node"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return l
-	}
-	l := newLoader()
+	l := openLoader(t, root)
 	defer func() { l.Close() }()
 	img := testenv.Layout(t, testenv.CgroupObject, "v1")
 	acquire := func(req loader.Request) *loader.Program {
@@ -96,7 +89,7 @@ func TestCgroupHooksOnKernel(t *testing.T) {
 		}
 		// Restart: a new loader adopts the pinned link.
 		l.Close()
-		l = newLoader()
+		l = openLoader(t, root)
 		ap, err := l.Adopt(p.Identity, "vol-count_skb")
 		if err != nil || !ap.Attached {
 			t.Fatalf("adopt: %+v %v", ap, err)

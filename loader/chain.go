@@ -108,11 +108,9 @@ func (l *Loader) acquireChained(r *Resolved, owner string) (_ *Program, err erro
 			l.removePins(key)
 		}
 	}()
-	info, err := e.prog.Info()
-	if err != nil {
-		return nil, fmt.Errorf("reading program info: %w", err)
+	if err := e.readProgID(); err != nil {
+		return nil, err
 	}
-	e.progID, _ = info.ID()
 	member := dispatcher.Member{Key: key, Name: id.Program, Program: e.prog, Priority: id.Priority, ProceedOn: proceedMask(id), Frags: ext.Frags, Created: e.created}
 	if err := chain.Update([]dispatcher.Member{member}, nil); err != nil {
 		return nil, l.chainError(id, err)

@@ -61,8 +61,6 @@ func checkContainer(id Identity) error {
 // it does nothing; attached for another (the container restarted), that
 // link goes first.
 func (l *Loader) AttachContainer(key string, pid int) (*Program, error) {
-	l.gc.RLock()
-	defer l.gc.RUnlock()
 	e, unlock, err := l.lockedDeferred(key)
 	if err != nil {
 		return nil, err

@@ -82,12 +82,20 @@ func (l *Loader) pinDeferred(e *entry) error {
 		return fmt.Errorf("creating the status map: %w", err)
 	}
 	e.maps[StatusMap] = m
+	if err := e.readProgID(); err != nil {
+		return err
+	}
+	return l.pin(e)
+}
+
+// readProgID records the kernel's ID of e's program.
+func (e *entry) readProgID() error {
 	info, err := e.prog.Info()
 	if err != nil {
 		return fmt.Errorf("reading program info: %w", err)
 	}
 	e.progID, _ = info.ID()
-	return l.pin(e)
+	return nil
 }
 
 // openDeferred re-opens the link of a deferred entry after a restart, if
@@ -113,8 +121,6 @@ func (l *Loader) openDeferred(e *entry, dir string) error {
 // it is attached there already it does nothing; when it is attached in
 // another namespace (the pod's previous sandbox), that link goes first.
 func (l *Loader) AttachNetns(key, netns string) (*Program, error) {
-	l.gc.RLock()
-	defer l.gc.RUnlock()
 	e, unlock, err := l.lockedDeferred(key)
 	if err != nil {
 		return nil, err
@@ -176,8 +182,6 @@ func (l *Loader) AttachNetns(key, netns string) (*Program, error) {
 // DetachNetns drops the link of a deferred attachment (its namespace went
 // with the pod's sandbox); program, maps and owners stay.
 func (l *Loader) DetachNetns(key string) error {
-	l.gc.RLock()
-	defer l.gc.RUnlock()
 	e, unlock, err := l.lockedDeferred(key)
 	if err != nil {
 		return err
@@ -186,8 +190,15 @@ func (l *Loader) DetachNetns(key string) error {
 	return l.dropLink(e)
 }
 
-// lockedDeferred finds a deferred entry and takes its target lock.
-func (l *Loader) lockedDeferred(key string) (*entry, func(), error) {
+// lockedDeferred takes the collector's read lock, finds a deferred entry
+// and takes its target lock; unlock releases both.
+func (l *Loader) lockedDeferred(key string) (_ *entry, unlock func(), err error) {
+	l.gc.RLock()
+	defer func() {
+		if err != nil {
+			l.gc.RUnlock()
+		}
+	}()
 	l.mu.Lock()
 	e := l.entries[key]
 	l.mu.Unlock()
@@ -197,15 +208,18 @@ func (l *Loader) lockedDeferred(key string) (*entry, func(), error) {
 	if !e.id.Deferred() {
 		return nil, nil, fault.Errorf(fault.Invalid, "%s is not attached later", describeIdentity(e.id))
 	}
-	unlock := l.lockTarget(e.id)
+	unlockTarget := l.lockTarget(e.id)
 	l.mu.Lock()
 	same := l.entries[key] == e
 	l.mu.Unlock()
 	if !same {
-		unlock()
+		unlockTarget()
 		return nil, nil, fault.Errorf(fault.NotFound, "the program with key %s was released", key)
 	}
-	return e, unlock, nil
+	return e, func() {
+		unlockTarget()
+		l.gc.RUnlock()
+	}, nil
 }
 
 // dropLink detaches and unpins e's link, if any. Caller holds the target

@@ -19,14 +19,7 @@ import (
 func TestDeferredAttachInPodNetns(t *testing.T) {
 	testenv.RequireRoot(t)
 	root := filepath.Join(testenv.BPFFS(t), "bpfmount")
-	newLoader := func() *loader.Loader {
-		l, err := loader.New(loader.Options{Root: root, Fetcher: bytecode.Layout{}, NodeName: "test-node"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return l
-	}
-	l := newLoader()
+	l := openLoader(t, root)
 	defer func() { l.Close() }()
 	first := testenv.NewPodVeth(t, "eth0")
 	img := testenv.Layout(t, testenv.TCXOrderObject, "v1")
@@ -101,7 +94,7 @@ func TestDeferredAttachInPodNetns(t *testing.T) {
 
 	// A restart: the adopted attachment knows its namespace.
 	l.Close()
-	l = newLoader()
+	l = openLoader(t, root)
 	pd, err := l.Adopt(r.Identity, "vol-1")
 	if err != nil {
 		t.Fatal(err)

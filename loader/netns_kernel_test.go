@@ -18,10 +18,7 @@ import (
 func TestAttachInNetns(t *testing.T) {
 	testenv.RequireRoot(t)
 	root := filepath.Join(testenv.BPFFS(t), "bpfmount")
-	l, err := loader.New(loader.Options{Root: root, Fetcher: bytecode.Layout{}, NodeName: "test-node"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := openLoader(t, root)
 	defer l.Close()
 	v := testenv.NewVeth(t)
 	img := testenv.Layout(t, testenv.TCXOrderObject, "v1")

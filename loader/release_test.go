@@ -23,10 +23,7 @@ func TestMain(m *testing.M) {
 func TestReleaseUnknownKeyRacesAcquire(t *testing.T) {
 	testenv.RequireRoot(t)
 	root := filepath.Join(testenv.BPFFS(t), "bpfmount")
-	l, err := loader.New(loader.Options{Root: root, Fetcher: bytecode.Layout{}, NodeName: "test-node"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := openLoader(t, root)
 	defer l.Close()
 	v := testenv.NewVeth(t)
 	img := testenv.Layout(t, testenv.XDPCounterObject, "v1")

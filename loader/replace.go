@@ -77,19 +77,11 @@ func (l *Loader) Replace(ctx context.Context, oldKey string, r *Resolved, owner 
 	if err != nil {
 		return nil, nil, err
 	}
-	defer func() {
-		for _, m := range oldMaps {
-			m.Close()
-		}
-	}()
-	if err := ctx.Err(); err != nil {
-		return nil, nil, err
-	}
-	cs, err := collectionFor(id, r.spec)
+	defer closeMaps(oldMaps)
+	cs, repl, rep, err := newVersion(ctx, r, old, oldMaps)
 	if err != nil {
 		return nil, nil, err
 	}
-	repl, rep := carryOver(cs, old, oldMaps)
 	coll, err := ebpf.NewCollectionWithOptions(cs, ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
 		return nil, nil, classifyLoadError(id, err)
@@ -113,16 +105,8 @@ func (l *Loader) Replace(ctx context.Context, oldKey string, r *Resolved, owner 
 		coll.Close()
 		return nil, nil, fault.Errorf(fault.Precondition, "%s is already loaded: nothing to upgrade", describeIdentity(id))
 	}
-	e := &entry{id: id, key: key, owners: map[string]struct{}{}, maps: map[string]*ebpf.Map{}, mode: old.mode, created: old.created}
-	e.prog = coll.Programs[id.Program]
-	delete(coll.Programs, id.Program)
-	for name, m := range coll.Maps {
-		if !strings.HasPrefix(name, ".") {
-			e.maps[name] = m
-			delete(coll.Maps, name)
-		}
-	}
-	coll.Close()
+	e := &entry{id: id, key: key, owners: map[string]struct{}{}, mode: old.mode, created: old.created}
+	e.take(coll)
 	undo := func() {
 		e.closeFDs()
 		l.removePins(key)
@@ -153,6 +137,20 @@ func (l *Loader) Replace(ctx context.Context, oldKey string, r *Resolved, owner 
 	}
 	old.link = nil
 	return l.succeed(old, e, owner, rep), rep, nil
+}
+
+// newVersion is the spec of r's program, the new version, and the old
+// version's maps it carries over, once ctx still wants it.
+func newVersion(ctx context.Context, r *Resolved, old *entry, oldMaps map[string]*ebpf.Map) (*ebpf.CollectionSpec, map[string]*ebpf.Map, *Replaced, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, nil, err
+	}
+	cs, err := collectionFor(r.Identity, r.spec)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	repl, rep := carryOver(cs, old, oldMaps)
+	return cs, repl, rep, nil
 }
 
 // carryOver pairs the maps of the new version's spec with the old
@@ -218,22 +216,14 @@ func (l *Loader) replaceMember(ctx context.Context, oldKey string, r *Resolved, 
 	if err != nil {
 		return nil, nil, err
 	}
-	defer func() {
-		for _, m := range oldMaps {
-			m.Close()
-		}
-	}()
+	defer closeMaps(oldMaps)
 	if old.chain == nil || !old.attached {
 		return nil, nil, fault.Errorf(fault.Precondition, "%s is not running in its dispatcher (its interface went away): nothing to upgrade in place; unpublish its volumes first", describeIdentity(old.id))
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, nil, err
-	}
-	cs, err := collectionFor(id, r.spec)
+	cs, repl, rep, err := newVersion(ctx, r, old, oldMaps)
 	if err != nil {
 		return nil, nil, err
 	}
-	repl, rep := carryOver(cs, old, oldMaps)
 	ext, err := dispatcher.LoadMember(dispatcher.Hook(id.Hook), cs, id.Program, &ebpf.CollectionOptions{MapReplacements: repl})
 	if err != nil {
 		return nil, nil, classifyLoadError(id, err)
@@ -251,11 +241,9 @@ func (l *Loader) replaceMember(ctx context.Context, oldKey string, r *Resolved, 
 	// Both keys stay locked, so the old member is still recorded and the
 	// new identity not: unlike Replace's own link path, nothing needs
 	// checking again before the swap.
-	info, err := e.prog.Info()
-	if err != nil {
-		return nil, nil, fmt.Errorf("reading program info: %w", err)
+	if err := e.readProgID(); err != nil {
+		return nil, nil, err
 	}
-	e.progID, _ = info.ID()
 	// The new program and maps pinned beside the old ones, in no
 	// revision yet.
 	if err := l.pin(e); err != nil {
@@ -307,14 +295,19 @@ func (l *Loader) replaceable(oldKey string, id Identity) (*entry, map[string]*eb
 	for name, m := range old.maps {
 		c, err := m.Clone()
 		if err != nil {
-			for _, c := range maps {
-				c.Close()
-			}
+			closeMaps(maps)
 			return nil, nil, fmt.Errorf("opening map %q of %s: %w", name, describeIdentity(old.id), err)
 		}
 		maps[name] = c
 	}
 	return old, maps, nil
+}
+
+// closeMaps closes the handles replaceable opened.
+func closeMaps(maps map[string]*ebpf.Map) {
+	for _, m := range maps {
+		m.Close()
+	}
 }
 
 // RecoverReplace finishes or undoes, from the pins alone, a Replace from

@@ -21,14 +21,21 @@ import (
 	"github.com/bpfmount/bpfmount/test/programs"
 )
 
-func newTestLoader(t *testing.T) (*loader.Loader, string) {
+// openLoader opens a loader on root that fetches local OCI layouts.
+func openLoader(t *testing.T, root string) *loader.Loader {
 	t.Helper()
-	testenv.RequireRoot(t)
-	root := filepath.Join(testenv.BPFFS(t), "bpfmount")
 	l, err := loader.New(loader.Options{Root: root, Fetcher: bytecode.Layout{}, NodeName: "test-node"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return l
+}
+
+func newTestLoader(t *testing.T) (*loader.Loader, string) {
+	t.Helper()
+	testenv.RequireRoot(t)
+	root := filepath.Join(testenv.BPFFS(t), "bpfmount")
+	l := openLoader(t, root)
 	t.Cleanup(func() { l.Close() })
 	return l, root
 }

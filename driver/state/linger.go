@@ -1,13 +1,10 @@
 package state
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"time"
 
 	"github.com/bpfmount/bpfmount/loader"
@@ -56,29 +53,16 @@ func (s *Store) GetLinger(key string) (*Linger, error) {
 
 // DeleteLinger removes key's linger record; a missing one is fine.
 func (s *Store) DeleteLinger(key string) error {
-	if !keyRE.MatchString(key) {
-		return nil
-	}
-	return remove(filepath.Join(s.lingersDir(), key+".json"))
+	return removeRecord(s.lingersDir(), keyRE, key)
 }
 
 // Lingers returns every linger record, sorted by key. Records that cannot
 // be decoded are returned as errors alongside the good ones.
 func (s *Store) Lingers() ([]*Linger, error) {
-	var out []*Linger
-	err := s.each(s.lingersDir(), func(path string) error {
-		var l Linger
-		if _, err := s.readLinger(path, &l); err != nil {
-			return err
-		}
-		out = append(out, &l)
-		return nil
-	})
-	if errors.Is(err, fs.ErrNotExist) {
-		err = nil // no program ever lingered
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
-	return out, err
+	return records(s, s.lingersDir(), func(path string, l *Linger) error {
+		_, err := s.readLinger(path, l)
+		return err
+	}, func(l *Linger) string { return l.Key })
 }
 
 // readLinger decodes a linger record and checks that the file is named

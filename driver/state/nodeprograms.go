@@ -1,13 +1,10 @@
 package state
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 
 	"github.com/bpfmount/bpfmount/loader"
 )
@@ -40,31 +37,20 @@ func (s *Store) PutNodeProgram(p *NodeProgram) error {
 
 // DeleteNodeProgram removes a node program's record; a missing one is fine.
 func (s *Store) DeleteNodeProgram(name string) error {
-	if !nameRE.MatchString(name) {
-		return nil
-	}
-	return remove(filepath.Join(s.nodeProgramsDir(), name+".json"))
+	return removeRecord(s.nodeProgramsDir(), nameRE, name)
 }
 
 // NodePrograms returns every node program's record, sorted by name.
 // Records that cannot be decoded are returned as errors alongside the
 // good ones.
 func (s *Store) NodePrograms() ([]*NodeProgram, error) {
-	var out []*NodeProgram
-	err := s.each(s.nodeProgramsDir(), func(path string) error {
-		var p NodeProgram
-		if _, err := s.readJSON(path, &p); err != nil {
+	return records(s, s.nodeProgramsDir(), func(path string, p *NodeProgram) error {
+		if _, err := s.readJSON(path, p); err != nil {
 			return err
 		}
 		if filepath.Base(path) != p.Name+".json" || p.Identity.Key() != p.Key {
 			return fmt.Errorf("%s: decoding state: node program record %q does not match its file or identity", path, p.Name)
 		}
-		out = append(out, &p)
 		return nil
-	})
-	if errors.Is(err, fs.ErrNotExist) {
-		err = nil // no node program was ever loaded
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, err
+	}, func(p *NodeProgram) string { return p.Name })
 }

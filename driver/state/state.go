@@ -204,6 +204,36 @@ func (s *Store) Intents() ([]*Intent, error) {
 	return out, err
 }
 
+// records decodes every record in dir with read, sorted by key: the
+// listing of lingers, node programs and upgrades. A missing dir holds no
+// record (none was ever written); records that cannot be decoded are
+// returned as errors alongside the good ones.
+func records[T any](s *Store, dir string, read func(path string, v *T) error, key func(*T) string) ([]*T, error) {
+	var out []*T
+	err := s.each(dir, func(path string) error {
+		v := new(T)
+		if err := read(path, v); err != nil {
+			return err
+		}
+		out = append(out, v)
+		return nil
+	})
+	if errors.Is(err, fs.ErrNotExist) {
+		err = nil
+	}
+	sort.Slice(out, func(i, j int) bool { return key(out[i]) < key(out[j]) })
+	return out, err
+}
+
+// removeRecord removes name's record from dir; a missing one is fine, and
+// a name re refuses cannot name a file, so there is nothing to remove.
+func removeRecord(dir string, re *regexp.Regexp, name string) error {
+	if !re.MatchString(name) {
+		return nil
+	}
+	return remove(filepath.Join(dir, name+".json"))
+}
+
 func (s *Store) each(dir string, fn func(path string) error) error {
 	ents, err := os.ReadDir(dir)
 	if err != nil {

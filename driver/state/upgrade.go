@@ -1,12 +1,9 @@
 package state
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 
 	"github.com/bpfmount/bpfmount/loader"
 )
@@ -33,29 +30,18 @@ func (s *Store) PutUpgrade(u *Upgrade) error {
 // DeleteUpgrade removes the upgrade record to the identity with key; a
 // missing one is fine.
 func (s *Store) DeleteUpgrade(key string) error {
-	if !keyRE.MatchString(key) {
-		return nil
-	}
-	return remove(filepath.Join(s.upgradesDir(), key+".json"))
+	return removeRecord(s.upgradesDir(), keyRE, key)
 }
 
 // Upgrades returns the upgrade records left behind.
 func (s *Store) Upgrades() ([]*Upgrade, error) {
-	var out []*Upgrade
-	err := s.each(s.upgradesDir(), func(path string) error {
-		var u Upgrade
-		if _, err := s.readJSON(path, &u); err != nil {
+	return records(s, s.upgradesDir(), func(path string, u *Upgrade) error {
+		if _, err := s.readJSON(path, u); err != nil {
 			return err
 		}
 		if filepath.Base(path) != u.To.Key()+".json" {
 			return fmt.Errorf("%s: decoding state: upgrade record does not match its file", path)
 		}
-		out = append(out, &u)
 		return nil
-	})
-	if errors.Is(err, fs.ErrNotExist) {
-		err = nil
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].To.Key() < out[j].To.Key() })
-	return out, err
+	}, func(u *Upgrade) string { return u.To.Key() })
 }

@@ -164,6 +164,22 @@ func CgroupPrograms(t testing.TB, dir string, at ebpf.AttachType) int {
 	return len(res.Programs)
 }
 
+// MapValue reads the value at key 0 of a pinned array map (a volume's) as
+// bytes, as many as the map's values hold.
+func MapValue(t testing.TB, pin string) []byte {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(pin, &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	v := make([]byte, m.ValueSize())
+	if err := m.Lookup(uint32(0), &v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
 // MapCounter reads the uint64 at key 0 of a pinned array map (a volume's).
 func MapCounter(t testing.TB, pin string) uint64 {
 	t.Helper()

@@ -24,11 +24,18 @@ var (
 // temporary OCI layout and returns its `oci:` reference.
 func Layout(t testing.TB, object, tag string) string {
 	t.Helper()
+	return LayoutAs(t, object, filepath.Base(object), tag)
+}
+
+// LayoutAs is Layout with the object packed under another file name: the
+// same program as another image version.
+func LayoutAs(t testing.TB, object, filename, tag string) string {
+	t.Helper()
 	obj, err := os.ReadFile(RepoPath(object))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return LayoutBytes(t, obj, filepath.Base(object), tag)
+	return LayoutBytes(t, obj, filename, tag)
 }
 
 // LayoutBytes packs an object given as bytes (e.g. embedded, in a VM test).

@@ -69,6 +69,14 @@ func (c *Chain) set(members []Member) error {
 		c.destroyRev(rev)
 		return err
 	}
+	c.install(rev)
+	c.removeStale()
+	return nil
+}
+
+// install makes rev, just swapped in, the chain's current revision and
+// retires the one it replaced.
+func (c *Chain) install(rev *revision) {
 	failpoint.Hit("chain.swapped")
 	old := c.cur
 	c.cur = rev
@@ -76,8 +84,6 @@ func (c *Chain) set(members []Member) error {
 	if old != nil {
 		c.retire(old)
 	}
-	c.removeStale()
-	return nil
 }
 
 // build loads a dispatcher for members and attaches each member to its

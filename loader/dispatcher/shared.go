@@ -38,7 +38,6 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
-	"github.com/bpfmount/bpfmount/internal/failpoint"
 	"github.com/bpfmount/bpfmount/internal/fault"
 	"github.com/bpfmount/bpfmount/loader/internal/xdplink"
 )
@@ -285,13 +284,7 @@ func (c *Chain) setShared(members []Member) error {
 		c.leaveNothing()
 		return err
 	}
-	failpoint.Hit("chain.swapped")
-	old := c.cur
-	c.cur = rev
-	c.builds.Add(1)
-	if old != nil {
-		c.retire(old)
-	}
+	c.install(rev)
 	c.retireForeign()
 	if !slices.ContainsFunc(sorted, func(m Member) bool { return !IsLibxdpKey(m.Key) }) {
 		return c.handOver()

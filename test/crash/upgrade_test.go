@@ -27,10 +27,6 @@ import (
 // version alone, and no freplace link of another revision is left.
 func TestCrashDuringUpgrade(t *testing.T) {
 	b := bin(t)
-	obj, err := os.ReadFile(testenv.RepoPath(testenv.XDPSeqObject))
-	if err != nil {
-		t.Fatal(err)
-	}
 	chained := dispatcher.Supported() == nil
 	steps := failpoint.UpgradeSteps
 	if chained {
@@ -41,7 +37,7 @@ func TestCrashDuringUpgrade(t *testing.T) {
 			p := testenv.NewProcDaemon(t, b)
 			v := testenv.NewVeth(t)
 			v1 := testenv.Layout(t, testenv.XDPSeqObject, "v1")
-			v2 := testenv.LayoutBytes(t, obj, "xdpseq-v2.o", "v2")
+			v2 := testenv.LayoutAs(t, testenv.XDPSeqObject, "xdpseq-v2.o", "v2")
 			dir := testenv.ShortTempDir(t)
 			ta, tb := filepath.Join(dir, "a"), filepath.Join(dir, "b")
 			reqA, reqB := publishReq("vol-a", ta, v1, v.Host), publishReq("vol-b", tb, v2, v.Host)

@@ -145,6 +145,30 @@ func releaseImages() []kcluster.ReleaseImage {
 	return kcluster.ReleaseImages(dir, ver)
 }
 
+// waitRegistered waits for the driver's DaemonSet to be ready and the
+// driver to be in the node's CSINode.
+func (c *cluster) waitRegistered(ctx context.Context, t *testing.T) {
+	t.Helper()
+	if err := c.WaitDaemonSet(ctx); err != nil {
+		t.Fatalf("%v%s", err, c.driverPodEvents(ctx))
+	}
+	err := poll(ctx, 60*time.Second, func() (bool, error) {
+		n, err := c.CS.StorageV1().CSINodes().Get(ctx, nodeName, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		for _, d := range n.Spec.Drivers {
+			if d.Name == "csi.bpfmount.io" {
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("CSINode drivers: %v", n.Spec.Drivers)
+	})
+	if err != nil {
+		t.Fatalf("driver not in the node's CSINode: %v", err)
+	}
+}
+
 // chartValues are the cluster's values with a policy allowing allowedNS
 // to load the local OCI layouts under bytecodeDir (and nobody else
 // anything).

@@ -67,15 +67,7 @@ func TestLifetimes(t *testing.T) {
 	}
 	// Nothing left for the next test's install: no program pinned, no
 	// driver state.
-	var pinned int
-	var recs []string
-	err = poll(ctx, 30*time.Second, func() (bool, error) {
-		pinned, recs = c.pinnedPrograms(t), nonEmpty(t, "/run/bpfmount")
-		return pinned == 0 && len(recs) == 0, nil
-	})
-	if err != nil {
-		t.Fatalf("after the scenarios: %d programs still pinned, driver state left: %v", pinned, recs)
-	}
+	c.waitDriverClean(ctx, t, "after the scenarios")
 }
 
 // ltRollouts: the DaemonSet scenario.
@@ -251,24 +243,7 @@ func (c *cluster) ltInstall(t *testing.T, ctx context.Context) {
 		t.Fatalf("helm install: %v%s", err, c.driverPodEvents(ctx))
 	}
 	t.Cleanup(func() { c.ltUninstall(t) })
-	if err := c.WaitDaemonSet(ctx); err != nil {
-		t.Fatalf("%v%s", err, c.driverPodEvents(ctx))
-	}
-	err := poll(ctx, 60*time.Second, func() (bool, error) {
-		n, err := c.CS.StorageV1().CSINodes().Get(ctx, nodeName, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		for _, d := range n.Spec.Drivers {
-			if d.Name == "csi.bpfmount.io" {
-				return true, nil
-			}
-		}
-		return false, fmt.Errorf("CSINode drivers: %v", n.Spec.Drivers)
-	})
-	if err != nil {
-		t.Fatalf("driver not in the node's CSINode: %v", err)
-	}
+	c.waitRegistered(ctx, t)
 }
 
 // ltUninstall removes the release and waits until the driver is gone from

@@ -113,15 +113,7 @@ func TestPodOwnInterface(t *testing.T) {
 	if err := c.deletePod(ctx, allowedNS, "own"); err != nil {
 		t.Fatal(err)
 	}
-	var pinned int
-	var recs []string
-	err = poll(ctx, 30*time.Second, func() (bool, error) {
-		pinned, recs = c.pinnedPrograms(t), nonEmpty(t, "/run/bpfmount")
-		return pinned == 0 && len(recs) == 0, nil
-	})
-	if err != nil {
-		t.Fatalf("after the pod went: %d programs still pinned, driver state left: %v", pinned, recs)
-	}
+	c.waitDriverClean(ctx, t, "after the pod went")
 }
 
 // countedAfterSending sends frames to the pods until the reader of pod name

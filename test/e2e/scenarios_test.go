@@ -45,24 +45,7 @@ func TestE2E(t *testing.T) {
 		if err := c.HelmInstall(ctx, chartDir, c.chartValues("v1", healthPort)); err != nil {
 			t.Fatalf("helm install: %v%s", err, c.driverPodEvents(ctx))
 		}
-		if err := c.WaitDaemonSet(ctx); err != nil {
-			t.Fatalf("%v%s", err, c.driverPodEvents(ctx))
-		}
-		err := poll(ctx, 60*time.Second, func() (bool, error) {
-			n, err := c.CS.StorageV1().CSINodes().Get(ctx, nodeName, metav1.GetOptions{})
-			if err != nil {
-				return false, err
-			}
-			for _, d := range n.Spec.Drivers {
-				if d.Name == "csi.bpfmount.io" {
-					return true, nil
-				}
-			}
-			return false, fmt.Errorf("CSINode drivers: %v", n.Spec.Drivers)
-		})
-		if err != nil {
-			t.Fatalf("driver not in the node's CSINode: %v", err)
-		}
+		c.waitRegistered(ctx, t)
 	})
 
 	step("2-xdp-counter", func(t *testing.T) {
@@ -217,19 +200,11 @@ func TestE2E(t *testing.T) {
 		}
 		// The detach is seen before the unpublish call has finished
 		// removing pins and records: wait for the whole call.
-		var pinned int
-		var recs []string
-		err := poll(ctx, 30*time.Second, func() (bool, error) {
-			pinned, recs = c.pinnedPrograms(t), nonEmpty(t, "/run/bpfmount")
-			return pinned == 0 && len(recs) == 0, nil
-		})
-		if err != nil {
-			t.Fatalf("after the pods went: %d programs still pinned, driver state left: %v", pinned, recs)
-		}
+		c.waitDriverClean(ctx, t, "after the pods went")
 		if err := c.HelmUninstall(); err != nil {
 			t.Fatalf("helm uninstall: %v", err)
 		}
-		err = poll(ctx, 60*time.Second, func() (bool, error) {
+		err := poll(ctx, 60*time.Second, func() (bool, error) {
 			pods, err := c.CS.CoreV1().Pods(releaseNS).List(ctx, metav1.ListOptions{})
 			return err == nil && len(pods.Items) == 0, err
 		})
@@ -280,11 +255,32 @@ func (c *cluster) driverPodEvents(ctx context.Context) string {
 	return b.String()
 }
 
+// waitDriverClean waits until the driver has no program pinned and no
+// state left; when says at what point, for the failure.
+func (c *cluster) waitDriverClean(ctx context.Context, t *testing.T, when string) {
+	t.Helper()
+	var pinned int
+	var recs []string
+	err := poll(ctx, 30*time.Second, func() (bool, error) {
+		pinned, recs = c.pinnedPrograms(t), nonEmpty(t, "/run/bpfmount")
+		return pinned == 0 && len(recs) == 0, nil
+	})
+	if err != nil {
+		t.Fatalf("%s: %d programs still pinned, driver state left: %v", when, pinned, recs)
+	}
+}
+
 // pinnedPrograms counts the programs the driver pinned (under its bpffs
 // root), by distinct program ID.
 func (c *cluster) pinnedPrograms(t *testing.T) int {
 	t.Helper()
-	ids := map[ebpf.ProgramID]bool{}
+	return len(pinnedProgramTypes())
+}
+
+// pinnedProgramTypes gives the type of each program the driver pinned
+// (under its bpffs root), by program ID.
+func pinnedProgramTypes() map[ebpf.ProgramID]ebpf.ProgramType {
+	out := map[ebpf.ProgramID]ebpf.ProgramType{}
 	filepath.WalkDir("/sys/fs/bpf/bpfmount", func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() {
 			return nil
@@ -296,12 +292,12 @@ func (c *cluster) pinnedPrograms(t *testing.T) int {
 		defer prog.Close()
 		if info, err := prog.Info(); err == nil {
 			if id, ok := info.ID(); ok {
-				ids[id] = true
+				out[id] = info.Type
 			}
 		}
 		return nil
 	})
-	return len(ids)
+	return out
 }
 
 // nonEmpty lists the regular files under dir.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -273,30 +274,16 @@ func (c *cluster) deletePodsAtEnd(t *testing.T, ns string, names ...string) {
 }
 
 // driverPrograms are the IDs of the programs of type typ the driver
-// pinned (under its bpffs root).
+// pinned (under its bpffs root), lowest first.
 func driverPrograms(t *testing.T, typ ebpf.ProgramType) []ebpf.ProgramID {
 	t.Helper()
-	seen := map[ebpf.ProgramID]bool{}
 	var ids []ebpf.ProgramID
-	filepath.WalkDir("/sys/fs/bpf/bpfmount", func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return nil
-		}
-		prog, err := ebpf.LoadPinnedProgram(p, &ebpf.LoadPinOptions{ReadOnly: true})
-		if err != nil {
-			return nil
-		}
-		defer prog.Close()
-		info, err := prog.Info()
-		if err != nil || info.Type != typ {
-			return nil
-		}
-		if id, ok := info.ID(); ok && !seen[id] {
-			seen[id] = true
+	for id, pt := range pinnedProgramTypes() {
+		if pt == typ {
 			ids = append(ids, id)
 		}
-		return nil
-	})
+	}
+	slices.Sort(ids)
 	return ids
 }
 

@@ -2,9 +2,7 @@ package integration
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -13,65 +11,31 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 
-	"github.com/bpfmount/bpfmount/driver"
-	"github.com/bpfmount/bpfmount/driver/policy"
-	"github.com/bpfmount/bpfmount/internal/cri"
-	"github.com/bpfmount/bpfmount/internal/cri/critest"
 	"github.com/bpfmount/bpfmount/internal/testenv"
-	"github.com/bpfmount/bpfmount/loader"
 	"github.com/bpfmount/bpfmount/test/programs"
 )
 
-// containerEnv is a daemon whose runtime (a fake CRI) reports "containers"
-// that are processes the test starts, each chrooted into a root directory
-// of its own, in a mount namespace of its own, and a policy granting
-// namespace team-a uprobes in its pods' containers only.
+// containerEnv is a sandboxEnv whose "containers" are processes the test
+// starts, each chrooted into a root directory of its own, in a mount
+// namespace of its own, and whose policy grants uprobes in its pods'
+// containers only.
 type containerEnv struct {
-	d    *testenv.Daemon
-	opts testenv.DaemonOptions
-	rt   *critest.Runtime
-	img  string
-	dir  string
+	sandboxEnv
 	// server is the static probe server's source binary on the host.
 	server string
 }
 
 func newContainerEnv(t *testing.T) *containerEnv {
 	t.Helper()
-	testenv.RequireRoot(t)
-	e := &containerEnv{img: testenv.Layout(t, testenv.TraceCountObject, "v1"), server: buildProbeServer(t)}
-	var ep string
-	e.rt, ep = critest.Start(t)
-	layoutDir := strings.TrimSuffix(strings.TrimPrefix(e.img, "oci:"), ":v1")
-	pol, err := policy.Parse([]byte(`apiVersion: bpfmount.io/v1alpha1
-kind: NodePolicy
-rules:
-- name: own-containers
-  namespaces: ["team-a"]
-  images: ["oci:` + filepath.Dir(layoutDir) + `/*"]
-  hooks: ["uprobe", "uretprobe"]
+	e := &containerEnv{sandboxEnv: newSandboxEnv(t, testenv.TraceCountObject, "own-containers", `  hooks: ["uprobe", "uretprobe"]
   attachTo: ["container:*:/bin/*"]
-`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := cri.Dial(ep)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	e.opts = testenv.DaemonOptions{Configure: func(o *driver.Options) {
-		o.Policy = policy.Static(pol)
-		o.CRI, o.SandboxPoll = c, 20*time.Millisecond
-	}}
-	e.d = testenv.StartDaemon(t, e.opts)
-	e.dir = testenv.ShortTempDir(t)
+`)}
+	e.server = buildProbeServer(t)
 	return e
 }
 
@@ -101,45 +65,6 @@ int main(void) {
 }
 `
 	return testenv.CompileStatic(t, "probe-server", code)
-}
-
-// ctStatus reads the status a volume shows its pod, values as text (the
-// container's pid is a JSON number).
-func ctStatus(t *testing.T, target string) map[string]string {
-	t.Helper()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(target, loader.StatusMap), &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	v := make([]byte, loader.StatusSize)
-	if err := m.Lookup(uint32(0), &v); err != nil {
-		t.Fatal(err)
-	}
-	var raw map[string]any
-	if err := json.Unmarshal(bytes.TrimRight(v, "\x00"), &raw); err != nil {
-		t.Fatalf("status %q: %v", v, err)
-	}
-	out := map[string]string{}
-	for k, x := range raw {
-		out[k] = fmt.Sprint(x)
-	}
-	return out
-}
-
-func ctWait(t *testing.T, target string, ok func(map[string]string) bool) map[string]string {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		s := ctStatus(t, target)
-		if ok(s) {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("status stayed %v", s)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // fakeContainer is a process in a mount namespace of its own, chrooted
@@ -224,7 +149,7 @@ func TestContainerUprobe(t *testing.T) {
 	if err != nil || rec.Identity.Pod != uid || rec.Identity.Container != "app" || rec.Identity.AttachTo != attachTo {
 		t.Fatalf("record %+v %v", rec, err)
 	}
-	if s := ctStatus(t, target); s["state"] != "waiting" || s["container"] != "app" {
+	if s := volumeStatus(t, target); s["state"] != "waiting" || s["container"] != "app" {
 		t.Fatalf("before the container runs: %v", s)
 	}
 	e.rt.RunSandbox(uid, "sb-1", "/proc/1/ns/net")
@@ -234,7 +159,7 @@ func TestContainerUprobe(t *testing.T) {
 		t.Fatalf("counted %d calls before the container was found", n)
 	}
 	e.rt.RunContainer(uid, "sb-1", "app", "c-1", first.pid())
-	s := ctWait(t, target, func(s map[string]string) bool { return s["state"] == "attached" })
+	s := waitStatus(t, target, func(s map[string]string) bool { return s["state"] == "attached" })
 	if s["containerID"] != "c-1" || s["pid"] != fmt.Sprint(first.pid()) {
 		t.Fatalf("attached: %v", s)
 	}
@@ -258,7 +183,7 @@ func TestContainerUprobe(t *testing.T) {
 	first.stop()
 	e.rt.ExitContainer("c-1")
 	e.rt.RunContainer(uid, "sb-1", "app", "c-2", second.pid())
-	ctWait(t, target, func(s map[string]string) bool {
+	waitStatus(t, target, func(s map[string]string) bool {
 		return s["state"] == "attached" && s["containerID"] == "c-2" && s["pid"] == fmt.Sprint(second.pid())
 	})
 	second.call(t, 4)
@@ -268,7 +193,7 @@ func TestContainerUprobe(t *testing.T) {
 
 	// A daemon restart adopts the attachment: still counted, once.
 	e.d.Restart(e.opts)
-	ctWait(t, target, func(s map[string]string) bool { return s["state"] == "attached" && s["containerID"] == "c-2" })
+	waitStatus(t, target, func(s map[string]string) bool { return s["state"] == "attached" && s["containerID"] == "c-2" })
 	second.call(t, 3)
 	if n := slotCount(t, target, programs.SlotUprobe); n != 14 {
 		t.Fatalf("after a daemon restart counted %d calls, want 11+3", n)
@@ -277,7 +202,7 @@ func TestContainerUprobe(t *testing.T) {
 	// The container stops: detached, and the status says so.
 	second.stop()
 	e.rt.ExitContainer("c-2")
-	ctWait(t, target, func(s map[string]string) bool {
+	waitStatus(t, target, func(s map[string]string) bool {
 		return s["state"] == "waiting" && strings.Contains(s["reason"], "detached")
 	})
 	if _, err := os.Lstat(filepath.Join(e.d.BPFFSRoot, "programs", rec.Key, "link")); err == nil {
@@ -320,7 +245,7 @@ func TestContainerUprobeStaysInRoot(t *testing.T) {
 		if _, err := e.d.Node.NodePublishVolume(ctx, publishReq(vol, target, containerAttrs(e.img, uid, "uprobe", "app", "/bin/"+name+":"+testenv.ProbeTargetSymbol), true)); err != nil {
 			t.Fatal(err)
 		}
-		s := ctWait(t, target, func(s map[string]string) bool { return s["state"] == "failed" })
+		s := waitStatus(t, target, func(s map[string]string) bool { return s["state"] == "failed" })
 		if !strings.Contains(s["reason"], "not found in the container") {
 			t.Errorf("%s: status %v", name, s)
 		}

@@ -426,15 +426,7 @@ func mapID(t *testing.T, pin string) ebpf.MapID {
 // seqCounts reads an xdp_seq program's seq_map through a volume.
 func seqCounts(t *testing.T, target string) (count, gaps uint64) {
 	t.Helper()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(target, "seq_map"), &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	var val [24]byte
-	if err := m.Lookup(uint32(0), &val); err != nil {
-		t.Fatal(err)
-	}
+	val := testenv.MapValue(t, filepath.Join(target, "seq_map"))
 	return binary.NativeEndian.Uint64(val[0:8]), binary.NativeEndian.Uint64(val[8:16])
 }
 
@@ -447,11 +439,7 @@ func seqCounts(t *testing.T, target string) (count, gaps uint64) {
 // the neighbour counts every frame across the swap.
 func TestUpgradeInPlaceXDP(t *testing.T) {
 	d, v, v1, dir := setup(t, testenv.XDPSeqObject, testenv.DaemonOptions{})
-	obj, err := os.ReadFile(testenv.RepoPath(testenv.XDPSeqObject))
-	if err != nil {
-		t.Fatal(err)
-	}
-	v2 := testenv.LayoutBytes(t, obj, "xdpseq-v2.o", "v2")
+	v2 := testenv.LayoutAs(t, testenv.XDPSeqObject, "xdpseq-v2.o", "v2")
 	ctx := context.Background()
 	attrs := func(img string) map[string]string {
 		a := xdpAttrs(img, v.Host)
@@ -594,16 +582,16 @@ func TestUpgradeInPlaceTCXResetsChangedMap(t *testing.T) {
 	}
 	// The new, empty map in the new volume; the old one, with its
 	// counts, stays readable in the older volume.
-	if got := orderHitsAt(t, b); got != 0 {
+	if got := hits(t, b); got != 0 {
 		t.Fatalf("the reset map counts %d hits before any traffic", got)
 	}
-	if got := orderHitsAt(t, a); got < 10 {
+	if got := hits(t, a); got < 10 {
 		t.Fatalf("the older volume's map counts %d hits, want >= 10", got)
 	}
 	if err := v.Send(4, 64); err != nil {
 		t.Fatal(err)
 	}
-	if got := orderHitsAt(t, b); got < 4 {
+	if got := hits(t, b); got < 4 {
 		t.Fatalf("the new program counted %d of 4 frames", got)
 	}
 	for vol, tgt := range map[string]string{"vol-a": a, "vol-b": b} {
@@ -614,21 +602,6 @@ func TestUpgradeInPlaceTCXResetsChangedMap(t *testing.T) {
 	d.AssertClean(t, v, a, b)
 }
 
-// orderHitsAt reads tcx_order's hit counter through a volume.
-func orderHitsAt(t *testing.T, target string) uint64 {
-	t.Helper()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(target, "order_map"), &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	var val [16]byte
-	if err := m.Lookup(uint32(0), &val); err != nil {
-		t.Fatal(err)
-	}
-	return binary.NativeEndian.Uint64(val[0:8])
-}
-
 // TestRolloutUpgradesLingeringProgram: the DaemonSet rollout of a new
 // image version with keepAttached: the old pod's volume goes, its program
 // lingers, the new pod's volume upgrades it in place; no frame is missed
@@ -636,11 +609,7 @@ func orderHitsAt(t *testing.T, target string) uint64 {
 func TestRolloutUpgradesLingeringProgram(t *testing.T) {
 	opts := keepOptions(t)
 	d, v, v1, dir := setup(t, testenv.XDPSeqObject, opts)
-	obj, err := os.ReadFile(testenv.RepoPath(testenv.XDPSeqObject))
-	if err != nil {
-		t.Fatal(err)
-	}
-	v2 := testenv.LayoutBytes(t, obj, "xdpseq-v2.o", "v2")
+	v2 := testenv.LayoutAs(t, testenv.XDPSeqObject, "xdpseq-v2.o", "v2")
 	ctx := context.Background()
 	attrs := func(img string) map[string]string {
 		a := keepAttrs(img, v.Host, "30s")

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf"
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
 
@@ -25,11 +24,11 @@ import (
 	"github.com/bpfmount/bpfmount/loader"
 )
 
-// podnetEnv is a daemon that finds pods' sandboxes through a fake runtime
-// on a CRI socket, whose sandboxes' namespaces are network namespaces the
-// test makes (a veth's peer renamed eth0 in each), and a policy granting
-// namespace team-a its pods' own interfaces and nothing on the node.
-type podnetEnv struct {
+// sandboxEnv is a daemon that finds pods' sandboxes through a fake runtime
+// on a CRI socket, under a policy of one rule, name, granting namespace
+// team-a the images beside obj's layout and what grants adds (the rule's
+// further lines).
+type sandboxEnv struct {
 	d    *testenv.Daemon
 	opts testenv.DaemonOptions
 	rt   *critest.Runtime
@@ -37,21 +36,20 @@ type podnetEnv struct {
 	dir  string
 }
 
-func newPodnetEnv(t *testing.T) *podnetEnv {
+func newSandboxEnv(t *testing.T, obj, name, grants string) sandboxEnv {
 	t.Helper()
 	testenv.RequireRoot(t)
-	e := &podnetEnv{img: testenv.Layout(t, testenv.TCXOrderObject, "v1")}
+	e := sandboxEnv{img: testenv.Layout(t, obj, "v1")}
 	var ep string
 	e.rt, ep = critest.Start(t)
 	layoutDir := strings.TrimSuffix(strings.TrimPrefix(e.img, "oci:"), ":v1")
 	pol, err := policy.Parse([]byte(`apiVersion: bpfmount.io/v1alpha1
 kind: NodePolicy
 rules:
-- name: own-interface
+- name: ` + name + `
   namespaces: ["team-a"]
   images: ["oci:` + filepath.Dir(layoutDir) + `/*"]
-  interfaces: ["pod:*"]
-`))
+` + grants))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,6 +67,17 @@ rules:
 	return e
 }
 
+// podnetEnv is a sandboxEnv whose sandboxes' namespaces are network
+// namespaces the test makes (a veth's peer renamed eth0 in each), and
+// whose policy grants its pods' own interfaces and nothing on the node.
+type podnetEnv struct{ sandboxEnv }
+
+func newPodnetEnv(t *testing.T) *podnetEnv {
+	t.Helper()
+	return &podnetEnv{newSandboxEnv(t, testenv.TCXOrderObject, "own-interface", `  interfaces: ["pod:*"]
+`)}
+}
+
 func podnetAttrs(img, uid, iface string) map[string]string {
 	a := podAttrs(img, iface, "team-a")
 	a["csi.storage.k8s.io/pod.uid"] = uid
@@ -76,21 +85,18 @@ func podnetAttrs(img, uid, iface string) map[string]string {
 	return a
 }
 
-// volumeStatus reads the status a volume shows its pod.
+// volumeStatus reads the status a volume shows its pod, values as text (a
+// container's pid is a JSON number).
 func volumeStatus(t *testing.T, target string) map[string]string {
 	t.Helper()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(target, loader.StatusMap), &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	v := make([]byte, loader.StatusSize)
-	if err := m.Lookup(uint32(0), &v); err != nil {
-		t.Fatal(err)
+	v := testenv.MapValue(t, filepath.Join(target, loader.StatusMap))
+	var raw map[string]any
+	if err := json.Unmarshal(bytes.TrimRight(v, "\x00"), &raw); err != nil {
+		t.Fatalf("status %q: %v", v, err)
 	}
 	out := map[string]string{}
-	if err := json.Unmarshal(bytes.TrimRight(v, "\x00"), &out); err != nil {
-		t.Fatalf("status %q: %v", v, err)
+	for k, x := range raw {
+		out[k] = fmt.Sprint(x)
 	}
 	return out
 }
@@ -113,16 +119,7 @@ func waitStatus(t *testing.T, target string, ok func(map[string]string) bool) ma
 // hits reads tcx_order's counter through the volume.
 func hits(t *testing.T, target string) uint64 {
 	t.Helper()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(target, "order_map"), &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	var v [16]byte
-	if err := m.Lookup(uint32(0), &v); err != nil {
-		t.Fatal(err)
-	}
-	return binary.NativeEndian.Uint64(v[:8])
+	return binary.NativeEndian.Uint64(testenv.MapValue(t, filepath.Join(target, "order_map"))[:8])
 }
 
 // A pod's own interface on the real kernel: the publish returns before the
@@ -234,16 +231,7 @@ func TestPodInterfaceBadInput(t *testing.T) {
 // seenMark reads which program tcx_order found had run before it.
 func seenMark(t *testing.T, target string) uint32 {
 	t.Helper()
-	m, err := ebpf.LoadPinnedMap(filepath.Join(target, "order_map"), &ebpf.LoadPinOptions{ReadOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	var v [16]byte
-	if err := m.Lookup(uint32(0), &v); err != nil {
-		t.Fatal(err)
-	}
-	return binary.NativeEndian.Uint32(v[8:12])
+	return binary.NativeEndian.Uint32(testenv.MapValue(t, filepath.Join(target, "order_map"))[8:12])
 }
 
 // Two tcx programs on a pod's interface run in priority order, in the

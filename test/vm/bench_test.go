@@ -28,14 +28,7 @@ func TestDispatcherCost(t *testing.T) {
 	if os.Getenv("VMTEST_BENCH") == "" {
 		t.Skip("skipping: set VMTEST_BENCH=1 (make bench-vm) to measure the dispatcher's cost")
 	}
-	repeat := 1_000_000
-	if v := os.Getenv("VMTEST_BENCH_REPEAT"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		repeat = n
-	}
+	repeat := benchRepeat(t)
 	var report strings.Builder
 	fmt.Fprintf(&report, "\nkernel %s, %d test runs per measurement, best of %d interleaved rounds, 64-byte frame\n", os.Getenv("VMEXEC_KERNEL"), repeat, benchRounds)
 	for _, h := range []hookCase{xdpCase, tcIngressCase} {
@@ -140,6 +133,21 @@ func loadPlain(t testing.TB, prog string, verdict int32) *ebpf.Program {
 	}
 	t.Cleanup(func() { coll.Close() })
 	return coll.Programs[prog]
+}
+
+// benchRepeat is the repeat count of each test run of a measurement:
+// VMTEST_BENCH_REPEAT, or a million.
+func benchRepeat(t testing.TB) int {
+	t.Helper()
+	v := os.Getenv("VMTEST_BENCH_REPEAT")
+	if v == "" {
+		return 1_000_000
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // benchRounds is how many times each configuration is measured; the

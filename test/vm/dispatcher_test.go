@@ -102,16 +102,8 @@ func TestChainOrderAndVerdicts(t *testing.T) {
 func TestChainTraffic(t *testing.T) {
 	requireVM(t)
 	forEachHook(t, func(t *testing.T, h hookCase) {
-		host, peer := vethPair(t)
-		c, err := dispatcher.Open(h.target(host), pinDir(t))
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, from, to := openOnVeth(t, h)
 		defer setChain(c)
-		from, to := peer, host // ingress: frames arrive on host
-		if h.direction == dispatcher.Egress {
-			from, to = host, peer // egress: frames leave host
-		}
 		a := loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
 		b := loadMember(t, h, "", 2, h.proceed, 20, h.mask(h.proceed))
 		d := loadMember(t, h, "", 3, h.proceed, 30, h.mask(h.proceed))
@@ -158,54 +150,20 @@ func TestRemoveMiddleUnderTraffic(t *testing.T) {
 	requireVM(t)
 	cpus := wantCPUs(t)
 	forEachHook(t, func(t *testing.T, h hookCase) {
-		host, peer := vethPair(t)
-		c, err := dispatcher.Open(h.target(host), pinDir(t))
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, from, to := openOnVeth(t, h)
 		defer setChain(c)
-		from, to := peer, host
-		if h.direction == dispatcher.Egress {
-			from, to = host, peer
-		}
-		first := loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
-		middle := loadMember(t, h, "", 2, h.proceed, 20, h.mask(h.proceed))
-		last := loadMember(t, h, "", 3, h.proceed, 30, h.mask(h.proceed))
-		if err := c.Update(members(first, middle, last), nil); err != nil {
-			t.Fatal(err)
-		}
-		s := newSender(t, from, to)
-		sendCPU, swapCPU := -1, -1
-		if cpus >= 2 {
-			sendCPU, swapCPU = 0, 1
-		}
-		s.startOn(t, sendCPU)
+		first, middle, last := runThree(t, h, c)
 		const rounds = 10
-		swaps := func() {
+		sent := duringTraffic(t, cpus, newSender(t, from, to), func() {
 			time.Sleep(50 * time.Millisecond)
-			for i := 0; i < rounds; i++ {
-				if err := c.Update(nil, []string{middle.Key}); err != nil {
-					t.Error(err)
-					return
-				}
-				time.Sleep(20 * time.Millisecond)
-				if err := c.Update([]dispatcher.Member{middle.Member}, nil); err != nil {
-					t.Error(err)
-					return
-				}
-				time.Sleep(20 * time.Millisecond)
+			if !toggleMember(t, c, middle, rounds) {
+				return
 			}
 			if err := c.Update(nil, []string{middle.Key}); err != nil {
 				t.Error(err)
 			}
 			time.Sleep(50 * time.Millisecond)
-		}
-		if swapCPU >= 0 {
-			onCPU(t, swapCPU, swaps)
-		} else {
-			swaps()
-		}
-		sent := s.halt()
+		})
 		f, m, l := first.runs(t), middle.runs(t), last.runs(t)
 		t.Logf("%d CPUs: %d frames sent; first saw %d, middle %d, last %d; %d revisions", cpus, sent, f, m, l, c.Revision())
 		if f == 0 || m == 0 || m >= f {
@@ -278,10 +236,7 @@ func TestRestartKeepsChain(t *testing.T) {
 		host, peer := vethPair(t)
 		root := pinDir(t)
 		dir := root + "/chain"
-		from, to := peer, host
-		if h.direction == dispatcher.Egress {
-			from, to = host, peer
-		}
+		from, to := h.path(host, peer)
 		c, err := dispatcher.Open(h.target(host), dir)
 		if err != nil {
 			t.Fatal(err)

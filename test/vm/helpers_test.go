@@ -332,6 +332,78 @@ func bindThread(cpu int) error {
 	return unix.SchedSetaffinity(0, &set)
 }
 
+// path is the way frames take to meet h's dispatcher on host: into host
+// from its peer (ingress), out of host to its peer (egress).
+func (h hookCase) path(host, peer *net.Interface) (from, to *net.Interface) {
+	if h.direction == dispatcher.Egress {
+		return host, peer
+	}
+	return peer, host
+}
+
+// openOnVeth opens h's dispatcher on the host side of a new veth pair, and
+// returns the way frames take to meet it. The caller empties the chain
+// (setChain) when done.
+func openOnVeth(t testing.TB, h hookCase) (c *dispatcher.Chain, from, to *net.Interface) {
+	t.Helper()
+	host, peer := vethPair(t)
+	c, err := dispatcher.Open(h.target(host), pinDir(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	from, to = h.path(host, peer)
+	return c, from, to
+}
+
+// runThree loads three members of h (ids 1, 2, 3 at priorities 10, 20,
+// 30, each proceeding) and runs them in c.
+func runThree(t testing.TB, h hookCase, c *dispatcher.Chain) (first, middle, last *member) {
+	t.Helper()
+	first = loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
+	middle = loadMember(t, h, "", 2, h.proceed, 20, h.mask(h.proceed))
+	last = loadMember(t, h, "", 3, h.proceed, 30, h.mask(h.proceed))
+	if err := c.Update(members(first, middle, last), nil); err != nil {
+		t.Fatal(err)
+	}
+	return first, middle, last
+}
+
+// duringTraffic starts s, runs changes while it sends and returns the
+// frames sent: with two CPUs or more, frames on CPU 0 and changes on
+// CPU 1, so frames in flight meet a change on the other CPU.
+func duringTraffic(t testing.TB, cpus int, s *sender, changes func()) uint64 {
+	t.Helper()
+	sendCPU, swapCPU := -1, -1
+	if cpus >= 2 {
+		sendCPU, swapCPU = 0, 1
+	}
+	s.startOn(t, sendCPU)
+	if swapCPU >= 0 {
+		onCPU(t, swapCPU, changes)
+	} else {
+		changes()
+	}
+	return s.halt()
+}
+
+// toggleMember removes m from c and adds it back, rounds times, 20ms
+// apart; false (the error reported) when a change failed.
+func toggleMember(t testing.TB, c *dispatcher.Chain, m *member, rounds int) bool {
+	for i := 0; i < rounds; i++ {
+		if err := c.Update(nil, []string{m.Key}); err != nil {
+			t.Error(err)
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+		if err := c.Update([]dispatcher.Member{m.Member}, nil); err != nil {
+			t.Error(err)
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
+}
+
 // onCPU runs fn on a thread bound to cpu, then discards the thread.
 func onCPU(t testing.TB, cpu int, fn func()) {
 	t.Helper()

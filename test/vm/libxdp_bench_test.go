@@ -41,18 +41,8 @@ func TestLibxdpSideBySide(t *testing.T) {
 		t.Skip("skipping: set VMTEST_BENCH=1 (make bench-libxdp) to measure bpfmount against libxdp")
 	}
 	requireXDPLoader(t)
-	repeat := 1_000_000
-	if v := os.Getenv("VMTEST_BENCH_REPEAT"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		repeat = n
-	}
-	obj := filepath.Join(t.TempDir(), "members.o")
-	if err := os.WriteFile(obj, withVerdict(t, progs.Object(), xdpPass), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	repeat := benchRepeat(t)
+	obj := libxdpObject(t)
 	var report strings.Builder
 	fmt.Fprintf(&report, "\nkernel %s\n", os.Getenv("VMEXEC_KERNEL"))
 	frameCost(t, obj, repeat, &report)

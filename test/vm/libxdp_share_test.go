@@ -618,12 +618,7 @@ func TestSharedSwapUnderTraffic(t *testing.T) {
 	}
 	defer c.Close()
 	defer exec.Command(xdpLoader, "unload", "--all", host.Name).Run()
-	first := loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
-	middle := loadMember(t, h, "", 2, h.proceed, 20, h.mask(h.proceed))
-	last := loadMember(t, h, "", 3, h.proceed, 30, h.mask(h.proceed))
-	if err := c.Update(members(first, middle, last), nil); err != nil {
-		t.Fatal(err)
-	}
+	first, middle, last := runThree(t, h, c)
 	xdpLoaderLoad(t, host.Name, libxdpObject(t), 25)
 	ids := libxdpProgIDs(t, host.Index)
 	theirProg, err := ebpf.NewProgramFromID(ids[2])
@@ -634,35 +629,14 @@ func TestSharedSwapUnderTraffic(t *testing.T) {
 	positions := libxdpMemberMapOf(t, theirProg, progs.MembersMapPositions)
 	theirsBefore := sum(t, positions)
 	s := newSender(t, peer, host)
-	sendCPU, swapCPU := -1, -1
-	if cpus >= 2 {
-		sendCPU, swapCPU = 0, 1
-	}
 	f0, m0, l0 := first.runs(t), middle.runs(t), last.runs(t)
-	s.startOn(t, sendCPU)
 	const rounds = 10
-	swaps := func() {
+	sent := duringTraffic(t, cpus, s, func() {
 		time.Sleep(50 * time.Millisecond)
-		for i := 0; i < rounds; i++ {
-			if err := c.Update(nil, []string{middle.Key}); err != nil {
-				t.Error(err)
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-			if err := c.Update([]dispatcher.Member{middle.Member}, nil); err != nil {
-				t.Error(err)
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
+		if toggleMember(t, c, middle, rounds) {
+			time.Sleep(50 * time.Millisecond)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if swapCPU >= 0 {
-		onCPU(t, swapCPU, swaps)
-	} else {
-		swaps()
-	}
-	sent := s.halt()
+	})
 	f, m, l, theirs := first.runs(t)-f0, middle.runs(t)-m0, last.runs(t)-l0, sum(t, positions)-theirsBefore
 	t.Logf("%d CPUs: %d frames sent; first saw %d, middle %d, libxdp's program %d, last %d; revision %d", cpus, sent, f, m, theirs, l, c.Revision())
 	if m == 0 || m >= f {

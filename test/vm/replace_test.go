@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/bpfmount/bpfmount/internal/fault"
-	"github.com/bpfmount/bpfmount/loader/dispatcher"
 )
 
 // Replacing the middle member, again and again, while frames flow (an
@@ -20,22 +19,9 @@ func TestReplaceMemberUnderTraffic(t *testing.T) {
 	requireVM(t)
 	cpus := wantCPUs(t)
 	forEachHook(t, func(t *testing.T, h hookCase) {
-		host, peer := vethPair(t)
-		c, err := dispatcher.Open(h.target(host), pinDir(t))
-		if err != nil {
-			t.Fatal(err)
-		}
+		c, from, to := openOnVeth(t, h)
 		defer setChain(c)
-		from, to := peer, host
-		if h.direction == dispatcher.Egress {
-			from, to = host, peer
-		}
-		first := loadMember(t, h, "", 1, h.proceed, 10, h.mask(h.proceed))
-		middle := loadMember(t, h, "", 2, h.proceed, 20, h.mask(h.proceed))
-		last := loadMember(t, h, "", 3, h.proceed, 30, h.mask(h.proceed))
-		if err := c.Update(members(first, middle, last), nil); err != nil {
-			t.Fatal(err)
-		}
+		first, middle, last := runThree(t, h, c)
 		created, rev := c.Members()[1].Created, c.Revision()
 
 		bad := loadMember(t, h, "", 2, h.proceed, 25, h.mask(h.proceed))
@@ -58,12 +44,6 @@ func TestReplaceMemberUnderTraffic(t *testing.T) {
 			next.Created = time.Now() // replaced by the old member's
 			versions = append(versions, next)
 		}
-		s := newSender(t, from, to)
-		sendCPU, swapCPU := -1, -1
-		if cpus >= 2 {
-			sendCPU, swapCPU = 0, 1
-		}
-		s.startOn(t, sendCPU)
 		replace := func() {
 			time.Sleep(50 * time.Millisecond)
 			for i := 1; i <= rounds; i++ {
@@ -81,12 +61,7 @@ func TestReplaceMemberUnderTraffic(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		if swapCPU >= 0 {
-			onCPU(t, swapCPU, replace)
-		} else {
-			replace()
-		}
-		sent := s.halt()
+		sent := duringTraffic(t, cpus, newSender(t, from, to), replace)
 		time.Sleep(100 * time.Millisecond)
 		f, l := first.runs(t), last.runs(t)
 		var mid uint64

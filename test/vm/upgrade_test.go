@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/cilium/ebpf"
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
 	"github.com/bpfmount/bpfmount/driver/state"
@@ -46,15 +45,7 @@ func TestDriverTCUpgradeInPlace(t *testing.T) {
 	// ran before it).
 	order := func(vol string) (hits uint64, seen uint32) {
 		t.Helper()
-		m, err := ebpf.LoadPinnedMap(filepath.Join(target(vol), "order_map"), &ebpf.LoadPinOptions{ReadOnly: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer m.Close()
-		var val [16]byte
-		if err := m.Lookup(uint32(0), &val); err != nil {
-			t.Fatal(err)
-		}
+		val := testenv.MapValue(t, filepath.Join(target(vol), "order_map"))
 		return binary.NativeEndian.Uint64(val[0:8]), binary.NativeEndian.Uint32(val[8:12])
 	}
 	record := func(vol string) *state.Record {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/google/uuid"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 
 	"github.com/bpfmount/bpfmount/driver"
@@ -40,6 +41,8 @@ type containerEnv struct {
 	dir  string
 	// server is the static probe server's source binary on the host.
 	server string
+	// cgroups is a cgroup2 mount where the containers' cgroups are made.
+	cgroups string
 }
 
 func newContainerEnv(t *testing.T) *containerEnv {
@@ -72,7 +75,33 @@ rules:
 	}}
 	e.d = testenv.StartDaemon(t, e.opts)
 	e.dir = testenv.ShortTempDir(t)
+	e.cgroups = testenv.Cgroup2(t)
 	return e
+}
+
+// cgroup is a path for a new cgroup of the test (startContainer makes it).
+func (e *containerEnv) cgroup(name string) string {
+	return filepath.Join(e.cgroups, "bpfmount-test-"+testenv.RandomName(name))
+}
+
+// runBinary runs the binary at path with input on stdin, in the cgroup
+// dir (made here) or, if dir is empty, in the test's own.
+func runBinary(t *testing.T, path, dir, input string) {
+	t.Helper()
+	cmd := exec.Command(path)
+	cmd.Stdin = strings.NewReader(input)
+	if dir != "" {
+		testenv.MakeCgroup(t, dir)
+		cg, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(cg)
+		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: cg}
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("running %s: %v: %s", path, err, out)
+	}
 }
 
 func containerAttrs(img, uid, typ, container, attachTo string) map[string]string {
@@ -85,16 +114,26 @@ func containerAttrs(img, uid, typ, container, attachTo string) map[string]string
 
 // buildProbeServer compiles a static C program that calls
 // testenv.ProbeTargetSymbol N times for each number N it reads on stdin,
-// answering "ok" after each: a container's long-lived main process.
+// answering "ok" after each: a container's long-lived main process. For
+// -N, a child process it forks makes the N calls (a container's worker).
 func buildProbeServer(t *testing.T) string {
 	t.Helper()
 	code := `#include <stdio.h>
+#include <unistd.h>
+#include <sys/wait.h>
 __attribute__((noinline)) int ` + testenv.ProbeTargetSymbol + `(int i) { asm volatile("" ::: "memory"); return i + 1; }
+static int calls(int n) { int s = 0; for (int i = 0; i < n; i++) s += ` + testenv.ProbeTargetSymbol + `(i); return s; }
 int main(void) {
 	int n, s = 0;
 	setvbuf(stdout, NULL, _IONBF, 0);
 	while (scanf("%d", &n) == 1) {
-		for (int i = 0; i < n; i++) s += ` + testenv.ProbeTargetSymbol + `(i);
+		if (n < 0) {
+			pid_t p = fork();
+			if (p == 0) _exit(calls(-n) == -1);
+			if (p < 0 || waitpid(p, NULL, 0) != p) return 2;
+		} else {
+			s += calls(n);
+		}
 		printf("ok\n");
 	}
 	return s == -1;
@@ -143,9 +182,10 @@ func ctWait(t *testing.T, target string, ok func(map[string]string) bool) map[st
 }
 
 // fakeContainer is a process in a mount namespace of its own, chrooted
-// into a directory holding the probe server at /bin/server: the kernel
-// shows that directory as the process's /proc/PID/root, as it shows a
-// container's root filesystem.
+// into a directory holding the probe server at /bin/server, born in a
+// cgroup2 cgroup of its own: the kernel shows that directory as the
+// process's /proc/PID/root, as it shows a container's root filesystem,
+// and the cgroup holds the process and its children, as a container's.
 type fakeContainer struct {
 	root string
 	cmd  *exec.Cmd
@@ -153,8 +193,9 @@ type fakeContainer struct {
 	out  *bufio.Reader
 }
 
-func startContainer(t *testing.T, server string) *fakeContainer {
+func startContainer(t *testing.T, server, cgroup string) *fakeContainer {
 	t.Helper()
+	testenv.MakeCgroup(t, cgroup)
 	root := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(root, "bin"), 0o755); err != nil {
 		t.Fatal(err)
@@ -166,8 +207,13 @@ func startContainer(t *testing.T, server string) *fakeContainer {
 	if err := os.WriteFile(filepath.Join(root, "bin", "server"), b, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	cg, err := unix.Open(cgroup, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(cg)
 	c := &fakeContainer{root: root, cmd: exec.Command("/bin/server")}
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: root, Cloneflags: syscall.CLONE_NEWNS}
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: root, Cloneflags: syscall.CLONE_NEWNS, UseCgroupFD: true, CgroupFD: cg}
 	if c.in, err = c.cmd.StdinPipe(); err != nil {
 		t.Fatal(err)
 	}
@@ -206,9 +252,11 @@ func (c *fakeContainer) stop() {
 
 // A uprobe in a pod's container on the real kernel: published before the
 // container runs (waiting), attached to the binary inside the container's
-// root once it runs, counting its calls exactly and nobody else's (the
-// same file run on the host is not counted); the container is replaced by
-// a new process with a new root and the probe follows it; a daemon restart
+// root once it runs, counting the calls of every process of the container
+// exactly (its main process and its children) and nobody else's (the same
+// file run on the host or in another cgroup is not counted); the
+// container is replaced by a new process with a new root and cgroup and
+// the probe follows it; a daemon restart
 // keeps one attachment; the container stops (detached, said in the
 // status); unpublish leaves nothing, the program gone from the kernel.
 func TestContainerUprobe(t *testing.T) {
@@ -228,8 +276,9 @@ func TestContainerUprobe(t *testing.T) {
 		t.Fatalf("before the container runs: %v", s)
 	}
 	e.rt.RunSandbox(uid, "sb-1", "/proc/1/ns/net")
-	first := startContainer(t, e.server)
+	first := startContainer(t, e.server, e.cgroup("c1"))
 	first.call(t, 5)
+	first.call(t, -5)
 	if n := slotCount(t, target, programs.SlotUprobe); n != 0 {
 		t.Fatalf("counted %d calls before the container was found", n)
 	}
@@ -242,19 +291,28 @@ func TestContainerUprobe(t *testing.T) {
 	if n := slotCount(t, target, programs.SlotUprobe); n != 7 {
 		t.Fatalf("counted %d calls in the container, want 7", n)
 	}
-	// The same file run by another process (on the host) is not the
-	// container's: not counted.
-	cmd := exec.Command(filepath.Join(first.root, "bin", "server"))
-	cmd.Stdin = strings.NewReader("9\n")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("host run: %v: %s", err, out)
+	// Every process of the container counts: a child of its main
+	// process, and another child started later.
+	first.call(t, -6)
+	if n := slotCount(t, target, programs.SlotUprobe); n != 13 {
+		t.Fatalf("counted %d calls with a child of the container's process, want 7+6", n)
 	}
-	if n := slotCount(t, target, programs.SlotUprobe); n != 7 {
-		t.Fatalf("counted %d calls, want the container's 7 only", n)
+	first.call(t, -2)
+	if n := slotCount(t, target, programs.SlotUprobe); n != 15 {
+		t.Fatalf("counted %d calls with a second child, want 7+6+2", n)
+	}
+	// The same file run by processes that are not the container's (on
+	// the host, and in another cgroup): not counted.
+	same := filepath.Join(first.root, "bin", "server")
+	runBinary(t, same, "", "9\n-4\n")
+	runBinary(t, same, e.cgroup("other"), "8\n-3\n")
+	if n := slotCount(t, target, programs.SlotUprobe); n != 15 {
+		t.Fatalf("counted %d calls, want the container's 15 only", n)
 	}
 
-	// The container restarts: a new process in a new root.
-	second := startContainer(t, e.server)
+	// The container restarts: a new process in a new root and a new
+	// cgroup.
+	second := startContainer(t, e.server, e.cgroup("c2"))
 	first.stop()
 	e.rt.ExitContainer("c-1")
 	e.rt.RunContainer(uid, "sb-1", "app", "c-2", second.pid())
@@ -262,16 +320,18 @@ func TestContainerUprobe(t *testing.T) {
 		return s["state"] == "attached" && s["containerID"] == "c-2" && s["pid"] == fmt.Sprint(second.pid())
 	})
 	second.call(t, 4)
-	if n := slotCount(t, target, programs.SlotUprobe); n != 11 {
-		t.Fatalf("after the restart counted %d calls, want 7+4", n)
+	second.call(t, -1)
+	if n := slotCount(t, target, programs.SlotUprobe); n != 20 {
+		t.Fatalf("after the restart counted %d calls, want 15+4+1", n)
 	}
 
 	// A daemon restart adopts the attachment: still counted, once.
 	e.d.Restart(e.opts)
 	ctWait(t, target, func(s map[string]string) bool { return s["state"] == "attached" && s["containerID"] == "c-2" })
 	second.call(t, 3)
-	if n := slotCount(t, target, programs.SlotUprobe); n != 14 {
-		t.Fatalf("after a daemon restart counted %d calls, want 11+3", n)
+	second.call(t, -2)
+	if n := slotCount(t, target, programs.SlotUprobe); n != 25 {
+		t.Fatalf("after a daemon restart counted %d calls, want 20+3+2", n)
 	}
 
 	// The container stops: detached, and the status says so.
@@ -280,8 +340,10 @@ func TestContainerUprobe(t *testing.T) {
 	ctWait(t, target, func(s map[string]string) bool {
 		return s["state"] == "waiting" && strings.Contains(s["reason"], "detached")
 	})
-	if _, err := os.Lstat(filepath.Join(e.d.BPFFSRoot, "programs", rec.Key, "link")); err == nil {
-		t.Error("the link of a stopped container stays pinned")
+	for _, pin := range []string{"link", "filter-program", "filter-cgroup"} {
+		if _, err := os.Lstat(filepath.Join(e.d.BPFFSRoot, "programs", rec.Key, pin)); err == nil {
+			t.Errorf("the %s pin of a stopped container stays", pin)
+		}
 	}
 
 	if _, err := e.d.Node.NodeUnpublishVolume(ctx, unpublishReq("ct-1", target)); err != nil {
@@ -302,7 +364,7 @@ func TestContainerUprobeStaysInRoot(t *testing.T) {
 	e := newContainerEnv(t)
 	ctx := context.Background()
 	uid := uuid.NewString()
-	c := startContainer(t, e.server)
+	c := startContainer(t, e.server, e.cgroup("c"))
 	host := filepath.Join(c.root, "bin", "server") // the host's path of a binary
 	for _, l := range []struct{ name, to string }{
 		{"abs", host},

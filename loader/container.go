@@ -18,6 +18,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/bpfmount/bpfmount/internal/cgrouppath"
+	"github.com/bpfmount/bpfmount/internal/failpoint"
 	"github.com/bpfmount/bpfmount/internal/fault"
 )
 
@@ -124,6 +125,7 @@ func (l *Loader) AttachContainer(key string, pid int) (*Program, error) {
 		return nil, err
 	}
 	defer filter.Close()
+	failpoint.Hit("container.filtered")
 	linked := false
 	defer func() {
 		if !linked {
@@ -153,6 +155,7 @@ func (l *Loader) AttachContainer(key string, pid int) (*Program, error) {
 		return nil, fmt.Errorf("pinning link: %w", err)
 	}
 	linked = true
+	failpoint.Hit("container.linked")
 	_ = os.Remove(filepath.Join(dir, netnsPin))
 	if err := os.Symlink(strconv.FormatUint(start, 10)+":"+where, filepath.Join(dir, netnsPin)); err != nil {
 		klog.ErrorS(err, "Recording the process of a container's uprobe; a restart attaches it again", "key", key)

@@ -69,7 +69,8 @@ func checkContainer(id Identity) error {
 // AttachContainer attaches the container uprobe with the given key for
 // the process pid (the container's main process): its attachTo path is
 // resolved inside the process's root filesystem, never outside it, and
-// the binary found is the one probed. Attached for that process already,
+// the binary found is the one probed, for the processes of pid's cgroup2
+// cgroup (the container's) only. Attached for that process already,
 // it does nothing; attached for another (the container restarted), that
 // link goes first.
 func (l *Loader) AttachContainer(key string, pid int) (*Program, error) {

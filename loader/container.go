@@ -11,10 +11,14 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/bpfmount/bpfmount/internal/cgrouppath"
+	"github.com/bpfmount/bpfmount/internal/failpoint"
 	"github.com/bpfmount/bpfmount/internal/fault"
 )
 
@@ -26,10 +30,18 @@ import (
 // filesystem). Its identity names the pod and the container, never a PID
 // or a root path.
 //
-// Scope: the probe fires for the container's main process (all its
-// threads) only. The kernel registers a uprobe on a file's inode, for
-// every process on the node that maps it; the PID filter keeps the
-// program to the container's process, never another pod's or the node's.
+// Scope: the probe fires for every process of the container (its main
+// process, what it starts, and what is exec'd into it) and for no other.
+// The kernel registers a uprobe on a file's inode, for every process on
+// the node that maps it, and a PID filter would keep only one process; a
+// perf event's cgroup filter does not apply to the BPF program it runs.
+// So the link attaches a small filter program, made here: it runs the
+// pod's program (a tail call) only when the current task is in the
+// container's cgroup2 cgroup or below it (bpf_current_task_under_cgroup,
+// Linux 4.9). The filter's two maps, the container's cgroup and the
+// pod's program, are pinned beside the link: a program array loses its
+// entries when no process or pin holds it, and the pins keep the filter
+// working across daemon restarts and crashes.
 
 // containerNameRE is a Kubernetes container name: an RFC 1123 label.
 var containerNameRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
@@ -57,7 +69,8 @@ func checkContainer(id Identity) error {
 // AttachContainer attaches the container uprobe with the given key for
 // the process pid (the container's main process): its attachTo path is
 // resolved inside the process's root filesystem, never outside it, and
-// the binary found is the one probed. Attached for that process already,
+// the binary found is the one probed, for the processes of pid's cgroup2
+// cgroup (the container's) only. Attached for that process already,
 // it does nothing; attached for another (the container restarted), that
 // link goes first.
 func (l *Loader) AttachContainer(key string, pid int) (*Program, error) {
@@ -83,6 +96,7 @@ func (l *Loader) AttachContainer(key string, pid int) (*Program, error) {
 	if err := l.dropLink(e); err != nil {
 		return nil, err
 	}
+	removeFilterPins(l.pinDir(key))
 	t, err := ParseAttachTo(e.id.Hook, e.id.AttachTo)
 	if err != nil {
 		return nil, err
@@ -104,12 +118,30 @@ func (l *Loader) AttachContainer(key string, pid int) (*Program, error) {
 	if err != nil {
 		return nil, fault.Errorf(fault.Invalid, "binary %q in container %s cannot be probed: %v", t.Path, e.id.Container, err)
 	}
-	opts := &link.UprobeOptions{Address: t.Address, Offset: t.Offset, PID: pid}
+	dir := l.pinDir(key)
+	filter, err := l.containerFilter(e, dir, pid)
+	if err != nil {
+		return nil, err
+	}
+	defer filter.Close()
+	failpoint.Hit("container.filtered")
+	linked := false
+	defer func() {
+		if !linked {
+			removeFilterPins(dir)
+		}
+	}()
+	// The process's cgroup is the container's only if the process is
+	// still the one asked for.
+	if now, err := procStart(pid); err != nil || now != start {
+		return nil, fault.Errorf(fault.Precondition, "the container's process %d exited while its cgroup was opened", pid)
+	}
+	opts := &link.UprobeOptions{Address: t.Address, Offset: t.Offset}
 	var lnk link.Link
 	if e.id.Hook == HookUprobe {
-		lnk, err = ex.Uprobe(t.Symbol, e.prog, opts)
+		lnk, err = ex.Uprobe(t.Symbol, filter, opts)
 	} else {
-		lnk, err = ex.Uretprobe(t.Symbol, e.prog, opts)
+		lnk, err = ex.Uretprobe(t.Symbol, filter, opts)
 	}
 	if errors.Is(err, link.ErrNoSymbol) {
 		return nil, fault.Errorf(fault.NotFound, "symbol %q not found in binary %q of container %s", t.Symbol, t.Path, e.id.Container)
@@ -117,11 +149,12 @@ func (l *Loader) AttachContainer(key string, pid int) (*Program, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attaching %s: %w", describeIdentity(e.id), err)
 	}
-	dir := l.pinDir(key)
 	if err := lnk.Pin(filepath.Join(dir, "link")); err != nil {
 		lnk.Close()
 		return nil, fmt.Errorf("pinning link: %w", err)
 	}
+	linked = true
+	failpoint.Hit("container.linked")
 	_ = os.Remove(filepath.Join(dir, netnsPin))
 	if err := os.Symlink(strconv.FormatUint(start, 10)+":"+where, filepath.Join(dir, netnsPin)); err != nil {
 		klog.ErrorS(err, "Recording the process of a container's uprobe; a restart attaches it again", "key", key)
@@ -132,6 +165,117 @@ func (l *Loader) AttachContainer(key string, pid int) (*Program, error) {
 	klog.V(2).InfoS("Attached uprobe in a pod's container", "key", key, "program", e.id.Program, "hook", e.id.Hook,
 		"pod", e.id.Pod, "container", e.id.Container, "pid", pid)
 	return l.snapshotOf(e), nil
+}
+
+// Pins, in a container uprobe's pin directory, of its filter's maps.
+const (
+	filterProgsPin  = "filter-program"
+	filterCgroupPin = "filter-cgroup"
+)
+
+// removeFilterPins removes the pins of a container uprobe's filter: its
+// link is gone or about to be replaced.
+func removeFilterPins(dir string) {
+	_ = os.Remove(filepath.Join(dir, filterProgsPin))
+	_ = os.Remove(filepath.Join(dir, filterCgroupPin))
+}
+
+// containerFilter loads the filter program of e for the container whose
+// main process is pid, and pins its maps in dir (see the Scope above).
+func (l *Loader) containerFilter(e *entry, dir string, pid int) (*ebpf.Program, error) {
+	root := l.cgroupRoot
+	if root == "" {
+		root = cgrouppath.DefaultRoot
+	}
+	mount, err := cgrouppath.Unified(root)
+	if err != nil {
+		return nil, err
+	}
+	rel, err := cgrouppath.OfProcess(pid)
+	if err != nil {
+		return nil, fault.Wrap(fault.Precondition, fmt.Errorf("finding the cgroup of container %s: %w", e.id.Container, err))
+	}
+	cg, err := openBeneath(mount, rel)
+	if err != nil {
+		return nil, fault.Wrap(fault.Precondition, fmt.Errorf("opening the cgroup %s of container %s: %w", clipPath(rel), e.id.Container, err))
+	}
+	defer unix.Close(cg)
+
+	cgroups, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.CGroupArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		return nil, fmt.Errorf("creating the cgroup map of container %s's filter: %w", e.id.Container, err)
+	}
+	defer cgroups.Close()
+	if err := cgroups.Put(uint32(0), uint32(cg)); err != nil {
+		return nil, fmt.Errorf("setting the cgroup of container %s's filter: %w", e.id.Container, err)
+	}
+	progs, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		return nil, fmt.Errorf("creating the program map of container %s's filter: %w", e.id.Container, err)
+	}
+	defer progs.Close()
+	filter, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Name:    "bpfmount_ctr",
+		Type:    e.prog.Type(),
+		License: "GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Reg(asm.R6, asm.R1), // the probe's registers
+			asm.LoadMapPtr(asm.R1, cgroups.FD()),
+			asm.Mov.Imm(asm.R2, 0),
+			asm.FnCurrentTaskUnderCgroup.Call(),
+			asm.JNE.Imm(asm.R0, 1, "out"), // another cgroup's, or an error
+			asm.Mov.Reg(asm.R1, asm.R6),
+			asm.LoadMapPtr(asm.R2, progs.FD()),
+			asm.Mov.Imm(asm.R3, 0),
+			asm.FnTailCall.Call(),
+			asm.Mov.Imm(asm.R0, 0).WithSymbol("out"),
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		return nil, fault.Wrap(fault.Precondition, fmt.Errorf("loading the filter that keeps container %s's uprobe to the container's cgroup (the kernel needs bpf_current_task_under_cgroup and program arrays): %w", e.id.Container, err))
+	}
+	// The pod's program goes in once the filter owns the array: the
+	// kernel checks then that the two can tail call.
+	if err := progs.Put(uint32(0), e.prog); err != nil {
+		filter.Close()
+		return nil, fault.Wrap(fault.Invalid, fmt.Errorf("program %s cannot run from the container filter (a %s program of another kind?): %w", e.id.Program, e.id.Hook, err))
+	}
+	removeFilterPins(dir)
+	if err := progs.Pin(filepath.Join(dir, filterProgsPin)); err != nil {
+		filter.Close()
+		return nil, fmt.Errorf("pinning the program map of container %s's filter: %w", e.id.Container, err)
+	}
+	if err := cgroups.Pin(filepath.Join(dir, filterCgroupPin)); err != nil {
+		filter.Close()
+		return nil, fmt.Errorf("pinning the cgroup map of container %s's filter: %w", e.id.Container, err)
+	}
+	return filter, nil
+}
+
+// openBeneath opens the directory rel under mount, never outside it.
+func openBeneath(mount, rel string) (int, error) {
+	m, err := unix.Open(mount, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(m)
+	rel = strings.TrimPrefix(rel, "/")
+	if rel == "" {
+		rel = "."
+	}
+	return unix.Openat2(m, rel, &unix.OpenHow{
+		Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_XDEV,
+	})
+}
+
+// clipPath bounds a path from /proc for a message.
+func clipPath(p string) string {
+	if len(p) > 128 {
+		return p[:128] + "..."
+	}
+	return p
 }
 
 // openInRoot opens path inside the root filesystem of process pid: every

@@ -2,8 +2,11 @@ package loader
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/bpfmount/bpfmount/internal/fault"
 )
@@ -75,5 +78,31 @@ func TestOpenInRoot(t *testing.T) {
 	}
 	if _, err := openInRoot(os.Getpid(), os.TempDir()); fault.Of(err) != fault.Invalid || !strings.Contains(err.Error(), "not a regular file") {
 		t.Errorf("directory: got %v", err)
+	}
+}
+
+// openBeneath opens a directory under the mount only: ".." and symbolic
+// links that lead out are refused.
+func TestOpenBeneath(t *testing.T) {
+	mount := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(mount, "a", "b"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(os.TempDir(), filepath.Join(mount, "out")); err != nil {
+		t.Fatal(err)
+	}
+	for _, rel := range []string{"/", "/a", "/a/b"} {
+		fd, err := openBeneath(mount, rel)
+		if err != nil {
+			t.Errorf("%s: %v", rel, err)
+			continue
+		}
+		unix.Close(fd)
+	}
+	for _, rel := range []string{"/..", "/a/../../x", "/out"} {
+		if fd, err := openBeneath(mount, rel); err == nil {
+			unix.Close(fd)
+			t.Errorf("%s: opened outside the mount", rel)
+		}
 	}
 }

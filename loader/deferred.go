@@ -234,6 +234,7 @@ func (l *Loader) dropLink(e *entry) error {
 	}
 	e.link.Close()
 	_ = os.Remove(filepath.Join(dir, netnsPin))
+	removeFilterPins(dir)
 	l.mu.Lock()
 	e.link, e.netns, e.netnsIno, e.attached = nil, "", 0, false
 	l.mu.Unlock()

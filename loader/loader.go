@@ -36,6 +36,10 @@ type Options struct {
 	// MountTracefs lets the loader mount tracefs at /sys/kernel/tracing
 	// when a tracepoint needs it and none is mounted.
 	MountTracefs bool
+	// CgroupRoot is where the node's cgroup hierarchy is mounted (empty:
+	// /sys/fs/cgroup): a container's uprobe is kept to the container's
+	// cgroup, found there.
+	CgroupRoot string
 }
 
 // Loader loads, attaches, pins and shares eBPF programs. It is safe for
@@ -53,6 +57,7 @@ type Loader struct {
 	// read only.
 	missing      func() map[Hook]string
 	mountTracefs bool
+	cgroupRoot   string
 	tracefsMu    sync.Mutex
 
 	// gc lets Prune see a consistent world: loads and releases hold it
@@ -129,6 +134,7 @@ func New(opts Options) (*Loader, error) {
 		canChain:     dispatcher.Supported() == nil,
 		missing:      sync.OnceValue(probeAndLog),
 		mountTracefs: opts.MountTracefs,
+		cgroupRoot:   opts.CgroupRoot,
 		entries:      map[string]*entry{},
 		chains:       map[string]*dispatcher.Chain{},
 		specs:        newSpecCache(specCacheBytes),

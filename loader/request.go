@@ -118,7 +118,8 @@ type Request struct {
 	Pod string
 	// Container, with Pod, names the pod's container a uprobe's AttachTo
 	// path is in: resolved in that container's root filesystem, and
-	// attached for its main process, once it runs (see AttachContainer).
+	// attached for the processes of its cgroup once it runs (see
+	// AttachContainer).
 	Container string
 	// Cgroup is the cgroup2 directory a cgroup hook attaches to (absolute).
 	Cgroup string

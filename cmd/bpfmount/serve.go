@@ -170,7 +170,7 @@ func (o *serveOptions) run(ctx context.Context) error {
 		return err
 	}
 	defer reg.Close()
-	ld, err := loader.New(loader.Options{Root: o.bpffsRoot, Fetcher: reg, NodeName: o.nodeID, LibxdpDir: o.libxdpDir, MountTracefs: o.mountTrace})
+	ld, err := loader.New(loader.Options{Root: o.bpffsRoot, Fetcher: reg, NodeName: o.nodeID, LibxdpDir: o.libxdpDir, MountTracefs: o.mountTrace, CgroupRoot: o.cgroupRoot})
 	if err != nil {
 		return err
 	}

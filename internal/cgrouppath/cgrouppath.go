@@ -189,3 +189,38 @@ func CheckDir(root, dir string) error {
 	}
 	return nil
 }
+
+// OfProcess is the cgroup2 cgroup of process pid, relative to the cgroup2
+// mount (as seen from this process's cgroup namespace), from
+// /proc/PID/cgroup.
+func OfProcess(pid int) (string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", fault.Errorf(fault.Precondition, "process %d is gone", pid)
+		}
+		return "", fmt.Errorf("reading the cgroup of process %d: %w", pid, err)
+	}
+	p, err := parseProcCgroup(string(b))
+	if err != nil {
+		return "", fmt.Errorf("process %d: %w", pid, err)
+	}
+	return p, nil
+}
+
+// parseProcCgroup finds the cgroup2 line ("0::PATH") of a /proc/PID/cgroup
+// file. A path outside this namespace's root ("/.." first) is refused: it
+// names no directory under the mount.
+func parseProcCgroup(s string) (string, error) {
+	for _, line := range strings.Split(s, "\n") {
+		p, ok := strings.CutPrefix(line, "0::")
+		if !ok {
+			continue
+		}
+		if !strings.HasPrefix(p, "/") || p != filepath.Clean(p) || strings.HasPrefix(p, "/..") {
+			return "", fault.Errorf(fault.Precondition, "its cgroup2 path %.128q is outside this cgroup namespace", p)
+		}
+		return p, nil
+	}
+	return "", fault.Wrap(fault.Precondition, fmt.Errorf("it is in no cgroup2 cgroup (a cgroup v1 node): %w", ErrNoCgroup2))
+}

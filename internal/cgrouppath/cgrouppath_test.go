@@ -1,6 +1,7 @@
 package cgrouppath
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -104,5 +105,42 @@ func TestNoCgroup2(t *testing.T) {
 	}
 	if err := CheckDir(root, "x/y"); fault.Of(err) != fault.Invalid {
 		t.Fatalf("CheckDir of a relative path: got %v", err)
+	}
+}
+
+// A process's cgroup2 path is its "0::" line; v1 lines are skipped, and a
+// path outside the namespace's root, or none at all, is refused.
+func TestParseProcCgroup(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		ok       bool
+	}{
+		{"0::/kubepods/pod1/ctr\n", "/kubepods/pod1/ctr", true},
+		{"12:pids:/x\n1:name=systemd:/y\n0::/a/b\n", "/a/b", true},
+		{"0::/\n", "/", true},
+		{"0::/../../outside\n", "", false},
+		{"0::relative\n", "", false},
+		{"0::/a/../b\n", "", false},
+		{"12:pids:/x\n", "", false},
+		{"", "", false},
+	} {
+		got, err := parseProcCgroup(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseProcCgroup(%q) = %q, %v; want %q, ok %v", tc.in, got, err, tc.want, tc.ok)
+		}
+	}
+}
+
+// OfProcess reads this process's own cgroup (on a node with cgroup2).
+func TestOfProcessSelf(t *testing.T) {
+	p, err := OfProcess(os.Getpid())
+	if errors.Is(err, ErrNoCgroup2) {
+		t.Skip("skipping: no cgroup2 here")
+	}
+	if err != nil || !strings.HasPrefix(p, "/") {
+		t.Fatalf("OfProcess(self) = %q, %v", p, err)
+	}
+	if _, err := OfProcess(-1); err == nil {
+		t.Error("OfProcess(-1) found a cgroup")
 	}
 }

@@ -40,7 +40,11 @@ var (
 	// the new revision's dispatcher loaded; its members attached and
 	// everything pinned; the revision swapped in; and, after the grace
 	// period, the old revision about to be torn down.
-	ChainSteps = []string{
+	// ContainerSteps are those of a container uprobe's attach, by its
+	// waiter once the container runs: the filter's maps pinned; the link
+	// pinned, before the process it is for is recorded.
+	ContainerSteps = []string{"container.filtered", "container.linked"}
+	ChainSteps     = []string{
 		"chain.loaded", "chain.attached", "chain.swapped", "chain.retiring",
 	}
 )

@@ -1,15 +1,11 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -22,12 +18,14 @@ import (
 
 // containerEnv is a sandboxEnv whose "containers" are processes the test
 // starts, each chrooted into a root directory of its own, in a mount
-// namespace of its own, and whose policy grants uprobes in its pods'
-// containers only.
+// namespace and a cgroup2 cgroup of its own, and whose policy grants
+// uprobes in its pods' containers only.
 type containerEnv struct {
 	sandboxEnv
 	// server is the static probe server's source binary on the host.
 	server string
+	// cgroups is a cgroup2 mount where the containers' cgroups are made.
+	cgroups string
 }
 
 func newContainerEnv(t *testing.T) *containerEnv {
@@ -35,8 +33,13 @@ func newContainerEnv(t *testing.T) *containerEnv {
 	e := &containerEnv{sandboxEnv: newSandboxEnv(t, testenv.TraceCountObject, "own-containers", `  hooks: ["uprobe", "uretprobe"]
   attachTo: ["container:*:/bin/*"]
 `)}
-	e.server = buildProbeServer(t)
+	e.server = testenv.BuildProbeServer(t)
+	e.cgroups = testenv.Cgroup2(t)
 	return e
+}
+
+func (e *containerEnv) cgroup(name string) string {
+	return filepath.Join(e.cgroups, "bpfmount-test-"+testenv.RandomName(name))
 }
 
 func containerAttrs(img, uid, typ, container, attachTo string) map[string]string {
@@ -47,93 +50,13 @@ func containerAttrs(img, uid, typ, container, attachTo string) map[string]string
 	return a
 }
 
-// buildProbeServer compiles a static C program that calls
-// testenv.ProbeTargetSymbol N times for each number N it reads on stdin,
-// answering "ok" after each: a container's long-lived main process.
-func buildProbeServer(t *testing.T) string {
-	t.Helper()
-	code := `#include <stdio.h>
-__attribute__((noinline)) int ` + testenv.ProbeTargetSymbol + `(int i) { asm volatile("" ::: "memory"); return i + 1; }
-int main(void) {
-	int n, s = 0;
-	setvbuf(stdout, NULL, _IONBF, 0);
-	while (scanf("%d", &n) == 1) {
-		for (int i = 0; i < n; i++) s += ` + testenv.ProbeTargetSymbol + `(i);
-		printf("ok\n");
-	}
-	return s == -1;
-}
-`
-	return testenv.CompileStatic(t, "probe-server", code)
-}
-
-// fakeContainer is a process in a mount namespace of its own, chrooted
-// into a directory holding the probe server at /bin/server: the kernel
-// shows that directory as the process's /proc/PID/root, as it shows a
-// container's root filesystem.
-type fakeContainer struct {
-	root string
-	cmd  *exec.Cmd
-	in   io.WriteCloser
-	out  *bufio.Reader
-}
-
-func startContainer(t *testing.T, server string) *fakeContainer {
-	t.Helper()
-	root := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(root, "bin"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(server)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(root, "bin", "server"), b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	c := &fakeContainer{root: root, cmd: exec.Command("/bin/server")}
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: root, Cloneflags: syscall.CLONE_NEWNS}
-	if c.in, err = c.cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := c.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.out = bufio.NewReader(stdout)
-	if err := c.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.stop)
-	return c
-}
-
-func (c *fakeContainer) pid() int { return c.cmd.Process.Pid }
-
-// call makes the process call the probed function n times.
-func (c *fakeContainer) call(t *testing.T, n int) {
-	t.Helper()
-	if _, err := fmt.Fprintf(c.in, "%d\n", n); err != nil {
-		t.Fatal(err)
-	}
-	if line, err := c.out.ReadString('\n'); err != nil || line != "ok\n" {
-		t.Fatalf("probe server answered %q, %v", line, err)
-	}
-}
-
-func (c *fakeContainer) stop() {
-	if c.cmd.ProcessState == nil {
-		c.in.Close()
-		c.cmd.Process.Kill()
-		c.cmd.Wait()
-	}
-}
-
 // A uprobe in a pod's container on the real kernel: published before the
 // container runs (waiting), attached to the binary inside the container's
-// root once it runs, counting its calls exactly and nobody else's (the
-// same file run on the host is not counted); the container is replaced by
-// a new process with a new root and the probe follows it; a daemon restart
+// root once it runs, counting the calls of every process of the container
+// exactly (its main process and its children) and nobody else's (the same
+// file run on the host or in another cgroup is not counted); the
+// container is replaced by a new process with a new root and cgroup and
+// the probe follows it; a daemon restart
 // keeps one attachment; the container stops (detached, said in the
 // status); unpublish leaves nothing, the program gone from the kernel.
 func TestContainerUprobe(t *testing.T) {
@@ -153,60 +76,74 @@ func TestContainerUprobe(t *testing.T) {
 		t.Fatalf("before the container runs: %v", s)
 	}
 	e.rt.RunSandbox(uid, "sb-1", "/proc/1/ns/net")
-	first := startContainer(t, e.server)
-	first.call(t, 5)
+	first := testenv.StartContainer(t, e.server, e.cgroup("c1"))
+	first.Call(t, 5)
+	first.Call(t, -5)
 	if n := slotCount(t, target, programs.SlotUprobe); n != 0 {
 		t.Fatalf("counted %d calls before the container was found", n)
 	}
-	e.rt.RunContainer(uid, "sb-1", "app", "c-1", first.pid())
+	e.rt.RunContainer(uid, "sb-1", "app", "c-1", first.PID())
 	s := waitStatus(t, target, func(s map[string]string) bool { return s["state"] == "attached" })
-	if s["containerID"] != "c-1" || s["pid"] != fmt.Sprint(first.pid()) {
+	if s["containerID"] != "c-1" || s["pid"] != fmt.Sprint(first.PID()) {
 		t.Fatalf("attached: %v", s)
 	}
-	first.call(t, 7)
+	first.Call(t, 7)
 	if n := slotCount(t, target, programs.SlotUprobe); n != 7 {
 		t.Fatalf("counted %d calls in the container, want 7", n)
 	}
-	// The same file run by another process (on the host) is not the
-	// container's: not counted.
-	cmd := exec.Command(filepath.Join(first.root, "bin", "server"))
-	cmd.Stdin = strings.NewReader("9\n")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("host run: %v: %s", err, out)
+	// Every process of the container counts: a child of its main
+	// process, and another child started later.
+	first.Call(t, -6)
+	if n := slotCount(t, target, programs.SlotUprobe); n != 13 {
+		t.Fatalf("counted %d calls with a child of the container's process, want 7+6", n)
 	}
-	if n := slotCount(t, target, programs.SlotUprobe); n != 7 {
-		t.Fatalf("counted %d calls, want the container's 7 only", n)
+	first.Call(t, -2)
+	if n := slotCount(t, target, programs.SlotUprobe); n != 15 {
+		t.Fatalf("counted %d calls with a second child, want 7+6+2", n)
+	}
+	// The same file run by processes that are not the container's (on
+	// the host, and in another cgroup): not counted.
+	same := filepath.Join(first.Root, "bin", "server")
+	testenv.RunBinary(t, same, "", "9\n-4\n")
+	testenv.RunBinary(t, same, e.cgroup("other"), "8\n-3\n")
+	if n := slotCount(t, target, programs.SlotUprobe); n != 15 {
+		t.Fatalf("counted %d calls, want the container's 15 only", n)
 	}
 
-	// The container restarts: a new process in a new root.
-	second := startContainer(t, e.server)
-	first.stop()
+	// The container restarts: a new process in a new root and a new
+	// cgroup.
+	second := testenv.StartContainer(t, e.server, e.cgroup("c2"))
+	first.Stop()
 	e.rt.ExitContainer("c-1")
-	e.rt.RunContainer(uid, "sb-1", "app", "c-2", second.pid())
+	e.rt.RunContainer(uid, "sb-1", "app", "c-2", second.PID())
 	waitStatus(t, target, func(s map[string]string) bool {
-		return s["state"] == "attached" && s["containerID"] == "c-2" && s["pid"] == fmt.Sprint(second.pid())
+		return s["state"] == "attached" && s["containerID"] == "c-2" && s["pid"] == fmt.Sprint(second.PID())
 	})
-	second.call(t, 4)
-	if n := slotCount(t, target, programs.SlotUprobe); n != 11 {
-		t.Fatalf("after the restart counted %d calls, want 7+4", n)
+	second.Call(t, 4)
+	second.Call(t, -1)
+	if n := slotCount(t, target, programs.SlotUprobe); n != 20 {
+		t.Fatalf("after the restart counted %d calls, want 15+4+1", n)
 	}
 
 	// A daemon restart adopts the attachment: still counted, once.
 	e.d.Restart(e.opts)
 	waitStatus(t, target, func(s map[string]string) bool { return s["state"] == "attached" && s["containerID"] == "c-2" })
-	second.call(t, 3)
-	if n := slotCount(t, target, programs.SlotUprobe); n != 14 {
-		t.Fatalf("after a daemon restart counted %d calls, want 11+3", n)
+	second.Call(t, 3)
+	second.Call(t, -2)
+	if n := slotCount(t, target, programs.SlotUprobe); n != 25 {
+		t.Fatalf("after a daemon restart counted %d calls, want 20+3+2", n)
 	}
 
 	// The container stops: detached, and the status says so.
-	second.stop()
+	second.Stop()
 	e.rt.ExitContainer("c-2")
 	waitStatus(t, target, func(s map[string]string) bool {
 		return s["state"] == "waiting" && strings.Contains(s["reason"], "detached")
 	})
-	if _, err := os.Lstat(filepath.Join(e.d.BPFFSRoot, "programs", rec.Key, "link")); err == nil {
-		t.Error("the link of a stopped container stays pinned")
+	for _, pin := range []string{"link", "filter-program", "filter-cgroup"} {
+		if _, err := os.Lstat(filepath.Join(e.d.BPFFSRoot, "programs", rec.Key, pin)); err == nil {
+			t.Errorf("the %s pin of a stopped container stays", pin)
+		}
 	}
 
 	if _, err := e.d.Node.NodeUnpublishVolume(ctx, unpublishReq("ct-1", target)); err != nil {
@@ -227,18 +164,18 @@ func TestContainerUprobeStaysInRoot(t *testing.T) {
 	e := newContainerEnv(t)
 	ctx := context.Background()
 	uid := uuid.NewString()
-	c := startContainer(t, e.server)
-	host := filepath.Join(c.root, "bin", "server") // the host's path of a binary
+	c := testenv.StartContainer(t, e.server, e.cgroup("c"))
+	host := filepath.Join(c.Root, "bin", "server") // the host's path of a binary
 	for _, l := range []struct{ name, to string }{
 		{"abs", host},
 		{"up", "../../../../../../../../.." + host},
 	} {
-		if err := os.Symlink(l.to, filepath.Join(c.root, "bin", l.name)); err != nil {
+		if err := os.Symlink(l.to, filepath.Join(c.Root, "bin", l.name)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	e.rt.RunSandbox(uid, "sb-1", "/proc/1/ns/net")
-	e.rt.RunContainer(uid, "sb-1", "app", "c-1", c.pid())
+	e.rt.RunContainer(uid, "sb-1", "app", "c-1", c.PID())
 	for i, name := range []string{"abs", "up"} {
 		target := filepath.Join(e.dir, name)
 		vol := fmt.Sprintf("esc-%d", i)

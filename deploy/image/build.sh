@@ -46,6 +46,17 @@ export BUILDAH_ISOLATION=chroot
 cache=${BUILDAH_STORE:-${XDG_CACHE_HOME:-$HOME/.cache}/bpfmount/buildah}
 store=(--root "$cache/storage" --runroot "$cache/run")
 mkdir -p "$out" "$cache"
+# containers/storage makes its driver directories private bind mounts of
+# themselves and leaves them mounted when buildah exits: take back, at the
+# end, the ones this run made, so the machine ends as it started.
+premounted=$(awk -v p="$cache/storage/" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo)
+unmount_ours() {
+	local m
+	awk -v p="$cache/storage/" 'index($5, p) == 1 {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
+		grep -qxF "$m" <<<"$premounted" || umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+	done
+}
+trap unmount_ours EXIT
 
 go_image=${GO_IMAGE:-}
 if [ -z "$go_image" ]; then

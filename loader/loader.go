@@ -217,6 +217,12 @@ func (l *Loader) Acquire(ctx context.Context, r *Resolved, owner string) (*Progr
 		}
 		return l.acquireChained(r, owner)
 	}
+	if l.podChained(r.Identity) {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		return l.acquirePodMember(r, owner)
+	}
 	key := r.Identity.Key()
 	// Joining an existing attachment needs no interface lock: join and
 	// Release's last-owner check both run under l.mu, and Release takes
@@ -296,7 +302,7 @@ func (l *Loader) Release(key, owner string) error {
 		if e == nil {
 			return l.releaseUnknown(key)
 		}
-		if e.chain != nil {
+		if e.chain != nil && !e.id.Deferred() {
 			unlock = l.lockKey(key)
 		} else {
 			unlock = l.lockTarget(e.id)
@@ -320,7 +326,9 @@ func (l *Loader) Release(key, owner string) error {
 	delete(l.entries, key)
 	l.mu.Unlock()
 	var err error
-	if e.chain != nil {
+	if l.podChained(e.id) {
+		err = l.leavePodChain(e)
+	} else if e.chain != nil {
 		// A new revision without this member; the chain's own copy of
 		// the program goes with the old revision. On a deleted interface
 		// the chain just drops the member's pins.

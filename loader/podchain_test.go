@@ -1,0 +1,83 @@
+package loader
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/bpfmount/bpfmount/internal/fault"
+)
+
+// A pod interface's chain is keyed by the pod and the interface name (and
+// hook, direction), never by the namespace or the ifindex: an eth0 in
+// every pod, each its own chain; and no name a host chain could have.
+func TestPodChainName(t *testing.T) {
+	base := Identity{Hook: HookXDP, Interface: "eth0", Pod: "0b4e6f2a-1111-2222-3333-444455556666"}
+	other := base
+	other.Pod = "0b4e6f2a-1111-2222-3333-444455556667"
+	net1 := base
+	net1.Interface = "net1"
+	in := base
+	in.Hook, in.Direction = HookTC, Ingress
+	out := in
+	out.Direction = Egress
+	seen := map[string]Identity{}
+	for _, id := range []Identity{base, other, net1, in, out} {
+		name := podChainName(id)
+		if prev, dup := seen[name]; dup {
+			t.Errorf("%+v and %+v share chain %s", prev, id, name)
+		}
+		seen[name] = id
+		if !strings.HasPrefix(name, "pod-") || len(name) > 64 || strings.ContainsAny(name, "/.:") {
+			t.Errorf("chain name %q", name)
+		}
+		if _, ok := parsePinDirName(name); ok {
+			t.Errorf("%q parses as a host chain's", name)
+		}
+	}
+	again := base
+	again.Program, again.Priority = "other", 99
+	if podChainName(again) != podChainName(base) {
+		t.Error("two programs on one pod's eth0 got different chains")
+	}
+}
+
+// Which deferred identities go through a dispatcher: xdp and tc on a
+// pod's own interface where the kernel chains, never tcx, a container's
+// probe, or anything where it does not.
+func TestPodChained(t *testing.T) {
+	pod := "0b4e6f2a-1111-2222-3333-444455556666"
+	for _, tc := range []struct {
+		id        Identity
+		canChain  bool
+		want      bool
+		checkFail bool
+	}{
+		{Identity{Hook: HookXDP, Interface: "eth0", Pod: pod}, true, true, false},
+		{Identity{Hook: HookTC, Interface: "eth0", Pod: pod, Direction: Ingress}, true, true, false},
+		{Identity{Hook: HookXDP, Interface: "eth0", Pod: pod}, false, false, false},
+		{Identity{Hook: HookTC, Interface: "eth0", Pod: pod, Direction: Ingress}, false, false, false},
+		{Identity{Hook: HookTCX, Interface: "eth0", Pod: pod, Direction: Ingress}, true, false, false},
+		{Identity{Hook: HookXDP, Interface: "eth0"}, true, false, false},
+		{Identity{Hook: HookCgroupSKB, Pod: pod, Direction: Ingress}, true, false, true},
+	} {
+		l := &Loader{canChain: tc.canChain}
+		if got := l.podChained(tc.id); got != tc.want {
+			t.Errorf("%+v (chaining %v): podChained %v, want %v", tc.id, tc.canChain, got, tc.want)
+		}
+		if err := checkDeferred(tc.id); (err != nil) != tc.checkFail {
+			t.Errorf("%+v: checkDeferred: %v", tc.id, err)
+		}
+	}
+}
+
+// Where the kernel cannot chain, tc on a pod's interface is refused as on
+// a host interface (the dispatcher needs freplace), before anything is
+// pinned.
+func TestPodTCNeedsFreplace(t *testing.T) {
+	l := &Loader{root: t.TempDir()}
+	e := &entry{id: Identity{Hook: HookTC, Interface: "eth0", Pod: "0b4e6f2a-1111-2222-3333-444455556666", Direction: Ingress}, key: "k"}
+	err := l.pinDeferred(e)
+	if fault.Of(err) != fault.Precondition || !strings.Contains(err.Error(), "needs freplace") {
+		t.Fatalf("got %v", err)
+	}
+}

@@ -306,6 +306,9 @@ func (l *Loader) acquirePodMember(r *Resolved, owner string) (*Program, error) {
 	if p := l.join(key, owner); p != nil {
 		return p, nil
 	}
+	if err := l.podSlotsFull(id); err != nil {
+		return nil, err
+	}
 	cs, err := collectionFor(id, r.spec)
 	if err != nil {
 		return nil, err
@@ -322,6 +325,11 @@ func (l *Loader) acquirePodMember(r *Resolved, owner string) (*Program, error) {
 		e.closeFDs()
 		return p, nil
 	}
+	// Again under the target lock: concurrent publishes may have filled it.
+	if err := l.podSlotsFull(id); err != nil {
+		e.closeFDs()
+		return nil, err
+	}
 	err = l.pinDeferred(e)
 	if err == nil {
 		err = os.Symlink(strconv.FormatBool(ext.Frags), filepath.Join(l.pinDir(key), memberFragsPin))
@@ -332,6 +340,35 @@ func (l *Loader) acquirePodMember(r *Resolved, owner string) (*Program, error) {
 		return nil, err
 	}
 	return l.insert(key, owner, e), nil
+}
+
+// podSlotsFull refuses, at publish, a program for a pod interface whose
+// chain would have more members than the dispatcher's slots: every member
+// joins it once the sandbox is there, so the count is known before.
+func (l *Loader) podSlotsFull(id Identity) error {
+	name := podChainName(id)
+	n := 0
+	var holders []string
+	l.mu.Lock()
+	for _, e := range l.entries {
+		if l.podChained(e.id) && podChainName(e.id) == name {
+			n++
+			for o := range e.owners {
+				holders = append(holders, o)
+			}
+		}
+	}
+	l.mu.Unlock()
+	if n < dispatcher.Slots {
+		return nil
+	}
+	sort.Strings(holders)
+	where := fmt.Sprintf("XDP on the pod's %q", id.Interface)
+	if id.Hook == HookTC {
+		where = fmt.Sprintf("tc %s on the pod's %q", id.Direction, id.Interface)
+	}
+	return fault.Errorf(fault.Exhausted, "%s already runs %d programs, the dispatcher's limit; the slots are held by volumes %s: unpublish one of them or use another interface",
+		where, dispatcher.Slots, strings.Join(holders, ", "))
 }
 
 // podMember is e as a member of its pod interface's chain.

@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -79,5 +80,37 @@ func TestPodTCNeedsFreplace(t *testing.T) {
 	err := l.pinDeferred(e)
 	if fault.Of(err) != fault.Precondition || !strings.Contains(err.Error(), "needs freplace") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// A pod interface's chain has the dispatcher's slots: the 11th program
+// for it is refused at publish, naming the volumes that hold them; other
+// pods, interfaces and directions are unaffected.
+func TestPodSlotsFull(t *testing.T) {
+	pod := "0b4e6f2a-1111-2222-3333-444455556666"
+	l := &Loader{canChain: true, entries: map[string]*entry{}}
+	base := Identity{Hook: HookTC, Interface: "eth0", Pod: pod, Direction: Ingress, Program: "p"}
+	for i := range 10 {
+		id := base
+		id.Priority = i
+		l.entries[id.Key()] = &entry{id: id, owners: map[string]struct{}{fmt.Sprintf("vol-%02d", i): {}}}
+		if i < 9 {
+			if err := l.podSlotsFull(base); err != nil {
+				t.Fatalf("with %d members: %v", i+1, err)
+			}
+		}
+	}
+	err := l.podSlotsFull(base)
+	if fault.Of(err) != fault.Exhausted || !strings.Contains(err.Error(), "vol-00, vol-01") || !strings.Contains(err.Error(), `tc ingress on the pod's "eth0"`) {
+		t.Fatalf("11th: %v", err)
+	}
+	other := base
+	other.Pod = "0b4e6f2a-1111-2222-3333-444455556667"
+	egress := base
+	egress.Direction = Egress
+	for _, id := range []Identity{other, egress} {
+		if err := l.podSlotsFull(id); err != nil {
+			t.Errorf("%+v: %v", id, err)
+		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/bpfmount/bpfmount/deploy/examples/xdp-counter/counter"
 	"github.com/bpfmount/bpfmount/driver"
 	"github.com/bpfmount/bpfmount/driver/policy"
 	"github.com/bpfmount/bpfmount/internal/cri"
@@ -127,9 +128,14 @@ rules:
 			waitStatus(t, target(vol), func(s map[string]string) bool { return s["state"] == "attached" && s["sandbox"] == sandbox })
 		}
 	}
+	// Read in this process: a consumer process per read fills a VM's /tmp.
 	count := func(vol string) uint64 {
-		n, _ := counts(t, testenv.Consumer{}, filepath.Join(target(vol), "xdp_stats_map"))
-		return n
+		t.Helper()
+		c, err := counter.Read(filepath.Join(target(vol), "xdp_stats_map"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Packets
 	}
 	// Frames each volume counted while n frames went to v's pod end. The
 	// veths' own frames (a host end's neighbour discovery) may add a few

@@ -252,12 +252,39 @@ func (l *Loader) Chains() []ChainStat {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var out []ChainStat
+	// Pods' chains are reported together per hook, as interface "pod":
+	// pods name their interfaces (no bounded label), and pods come and go.
+	pods := map[string]*ChainStat{}
+	podStat := func(key string, t dispatcher.Target) *ChainStat {
+		if pods[key] == nil {
+			pods[key] = &ChainStat{Interface: podInterfaceStat, Hook: string(t.Hook), Direction: t.Direction}
+		}
+		return pods[key]
+	}
+	for key, n := range l.podBuilds {
+		hook, dir, _ := strings.Cut(key, "/")
+		podStat(key, dispatcher.Target{Hook: dispatcher.Hook(hook), Direction: dir}).Revisions += n
+	}
 	for _, c := range l.chains {
 		t := c.Target()
+		if t.Netns != "" {
+			s := podStat(podStatKey(t), t)
+			s.Members += len(c.Members())
+			s.Revisions += c.Builds()
+			continue
+		}
 		out = append(out, ChainStat{Interface: t.Interface, Hook: string(t.Hook), Direction: t.Direction, Members: len(c.Members()), Revisions: c.Builds()})
+	}
+	for _, s := range pods {
+		out = append(out, *s)
 	}
 	return out
 }
+
+// podInterfaceStat is the interface Chains reports pods' chains under.
+const podInterfaceStat = "pod"
+
+func podStatKey(t dispatcher.Target) string { return string(t.Hook) + "/" + t.Direction }
 
 // A pod's own interface (a deferred identity on xdp or tc) runs through a
 // dispatcher too where the kernel chains: the chain is keyed by the pod's
@@ -472,6 +499,10 @@ func (l *Loader) forgetEmptyPodChain(id Identity, c *dispatcher.Chain) {
 	l.mu.Lock()
 	if l.chains[name] == c {
 		delete(l.chains, name)
+		if l.podBuilds == nil {
+			l.podBuilds = map[string]uint64{}
+		}
+		l.podBuilds[podStatKey(c.Target())] += c.Builds()
 	}
 	l.mu.Unlock()
 	c.Close()

@@ -64,7 +64,10 @@ type Loader struct {
 	entries map[string]*entry            // by Identity.Key
 	ifaces  namedLocks                   // direct attachments: one interface at a time
 	keys    namedLocks                   // dispatcher members: one identity key at a time
-	chains  map[string]*dispatcher.Chain // by dispatcher.PinDirName
+	chains  map[string]*dispatcher.Chain // by dispatcher.PinDirName (a pod's: podChainName)
+	// podBuilds counts the revisions of pod interfaces' chains closed
+	// since, by hook (and direction), so that Chains' counts only grow.
+	podBuilds map[string]uint64
 	specs   specCache                    // parsed objects by image digest
 }
 

@@ -2,10 +2,12 @@ package loader
 
 import (
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/bpfmount/bpfmount/internal/fault"
+	"github.com/bpfmount/bpfmount/loader/dispatcher"
 )
 
 // A pod interface's chain is keyed by the pod and the interface name (and
@@ -112,5 +114,36 @@ func TestPodSlotsFull(t *testing.T) {
 		if err := l.podSlotsFull(id); err != nil {
 			t.Errorf("%+v: %v", id, err)
 		}
+	}
+}
+
+// Pods' chains are reported together per hook under interface "pod",
+// never under the pod's own interface name (a label pods would choose,
+// colliding with the node's eth0), and their revision counts never shrink
+// as pods leave.
+func TestChainsReportPodsTogether(t *testing.T) {
+	l := &Loader{chains: map[string]*dispatcher.Chain{}}
+	open := func(netns string) *dispatcher.Chain {
+		c, err := dispatcher.Open(dispatcher.Target{Hook: dispatcher.XDP, Ifindex: 2, Interface: "eth0", Netns: netns, NetnsIno: 1}, filepath.Join(t.TempDir(), "c"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	gone := filepath.Join(t.TempDir(), "ns") // opens empty, touching no namespace
+	l.chains["pod-a"], l.chains["pod-b"] = open(gone), open(gone)
+	l.podBuilds = map[string]uint64{"xdp/": 3}
+	stats := l.Chains()
+	if len(stats) != 1 || stats[0].Interface != "pod" || stats[0].Hook != "xdp" || stats[0].Revisions != 3 {
+		t.Fatalf("stats %+v", stats)
+	}
+	id := Identity{Hook: HookXDP, Interface: "eth0", Pod: "a"}
+	l.chains[podChainName(id)] = l.chains["pod-a"]
+	l.forgetEmptyPodChain(id, l.chains["pod-a"])
+	if _, ok := l.chains[podChainName(id)]; ok {
+		t.Error("an empty pod chain stayed open")
+	}
+	if s := l.Chains(); len(s) != 1 || s[0].Revisions != 3 {
+		t.Errorf("after a pod left: %+v", s)
 	}
 }

@@ -68,7 +68,7 @@ type Loader struct {
 	// podBuilds counts the revisions of pod interfaces' chains closed
 	// since, by hook (and direction), so that Chains' counts only grow.
 	podBuilds map[string]uint64
-	specs   specCache                    // parsed objects by image digest
+	specs     specCache // parsed objects by image digest
 }
 
 // entry is one loaded and attached program and the owners sharing it.

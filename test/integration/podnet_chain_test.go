@@ -57,7 +57,7 @@ func podXDPProgram(t *testing.T, v *testenv.Veth) uint32 {
 		t.Fatal(err)
 	}
 	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns)
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	if err != nil {
 		t.Fatal(err)
 	}

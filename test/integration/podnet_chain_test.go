@@ -75,7 +75,8 @@ func podXDPProgram(t *testing.T, v *testenv.Veth) uint32 {
 // Several XDP volumes of one pod on pod:eth0 chain through the pod
 // interface's dispatcher, in priority order, as on a host interface; the
 // chain follows the pod to a replacement sandbox's namespace with every
-// member; another pod's eth0 (same name, another namespace) has a chain of
+// member (at once, or after the old sandbox is gone), and a restart adopts
+// it; another pod's eth0 (same name, another namespace) has a chain of
 // its own; unpublishing everything leaves nothing. Where the kernel cannot
 // chain (no freplace), a pod's interface runs one program alone, as a host
 // interface does (TestPodInterfaceDeferredAttach).
@@ -100,10 +101,11 @@ rules:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	d := testenv.StartDaemon(t, testenv.DaemonOptions{Configure: func(o *driver.Options) {
+	opts := testenv.DaemonOptions{Configure: func(o *driver.Options) {
 		o.Policy = policy.Static(pol)
 		o.CRI, o.SandboxPoll = c, 20*time.Millisecond
-	}})
+	}}
+	d := testenv.StartDaemon(t, opts)
 	if !d.Loader.CanChain() {
 		t.Skip("this kernel cannot chain programs with a dispatcher (freplace, BPF_PROG_TYPE_EXT)")
 	}
@@ -203,13 +205,38 @@ rules:
 		t.Fatalf("pod B's chain stopped counting after pod A moved: %d of 30", got[0])
 	}
 
+	// A restart adopts both chains where they are.
+	d.Restart(opts)
+	if got := delta(second, 30, "a-early", "a-stop", "a-late"); got[0] < 30 || got[1] < 30 || got[2] != 0 {
+		t.Fatalf("after a restart early/stop/late counted %v of 30 frames; want 30, 30, 0", got)
+	}
+	if got := delta(other, 30, "b-only"); got[0] < 30 {
+		t.Fatalf("after a restart pod B's chain counted %d of 30", got[0])
+	}
+
+	// The sandbox goes, and only later does its replacement come: the
+	// members leave the chain, then join it again in the new namespace.
+	rt.StopSandbox("sa-2")
+	for _, vol := range []string{"a-early", "a-stop", "a-late"} {
+		waitStatus(t, target(vol), func(s map[string]string) bool { return s["state"] == "waiting" })
+	}
+	if id := podXDPProgram(t, second); id != 0 {
+		t.Errorf("XDP program %d still on the gone sandbox's eth0", id)
+	}
+	third := testenv.NewPodVeth(t, "eth0")
+	rt.RunSandbox(podA, "sa-3", third.NetnsPath())
+	attachedIn("sa-3", "a-early", "a-stop", "a-late")
+	if got := delta(third, 30, "a-early", "a-stop", "a-late"); got[0] < 30 || got[1] < 30 || got[2] != 0 {
+		t.Fatalf("in the third sandbox early/stop/late counted %v of 30 frames; want 30, 30, 0", got)
+	}
+
 	vols := []string{"a-early", "a-stop", "a-late", "b-only"}
 	for _, vol := range vols {
 		if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq(vol, target(vol))); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for _, v := range []*testenv.Veth{second, other} {
+	for _, v := range []*testenv.Veth{third, other} {
 		if id := podXDPProgram(t, v); id != 0 {
 			t.Errorf("XDP program %d is still attached to the pod's eth0 after unpublish", id)
 		}

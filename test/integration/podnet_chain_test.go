@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"path/filepath"
 	"strconv"
@@ -242,4 +243,58 @@ rules:
 		}
 	}
 	d.AssertClean(t, nil, target("a-early"), target("a-stop"), target("a-late"), target("b-only"))
+}
+
+// tc on a pod's interface runs through the pod interface's tc dispatcher:
+// two volumes on pod:eth0 egress run in priority order (the later one sees
+// the earlier one's mark), in the first sandbox and, after the chain
+// followed the pod, in its replacement; unpublish leaves nothing.
+func TestPodInterfaceTCChain(t *testing.T) {
+	e := newPodnetEnv(t)
+	if !e.d.Loader.CanChain() {
+		t.Skip("this kernel cannot chain programs with a dispatcher (freplace, BPF_PROG_TYPE_EXT): tc is refused on a pod's interface as on a host's (TestPodInterfaceBadInput)")
+	}
+	ctx := context.Background()
+	uid := uuid.NewString()
+	first := testenv.NewPodVeth(t, "eth0")
+	e.rt.RunSandbox(uid, "sb-1", first.NetnsPath())
+	targets := map[int]string{}
+	for _, prio := range []int{20, 10} { // published in the opposite of run order
+		a := podnetAttrs(e.img, uid, "pod")
+		a["type"], a["priority"] = "tc", strconv.Itoa(prio)
+		a["proceedOn"] = "unspec,pipe,dispatcher_return" // tcx_order returns TC_ACT_UNSPEC
+		a["globals"] = fmt.Sprintf("order_id=%02x000000", prio)
+		targets[prio] = filepath.Join(e.dir, fmt.Sprint("tc", prio))
+		if _, err := e.d.Node.NodePublishVolume(ctx, publishReq(fmt.Sprint("tc-", prio), targets[prio], a, true)); err != nil {
+			t.Fatal(err)
+		}
+		waitStatus(t, targets[prio], func(s map[string]string) bool { return s["state"] == "attached" && s["sandbox"] == "sb-1" })
+	}
+	check := func(v *testenv.Veth, when string) {
+		t.Helper()
+		before := hits(t, targets[10])
+		if err := v.Send(5, 60); err != nil {
+			t.Fatal(err)
+		}
+		if n := hits(t, targets[10]) - before; n < 5 {
+			t.Errorf("%s: the priority 10 program counted %d of 5 frames", when, n)
+		}
+		if m := seenMark(t, targets[20]); m != 10 {
+			t.Errorf("%s: the priority 20 program saw mark %d, want 10 (the priority 10 program runs first)", when, m)
+		}
+	}
+	check(first, "first sandbox")
+	second := testenv.NewPodVeth(t, "eth0")
+	e.rt.StopSandbox("sb-1")
+	e.rt.RunSandbox(uid, "sb-2", second.NetnsPath())
+	for _, target := range targets {
+		waitStatus(t, target, func(s map[string]string) bool { return s["state"] == "attached" && s["sandbox"] == "sb-2" })
+	}
+	check(second, "replacement sandbox")
+	for prio, target := range targets {
+		if _, err := e.d.Node.NodeUnpublishVolume(ctx, unpublishReq(fmt.Sprint("tc-", prio), target)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.d.AssertClean(t, nil, targets[10], targets[20])
 }

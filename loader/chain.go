@@ -30,8 +30,8 @@ import (
 
 // chained reports whether id's hook goes through a dispatcher.
 func (l *Loader) chained(id Identity) bool {
-	// A pod's own interface has no dispatcher: its program attaches
-	// directly, in whatever namespace the pod's sandbox has now.
+	// A pod's own interface has a dispatcher of its own, joined at
+	// AttachNetns (podChained), not at Acquire.
 	return l.canChain && !id.Deferred() && (id.Hook == HookXDP || id.Hook == HookTC)
 }
 

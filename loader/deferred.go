@@ -29,6 +29,8 @@ import (
 // AttachNetns and DetachNetns; the loader keeps the link pinned, and the
 // namespace it is in beside it (a symbolic link in the pin directory,
 // which bpffs allows), so that a restarted daemon knows where it stands.
+// Where the kernel chains, xdp and tc on a pod's interface are dispatcher
+// members instead, with no link of their own (see podChained in chain.go).
 
 // StatusMap is the map every deferred attachment carries, for its owner to
 // publish where the attachment stands: a one-entry array (key 0) whose

@@ -275,8 +275,12 @@ func (c *Chain) openRevision(n uint64, dir string, d *ebpf.Program) (_ *revision
 	return r, nil
 }
 
-// Target returns the chain's attach point.
-func (c *Chain) Target() Target { return c.target }
+// Target returns the chain's attach point (Retarget changes it).
+func (c *Chain) Target() Target {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.target
+}
 
 // Dir returns the chain's pin directory.
 func (c *Chain) Dir() string { return c.dir }

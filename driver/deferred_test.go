@@ -246,8 +246,8 @@ func (f *podnetFakes) reasons() []string {
 }
 
 // interface pod / pod:NAME: the pod's own interface, named as the kernel
-// allows, from a pod with a UID, never with tc; anything else is refused
-// before anything is loaded.
+// allows, from a pod with a UID, for xdp, tc (through the pod interface's
+// dispatcher) and tcx; anything else is refused before anything is loaded.
 func TestPodInterfaceAttribute(t *testing.T) {
 	for _, tc := range []struct {
 		iface, want string
@@ -263,6 +263,13 @@ func TestPodInterfaceAttribute(t *testing.T) {
 			t.Errorf("%s: the policy sees %q", tc.iface, got)
 		}
 	}
+	vr, err := parseAttributes(with(podnetAttrs("pod"), AttrType, "tc"))
+	if err != nil {
+		t.Fatalf("tc: %v", err)
+	}
+	if vr.load.Hook != loader.HookTC || vr.load.Pod != podUID || vr.load.Interface != "eth0" {
+		t.Errorf("tc: parsed %+v", vr.load)
+	}
 	local := map[string]string{AttrImage: "registry.example/bpf/x:v1", AttrInterface: "pod", AttrType: "xdp"}
 	for _, tc := range []struct {
 		name  string
@@ -275,7 +282,6 @@ func TestPodInterfaceAttribute(t *testing.T) {
 		{"colon", podnetAttrs("pod:a:b"), "not an interface name"},
 		{"space", podnetAttrs("pod:a b"), "not an interface name"},
 		{"local request", local, "local request comes from no pod"},
-		{"tc", with(podnetAttrs("pod"), AttrType, "tc"), "use type tcx or xdp"},
 		{"uid", with(podnetAttrs("pod"), keyPodUID, "../../x"), "not a UUID"},
 		{"cgroup type", with(podnetAttrs("pod"), AttrType, "sock_ops", AttrDirection, ""), "does not apply"},
 		{"keepAttached", with(podnetAttrs("pod"), AttrKeepAttached, "30s"), "goes with the pod"},

@@ -73,9 +73,6 @@ func (vr *volumeRequest) parsePodInterface(v string) error {
 	if !cgrouppath.ValidUID(vr.pod.UID) {
 		return invalid("the pod UID %.64q (%s) is not a UUID, so the pod's sandbox cannot be found: interface %s needs the pod's UID from kubelet (set podInfoOnMount on the CSIDriver)", vr.pod.UID, keyPodUID, v)
 	}
-	if vr.load.Hook == loader.HookTC {
-		return invalid("volume attribute %q: type tc cannot attach to a pod's own interface (its dispatcher runs in the node's namespace only): use type tcx or xdp", AttrInterface)
-	}
 	vr.load.Interface = name
 	vr.load.Pod = vr.pod.UID
 	return nil

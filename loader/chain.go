@@ -1,6 +1,8 @@
 package loader
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -28,8 +30,8 @@ import (
 
 // chained reports whether id's hook goes through a dispatcher.
 func (l *Loader) chained(id Identity) bool {
-	// A pod's own interface has no dispatcher: its program attaches
-	// directly, in whatever namespace the pod's sandbox has now.
+	// A pod's own interface has a dispatcher of its own, joined at
+	// AttachNetns (podChained), not at Acquire.
 	return l.canChain && !id.Deferred() && (id.Hook == HookXDP || id.Hook == HookTC)
 }
 
@@ -248,9 +250,282 @@ func (l *Loader) Chains() []ChainStat {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var out []ChainStat
+	// Pods' chains are reported together per hook, as interface "pod":
+	// pods name their interfaces (no bounded label), and pods come and go.
+	pods := map[string]*ChainStat{}
+	podStat := func(key string, t dispatcher.Target) *ChainStat {
+		if pods[key] == nil {
+			pods[key] = &ChainStat{Interface: podInterfaceStat, Hook: string(t.Hook), Direction: t.Direction}
+		}
+		return pods[key]
+	}
+	for key, n := range l.podBuilds {
+		hook, dir, _ := strings.Cut(key, "/")
+		podStat(key, dispatcher.Target{Hook: dispatcher.Hook(hook), Direction: dir}).Revisions += n
+	}
 	for _, c := range l.chains {
 		t := c.Target()
+		if t.Netns != "" {
+			s := podStat(podStatKey(t), t)
+			s.Members += len(c.Members())
+			s.Revisions += c.Builds()
+			continue
+		}
 		out = append(out, ChainStat{Interface: t.Interface, Hook: string(t.Hook), Direction: t.Direction, Members: len(c.Members()), Revisions: c.Builds()})
 	}
+	for _, s := range pods {
+		out = append(out, *s)
+	}
 	return out
+}
+
+// podInterfaceStat is the interface Chains reports pods' chains under.
+const podInterfaceStat = "pod"
+
+func podStatKey(t dispatcher.Target) string { return string(t.Hook) + "/" + t.Direction }
+
+// A pod's own interface (a deferred identity on xdp or tc) runs through a
+// dispatcher too where the kernel chains: the chain is keyed by the pod's
+// UID, the interface's name, the hook and the direction, never by the
+// namespace's path or the ifindex (an eth0 of index 2 is in every pod).
+// Its members are loaded and pinned at publish and join the chain once the
+// pod's sandbox has its namespace (AttachNetns); the chain's operations on
+// the interface run in that namespace (dispatcher.Target.Netns). When the
+// sandbox is replaced the chain follows: a new revision with every member
+// is attached in the new namespace (Chain.Retarget).
+
+// podChained reports whether a deferred id runs through its pod
+// interface's dispatcher.
+func (l *Loader) podChained(id Identity) bool {
+	return l.canChain && id.Deferred() && id.Container == "" && (id.Hook == HookXDP || id.Hook == HookTC)
+}
+
+func tcNeedsFreplace() error {
+	return fault.Errorf(fault.Precondition, "hook tc runs programs through the TC dispatcher, which needs freplace (BPF_PROG_TYPE_EXT), and this kernel rejects it; use type=tcx (Linux 6.6+)")
+}
+
+// podChainName names the pin directory of a pod interface's chain: a
+// digest of the pod's UID and interface name (both bounded, neither a
+// path), then the hook and direction. No host chain's name starts "pod-"
+// (parsePinDirName skips them).
+func podChainName(id Identity) string {
+	sum := sha256.Sum256([]byte(id.Pod + "\x00" + id.Interface))
+	name := "pod-" + hex.EncodeToString(sum[:12]) + "-" + string(id.Hook)
+	if id.Hook == HookTC {
+		name += "-" + id.Direction
+	}
+	return name
+}
+
+// memberFragsPin is a symbolic link in a pod member's pin directory whose
+// target says whether it was loaded with BPF_F_XDP_HAS_FRAGS, which the
+// kernel does not report and the dispatcher must match.
+const memberFragsPin = "frags"
+
+// acquirePodMember loads a pod interface's program as a dispatcher member
+// and pins it with its status map; it joins the chain at AttachNetns.
+func (l *Loader) acquirePodMember(r *Resolved, owner string) (*Program, error) {
+	id, key := r.Identity, r.Identity.Key()
+	unlockKey := l.lockKey(key)
+	defer unlockKey()
+	if p := l.join(key, owner); p != nil {
+		return p, nil
+	}
+	if err := l.podSlotsFull(id); err != nil {
+		return nil, err
+	}
+	cs, err := collectionFor(id, r.spec)
+	if err != nil {
+		return nil, err
+	}
+	ext, err := dispatcher.LoadMember(dispatcher.Hook(id.Hook), cs, id.Program, nil)
+	if err != nil {
+		return nil, classifyLoadError(id, err)
+	}
+	failpoint.Hit("loader.loaded")
+	e := &entry{id: id, key: key, prog: ext.Program, maps: ext.Maps, created: time.Now(), owners: map[string]struct{}{}}
+	unlock := l.lockTarget(id)
+	defer unlock()
+	if p := l.join(key, owner); p != nil {
+		e.closeFDs()
+		return p, nil
+	}
+	// Again under the target lock: concurrent publishes may have filled it.
+	if err := l.podSlotsFull(id); err != nil {
+		e.closeFDs()
+		return nil, err
+	}
+	err = l.pinDeferred(e)
+	if err == nil {
+		err = os.Symlink(strconv.FormatBool(ext.Frags), filepath.Join(l.pinDir(key), memberFragsPin))
+	}
+	if err != nil {
+		e.destroy()
+		l.removePins(key)
+		return nil, err
+	}
+	return l.insert(key, owner, e), nil
+}
+
+// podSlotsFull refuses, at publish, a program for a pod interface whose
+// chain would have more members than the dispatcher's slots: every member
+// joins it once the sandbox is there, so the count is known before.
+func (l *Loader) podSlotsFull(id Identity) error {
+	name := podChainName(id)
+	n := 0
+	var holders []string
+	l.mu.Lock()
+	for _, e := range l.entries {
+		if l.podChained(e.id) && podChainName(e.id) == name {
+			n++
+			for o := range e.owners {
+				holders = append(holders, o)
+			}
+		}
+	}
+	l.mu.Unlock()
+	if n < dispatcher.Slots {
+		return nil
+	}
+	sort.Strings(holders)
+	where := fmt.Sprintf("XDP on the pod's %q", id.Interface)
+	if id.Hook == HookTC {
+		where = fmt.Sprintf("tc %s on the pod's %q", id.Direction, id.Interface)
+	}
+	return fault.Errorf(fault.Exhausted, "%s already runs %d programs, the dispatcher's limit; the slots are held by volumes %s: unpublish one of them or use another interface",
+		where, dispatcher.Slots, strings.Join(holders, ", "))
+}
+
+// podMember is e as a member of its pod interface's chain.
+func (l *Loader) podMember(e *entry) dispatcher.Member {
+	frags, _ := os.Readlink(filepath.Join(l.pinDir(e.key), memberFragsPin))
+	return dispatcher.Member{Key: e.key, Name: e.id.Program, Program: e.prog, Priority: e.id.Priority, ProceedOn: proceedMask(e.id),
+		Frags: frags == "true", Created: e.created}
+}
+
+// podChainFor returns the chain of e's pod interface in the namespace at
+// netns (inode ino) and the interface's index there, opening the chain
+// from its pins on first use and moving it there when it is in another
+// namespace (the pod's previous sandbox). Caller holds the target lock.
+func (l *Loader) podChainFor(e *entry, netns string, ino uint64) (*dispatcher.Chain, error) {
+	var idx int
+	err := dispatcher.InNetns(netns, ino, func() (err error) {
+		idx, err = ifindex(e.id.Interface)
+		return err
+	})
+	if errors.Is(err, dispatcher.ErrNetnsGone) {
+		return nil, err
+	}
+	if err != nil {
+		return nil, fault.Errorf(fault.NotFound, "interface %q not found in the pod's network namespace %s", e.id.Interface, netns)
+	}
+	t := targetOf(e.id, idx)
+	t.Netns, t.NetnsIno = netns, ino
+	name := podChainName(e.id)
+	l.mu.Lock()
+	c := l.chains[name]
+	l.mu.Unlock()
+	if c == nil {
+		c, err = dispatcher.Open(t, filepath.Join(l.root, "dispatchers", name))
+		if err != nil {
+			return nil, fmt.Errorf("opening the dispatcher of %s on the pod's %q: %w", t.Hook, t.Interface, err)
+		}
+		l.mu.Lock()
+		l.chains[name] = c
+		l.mu.Unlock()
+	}
+	if cur := c.Target(); cur.NetnsIno != ino || cur.Netns != netns || cur.Ifindex != idx {
+		klog.InfoS("Moving a pod interface's dispatcher to the pod's new network namespace", "pod", e.id.Pod, "interface", e.id.Interface,
+			"hook", e.id.Hook, "from", cur.Netns, "to", netns, "members", len(c.Members()))
+		if err := c.Retarget(t); err != nil {
+			return nil, l.chainError(e.id, err)
+		}
+	}
+	return c, nil
+}
+
+// attachPodMember puts e in its pod interface's chain in the namespace at
+// netns. Caller holds the target lock.
+func (l *Loader) attachPodMember(e *entry, netns string, ino uint64) (*Program, error) {
+	chain, err := l.podChainFor(e, netns, ino)
+	if err != nil {
+		return nil, err
+	}
+	if m := chain.Mode(); e.id.Hook == HookXDP && m != "" && e.id.XDPMode != XDPModeAuto && e.id.XDPMode != "" && e.id.XDPMode != m {
+		return nil, fault.Errorf(fault.Precondition, "the XDP dispatcher on the pod's %q runs in %s mode; a program asking for xdpMode=%s cannot join it (use xdpMode=auto or %s)",
+			e.id.Interface, m, e.id.XDPMode, m)
+	}
+	if !slices.ContainsFunc(chain.Members(), func(m dispatcher.Member) bool { return m.Key == e.key }) {
+		if err := chain.Update([]dispatcher.Member{l.podMember(e)}, nil); err != nil {
+			return nil, l.chainError(e.id, err)
+		}
+	}
+	if err := writeNetnsPin(l.pinDir(e.key), netns, ino); err != nil {
+		klog.ErrorS(err, "Recording the namespace of a pod's attachment; a restart attaches it again", "key", e.key)
+	}
+	l.mu.Lock()
+	e.chain, e.netns, e.netnsIno, e.attached, e.mode = chain, netns, ino, true, chain.Mode()
+	l.mu.Unlock()
+	klog.V(2).InfoS("Attached program to a pod interface's dispatcher", "key", e.key, "program", e.id.Program, "hook", e.id.Hook,
+		"interface", e.id.Interface, "pod", e.id.Pod, "netns", netns, "priority", e.id.Priority, "revision", chain.Revision())
+	return l.snapshotOf(e), nil
+}
+
+// leavePodChain takes e out of its pod interface's chain (the pod's
+// sandbox went, or the volume is released). Caller holds the target lock.
+func (l *Loader) leavePodChain(e *entry) error {
+	c := e.chain
+	if c == nil {
+		return nil
+	}
+	err := c.Update(nil, []string{e.key})
+	_ = os.Remove(filepath.Join(l.pinDir(e.key), netnsPin))
+	l.mu.Lock()
+	e.chain, e.netns, e.netnsIno, e.attached = nil, "", 0, false
+	l.mu.Unlock()
+	l.forgetEmptyPodChain(e.id, c)
+	return err
+}
+
+// forgetEmptyPodChain closes a pod interface's chain that has no members
+// left: pods come and go, their chains must not pile up.
+func (l *Loader) forgetEmptyPodChain(id Identity, c *dispatcher.Chain) {
+	if len(c.Members()) > 0 {
+		return
+	}
+	name := podChainName(id)
+	l.mu.Lock()
+	if l.chains[name] == c {
+		delete(l.chains, name)
+		if l.podBuilds == nil {
+			l.podBuilds = map[string]uint64{}
+		}
+		l.podBuilds[podStatKey(c.Target())] += c.Builds()
+	}
+	l.mu.Unlock()
+	c.Close()
+}
+
+// openPodMember re-opens, after a restart, the chain a pod member was in,
+// in the namespace recorded beside it. A namespace that went leaves it
+// unattached: the waiter attaches it in the pod's current one.
+func (l *Loader) openPodMember(e *entry, dir string) error {
+	info, err := e.prog.Info()
+	if err != nil {
+		return fmt.Errorf("reading program info: %w", err)
+	}
+	e.progID, _ = info.ID()
+	netns, ino := readNetnsPin(dir)
+	if netns == "" {
+		return nil
+	}
+	c, err := l.podChainFor(e, netns, ino)
+	if err != nil {
+		klog.InfoS("A pod's dispatcher is not where it was; its waiter attaches it again", "key", e.key, "netns", netns, "err", err)
+		return nil
+	}
+	if slices.ContainsFunc(c.Members(), func(m dispatcher.Member) bool { return m.Key == e.key }) {
+		e.chain, e.netns, e.netnsIno, e.attached, e.mode = c, netns, ino, true, c.Mode()
+	}
+	return nil
 }

@@ -29,6 +29,8 @@ import (
 // AttachNetns and DetachNetns; the loader keeps the link pinned, and the
 // namespace it is in beside it (a symbolic link in the pin directory,
 // which bpffs allows), so that a restarted daemon knows where it stands.
+// Where the kernel chains, xdp and tc on a pod's interface are dispatcher
+// members instead, with no link of their own (see podChained in chain.go).
 
 // StatusMap is the map every deferred attachment carries, for its owner to
 // publish where the attachment stands: a one-entry array (key 0) whose
@@ -56,8 +58,8 @@ func checkDeferred(id Identity) error {
 	if id.Netns != "" {
 		return fault.Errorf(fault.Invalid, "a pod's own interface is found in the pod's network namespace at attach: name the pod or the namespace, not both")
 	}
-	if id.Hook != HookXDP && id.Hook != HookTCX {
-		return fault.Errorf(fault.Invalid, "type %s cannot attach to a pod's own interface: use xdp or tcx", id.Hook)
+	if id.Hook != HookXDP && id.Hook != HookTCX && id.Hook != HookTC {
+		return fault.Errorf(fault.Invalid, "type %s cannot attach to a pod's own interface: use xdp, tc or tcx", id.Hook)
 	}
 	return nil
 }
@@ -74,6 +76,9 @@ func scopeOf(id Identity) string {
 // pinDeferred pins a loaded deferred entry with its status map and no
 // link. Caller holds the target lock.
 func (l *Loader) pinDeferred(e *entry) error {
+	if e.id.Hook == HookTC && !l.canChain {
+		return tcNeedsFreplace()
+	}
 	if _, taken := e.maps[StatusMap]; taken {
 		return fault.Errorf(fault.Invalid, "the object has a map named %s, a name bpfmount keeps for the status of a pod's attachment: rename it", StatusMap)
 	}
@@ -101,6 +106,9 @@ func (e *entry) readProgID() error {
 // openDeferred re-opens the link of a deferred entry after a restart, if
 // it had one, and the namespace it is in.
 func (l *Loader) openDeferred(e *entry, dir string) error {
+	if l.podChained(e.id) {
+		return l.openPodMember(e, dir)
+	}
 	lnk, err := link.LoadPinnedLink(filepath.Join(dir, "link"), nil)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil // loaded, not attached
@@ -109,11 +117,25 @@ func (l *Loader) openDeferred(e *entry, dir string) error {
 		return fmt.Errorf("opening pinned link of %s: %w", describeIdentity(e.id), err)
 	}
 	e.link = lnk
-	if target, err := os.Readlink(filepath.Join(dir, netnsPin)); err == nil {
-		e.netns, e.netnsIno = parseNetnsPin(target)
-	}
+	e.netns, e.netnsIno = readNetnsPin(dir)
 	e.attached = linkAttached(lnk)
 	return nil
+}
+
+// readNetnsPin reads which namespace the attachment pinned in dir is in
+// ("" when none is recorded).
+func readNetnsPin(dir string) (string, uint64) {
+	target, err := os.Readlink(filepath.Join(dir, netnsPin))
+	if err != nil {
+		return "", 0
+	}
+	return parseNetnsPin(target)
+}
+
+// writeNetnsPin records the namespace an attachment is in.
+func writeNetnsPin(dir, netns string, ino uint64) error {
+	_ = os.Remove(filepath.Join(dir, netnsPin))
+	return os.Symlink(strconv.FormatUint(ino, 10)+":"+netns, filepath.Join(dir, netnsPin))
 }
 
 // AttachNetns attaches the deferred attachment with the given key to its
@@ -129,6 +151,9 @@ func (l *Loader) AttachNetns(key, netns string) (*Program, error) {
 	ino, err := netnsInode(netns)
 	if err != nil {
 		return nil, err
+	}
+	if l.podChained(e.id) {
+		return l.attachPodMember(e, netns, ino)
 	}
 	if e.link != nil && e.netns == netns && e.netnsIno == ino && linkAttached(e.link) {
 		return l.snapshotOf(e), nil
@@ -166,9 +191,7 @@ func (l *Loader) AttachNetns(key, netns string) (*Program, error) {
 		l.mu.Unlock()
 		return nil, err
 	}
-	dir := l.pinDir(key)
-	_ = os.Remove(filepath.Join(dir, netnsPin))
-	if err := os.Symlink(strconv.FormatUint(ino, 10)+":"+netns, filepath.Join(dir, netnsPin)); err != nil {
+	if err := writeNetnsPin(l.pinDir(key), netns, ino); err != nil {
 		klog.ErrorS(err, "Recording the namespace of a pod's attachment; a restart attaches it again", "key", key)
 	}
 	l.mu.Lock()
@@ -187,6 +210,9 @@ func (l *Loader) DetachNetns(key string) error {
 		return err
 	}
 	defer unlock()
+	if l.podChained(e.id) {
+		return l.leavePodChain(e)
+	}
 	return l.dropLink(e)
 }
 

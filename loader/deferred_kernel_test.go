@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/bpfmount/bpfmount/internal/fault"
@@ -124,9 +125,21 @@ func TestDeferredAttachInPodNetns(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, "programs", p.Key)); !os.IsNotExist(err) {
 		t.Fatalf("pins left after release: %v", err)
 	}
-	// A tc program cannot attach to a pod's interface.
+	// tc on a pod's interface runs through the pod interface's
+	// dispatcher; where the kernel cannot chain it is refused, as on a
+	// host interface, and leaves nothing.
+	if l.CanChain() {
+		return
+	}
 	req.Hook = loader.HookTC
-	if _, err := l.Resolve(testenv.Ctx(t), req); fault.Of(err) != fault.Invalid {
+	r, err = l.Resolve(testenv.Ctx(t), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Acquire(testenv.Ctx(t), r, "vol-tc"); fault.Of(err) != fault.Precondition || !strings.Contains(err.Error(), "needs freplace") {
 		t.Fatalf("tc on a pod's interface: got %v", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(root, "programs")); len(ents) > 0 {
+		t.Fatalf("pins left after a refused tc: %v", ents)
 	}
 }

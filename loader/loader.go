@@ -69,8 +69,11 @@ type Loader struct {
 	entries map[string]*entry            // by Identity.Key
 	ifaces  namedLocks                   // direct attachments: one interface at a time
 	keys    namedLocks                   // dispatcher members: one identity key at a time
-	chains  map[string]*dispatcher.Chain // by dispatcher.PinDirName
-	specs   specCache                    // parsed objects by image digest
+	chains  map[string]*dispatcher.Chain // by dispatcher.PinDirName (a pod's: podChainName)
+	// podBuilds counts the revisions of pod interfaces' chains closed
+	// since, by hook (and direction), so that Chains' counts only grow.
+	podBuilds map[string]uint64
+	specs     specCache // parsed objects by image digest
 }
 
 // entry is one loaded and attached program and the owners sharing it.
@@ -223,6 +226,12 @@ func (l *Loader) Acquire(ctx context.Context, r *Resolved, owner string) (*Progr
 		}
 		return l.acquireChained(r, owner)
 	}
+	if l.podChained(r.Identity) {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		return l.acquirePodMember(r, owner)
+	}
 	key := r.Identity.Key()
 	// Joining an existing attachment needs no interface lock: join and
 	// Release's last-owner check both run under l.mu, and Release takes
@@ -302,7 +311,7 @@ func (l *Loader) Release(key, owner string) error {
 		if e == nil {
 			return l.releaseUnknown(key)
 		}
-		if e.chain != nil {
+		if e.chain != nil && !e.id.Deferred() {
 			unlock = l.lockKey(key)
 		} else {
 			unlock = l.lockTarget(e.id)
@@ -326,7 +335,9 @@ func (l *Loader) Release(key, owner string) error {
 	delete(l.entries, key)
 	l.mu.Unlock()
 	var err error
-	if e.chain != nil {
+	if l.podChained(e.id) {
+		err = l.leavePodChain(e)
+	} else if e.chain != nil {
 		// A new revision without this member; the chain's own copy of
 		// the program goes with the old revision. On a deleted interface
 		// the chain just drops the member's pins.

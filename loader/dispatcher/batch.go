@@ -4,6 +4,7 @@ package dispatcher
 // few revisions as possible, each caller getting its own change's outcome.
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 
@@ -57,10 +58,36 @@ func (c *Chain) submit(ch *change) error {
 	c.queue = nil
 	c.qmu.Unlock()
 	if len(batch) > 0 {
-		c.applyBatch(batch)
+		c.applyIn(batch)
 	}
 	c.mu.Unlock()
 	return <-ch.done
+}
+
+// applyIn applies a batch in the chain's network namespace. A namespace
+// that is gone took the interface along: the batch is applied without it
+// (members leave; none can join).
+func (c *Chain) applyIn(batch []*change) {
+	if c.target.Netns == "" || c.nsGone {
+		c.applyBatch(batch)
+		return
+	}
+	ran := false
+	err := c.target.enter(func() error {
+		ran = true
+		c.applyBatch(batch)
+		return nil
+	})
+	switch {
+	case ran:
+	case errors.Is(err, ErrNetnsGone):
+		c.nsGone = true
+		c.applyBatch(batch)
+	default:
+		for _, ch := range batch {
+			ch.done <- err
+		}
+	}
 }
 
 type change struct {

@@ -40,6 +40,10 @@ type Chain struct {
 	// linked marks a chain with libxdp pins that a run without them left
 	// attached with a bpf_link: it keeps the link until it empties.
 	linked bool
+	// nsGone marks a chain whose network namespace (Target.Netns) is gone:
+	// its interface went with it, so nothing can be attached any more and
+	// members only leave.
+	nsGone bool
 	builds atomic.Uint64
 
 	// Revisions swapped out and not yet torn down (see retire).
@@ -65,6 +69,26 @@ func Open(target Target, dir string, opts ...Option) (_ *Chain, err error) {
 	for _, o := range opts {
 		o(c)
 	}
+	if target.Netns == "" {
+		return c.open()
+	}
+	if c.libxdpDir != "" {
+		return nil, fmt.Errorf("dispatcher: a chain in another network namespace cannot be shared with libxdp")
+	}
+	var out *Chain
+	err = target.enter(func() (err error) {
+		out, err = c.open()
+		return err
+	})
+	if errors.Is(err, ErrNetnsGone) {
+		c.nsGone = true
+		return c.open()
+	}
+	return out, err
+}
+
+func (c *Chain) open() (_ *Chain, err error) {
+	target, dir := c.target, c.dir
 	if c.shared() {
 		if _, err := os.Lstat(filepath.Join(dir, "link")); err != nil {
 			return c.openShared()
@@ -90,14 +114,26 @@ func Open(target Target, dir string, opts ...Option) (_ *Chain, err error) {
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("opening the pinned XDP link of %s: %w", target.describe(), err)
 		}
+		if l != nil && target.Netns != "" && !c.nsGone && xdpDefunct(l) {
+			// The chain's previous namespace went; its interface in this
+			// one gets a dispatcher of its own at the next change.
+			l.Unpin()
+			l.Close()
+			l = nil
+		}
 		if l != nil {
 			c.xdpLink = l
 			if info, err := l.Info(); err == nil {
 				live = info.Program
 			}
-			c.mode = xdplink.ModeOf(target.Ifindex)
+			if !c.nsGone {
+				c.mode = xdplink.ModeOf(target.Ifindex)
+			}
 		}
 	case TC:
+		if c.nsGone {
+			break // its filter went with the namespace
+		}
 		f, err := findFilter(target)
 		if err != nil && fault.Of(err) != fault.Precondition {
 			return nil, err
@@ -142,6 +178,51 @@ func Open(target Target, dir string, opts ...Option) (_ *Chain, err error) {
 	c.removeStale()
 	c.removeStaleLibxdp()
 	return c, nil
+}
+
+// xdpDefunct reports whether an XDP link lost its interface.
+func xdpDefunct(l link.Link) bool {
+	info, err := l.Info()
+	return err == nil && info.XDP() != nil && info.XDP().Ifindex == 0
+}
+
+// Retarget moves the chain to t, the same hook on an interface in another
+// network namespace (a pod whose sandbox was replaced): a new revision
+// with every member is attached there, and the dispatcher of the old
+// namespace, if that still exists, is detached. With no members it only
+// records t. On error the chain runs nowhere until its next change.
+func (c *Chain) Retarget(t Target) error {
+	if err := t.validate(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return errors.New("dispatcher: the chain is closed")
+	}
+	if t.Hook != c.target.Hook || t.Direction != c.target.Direction || t.Netns == "" || c.target.Netns == "" {
+		return fmt.Errorf("dispatcher: %s cannot move to %s in %q", c.target.describe(), t.describe(), t.Netns)
+	}
+	old := c.target
+	switch {
+	case c.xdpLink != nil:
+		c.xdpLink.Unpin()
+		c.xdpLink.Close() // detaches, if its namespace is still there
+		c.xdpLink, c.mode = nil, ""
+	case old.Hook == TC && c.cur != nil && !c.nsGone:
+		d := c.cur.dispatcher
+		_ = old.enter(func() error { return deleteFilter(old, d) }) // a namespace that went took it along
+	}
+	c.target, c.nsGone = t, false
+	members := c.members()
+	if len(members) == 0 {
+		return nil
+	}
+	err := t.enter(func() error { return c.set(members) })
+	if errors.Is(err, ErrNetnsGone) {
+		c.nsGone = true
+	}
+	return err
 }
 
 func (c *Chain) openRevision(n uint64, dir string, d *ebpf.Program) (_ *revision, err error) {
@@ -194,8 +275,12 @@ func (c *Chain) openRevision(n uint64, dir string, d *ebpf.Program) (_ *revision
 	return r, nil
 }
 
-// Target returns the chain's attach point.
-func (c *Chain) Target() Target { return c.target }
+// Target returns the chain's attach point (Retarget changes it).
+func (c *Chain) Target() Target {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.target
+}
 
 // Dir returns the chain's pin directory.
 func (c *Chain) Dir() string { return c.dir }

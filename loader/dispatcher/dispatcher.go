@@ -126,6 +126,13 @@ type Target struct {
 	// clsact qdisc; zero means DefaultTCPriority and DefaultTCHandle.
 	TCPriority uint16
 	TCHandle   uint32
+	// Netns, when set, is the path of the network namespace the interface
+	// is in (a pod's), and NetnsIno that namespace's inode; "" is the
+	// caller's namespace. Two chains on interfaces of one name and index
+	// in different namespaces are different chains: the caller keys their
+	// pin directories apart (PinDirName is for the caller's namespace).
+	Netns    string
+	NetnsIno uint64
 }
 
 func (t Target) validate() error {

@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/bpfmount/bpfmount/internal/failpoint"
+	"github.com/bpfmount/bpfmount/internal/fault"
 )
 
 // revision is one dispatcher and its members' freplace links.
@@ -53,6 +54,9 @@ func (c *Chain) set(members []Member) error {
 	if c.cur != nil && c.interfaceGone() {
 		c.dropSlots(members)
 		return nil
+	}
+	if c.nsGone {
+		return fault.Errorf(fault.Precondition, "%s cannot be attached: its network namespace %s is gone", c.target.describe(), c.target.Netns)
 	}
 	sorted := slices.Clone(members)
 	slices.SortFunc(sorted, Compare)
@@ -157,6 +161,9 @@ func (c *Chain) swap(r *revision) error {
 // interfaceGone reports whether the chain's interface was deleted: the
 // kernel detached the dispatcher, and no revision can be swapped in.
 func (c *Chain) interfaceGone() bool {
+	if c.nsGone {
+		return true
+	}
 	if c.xdpLink != nil {
 		info, err := c.xdpLink.Info()
 		if err == nil && info.XDP() != nil && info.XDP().Ifindex == 0 {
@@ -198,7 +205,7 @@ func (c *Chain) clear() error {
 			c.linked = false // the next dispatcher may be shared
 		}
 	case TC:
-		if c.cur != nil {
+		if c.cur != nil && !c.nsGone {
 			if err := deleteFilter(c.target, c.cur.dispatcher); err != nil {
 				errs = append(errs, err)
 			}

@@ -68,7 +68,7 @@ suite_files() {
 }
 # On 6.1 (no tcx) the suites' tests that touch xdp and tc, and the cgroup
 # hooks'.
-suite_run_61='^(TestXDP|TestSecondXDP|TestIdentical|TestReadOnly|TestRestartKeeps|TestPublishIsIdempotent|TestInterfaceRemoval|TestUnpublishAfter|TestCrashDuring|TestTrafficContinues|TestSIGTERM|TestPodCgroup|TestLocalCgroup|TestHybridCgroup|TestDefaultRoute|TestKeepAttached|TestNameHeldByAnotherLoad|TestMapOnlyVolume|TestNodeProgramsFromFile|TestUpgradeInPlaceXDP|TestRolloutUpgradesLingeringProgram|TestCrashWhileLingering)'
+suite_run_61='^(TestXDP|TestSecondXDP|TestIdentical|TestReadOnly|TestRestartKeeps|TestPublishIsIdempotent|TestInterfaceRemoval|TestUnpublishAfter|TestCrashDuring|TestTrafficContinues|TestSIGTERM|TestPodCgroup|TestLocalCgroup|TestHybridCgroup|TestDefaultRoute|TestKeepAttached|TestNameHeldByAnotherLoad|TestMapOnlyVolume|TestNodeProgramsFromFile|TestUpgradeInPlaceXDP|TestRolloutUpgradesLingeringProgram|TestCrashWhileLingering|TestPodInterfaceXDPChain|TestPodInterfaceTCChain)'
 
 status=0
 suites=0

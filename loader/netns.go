@@ -5,12 +5,11 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
-	"os"
-	"runtime"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfmount/bpfmount/internal/fault"
+	"github.com/bpfmount/bpfmount/loader/dispatcher"
 )
 
 // A network hook with Identity.Netns set attaches to an interface inside
@@ -56,43 +55,10 @@ func checkNetns(id Identity) error {
 }
 
 // inNetns runs fn on a locked thread switched into the network namespace
-// at path, then switches back. If switching back fails, the thread stays
-// locked so the Go runtime discards it rather than reuse it.
+// at path, then switches back (dispatcher.InNetns: a thread that cannot
+// switch back is parked, never reused nor ended).
 func inNetns(path string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(path)
-		if err != nil {
-			runtime.UnlockOSThread()
-			if errors.Is(err, fs.ErrNotExist) {
-				err = fault.Errorf(fault.Precondition, "network namespace %s does not exist (the pod's sandbox may be gone)", path)
-			}
-			errc <- err
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering network namespace %s: %w", path, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("returning from network namespace %s: %w", path, err))
-			return // the thread stays locked and ends with the goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+	return dispatcher.InNetns(path, 0, fn)
 }
 
 // attachInNetns looks the interface up and attaches e inside its network

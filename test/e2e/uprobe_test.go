@@ -105,19 +105,14 @@ func TestUprobeInContainer(t *testing.T) {
 	if err := syscall.Kill(main, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	var main2, child2 int
 	err = poll(ctx, 90*time.Second, func() (bool, error) {
 		c2, err := rt.PodContainer(ctx, c.podUID(t, ns, probed), "app")
-		if err != nil || c2.PID == main {
-			return false, nil
-		}
-		main2 = c2.PID
-		return true, nil
+		return err == nil && c2.PID != main, nil
 	})
 	if err != nil {
 		t.Fatalf("container not restarted after its process was killed: %v%s", err, c.podEvents(ctx, ns, probed))
 	}
-	main2, child2 = c.uprobeProcs(t, rt, ns, probed)
+	main2, child2 := c.uprobeProcs(t, rt, ns, probed)
 	if err := waitCounted(main2, count); err != nil {
 		t.Fatalf("calls of the restarted container's main process %d never counted: %v%s", main2, err, c.podEvents(ctx, ns, probed))
 	}

@@ -391,6 +391,9 @@ func checkDaemonSet(t *testing.T, sc scenario, ds *appsv1.DaemonSet) {
 	if !pod.HostNetwork {
 		t.Error("hostNetwork is not set: the driver attaches to host interfaces")
 	}
+	if !pod.HostPID {
+		t.Error("hostPID is not set: a container's uprobe is attached through the container's main process, named by its pid on the node")
+	}
 	if pod.DNSPolicy != corev1.DNSClusterFirstWithHostNet {
 		t.Errorf("dnsPolicy = %q, want ClusterFirstWithHostNet", pod.DNSPolicy)
 	}

@@ -35,11 +35,23 @@ const (
 	ExecReaderImage  = "bpfmount-e2e.local/exec-events-reader:e2e"
 	ExecEventsLayout = BytecodeDir + "/exec-events"
 	CgroupLayout     = BytecodeDir + "/cgroup-hooks"
+
+	// The uprobe test's probed binary (test/e2e/uprobetarget, its symbols
+	// kept: the probe finds main.tick in them) and the tracing hooks test
+	// programs (count_uprobe among them).
+	UprobeImage  = "bpfmount-e2e.local/uprobe-target:1"
+	UprobeBinary = "/uprobe-target"
+	TraceLayout  = BytecodeDir + "/trace-count"
 )
 
 // goBuild builds a static binary of pkg (relative to dir) into out.
 func goBuild(dir, pkg, out string, ldflags string) error {
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-s -w "+ldflags, "-o", out, pkg)
+	return goBuildFlags(dir, pkg, out, "-s -w "+ldflags)
+}
+
+// goBuildFlags is goBuild with exactly these linker flags.
+func goBuildFlags(dir, pkg, out string, ldflags string) error {
+	cmd := exec.Command("go", "build", "-trimpath", "-ldflags", ldflags, "-o", out, pkg)
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOTOOLCHAIN=local")
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -101,8 +113,9 @@ func image(ref, out string, entrypoint []string, user string, files ...file) err
 }
 
 // BuildHostTools builds the static binaries the cluster runs on the host
-// into Bin: bpfmount (for `image build`) and the pause container's binary.
-// repo is the repository's root.
+// into Bin: bpfmount (for `image build`), the pause container's binary and
+// the uprobe test's target (with its symbol table). repo is the
+// repository's root.
 func (c *Cluster) BuildHostTools(repo string) error {
 	for n, b := range map[string][2]string{
 		"bpfmount": {repo, "./cmd/bpfmount"},
@@ -112,7 +125,7 @@ func (c *Cluster) BuildHostTools(repo string) error {
 			return err
 		}
 	}
-	return nil
+	return goBuildFlags(filepath.Join(repo, "test", "e2e"), "./uprobetarget", filepath.Join(c.Bin, "uprobe-target"), "")
 }
 
 // ReleaseImage is an image `make image` built from the Dockerfile.
@@ -150,6 +163,9 @@ func (c *Cluster) LoadImages(imgs []ReleaseImage) error {
 	if err := c.importImage(PauseImage, []string{"/pause"}, "65535:65535", file{path: "/pause", src: filepath.Join(c.Bin, "pause")}); err != nil {
 		return err
 	}
+	if err := c.importImage(UprobeImage, []string{UprobeBinary}, "65534:65534", file{path: UprobeBinary, src: filepath.Join(c.Bin, "uprobe-target")}); err != nil {
+		return err
+	}
 	for _, a := range imgs {
 		if err := c.Ctr("images", "import", a.Archive); err != nil {
 			return err
@@ -173,7 +189,8 @@ func (c *Cluster) importImage(ref string, entrypoint []string, user string, file
 }
 
 // BytecodeLayouts writes the example XDP counter, the xdp_seq test
-// program, the exec-events example and the cgroup hooks test programs as
+// program, the exec-events example, the cgroup and tracing hooks test
+// programs as
 // local OCI layouts where the chart mounts localBytecodeDir,
 // with Bin/bpfmount (BuildHostTools).
 func (c *Cluster) BytecodeLayouts(repo string) error {
@@ -183,6 +200,7 @@ func (c *Cluster) BytecodeLayouts(repo string) error {
 		{SeqLayout, filepath.Join(repo, "test/programs/xdpseq_bpfel.o")},
 		{ExecEventsLayout, filepath.Join(repo, "deploy/examples/exec-events/bpf/execevents_bpfel.o")},
 		{CgroupLayout, filepath.Join(repo, "test/programs/cgrouphooks_bpfel.o")},
+		{TraceLayout, filepath.Join(repo, "test/programs/tracecount_bpfel.o")},
 	} {
 		if out, err := exec.Command(bpfmount, "image", "build", "-o", l[0], "--tag", "v1", l[1]).CombinedOutput(); err != nil {
 			return fmt.Errorf("bpfmount image build %s: %v\n%s", l[1], err, out)

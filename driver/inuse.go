@@ -174,6 +174,19 @@ func (c *countingStore) atTargets(targets []string) ([]*state.Record, error) {
 	return out, nil
 }
 
+// heldByOther reports whether a record other than volumeID's holds the
+// program of key.
+func (c *countingStore) heldByOther(key, volumeID string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, r := range c.records {
+		if id != volumeID && r.Key == key {
+			return true
+		}
+	}
+	return false
+}
+
 // count returns the number of volumes whose program is in the kernel: a
 // record marked broken (its pins gone after a reboot, or damaged) is not
 // counted.

@@ -97,6 +97,12 @@ func (d *Driver) linger(rec *state.Record) error {
 	}
 	d.lingerMu.Lock()
 	defer d.lingerMu.Unlock()
+	if d.store.heldByOther(rec.Key, rec.VolumeID) {
+		// Another volume holds the program (a rollout's new pod published
+		// before the old one's unpublish): it lingers when that one goes.
+		// A volume recorded after this check takes over under lingerMu.
+		return nil
+	}
 	deadline := time.Now().Add(keep).UTC()
 	old, err := d.store.GetLinger(rec.Key)
 	if err != nil {

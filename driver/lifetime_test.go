@@ -140,6 +140,35 @@ func TestKeepAttachedLingersAndIsTakenOver(t *testing.T) {
 	}
 }
 
+// A rollout whose new pod publishes before the old pod's unpublish: the
+// old volume's going leaves no linger record while the new one holds the
+// program; the new one lingers when it goes.
+func TestKeepAttachedNoLingerWhileHeld(t *testing.T) {
+	f := newTestDriver(t, mustPolicy(t, keepPolicy))
+	ctx := context.Background()
+	for _, v := range []string{"vol-1", "vol-2"} {
+		if _, err := f.d.NodePublishVolume(ctx, publishReq(v, testTarget+v, keepAttrs("30s"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	key := f.store.records["vol-1"].Key
+	if _, err := f.d.NodeUnpublishVolume(ctx, unpublishReq("vol-1", testTarget+"vol-1")); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := f.store.GetLinger(key); l != nil {
+		t.Fatalf("linger record %+v while vol-2 holds the program", l)
+	}
+	if got := f.loader.holders(key); !slices.Equal(got, []string{"vol-2"}) {
+		t.Fatalf("held by %v, want vol-2 alone", got)
+	}
+	if _, err := f.d.NodeUnpublishVolume(ctx, unpublishReq("vol-2", testTarget+"vol-2")); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := f.store.GetLinger(key); l == nil {
+		t.Fatal("the last volume's going left no linger record")
+	}
+}
+
 func TestKeepAttachedCapLoweredLater(t *testing.T) {
 	// The record says 30s, the policy in force at unpublish says 0: the
 	// program goes with its volume.

@@ -14,34 +14,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// BuildProbeServer compiles a static C program that calls
-// ProbeTargetSymbol N times for each number N it reads on stdin, answering
-// "ok" after each: a container's long-lived main process. For -N, a child
-// process it forks makes the N calls (a container's worker).
+// BuildProbeServer returns a static C program (probes/probe-server.c)
+// that calls ProbeTargetSymbol N times for each number N it reads on
+// stdin, answering "ok" after each: a container's long-lived main process.
+// For -N, a child process it forks makes the N calls (a container's
+// worker). Prebuilt or compiled as BuildProbeTarget.
 func BuildProbeServer(t testing.TB) string {
 	t.Helper()
-	code := `#include <stdio.h>
-#include <unistd.h>
-#include <sys/wait.h>
-__attribute__((noinline)) int ` + ProbeTargetSymbol + `(int i) { asm volatile("" ::: "memory"); return i + 1; }
-static int calls(int n) { int s = 0; for (int i = 0; i < n; i++) s += ` + ProbeTargetSymbol + `(i); return s; }
-int main(void) {
-	int n, s = 0;
-	setvbuf(stdout, NULL, _IONBF, 0);
-	while (scanf("%d", &n) == 1) {
-		if (n < 0) {
-			pid_t p = fork();
-			if (p == 0) _exit(calls(-n) == -1);
-			if (p < 0 || waitpid(p, NULL, 0) != p) return 2;
-		} else {
-			s += calls(n);
-		}
-		printf("ok\n");
-	}
-	return s == -1;
-}
-`
-	return CompileStatic(t, "probe-server", code)
+	return probeBinary(t, "probe-server")
 }
 
 // FakeContainer is a process in a mount namespace of its own, chrooted

@@ -2,8 +2,6 @@ package testenv
 
 import (
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -89,39 +87,11 @@ func TracefsMounted() bool {
 // ProbeTargetSymbol is the function of the binary BuildProbeTarget makes.
 const ProbeTargetSymbol = "bpfmount_probe_target"
 
-// BuildProbeTarget compiles a small static C program whose main calls
-// ProbeTargetSymbol as many times as its first argument says, for uprobe
-// tests. It returns the binary's path.
+// BuildProbeTarget returns a small static C program (probes/probe-target.c)
+// whose main calls ProbeTargetSymbol as many times as its first argument
+// says, for uprobe tests: prebuilt in PrebuiltEnv's directory, or compiled
+// now (skipping the test without gcc).
 func BuildProbeTarget(t testing.TB) string {
 	t.Helper()
-	code := `#include <stdlib.h>
-__attribute__((noinline)) int ` + ProbeTargetSymbol + `(int i) { asm volatile("" ::: "memory"); return i + 1; }
-int main(int argc, char **argv) {
-	int n = argc > 1 ? atoi(argv[1]) : 1, s = 0;
-	for (int i = 0; i < n; i++) s += ` + ProbeTargetSymbol + `(i);
-	return s == -1;
-}
-`
-	return CompileStatic(t, "probe-target", code)
-}
-
-// CompileStatic builds C source into a static binary in a temporary
-// directory (uprobe targets: a static binary has its symbols in itself).
-// It skips the test where gcc is missing: the VMs have no compiler, and
-// test/vm attaches a uprobe there by address in a binary it has.
-func CompileStatic(t testing.TB, name, code string) string {
-	t.Helper()
-	if _, err := exec.LookPath("gcc"); err != nil {
-		t.Skip("gcc not found: the uprobe target binary is built with it")
-	}
-	dir := t.TempDir()
-	src := filepath.Join(dir, name+".c")
-	if err := os.WriteFile(src, []byte(code), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, name)
-	if out, err := exec.Command("gcc", "-O1", "-static", "-o", bin, src).CombinedOutput(); err != nil {
-		t.Fatalf("gcc: %v: %s", err, out)
-	}
-	return bin
+	return probeBinary(t, "probe-target")
 }

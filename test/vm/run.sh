@@ -53,14 +53,17 @@ esac
 flags+=(${GOTESTFLAGS:-})
 
 # The driver's suites find the daemon binaries (plain and with failpoints)
-# in BPFMOUNT_TEST_BINDIR instead of building them, and the repository's
-# objects at their host paths: vmexec copies all of them into the VM.
+# and the uprobe targets in BPFMOUNT_TEST_BINDIR instead of building them,
+# and the repository's objects at their host paths: vmexec copies all of
+# them into the VM.
 suite_files() {
 	CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o bin/vm/bpfmount ./cmd/bpfmount
 	CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -tags failpoints -o bin/vm/bpfmount-failpoints ./cmd/bpfmount
+	# The uprobe tests' targets: the VMs have no compiler.
+	go run ./internal/testenv/cmd/buildprobes bin/vm
 	local f files=()
 	# Every committed object the suites may open by its host path.
-	for f in bin/vm/bpfmount bin/vm/bpfmount-failpoints \
+	for f in bin/vm/bpfmount bin/vm/bpfmount-failpoints bin/vm/probe-target bin/vm/probe-server \
 		deploy/examples/*/bpf/*.o test/programs/*.o; do
 		files+=("$PWD/$f")
 	done

@@ -105,6 +105,9 @@ func setup() error {
 		{"sysfs", "/sys", "sysfs"},
 		{"devtmpfs", "/dev", "devtmpfs"},
 		{"bpffs", "/sys/fs/bpf", "bpf"},
+		// Where a node's init mounts cgroup2 and the daemon looks for it
+		// (a pod's container cgroup).
+		{"cgroup2", "/sys/fs/cgroup", "cgroup2"},
 		{"tracefs", "/sys/kernel/tracing", "tracefs"},
 		{"tmpfs", "/tmp", "tmpfs"},
 		{"tmpfs", "/run", "tmpfs"},

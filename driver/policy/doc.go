@@ -92,8 +92,8 @@
 // Image patterns match the repository: the reference with its @digest and
 // its :tag (a colon after the last "/") removed, so
 // "localhost:5000/bpf/x:v1" is matched as "localhost:5000/bpf/x". A
-// reference without a registry host is matched as written (no docker.io is
-// added), and patterns therefore never carry a tag or digest.
+// reference without a registry host is matched as written (no default registry
+// host is added), and patterns therefore never carry a tag or digest.
 //
 // References of the form "oci:/path/to/layout[:tag]" name a local OCI
 // layout. The path must be absolute and clean (no ".", ".." or "//"), since a

@@ -170,7 +170,7 @@ func TestDecide(t *testing.T) {
 		{"host:port registry without tag", full, pod(ns("dev", "", "localhost:5000/bpf/x")), true, "local-registry", false, ""},
 		{"host:port registry wrong port", full, pod(ns("dev", "", "localhost:5001/bpf/x:v1")), false, "local-registry", false,
 			`allows images ["localhost:5000/bpf/*", "registry.example/bpf/*"] only`},
-		{"no docker.io added", full, pod(ns("playground", "", "cilium/xdp:v1")), true, "playground", false, ""},
+		{"no default registry host added", full, pod(ns("playground", "", "cilium/xdp:v1")), true, "playground", false, ""},
 		{"single-element repository", full, pod(ns("playground", "", "xdp:v1")), true, "playground", false, ""},
 
 		// requireDigest / requireSignature.

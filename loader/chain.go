@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"k8s.io/klog/v2"
 
 	"github.com/bpfmount/bpfmount/internal/failpoint"
@@ -94,13 +95,9 @@ func (l *Loader) acquireChained(r *Resolved, owner string) (_ *Program, err erro
 		return nil, fault.Errorf(fault.Precondition, "the XDP dispatcher on %q runs in %s mode; a program asking for xdpMode=%s cannot join it (use xdpMode=auto or %s)",
 			id.Interface, m, id.XDPMode, m)
 	}
-	cs, err := collectionFor(id, r.spec)
+	ext, err := loadMember(id, r.spec)
 	if err != nil {
 		return nil, err
-	}
-	ext, err := dispatcher.LoadMember(dispatcher.Hook(id.Hook), cs, id.Program, nil)
-	if err != nil {
-		return nil, classifyLoadError(id, err)
 	}
 	failpoint.Hit("loader.loaded")
 	e := &entry{id: id, key: key, prog: ext.Program, maps: ext.Maps, chain: chain, created: time.Now(), owners: map[string]struct{}{}}
@@ -334,13 +331,9 @@ func (l *Loader) acquirePodMember(r *Resolved, owner string) (*Program, error) {
 	if err := l.podSlotsFull(id); err != nil {
 		return nil, err
 	}
-	cs, err := collectionFor(id, r.spec)
+	ext, err := loadMember(id, r.spec)
 	if err != nil {
 		return nil, err
-	}
-	ext, err := dispatcher.LoadMember(dispatcher.Hook(id.Hook), cs, id.Program, nil)
-	if err != nil {
-		return nil, classifyLoadError(id, err)
 	}
 	failpoint.Hit("loader.loaded")
 	e := &entry{id: id, key: key, prog: ext.Program, maps: ext.Maps, created: time.Now(), owners: map[string]struct{}{}}
@@ -528,4 +521,18 @@ func (l *Loader) openPodMember(e *entry, dir string) error {
 		e.chain, e.netns, e.netnsIno, e.attached, e.mode = c, netns, ino, true, c.Mode()
 	}
 	return nil
+}
+
+// loadMember loads id's program from spec as a dispatcher member (an
+// freplace extension), its globals set.
+func loadMember(id Identity, spec *ebpf.CollectionSpec) (*dispatcher.Extension, error) {
+	cs, err := collectionFor(id, spec)
+	if err != nil {
+		return nil, err
+	}
+	ext, err := dispatcher.LoadMember(dispatcher.Hook(id.Hook), cs, id.Program, nil)
+	if err != nil {
+		return nil, classifyLoadError(id, err)
+	}
+	return ext, nil
 }

@@ -60,10 +60,14 @@ bench-vm:
 
 # bpfmount beside libxdp (Debian's xdp-tools 1.3.1) in the same VM boot, on
 # 6.1 and 6.12: dispatcher cost per frame with 1, 5 and 10 members, and
-# whole-process latency of adding the k-th program (docs/benchmarks.md,
-# "Side by side with libxdp").
+# whole-process latency of adding the k-th program; writes the section
+# "Side by side with libxdp" of docs/benchmarks.md (part of make bench).
 bench-libxdp:
-	test/vm/run.sh bench-libxdp
+	mkdir -p $(BENCHDIR)
+	test/vm/run.sh bench-libxdp > $(BENCHDIR)/libxdp.log 2>&1 || { cat $(BENCHDIR)/libxdp.log; exit 1; }
+	cat $(BENCHDIR)/libxdp.log
+	$(GO) run ./test/vm/cmd/libxdpdoc < $(BENCHDIR)/libxdp.log > $(BENCHDIR)/libxdp.md
+	$(MERGEDOC) $(BENCHDIR)/libxdp.md
 
 # The release images, built from the Dockerfile with buildah (root, no
 # Docker engine): build/images/bpfmount-$(VERSION).tar,
@@ -112,7 +116,7 @@ manifests:
 # every section that part does not make (another target's, e.g. libxdp's).
 BENCHDIR  := $(abspath build/bench)
 MERGEDOC  := $(GO) run ./test/bench/mergedoc docs/benchmarks.md
-bench: bench-host
+bench: bench-host bench-libxdp
 	{ printf '## Dispatchers (qemu VMs, Debian 6.1 and 6.12)\n\nThis host rejects freplace, so the dispatcher figures come from `make bench-vm`:\nper-packet cost with BPF_PROG_TEST_RUN and the publish latency of the k-th\nprogram. Under TCG (no KVM) only ratios and trends mean anything.\n\n```\n'; \
 	  test/vm/run.sh bench 2>&1 | grep -vE '^([IEW][0-9]{4} |=== RUN|=== PAUSE|=== CONT|--- PASS|PASS$$|ok )' | sed -E 's/^ +(bench|driver)_test.go:[0-9]+: ?//'; \
 	  printf '```\n'; } > $(BENCHDIR)/vm.md

@@ -18,6 +18,7 @@ import (
 
 	"github.com/bpfmount/bpfmount/internal/testenv"
 	"github.com/bpfmount/bpfmount/loader/dispatcher"
+	"github.com/bpfmount/bpfmount/test/vm/libxdpfig"
 	"github.com/bpfmount/bpfmount/test/vm/progs"
 )
 
@@ -44,15 +45,18 @@ func TestLibxdpSideBySide(t *testing.T) {
 	repeat := benchRepeat(t)
 	obj := libxdpObject(t)
 	var report strings.Builder
-	fmt.Fprintf(&report, "\nkernel %s\n", os.Getenv("VMEXEC_KERNEL"))
-	frameCost(t, obj, repeat, &report)
-	addLatency(t, obj, &report)
+	fig := libxdpfig.Figures{Kernel: os.Getenv("VMEXEC_KERNEL"), Repeat: repeat, Rounds: benchRounds}
+	fmt.Fprintf(&report, "\nkernel %s\n", fig.Kernel)
+	fig.Frame = frameCost(t, obj, repeat, &report)
+	fig.AddRounds, fig.Add = addLatency(t, obj, &report)
 	t.Log(report.String())
+	// The same figures for make bench-libxdp's section (test/vm/cmd/libxdpdoc).
+	t.Log(fig.Line())
 }
 
 // frameCost builds chains of 1, 5 and 10 members with each loader, each on
 // its own veth, and measures every dispatcher in interleaved rounds.
-func frameCost(t *testing.T, obj string, repeat int, report *strings.Builder) {
+func frameCost(t *testing.T, obj string, repeat int, report *strings.Builder) []libxdpfig.Frame {
 	h := xdpCase
 	sizes := []int{1, 5, 10}
 	var ms []*member
@@ -84,17 +88,20 @@ func frameCost(t *testing.T, obj string, repeat int, report *strings.Builder) {
 	best := bestOf(t, runs, repeat, benchRounds)
 	fmt.Fprintf(report, "\nPer-frame cost of the attached XDP dispatcher, BPF_PROG_TEST_RUN on a 64-byte frame, %d runs per measurement, best of %d interleaved rounds; members: xdp_count (count the frame, XDP_PASS)\n\n", repeat, benchRounds)
 	fmt.Fprintf(report, "| members | bpfmount | libxdp | bpfmount / libxdp |\n|---|---|---|---|\n")
+	var figs []libxdpfig.Frame
 	for i, k := range sizes {
 		b, l := best[i], best[len(sizes)+i]
 		fmt.Fprintf(report, "| %d | %.1f ns | %.1f ns | %.2f |\n", k, ns(b), ns(l), float64(b)/float64(l))
+		figs = append(figs, libxdpfig.Frame{Members: k, BpfmountNS: ns(b), LibxdpNS: ns(l)})
 	}
+	return figs
 }
 
 // addLatency times, as whole processes, adding the k-th program to an
 // interface: `bpfmount publish` against `xdp-loader load`, in rounds that
 // alternate between the two, each round filling all ten slots and emptying
 // them again.
-func addLatency(t *testing.T, obj string, report *strings.Builder) {
+func addLatency(t *testing.T, obj string, report *strings.Builder) (int, []libxdpfig.Add) {
 	const rounds = 5
 	cli := testenv.BuildDaemon(t, "bpfmount_cli")
 	p := testenv.NewProcDaemon(t, testenv.BuildDaemon(t, ""))
@@ -136,13 +143,16 @@ func addLatency(t *testing.T, obj string, report *strings.Builder) {
 	}
 	fmt.Fprintf(report, "\nAdding the k-th XDP program to an interface, whole processes (`bpfmount publish` to a running daemon, `xdp-loader load`), p50 of %d rounds\n\n", rounds)
 	fmt.Fprintf(report, "| k | bpfmount publish | xdp-loader load | bpfmount / libxdp |\n|---|---|---|---|\n")
+	var figs []libxdpfig.Add
 	for k := range dispatcher.Slots {
 		b, l := slices.Clone(lat[0][k]), slices.Clone(lat[1][k])
 		slices.Sort(b)
 		slices.Sort(l)
 		bm, lm := b[len(b)/2], l[len(l)/2]
 		fmt.Fprintf(report, "| %d | %.1f ms | %.1f ms | %.2f |\n", k+1, ms64(bm), ms64(lm), float64(bm)/float64(lm))
+		figs = append(figs, libxdpfig.Add{K: k + 1, BpfmountMS: ms64(bm), LibxdpMS: ms64(lm)})
 	}
+	return rounds, figs
 }
 
 // xdpLoaderLoad adds xdp_count from obj to the interface's libxdp chain at

@@ -89,8 +89,8 @@ func (c *Conn) Invoke(ctx context.Context, method, contentType string, req []byt
 
 	resp, err := c.tr.RoundTrip(hr)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctxStatus(ctx.Err())
+		if err := ctxErr(ctx); err != nil {
+			return nil, ctxStatus(err)
 		}
 		if de := (dialError{}); errors.As(err, &de) {
 			return nil, &Status{Unavailable, fmt.Sprintf("cannot connect to the server at %s: %v (is it running?)", c.socket, de.error)}
@@ -103,8 +103,8 @@ func (c *Conn) Invoke(ctx context.Context, method, contentType string, req []byt
 		return nil, &Status{Unavailable, fmt.Sprintf("the server at %s is not a gRPC server: it answered %s with content type %q", c.socket, resp.Status, ct)}
 	}
 	msg, readErr := readMessage(resp.Body)
-	if readErr != nil && ctx.Err() != nil {
-		return nil, ctxStatus(ctx.Err())
+	if err := ctxErr(ctx); readErr != nil && err != nil {
+		return nil, ctxStatus(err)
 	}
 	// The status is in the trailers, or in the headers of a response that
 	// has no body (trailers-only: how servers answer most errors).
@@ -178,6 +178,19 @@ func statusFrom(h http.Header) *Status {
 	return &Status{Code(code), decodeMessage(h.Get("Grpc-Message"))}
 }
 
+// ctxErr is ctx's error, or DeadlineExceeded once its deadline has
+// passed even if its timer has not fired yet: a server that enforces the
+// grpc-timeout sent to it may reset the stream first.
+func ctxErr(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+		return context.DeadlineExceeded
+	}
+	return nil
+}
+
 // ctxStatus is the status of a call its context ended, with grpc-go's
 // messages ("context deadline exceeded").
 func ctxStatus(err error) *Status {
@@ -191,13 +204,18 @@ func ctxStatus(err error) *Status {
 // unit, rounded up so the server never gives up before the client.
 func encodeTimeout(d time.Duration) string {
 	const maxValue = 99999999
-	for _, u := range []struct {
+	units := []struct {
 		unit time.Duration
 		name string
-	}{{time.Nanosecond, "n"}, {time.Microsecond, "u"}, {time.Millisecond, "m"}, {time.Second, "S"}, {time.Minute, "M"}} {
-		if v := (d + u.unit - 1) / u.unit; v <= maxValue {
+	}{{time.Nanosecond, "n"}, {time.Microsecond, "u"}, {time.Millisecond, "m"}, {time.Second, "S"}, {time.Minute, "M"}, {time.Hour, "H"}}
+	for i, u := range units {
+		v := d / u.unit
+		if d%u.unit != 0 {
+			v++
+		}
+		if v <= maxValue || i == len(units)-1 { // a Duration is at most 2562048 hours
 			return strconv.FormatInt(int64(v), 10) + u.name
 		}
 	}
-	return strconv.FormatInt(min(int64((d+time.Hour-1)/time.Hour), maxValue), 10) + "H"
+	panic("unreachable")
 }

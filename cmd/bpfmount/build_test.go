@@ -23,7 +23,7 @@ func TestClientBuildLinksNoDaemonPackages(t *testing.T) {
 		"github.com/google/go-containerregistry", "k8s.io/",
 	}
 	for _, d := range deps {
-		if d == "github.com/bpfmount/bpfmount/driver/admin" {
+		if d == "github.com/bpfmount/bpfmount/driver/admin/adminapi" {
 			continue
 		}
 		for _, h := range heavy {

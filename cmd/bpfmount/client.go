@@ -16,15 +16,12 @@ import (
 	"time"
 	"unicode"
 
-	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/status"
 
-	"github.com/bpfmount/bpfmount/driver/admin"
+	"github.com/bpfmount/bpfmount/driver/admin/adminapi"
+	"github.com/bpfmount/bpfmount/internal/csiwire"
 	"github.com/bpfmount/bpfmount/internal/endpoint"
+	"github.com/bpfmount/bpfmount/internal/grpcwire"
 )
 
 // connOptions are the flags every client command has.
@@ -39,12 +36,12 @@ func (o *connOptions) flags(cmd *cobra.Command) {
 	f.DurationVar(&o.timeout, "timeout", 2*time.Minute, "how long to wait for the daemon")
 }
 
-// daemon is a connection to `bpfmount serve`.
+// daemon is a connection to `bpfmount serve`. The client speaks gRPC
+// itself (grpcwire, csiwire): linking grpc-go and the CSI spec package
+// would cost every command their package initialisation at start.
 type daemon struct {
-	conn  *grpc.ClientConn
-	node  csi.NodeClient
-	admin *admin.Client
-	path  string
+	conn *grpcwire.Conn
+	path string
 }
 
 func (o *connOptions) dial() (*daemon, error) {
@@ -55,26 +52,45 @@ func (o *connOptions) dial() (*daemon, error) {
 	if _, err := os.Stat(path); err != nil {
 		return nil, fmt.Errorf("cannot reach the daemon at %s: %v (is `bpfmount serve` running? --endpoint names its socket)", path, err)
 	}
-	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, err
-	}
-	return &daemon{conn: conn, node: csi.NewNodeClient(conn), admin: admin.NewClient(conn), path: path}, nil
+	return &daemon{conn: grpcwire.Dial(path), path: path}, nil
 }
 
 func (d *daemon) Close() { d.conn.Close() }
 
+// adminContentType carries the admin service's JSON messages.
+const adminContentType = grpcwire.ContentTypeProto + "+" + adminapi.ContentSubtype
+
 // volumes asks the daemon for the volumes it knows (req filters them and
 // says whether to add what the programs cost now).
-func (d *daemon) volumes(ctx context.Context, req *admin.ListVolumesRequest) ([]admin.Volume, error) {
-	resp, err := d.admin.List(ctx, req)
-	if status.Code(err) == codes.Unimplemented {
-		return nil, fmt.Errorf("the daemon at %s cannot list volumes (it predates %s): upgrade it", d.path, admin.ListVolumesMethod)
+func (d *daemon) volumes(ctx context.Context, req *adminapi.ListVolumesRequest) ([]adminapi.Volume, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	out, err := d.conn.Invoke(ctx, adminapi.ListVolumesMethod, adminContentType, body)
+	if grpcwire.CodeOf(err) == grpcwire.Unimplemented {
+		return nil, fmt.Errorf("the daemon at %s cannot list volumes (it predates %s): upgrade it", d.path, adminapi.ListVolumesMethod)
 	}
 	if err != nil {
 		return nil, rpcError(err)
 	}
+	var resp adminapi.ListVolumesResponse
+	if err := json.Unmarshal(out, &resp); err != nil {
+		return nil, rpcError(&grpcwire.Status{Code: grpcwire.Internal, Message: fmt.Sprintf(
+			"the daemon at %s answered %s with a message this client cannot read: %v (are client and daemon the same version?)", d.path, adminapi.ListVolumesMethod, err)})
+	}
 	return resp.Volumes, nil
+}
+
+// publish and unpublish make the CSI calls; their responses carry nothing.
+func (d *daemon) publish(ctx context.Context, req *csiwire.NodePublishVolumeRequest) error {
+	_, err := d.conn.Invoke(ctx, csiwire.NodePublishVolumeMethod, grpcwire.ContentTypeProto, req.Marshal())
+	return err
+}
+
+func (d *daemon) unpublish(ctx context.Context, req *csiwire.NodeUnpublishVolumeRequest) error {
+	_, err := d.conn.Invoke(ctx, csiwire.NodeUnpublishVolumeMethod, grpcwire.ContentTypeProto, req.Marshal())
+	return err
 }
 
 // targetOptions are publish's and unpublish's volume flags.
@@ -164,14 +180,11 @@ itself is made by the daemon. Unpublish with the same --target.`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
 			defer cancel()
-			_, err = d.node.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{
-				VolumeId:   o.volumeID,
-				TargetPath: o.target,
-				Readonly:   readOnly,
-				VolumeCapability: &csi.VolumeCapability{
-					AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{}},
-					AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-				},
+			err = d.publish(ctx, &csiwire.NodePublishVolumeRequest{
+				VolumeID:      o.volumeID,
+				TargetPath:    o.target,
+				AccessMode:    csiwire.AccessModeSingleNodeWriter, // a mount volume
+				Readonly:      readOnly,
 				VolumeContext: vc,
 			})
 			if err != nil {
@@ -253,7 +266,7 @@ volume is published is an error.`,
 				// daemon looks up no program for this. A daemon predating
 				// the filter returns every volume, so volumeAt still picks.
 				parent := resolveParent(o.target)
-				vols, err := d.volumes(ctx, &admin.ListVolumesRequest{Targets: []string{o.target, parent}, Usage: new(bool)})
+				vols, err := d.volumes(ctx, &adminapi.ListVolumesRequest{Targets: []string{o.target, parent}, Usage: new(bool)})
 				if err != nil {
 					return err
 				}
@@ -267,7 +280,7 @@ volume is published is an error.`,
 				// The daemon's own spelling of the target, the one it recorded.
 				o.volumeID, o.target = v.VolumeID, v.Target
 			}
-			if _, err := d.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: o.volumeID, TargetPath: o.target}); err != nil {
+			if err := d.unpublish(ctx, &csiwire.NodeUnpublishVolumeRequest{VolumeID: o.volumeID, TargetPath: o.target}); err != nil {
 				return rpcError(err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "unpublished volume %s from %s\n", o.volumeID, o.target)
@@ -279,18 +292,21 @@ volume is published is an error.`,
 }
 
 // volumeAt finds the volume published at target (absolute and clean).
-func volumeAt(vols []admin.Volume, target string) (admin.Volume, bool) {
+func volumeAt(vols []adminapi.Volume, target string) (adminapi.Volume, bool) {
 	for _, v := range vols {
 		if filepath.Clean(v.Target) == target {
 			return v, true
 		}
 	}
-	return admin.Volume{}, false
+	return adminapi.Volume{}, false
 }
 
+// rpcError is a failed call's error as the user sees it: the status
+// code's name, then the daemon's message.
 func rpcError(err error) error {
-	if st, ok := status.FromError(err); ok {
-		return fmt.Errorf("%s: %s", st.Code(), st.Message())
+	var st *grpcwire.Status
+	if errors.As(err, &st) {
+		return fmt.Errorf("%s: %s", st.Code, st.Message)
 	}
 	return err
 }
@@ -323,7 +339,7 @@ known. -o json prints every field the daemon returns.`,
 			// The plain table shows no usage: only wide and json ask
 			// the daemon for it (a kernel query per program).
 			usage := output != "table"
-			vols, err := d.volumes(ctx, &admin.ListVolumesRequest{Usage: &usage})
+			vols, err := d.volumes(ctx, &adminapi.ListVolumesRequest{Usage: &usage})
 			if err != nil {
 				return err
 			}
@@ -335,10 +351,10 @@ known. -o json prints every field the daemon returns.`,
 	return cmd
 }
 
-func printVolumes(out io.Writer, format string, vols []admin.Volume) error {
+func printVolumes(out io.Writer, format string, vols []adminapi.Volume) error {
 	if format == "json" {
 		if vols == nil {
-			vols = []admin.Volume{}
+			vols = []adminapi.Volume{}
 		}
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
@@ -388,7 +404,7 @@ func printVolumes(out io.Writer, format string, vols []admin.Volume) error {
 
 // runColumns are the run count and average run time of v's program, "-"
 // when the daemon does not know them.
-func runColumns(v admin.Volume) (runs, avg string) {
+func runColumns(v adminapi.Volume) (runs, avg string) {
 	if v.RunCount == nil {
 		return "-", "-"
 	}
@@ -401,7 +417,7 @@ func runColumns(v admin.Volume) (runs, avg string) {
 
 // memoryColumn is the memory of v's maps in binary units, "~" before an
 // estimate.
-func memoryColumn(v admin.Volume) string {
+func memoryColumn(v adminapi.Volume) string {
 	if v.MapBytes == nil {
 		return "-"
 	}

@@ -4,14 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
@@ -34,12 +38,25 @@ type fakeDaemon struct {
 	listReqs    []*admin.ListVolumesRequest
 	volumes     []admin.Volume
 	publishErr  error
+	// unpublishErr and listErr fail those calls; publishWait, when set,
+	// runs in the publish call and its error is the call's.
+	unpublishErr error
+	listErr      error
+	publishWait  func(ctx context.Context) error
 }
 
-func (f *fakeDaemon) NodePublishVolume(_ context.Context, r *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+func (f *fakeDaemon) NodePublishVolume(ctx context.Context, r *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.publishes = append(f.publishes, r)
+	if f.publishWait != nil {
+		f.mu.Unlock()
+		err := f.publishWait(ctx)
+		f.mu.Lock()
+		if err != nil {
+			return nil, err
+		}
+	}
 	if f.publishErr != nil {
 		return nil, f.publishErr
 	}
@@ -50,6 +67,9 @@ func (f *fakeDaemon) NodeUnpublishVolume(_ context.Context, r *csi.NodeUnpublish
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.unpublishes = append(f.unpublishes, r)
+	if f.unpublishErr != nil {
+		return nil, f.unpublishErr
+	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
 
@@ -59,6 +79,9 @@ func (f *fakeDaemon) ListVolumes(_ context.Context, req *admin.ListVolumesReques
 	defer f.mu.Unlock()
 	f.lists++
 	f.listReqs = append(f.listReqs, req)
+	if f.listErr != nil {
+		return nil, f.listErr
+	}
 	return &admin.ListVolumesResponse{Volumes: f.volumes}, nil
 }
 
@@ -463,5 +486,128 @@ func TestListCgroupVolumes(t *testing.T) {
 	}
 	if f := strings.Fields(lines[2]); !reflect.DeepEqual(f, []string{"cg-2", "-", "deny", "cgroup_sock_addr/connect4", "cgroup:/sys/fs/cgroup/x", "1000", "/run/bpf/b"}) {
 		t.Errorf("row 2 = %q", f)
+	}
+}
+
+// Each call's failure reaches the user as the daemon's code and message,
+// exactly, whatever bytes the message holds (gRPC percent-encodes some on
+// the wire).
+func TestDaemonErrorsKeepCodeAndMessage(t *testing.T) {
+	for _, c := range []struct {
+		code codes.Code
+		msg  string
+	}{
+		{codes.InvalidArgument, `attribute "priority": want a number from 1 to 1000, got "x"`},
+		{codes.NotFound, "image oci:/srv/ünïcode:v1 not found: 100% sure\n(second line)"},
+		{codes.PermissionDenied, "policy: image registry.example/x is not allowed for local requests"},
+		{codes.Unavailable, `no program is loaded under name "x" on this node`},
+		{codes.Internal, ""},
+	} {
+		want := c.code.String() + ": " + c.msg
+		target := filepath.Join(shortTempDir(t), "vol")
+		f := startFake(t, &fakeDaemon{
+			publishErr: status.Error(c.code, c.msg), unpublishErr: status.Error(c.code, c.msg), listErr: status.Error(c.code, c.msg),
+			volumes: []admin.Volume{{VolumeID: "v", Target: target}},
+		}, true)
+		for _, args := range [][]string{
+			{"publish", "--target", target, "--attr", "image=x"},
+			{"unpublish", "--target", target, "--volume-id", "v"},
+			{"unpublish", "--target", target}, // fails at its list call
+			{"list"},
+		} {
+			if _, err := run(t, append(args, "--endpoint", f.endpoint)...); err == nil || err.Error() != want {
+				t.Errorf("%v: err = %v\n want %s", args, err, want)
+			}
+		}
+	}
+}
+
+// A list far over HTTP/2's initial 64 KiB flow-control windows arrives
+// whole.
+func TestListLargeResponse(t *testing.T) {
+	var vols []admin.Volume
+	for i := range 2000 {
+		vols = append(vols, admin.Volume{
+			VolumeID: fmt.Sprintf("csi-%04d", i), Target: fmt.Sprintf("/var/lib/kubelet/pods/%04d/volumes/kubernetes.io~csi/counter/mount", i),
+			Image: "registry.example/bpf/counter:v1", Digest: "sha256:0123456789abcdef", Program: "xdp_count", Hook: "xdp",
+			Interface: "eth0", Maps: []string{"stats"}, ProgramID: uint32(i),
+		})
+	}
+	if b, _ := json.Marshal(vols); len(b) < 4*65536 {
+		t.Fatalf("the list is only %d bytes", len(b))
+	}
+	f := startFake(t, &fakeDaemon{volumes: vols}, true)
+	out, err := run(t, "list", "--endpoint", f.endpoint, "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []admin.Volume
+	if err := json.Unmarshal([]byte(out), &got); err != nil || !reflect.DeepEqual(got, vols) {
+		t.Errorf("list -o json: %d volumes, %v; want all %d", len(got), err, len(vols))
+	}
+}
+
+// --timeout bounds a call: the daemon sees the deadline, the user gets
+// DeadlineExceeded, and the publish leaves no directory behind.
+func TestTimeout(t *testing.T) {
+	var seen atomic.Int64
+	f := startFake(t, &fakeDaemon{publishWait: func(ctx context.Context) error {
+		if d, ok := ctx.Deadline(); ok {
+			seen.Store(int64(time.Until(d)))
+		}
+		<-ctx.Done()
+		// What a daemon's call does when its context ends; the client's
+		// own deadline may fire first or not, the user sees the same.
+		return status.FromContextError(ctx.Err()).Err()
+	}}, true)
+	base := shortTempDir(t)
+	_, err := run(t, "publish", "--endpoint", f.endpoint, "--timeout", "1s", "--target", filepath.Join(base, "a", "vol"), "--attr", "image=x")
+	if err == nil || err.Error() != "DeadlineExceeded: context deadline exceeded" {
+		t.Errorf("err = %v, want DeadlineExceeded", err)
+	}
+	if d := time.Duration(seen.Load()); d <= 0 || d > time.Second {
+		t.Errorf("the daemon saw a deadline %v away, want one within --timeout", d)
+	}
+	if _, err := os.Lstat(filepath.Join(base, "a")); err == nil {
+		t.Errorf("a publish that timed out left the parent directory it created")
+	}
+}
+
+// An endpoint where no gRPC server answers is an error naming it.
+func TestEndpointNotAGRPCServer(t *testing.T) {
+	dir := shortTempDir(t)
+	h1sock := filepath.Join(dir, "http.sock")
+	l, err := net.Listen("unix", h1sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h1 := &http.Server{Handler: http.NotFoundHandler()}
+	go h1.Serve(l)
+	t.Cleanup(func() { h1.Close() })
+
+	// A socket nobody listens on any more (a daemon that died).
+	stale := filepath.Join(dir, "stale.sock")
+	sl, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sl.SetUnlinkOnClose(false)
+	sl.Close()
+
+	for _, c := range []struct {
+		sock string
+		want []string
+	}{
+		{h1sock, []string{"Unavailable: the connection to the server at " + h1sock + " failed", "is it a gRPC server?"}},
+		{stale, []string{"Unavailable: cannot connect to the server at " + stale, "connection refused", "is it running?"}},
+	} {
+		for _, args := range [][]string{{"list"}, {"publish", "--target", filepath.Join(dir, "vol"), "--attr", "image=x"}, {"unpublish", "--target", filepath.Join(dir, "vol")}} {
+			_, err := run(t, append(args, "--endpoint", "unix://"+c.sock, "--timeout", "10s")...)
+			for _, w := range c.want {
+				if err == nil || !strings.Contains(err.Error(), w) {
+					t.Errorf("%v against %s: err = %v, want %q", args, filepath.Base(c.sock), err, w)
+				}
+			}
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/driver/state"
 	"github.com/bpfmount/bpfmount/internal/cri"
+	"github.com/bpfmount/bpfmount/internal/failpoint"
 	"github.com/bpfmount/bpfmount/loader"
 )
 
@@ -228,6 +229,7 @@ func (d *Driver) step(ctx context.Context, w *waiter) time.Duration {
 		d.failed(w, sb.ID, fmt.Sprintf("cannot attach in sandbox %s: %v", sb.ID, err))
 		return poll
 	}
+	failpoint.Hit("deferred.attached")
 	if w.netns != p.Netns || w.sandbox != sb.ID || w.statusState() != stateAttached {
 		w.netns, w.sandbox, w.failedFor = p.Netns, sb.ID, ""
 		w.setStatus(podnetStatus{State: stateAttached, Interface: w.id.Interface, Netns: p.Netns, Sandbox: sb.ID})

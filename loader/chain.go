@@ -453,6 +453,7 @@ func (l *Loader) attachPodMember(e *entry, netns string, ino uint64) (*Program, 
 			return nil, l.chainError(e.id, err)
 		}
 	}
+	failpoint.Hit("podnet.joined")
 	if err := writeNetnsPin(l.pinDir(e.key), netns, ino); err != nil {
 		klog.ErrorS(err, "Recording the namespace of a pod's attachment; a restart attaches it again", "key", e.key)
 	}

@@ -115,17 +115,17 @@ func (d *Driver) stepContainer(ctx context.Context, w *waiter) time.Duration {
 			return poll
 		}
 		d.waiting(w, "waiting for container "+name+" to run")
-		return poll
+		return d.untilWaitEnds(w, poll)
 	case err != nil:
 		d.waiting(w, "cannot ask the container runtime for container "+name+": "+err.Error())
-		return poll
+		return d.fastPoll()
 	}
 	p, err := att.AttachContainer(w.key, c.PID)
 	if err != nil {
 		// The binary or symbol may be missing from this image; the
 		// container may have exited meanwhile: report, and try again.
 		d.failed(w, c.ID, fmt.Sprintf("cannot attach in container %s (%.24s): %v", name, c.ID, err))
-		return poll
+		return d.fastPoll()
 	}
 	if w.netns != p.Netns || w.sandbox != c.ID || w.statusState() != stateAttached {
 		w.netns, w.sandbox, w.failedFor = p.Netns, c.ID, ""

@@ -48,10 +48,12 @@ const (
 	criCallTimeout = 5 * time.Second
 )
 
-// waiters holds the running waiters by volume ID. Its zero value is ready.
+// waiters holds the running waiters by volume ID, and the runtime's event
+// stream that wakes them (deferred_events.go). Its zero value is ready.
 type waiters struct {
-	mu    sync.Mutex
-	byVol map[string]*waiter
+	mu     sync.Mutex
+	byVol  map[string]*waiter
+	events *eventStream
 }
 
 // waiter follows one deferred volume's pod.
@@ -62,6 +64,7 @@ type waiter struct {
 	statusMap  *ebpf.Map // belongs to the loader; valid until the volume releases it
 	cancel     context.CancelFunc
 	done       chan struct{}
+	wake       chan struct{} // an event about the pod: ask the runtime now
 
 	mu     sync.Mutex
 	status podnetStatus
@@ -86,7 +89,7 @@ func (d *Driver) startDeferred(rec *state.Record, prog *loader.Program, first bo
 	}
 	now := time.Now()
 	w := &waiter{volID: rec.VolumeID, key: rec.Key, id: rec.Identity, pod: rec.Pod, statusMap: prog.Maps[loader.StatusMap],
-		done: make(chan struct{}), waitingSince: now}
+		done: make(chan struct{}), wake: make(chan struct{}, 1), waitingSince: now}
 	switch {
 	case prog.Attached && prog.Netns != "" && rec.Identity.Container != "":
 		// Adopted after a restart: the runtime says at the first poll
@@ -114,6 +117,7 @@ func (d *Driver) startDeferred(rec *state.Record, prog *loader.Program, first bo
 		d.waiters.byVol = map[string]*waiter{}
 	}
 	d.waiters.byVol[rec.VolumeID] = w
+	d.startEvents()
 	d.waiters.mu.Unlock()
 	next := d.pollInterval()
 	if first {
@@ -128,6 +132,8 @@ func (d *Driver) startDeferred(rec *state.Record, prog *loader.Program, first bo
 				t.Stop()
 				return
 			case <-t.C:
+			case <-w.wake:
+				t.Stop()
 			}
 			next = d.step(ctx, w)
 		}
@@ -147,12 +153,17 @@ func (d *Driver) stopDeferred(volID string) {
 	}
 }
 
-// StopWaiters stops every waiter (at shutdown). Attachments stay.
+// StopWaiters stops every waiter and the runtime's event stream (at
+// shutdown). Attachments stay.
 func (d *Driver) StopWaiters() {
 	d.waiters.mu.Lock()
-	all := d.waiters.byVol
-	d.waiters.byVol = nil
+	all, es := d.waiters.byVol, d.waiters.events
+	d.waiters.byVol, d.waiters.events = nil, nil
 	d.waiters.mu.Unlock()
+	if es != nil {
+		es.cancel()
+		<-es.done
+	}
 	for _, w := range all {
 		w.cancel()
 		<-w.done
@@ -173,11 +184,34 @@ func (d *Driver) deferredStatus(volID string) (podnetStatus, bool) {
 	return w.status, true
 }
 
+// pollInterval is how long a waiter that waits for its pod's sandbox (or
+// container), or watches the one it is attached in, lets pass before it
+// asks the runtime again unless an event wakes it: the safety net's
+// interval while the runtime's events flow, else the poll's.
 func (d *Driver) pollInterval() time.Duration {
+	if d.streaming() {
+		return d.resyncInterval()
+	}
+	return d.fastPoll()
+}
+
+// fastPoll is how soon a waiter tries again when no event would tell it
+// to: the runtime did not answer, or the attach failed (the pod's
+// interface may not be there yet).
+func (d *Driver) fastPoll() time.Duration {
 	if d.opts.SandboxPoll > 0 {
 		return d.opts.SandboxPoll
 	}
 	return DefaultSandboxPoll
+}
+
+// untilWaitEnds shortens next so that a waiter reports a failure when
+// Options.SandboxWait has passed, not up to a safety-net interval later.
+func (d *Driver) untilWaitEnds(w *waiter, next time.Duration) time.Duration {
+	if rem := time.Until(w.waitingSince.Add(d.sandboxWait())); rem > 0 && rem < next {
+		return rem + 10*time.Millisecond
+	}
+	return next
 }
 
 func (d *Driver) sandboxWait() time.Duration {
@@ -214,10 +248,10 @@ func (d *Driver) step(ctx context.Context, w *waiter) time.Duration {
 			klog.InfoS("The pod's sandbox is gone; waiting for its replacement", "volume", w.volID, "pod", w.id.Pod)
 		}
 		d.waiting(w, "waiting for the pod's sandbox")
-		return poll
+		return d.untilWaitEnds(w, poll)
 	case err != nil:
 		d.waiting(w, "cannot ask the container runtime for the pod's sandbox: "+err.Error())
-		return poll
+		return d.fastPoll()
 	case sb.HostNetwork:
 		d.failed(w, sb.ID, hostNetworkError(w.id.Interface).Error())
 		return 0
@@ -227,7 +261,7 @@ func (d *Driver) step(ctx context.Context, w *waiter) time.Duration {
 		// The interface may not be there yet (the network plugin is
 		// still at work), or the namespace went meanwhile: try again.
 		d.failed(w, sb.ID, fmt.Sprintf("cannot attach in sandbox %s: %v", sb.ID, err))
-		return poll
+		return d.fastPoll()
 	}
 	failpoint.Hit("deferred.attached")
 	if w.netns != p.Netns || w.sandbox != sb.ID || w.statusState() != stateAttached {

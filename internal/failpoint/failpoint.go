@@ -44,6 +44,9 @@ var (
 	// waiter once the container runs: the filter's maps pinned; the link
 	// pinned, before the process it is for is recorded.
 	ContainerSteps = []string{"container.filtered", "container.linked"}
+	ChainSteps     = []string{
+		"chain.loaded", "chain.attached", "chain.swapped", "chain.retiring",
+	}
 	// PodnetSteps are those of a pod interface's attach, by its waiter
 	// once the pod's sandbox runs, of a program alone (a kernel that
 	// cannot chain): the link made in the sandbox's namespace; the link
@@ -55,7 +58,4 @@ var (
 	// no revision); the member in the chain, before its namespace is
 	// recorded; the loader done, before the waiter's status says attached.
 	PodChainSteps = []string{"chain.loaded", "chain.attached", "chain.swapped", "podnet.joined", "deferred.attached"}
-	ChainSteps     = []string{
-		"chain.loaded", "chain.attached", "chain.swapped", "chain.retiring",
-	}
 )

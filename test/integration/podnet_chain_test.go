@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -368,10 +369,16 @@ func TestPodChainPrunedAtStart(t *testing.T) {
 	if c1.Packets-c0.Packets < 30 {
 		t.Errorf("the kept pod's chain counted %d of 30 frames", c1.Packets-c0.Packets)
 	}
-	for _, vol := range []string{"kept", "dropped"} {
-		if _, err := e.d.Node.NodeUnpublishVolume(ctx, unpublishReq(vol, target(vol))); err != nil {
-			t.Fatal(err)
-		}
+	if _, err := e.d.Node.NodeUnpublishVolume(ctx, unpublishReq("kept", target("kept"))); err != nil {
+		t.Fatal(err)
+	}
+	// The dropped volume is unknown to the daemon now: its target's mount
+	// is what kubelet would unmount.
+	if err := unix.Unmount(target("dropped"), unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(target("dropped")); err != nil {
+		t.Fatal(err)
 	}
 	e.d.AssertClean(t, nil, target("kept"), target("dropped"))
 }

@@ -13,8 +13,16 @@ import (
 
 // newEventsDriver is a driver on the fake loader whose runtime is a fake
 // CRI server (critest) reached through the real client, serving events or
-// not, with the given poll and safety-net intervals.
+// not, with the given poll and safety-net intervals, under podnetPolicy.
 func newEventsDriver(t *testing.T, poll, resync time.Duration, events bool) (*podnetFakes, *critest.Runtime) {
+	t.Helper()
+	f, rt, _ := newEventsDriverWith(t, podnetPolicy, poll, resync, events)
+	return f, rt
+}
+
+// newEventsDriverWith is newEventsDriver under pol, whose fake loader
+// attaches in containers too.
+func newEventsDriverWith(t *testing.T, pol string, poll, resync time.Duration, events bool) (*podnetFakes, *critest.Runtime, *containerLoader) {
 	t.Helper()
 	rt, ep := critest.Start(t)
 	rt.SetEvents(events)
@@ -24,15 +32,16 @@ func newEventsDriver(t *testing.T, poll, resync time.Duration, events bool) (*po
 	}
 	t.Cleanup(func() { c.Close() })
 	f := newPodnetFakes()
-	opts := Options{NodeID: "node-1", StateDir: "/state", BPFFSRoot: "/sys/fs/bpf/bpfmount", Policy: policy.Static(mustPolicy(t, podnetPolicy)),
+	cl := &containerLoader{netnsLoader: f.nl}
+	opts := Options{NodeID: "node-1", StateDir: "/state", BPFFSRoot: "/sys/fs/bpf/bpfmount", Policy: policy.Static(mustPolicy(t, pol)),
 		Events: f.events, CRI: c, SandboxPoll: poll, SandboxResync: resync, SandboxWait: time.Hour}
-	d, err := newDriver(opts, f.nl, f.store, f.mounts)
+	d, err := newDriver(opts, cl, f.store, f.mounts)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.d = d
 	t.Cleanup(d.StopWaiters)
-	return f, rt
+	return f, rt, cl
 }
 
 // publishWaiting publishes vol-1 for podUID, whose sandbox is not there
@@ -144,4 +153,31 @@ func TestWaiterIntervals(t *testing.T) {
 	if got := f.d.untilWaitEnds(w, 3*time.Minute); got > 2*time.Second {
 		t.Errorf("a wait that ends in a second: next in %v", got)
 	}
+}
+
+// A container's uprobe waiter is woken by the same stream: the event of
+// its container's start attaches it, that of its exit detaches it, that
+// of its restart attaches it again, each within eventually's seconds with
+// a poll and a safety net of a minute.
+func TestEventWakesContainerWaiter(t *testing.T) {
+	f, rt, cl := newEventsDriverWith(t, containerPolicy, time.Minute, time.Minute, true)
+	if _, err := f.d.NodePublishVolume(context.Background(), publishReq("vol-1", testTarget, containerAttrs("uprobe", "/usr/bin/app:main"))); err != nil {
+		t.Fatal(err)
+	}
+	key := f.store.records["vol-1"].Key
+	waitStreaming(t, f, rt, 1)
+	status := func() string { return fmt.Sprint(f.status(t, "vol-1")) }
+	attachedTo := func(id string, pid int) func() bool {
+		return func() bool {
+			s := f.status(t, "vol-1")
+			return s.State == stateAttached && s.ContainerID == id && cl.at(key) == fmt.Sprintf("pid:%d", pid)
+		}
+	}
+	rt.RunSandbox(podUID, "sb-1", "/var/run/netns/cni-1")
+	rt.RunContainer(podUID, "sb-1", "app", "c-1", 100)
+	eventually(t, status, attachedTo("c-1", 100))
+	rt.ExitContainer("c-1")
+	eventually(t, status, func() bool { return f.status(t, "vol-1").State == stateWaiting && cl.at(key) == "" })
+	rt.RunContainer(podUID, "sb-1", "app", "c-2", 200)
+	eventually(t, status, attachedTo("c-2", 200))
 }

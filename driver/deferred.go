@@ -22,8 +22,10 @@ import (
 // mounted, and attached when its runtime target appears: for a pod's own
 // interface, the network namespace of the pod's sandbox, which kubelet
 // creates after it mounts the pod's volumes. A waiter per volume asks the
-// container runtime (CRI) for the pod's current sandbox, attaches in its
-// namespace, attaches again when the sandbox is replaced, and says where
+// container runtime (CRI) for the pod's current sandbox (when the
+// runtime's events say the pod changed, deferred_events.go, else at
+// intervals), attaches in its namespace, attaches again when the sandbox
+// is replaced, and says where
 // it stands in the volume's status map (status.go), in pod events and in
 // bpfmount_deferred_attach_total. Unpublish stops the waiter before it
 // releases the program; a restart starts the waiters again from the

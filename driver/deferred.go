@@ -75,6 +75,9 @@ type waiter struct {
 	// raises one event, not one per poll.
 	sandbox, netns, failedFor string
 	waitingSince              time.Time
+	// detached: a container's waiter detached when its container
+	// stopped, and waits for it to run again.
+	detached bool
 }
 
 // startDeferred starts the waiter of a deferred volume. At publish

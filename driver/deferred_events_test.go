@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -177,7 +178,22 @@ func TestEventWakesContainerWaiter(t *testing.T) {
 	rt.RunContainer(podUID, "sb-1", "app", "c-1", 100)
 	eventually(t, status, attachedTo("c-1", 100))
 	rt.ExitContainer("c-1")
-	eventually(t, status, func() bool { return f.status(t, "vol-1").State == stateWaiting && cl.at(key) == "" })
+	detached := func() bool {
+		s := f.status(t, "vol-1")
+		return s.State == stateWaiting && strings.Contains(s.Reason, "detached") && cl.at(key) == ""
+	}
+	eventually(t, status, detached)
+	// Looking again (woken twice: the first look's status is written
+	// when the second starts) still says it was detached.
+	for range 2 {
+		calls := rt.Calls()
+		f.d.wakeWaiters(podUID)
+		eventually(t, status, func() bool { return rt.Calls() > calls })
+	}
+	time.Sleep(10 * time.Millisecond)
+	if !detached() {
+		t.Errorf("after another look: %s, want still detached", status())
+	}
 	rt.RunContainer(podUID, "sb-1", "app", "c-2", 200)
 	eventually(t, status, attachedTo("c-2", 200))
 }

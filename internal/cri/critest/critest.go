@@ -1,7 +1,7 @@
 // Package critest is a fake container runtime for tests: a CRI
 // RuntimeService on a unix socket (real gRPC, the k8s.io/cri-api service
 // definitions) that answers the calls package cri makes from sandboxes the
-// test runs, replaces and removes.
+// test runs, replaces and removes, and streams their events.
 package critest
 
 import (

@@ -34,7 +34,7 @@ const DefaultSandboxResync = time.Minute
 // up to eventsRetryMax, back to the minimum after a stream that lasted;
 // a runtime without events is asked again at eventsRetryUnimplemented (it
 // may have been upgraded).
-var (
+const (
 	eventsRetryMin           = 500 * time.Millisecond
 	eventsRetryMax           = 30 * time.Second
 	eventsRetryUnimplemented = 10 * time.Minute
@@ -91,7 +91,7 @@ func (d *Driver) followEvents(ctx context.Context, pw PodWatcher, es *eventStrea
 			wait = eventsRetryUnimplemented
 			klog.InfoS("The container runtime has no event stream; pods' waiters poll it", "interval", d.fastPoll(), "err", err)
 		} else {
-			klog.InfoS("The container runtime's event stream broke; pods' waiters poll it until it is open again", "interval", d.fastPoll(), "retryIn", wait, "err", err)
+			klog.InfoS("The container runtime's event stream broke or did not open; pods' waiters poll it until it is open", "interval", d.fastPoll(), "retryIn", wait, "err", err)
 			retry = min(2*retry, eventsRetryMax)
 		}
 		t := time.NewTimer(wait)

@@ -109,26 +109,29 @@ func (d *Driver) stepContainer(ctx context.Context, w *waiter) time.Duration {
 			if err := d.attacher().DetachNetns(w.key); err != nil {
 				klog.ErrorS(err, "Dropping the link of a container's uprobe whose container stopped", "volume", w.volID)
 			}
-			w.netns, w.sandbox, w.waitingSince = "", "", time.Now()
+			w.netns, w.sandbox, w.waitingSince, w.detached = "", "", time.Now(), true
 			klog.InfoS("The pod's container stopped; detached, waiting for it to run again", "volume", w.volID, "pod", w.id.Pod, "container", name)
-			d.waiting(w, "container "+name+" is not running: detached; waiting for it to run again")
-			return poll
 		}
-		d.waiting(w, "waiting for container "+name+" to run")
-		return poll
+		why := "waiting for container " + name + " to run"
+		if w.detached {
+			// Said until it runs again, not only until the next look.
+			why = "container " + name + " is not running: detached; waiting for it to run again"
+		}
+		d.waiting(w, why)
+		return d.untilWaitEnds(w, poll)
 	case err != nil:
 		d.waiting(w, "cannot ask the container runtime for container "+name+": "+err.Error())
-		return poll
+		return d.fastPoll()
 	}
 	p, err := att.AttachContainer(w.key, c.PID)
 	if err != nil {
 		// The binary or symbol may be missing from this image; the
 		// container may have exited meanwhile: report, and try again.
 		d.failed(w, c.ID, fmt.Sprintf("cannot attach in container %s (%.24s): %v", name, c.ID, err))
-		return poll
+		return d.fastPoll()
 	}
 	if w.netns != p.Netns || w.sandbox != c.ID || w.statusState() != stateAttached {
-		w.netns, w.sandbox, w.failedFor = p.Netns, c.ID, ""
+		w.netns, w.sandbox, w.failedFor, w.detached = p.Netns, c.ID, "", false
 		w.setStatus(podnetStatus{State: stateAttached, Container: name, ContainerID: c.ID, PID: c.PID})
 		w.writeStatus()
 		metrics.DeferredAttach.WithLabelValues(hookLabel(w.id.Hook), stateAttached).Inc()

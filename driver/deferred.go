@@ -14,6 +14,7 @@ import (
 	"github.com/bpfmount/bpfmount/driver/metrics"
 	"github.com/bpfmount/bpfmount/driver/state"
 	"github.com/bpfmount/bpfmount/internal/cri"
+	"github.com/bpfmount/bpfmount/internal/failpoint"
 	"github.com/bpfmount/bpfmount/loader"
 )
 
@@ -21,8 +22,10 @@ import (
 // mounted, and attached when its runtime target appears: for a pod's own
 // interface, the network namespace of the pod's sandbox, which kubelet
 // creates after it mounts the pod's volumes. A waiter per volume asks the
-// container runtime (CRI) for the pod's current sandbox, attaches in its
-// namespace, attaches again when the sandbox is replaced, and says where
+// container runtime (CRI) for the pod's current sandbox (when the
+// runtime's events say the pod changed, deferred_events.go, else at
+// intervals), attaches in its namespace, attaches again when the sandbox
+// is replaced, and says where
 // it stands in the volume's status map (status.go), in pod events and in
 // bpfmount_deferred_attach_total. Unpublish stops the waiter before it
 // releases the program; a restart starts the waiters again from the
@@ -47,10 +50,12 @@ const (
 	criCallTimeout = 5 * time.Second
 )
 
-// waiters holds the running waiters by volume ID. Its zero value is ready.
+// waiters holds the running waiters by volume ID, and the runtime's event
+// stream that wakes them (deferred_events.go). Its zero value is ready.
 type waiters struct {
-	mu    sync.Mutex
-	byVol map[string]*waiter
+	mu     sync.Mutex
+	byVol  map[string]*waiter
+	events *eventStream
 }
 
 // waiter follows one deferred volume's pod.
@@ -61,6 +66,7 @@ type waiter struct {
 	statusMap  *ebpf.Map // belongs to the loader; valid until the volume releases it
 	cancel     context.CancelFunc
 	done       chan struct{}
+	wake       chan struct{} // an event about the pod: ask the runtime now
 
 	mu     sync.Mutex
 	status podnetStatus
@@ -69,6 +75,9 @@ type waiter struct {
 	// raises one event, not one per poll.
 	sandbox, netns, failedFor string
 	waitingSince              time.Time
+	// detached: a container's waiter detached when its container
+	// stopped, and waits for it to run again.
+	detached bool
 }
 
 // startDeferred starts the waiter of a deferred volume. At publish
@@ -85,7 +94,7 @@ func (d *Driver) startDeferred(rec *state.Record, prog *loader.Program, first bo
 	}
 	now := time.Now()
 	w := &waiter{volID: rec.VolumeID, key: rec.Key, id: rec.Identity, pod: rec.Pod, statusMap: prog.Maps[loader.StatusMap],
-		done: make(chan struct{}), waitingSince: now}
+		done: make(chan struct{}), wake: make(chan struct{}, 1), waitingSince: now}
 	switch {
 	case prog.Attached && prog.Netns != "" && rec.Identity.Container != "":
 		// Adopted after a restart: the runtime says at the first poll
@@ -113,6 +122,7 @@ func (d *Driver) startDeferred(rec *state.Record, prog *loader.Program, first bo
 		d.waiters.byVol = map[string]*waiter{}
 	}
 	d.waiters.byVol[rec.VolumeID] = w
+	d.startEvents()
 	d.waiters.mu.Unlock()
 	next := d.pollInterval()
 	if first {
@@ -127,6 +137,8 @@ func (d *Driver) startDeferred(rec *state.Record, prog *loader.Program, first bo
 				t.Stop()
 				return
 			case <-t.C:
+			case <-w.wake:
+				t.Stop()
 			}
 			next = d.step(ctx, w)
 		}
@@ -146,12 +158,17 @@ func (d *Driver) stopDeferred(volID string) {
 	}
 }
 
-// StopWaiters stops every waiter (at shutdown). Attachments stay.
+// StopWaiters stops every waiter and the runtime's event stream (at
+// shutdown). Attachments stay.
 func (d *Driver) StopWaiters() {
 	d.waiters.mu.Lock()
-	all := d.waiters.byVol
-	d.waiters.byVol = nil
+	all, es := d.waiters.byVol, d.waiters.events
+	d.waiters.byVol, d.waiters.events = nil, nil
 	d.waiters.mu.Unlock()
+	if es != nil {
+		es.cancel()
+		<-es.done
+	}
 	for _, w := range all {
 		w.cancel()
 		<-w.done
@@ -172,11 +189,34 @@ func (d *Driver) deferredStatus(volID string) (podnetStatus, bool) {
 	return w.status, true
 }
 
+// pollInterval is how long a waiter that waits for its pod's sandbox (or
+// container), or watches the one it is attached in, lets pass before it
+// asks the runtime again unless an event wakes it: the safety net's
+// interval while the runtime's events flow, else the poll's.
 func (d *Driver) pollInterval() time.Duration {
+	if d.streaming() {
+		return d.resyncInterval()
+	}
+	return d.fastPoll()
+}
+
+// fastPoll is how soon a waiter tries again when no event would tell it
+// to: the runtime did not answer, or the attach failed (the pod's
+// interface may not be there yet).
+func (d *Driver) fastPoll() time.Duration {
 	if d.opts.SandboxPoll > 0 {
 		return d.opts.SandboxPoll
 	}
 	return DefaultSandboxPoll
+}
+
+// untilWaitEnds shortens next so that a waiter reports a failure when
+// Options.SandboxWait has passed, not up to a safety-net interval later.
+func (d *Driver) untilWaitEnds(w *waiter, next time.Duration) time.Duration {
+	if rem := time.Until(w.waitingSince.Add(d.sandboxWait())); rem > 0 && rem < next {
+		return rem + 10*time.Millisecond
+	}
+	return next
 }
 
 func (d *Driver) sandboxWait() time.Duration {
@@ -213,10 +253,10 @@ func (d *Driver) step(ctx context.Context, w *waiter) time.Duration {
 			klog.InfoS("The pod's sandbox is gone; waiting for its replacement", "volume", w.volID, "pod", w.id.Pod)
 		}
 		d.waiting(w, "waiting for the pod's sandbox")
-		return poll
+		return d.untilWaitEnds(w, poll)
 	case err != nil:
 		d.waiting(w, "cannot ask the container runtime for the pod's sandbox: "+err.Error())
-		return poll
+		return d.fastPoll()
 	case sb.HostNetwork:
 		d.failed(w, sb.ID, hostNetworkError(w.id.Interface).Error())
 		return 0
@@ -226,8 +266,9 @@ func (d *Driver) step(ctx context.Context, w *waiter) time.Duration {
 		// The interface may not be there yet (the network plugin is
 		// still at work), or the namespace went meanwhile: try again.
 		d.failed(w, sb.ID, fmt.Sprintf("cannot attach in sandbox %s: %v", sb.ID, err))
-		return poll
+		return d.fastPoll()
 	}
+	failpoint.Hit("deferred.attached")
 	if w.netns != p.Netns || w.sandbox != sb.ID || w.statusState() != stateAttached {
 		w.netns, w.sandbox, w.failedFor = p.Netns, sb.ID, ""
 		w.setStatus(podnetStatus{State: stateAttached, Interface: w.id.Interface, Netns: p.Netns, Sandbox: sb.ID})

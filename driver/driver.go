@@ -52,13 +52,16 @@ type Options struct {
 	// KubeletCgroupRoot is kubelet's --cgroup-root (empty: "/"), under
 	// which pods' cgroups are looked for.
 	KubeletCgroupRoot string
-	// CRI finds pods' sandboxes for interface pod (deferred.go); nil:
-	// such volumes fail with FailedPrecondition.
+	// CRI finds pods' sandboxes for interface pod (deferred.go), and, if
+	// it is a PodWatcher too, follows the runtime's events; nil: such
+	// volumes fail with FailedPrecondition.
 	CRI SandboxFinder
 	// SandboxPoll is how often a deferred volume asks the runtime for its
-	// pod's sandbox (0: DefaultSandboxPoll); SandboxWait how long it waits
-	// for one before it reports a failure (0: DefaultSandboxWait).
-	SandboxPoll, SandboxWait time.Duration
+	// pod's sandbox when the runtime's events do not flow (0:
+	// DefaultSandboxPoll); SandboxResync how often it asks while they do,
+	// as a safety net (0: DefaultSandboxResync); SandboxWait how long it
+	// waits for one before it reports a failure (0: DefaultSandboxWait).
+	SandboxPoll, SandboxResync, SandboxWait time.Duration
 }
 
 // Driver serves the CSI Identity and Node services.

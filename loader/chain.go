@@ -174,7 +174,8 @@ func (l *Loader) adoptChain(e *entry) error {
 
 // pruneChains removes from every dispatcher the members no attachment owns
 // (a publish that crashed after attaching) and empties dispatchers no
-// attachment uses at all. Caller holds l.gc exclusively.
+// attachment uses at all; pods' chains as prunePodChains says. Caller
+// holds l.gc exclusively.
 func (l *Loader) pruneChains() error {
 	if !l.canChain {
 		return nil
@@ -187,7 +188,12 @@ func (l *Loader) pruneChains() error {
 		return err
 	}
 	var errs []error
+	var pods []string
 	for _, de := range ents {
+		if isPodChainDir(de.Name()) {
+			pods = append(pods, de.Name())
+			continue
+		}
 		t, ok := parsePinDirName(de.Name())
 		if !ok {
 			continue
@@ -212,6 +218,7 @@ func (l *Loader) pruneChains() error {
 			}
 		}
 	}
+	errs = append(errs, l.prunePodChains(pods))
 	return errors.Join(errs...)
 }
 
@@ -453,6 +460,7 @@ func (l *Loader) attachPodMember(e *entry, netns string, ino uint64) (*Program, 
 			return nil, l.chainError(e.id, err)
 		}
 	}
+	failpoint.Hit("podnet.joined")
 	if err := writeNetnsPin(l.pinDir(e.key), netns, ino); err != nil {
 		klog.ErrorS(err, "Recording the namespace of a pod's attachment; a restart attaches it again", "key", e.key)
 	}
@@ -483,10 +491,15 @@ func (l *Loader) leavePodChain(e *entry) error {
 // forgetEmptyPodChain closes a pod interface's chain that has no members
 // left: pods come and go, their chains must not pile up.
 func (l *Loader) forgetEmptyPodChain(id Identity, c *dispatcher.Chain) {
+	l.forgetPodChain(podChainName(id), c)
+}
+
+// forgetPodChain closes the pod interface's chain c, pinned under name,
+// if it has no members left, keeping its revision count.
+func (l *Loader) forgetPodChain(name string, c *dispatcher.Chain) {
 	if len(c.Members()) > 0 {
 		return
 	}
-	name := podChainName(id)
 	l.mu.Lock()
 	if l.chains[name] == c {
 		delete(l.chains, name)

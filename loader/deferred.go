@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/bpfmount/bpfmount/internal/failpoint"
 	"github.com/bpfmount/bpfmount/internal/fault"
 )
 
@@ -179,6 +180,7 @@ func (l *Loader) AttachNetns(key, netns string) (*Program, error) {
 		return l.attachTCX(e, ifc)
 	})
 	if err == nil {
+		failpoint.Hit("podnet.attached")
 		err = e.link.Pin(filepath.Join(l.pinDir(key), "link"))
 		if err != nil {
 			e.link.Close()
@@ -191,6 +193,7 @@ func (l *Loader) AttachNetns(key, netns string) (*Program, error) {
 		l.mu.Unlock()
 		return nil, err
 	}
+	failpoint.Hit("podnet.linked")
 	if err := writeNetnsPin(l.pinDir(key), netns, ino); err != nil {
 		klog.ErrorS(err, "Recording the namespace of a pod's attachment; a restart attaches it again", "key", key)
 	}

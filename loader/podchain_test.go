@@ -1,10 +1,15 @@
 package loader
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/bpfmount/bpfmount/internal/fault"
 	"github.com/bpfmount/bpfmount/loader/dispatcher"
@@ -145,5 +150,90 @@ func TestChainsReportPodsTogether(t *testing.T) {
 	}
 	if s := l.Chains(); len(s) != 1 || s[0].Revisions != 3 {
 		t.Errorf("after a pod left: %+v", s)
+	}
+}
+
+// Prune removes the pins of a pod interface's chain that no attachment
+// holds (a crash left it behind with its volume's record gone), or whose
+// every member was last in a namespace that is gone or is another one
+// now, or whose members never recorded one (a crash mid-join); a chain
+// one of whose members is in a living namespace stays.
+func TestPrunePodChains(t *testing.T) {
+	root := t.TempDir()
+	l := &Loader{root: root, canChain: true, entries: map[string]*entry{}, chains: map[string]*dispatcher.Chain{}}
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/net", &st); err != nil {
+		t.Fatal(err)
+	}
+	alive := fmt.Sprintf("%d:/proc/self/ns/net", st.Ino)
+	pod := func(n int, prio int) Identity {
+		return Identity{Hook: HookXDP, Interface: "eth0", Pod: fmt.Sprintf("0b4e6f2a-1111-2222-3333-44445555666%d", n), Program: "p", Priority: prio}
+	}
+	hold := func(id Identity, netns string) string {
+		key := id.Key()
+		l.entries[key] = &entry{id: id, key: key, owners: map[string]struct{}{"vol": {}}}
+		if err := os.MkdirAll(l.pinDir(key), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if netns != "" {
+			if err := os.Symlink(netns, filepath.Join(l.pinDir(key), netnsPin)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return key
+	}
+	chainDir := func(id Identity) string {
+		d := filepath.Join(root, "dispatchers", podChainName(id))
+		if err := os.MkdirAll(filepath.Join(d, "rev-1"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(d, "rev-1", "dispatcher"), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	live, liveAndGone := pod(1, 1), pod(1, 2) // one chain, two members
+	hold(live, alive)
+	hold(liveAndGone, "4242:/nonexistent/ns/net")
+	kept := chainDir(live)
+
+	gone := pod(2, 1)
+	goneKey := hold(gone, "4242:/nonexistent/ns/net")
+	replaced := pod(3, 1)
+	hold(replaced, fmt.Sprintf("%d:/proc/self/ns/net", st.Ino+1))
+	unheld := pod(4, 1)
+	neverRecorded := pod(5, 1)
+	hold(neverRecorded, "")
+	var pruned []string
+	for _, id := range []Identity{gone, replaced, unheld, neverRecorded} {
+		pruned = append(pruned, chainDir(id))
+	}
+
+	if err := l.pruneChains(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(kept, "rev-1", "dispatcher")); err != nil {
+		t.Errorf("the chain of a pod whose namespace lives lost its pins: %v", err)
+	}
+	for _, d := range pruned {
+		if _, err := os.Stat(d); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s stayed (%v)", filepath.Base(d), err)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(l.pinDir(goneKey), netnsPin)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a pruned chain's member still records its gone namespace (%v)", err)
+	}
+	if _, err := os.Stat(l.pinDir(goneKey)); err != nil {
+		t.Errorf("a held member's own pins went with its chain: %v", err)
+	}
+
+	// Where the kernel cannot chain, nothing is touched.
+	again := chainDir(unheld)
+	l.canChain = false
+	if err := l.pruneChains(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(again); err != nil {
+		t.Errorf("pruned without chaining: %v", err)
 	}
 }

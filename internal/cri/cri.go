@@ -3,7 +3,8 @@
 //
 // Kubelet mounts a pod's volumes before it creates the pod's sandbox, so
 // the sandbox, and with it the pod's network namespace, may not exist yet
-// when a volume is published: callers ask again until it appears.
+// when a volume is published: callers ask again until it appears, when
+// the runtime's events say the pod changed (WatchPods) or at intervals.
 package cri
 
 import (

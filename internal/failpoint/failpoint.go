@@ -47,4 +47,15 @@ var (
 	ChainSteps     = []string{
 		"chain.loaded", "chain.attached", "chain.swapped", "chain.retiring",
 	}
+	// PodnetSteps are those of a pod interface's attach, by its waiter
+	// once the pod's sandbox runs, of a program alone (a kernel that
+	// cannot chain): the link made in the sandbox's namespace; the link
+	// pinned, before the namespace is recorded beside it; the loader
+	// done, before the waiter's status says attached.
+	PodnetSteps = []string{"podnet.attached", "podnet.linked", "deferred.attached"}
+	// PodChainSteps are those of the same attach through the pod
+	// interface's dispatcher: the chain change's (a first member retires
+	// no revision); the member in the chain, before its namespace is
+	// recorded; the loader done, before the waiter's status says attached.
+	PodChainSteps = []string{"chain.loaded", "chain.attached", "chain.swapped", "podnet.joined", "deferred.attached"}
 )

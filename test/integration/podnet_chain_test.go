@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/bpfmount/bpfmount/deploy/examples/xdp-counter/counter"
 	"github.com/bpfmount/bpfmount/driver"
 	"github.com/bpfmount/bpfmount/driver/policy"
+	"github.com/bpfmount/bpfmount/driver/state"
 	"github.com/bpfmount/bpfmount/internal/cri"
 	"github.com/bpfmount/bpfmount/internal/cri/critest"
 	"github.com/bpfmount/bpfmount/internal/testenv"
@@ -297,4 +299,86 @@ func TestPodInterfaceTCChain(t *testing.T) {
 		}
 	}
 	e.d.AssertClean(t, nil, targets[10], targets[20])
+}
+
+// A pod interface's chain whose volume's record went while the daemon was
+// down (a crash between the chain's change and the record's removal,
+// simulated by deleting the record) is pruned at the next start: its
+// dispatcher leaves the pod's eth0 and its pins go. Another pod's chain,
+// held by its record in a living namespace, is kept and counts on.
+func TestPodChainPrunedAtStart(t *testing.T) {
+	e := newSandboxEnv(t, testenv.XDPCounterObject, "own-interface", `  interfaces: ["pod:*"]
+`)
+	if !e.d.Loader.CanChain() {
+		t.Skip("this kernel cannot chain programs with a dispatcher (freplace, BPF_PROG_TYPE_EXT)")
+	}
+	ctx := context.Background()
+	target := func(vol string) string { return filepath.Join(e.dir, vol) }
+	veths := map[string]*testenv.Veth{}
+	for _, vol := range []string{"kept", "dropped"} {
+		uid := uuid.NewString()
+		veths[vol] = testenv.NewPodVeth(t, "eth0")
+		e.rt.RunSandbox(uid, "sb-"+vol, veths[vol].NetnsPath())
+		attrs := podAttrs(e.img, "pod", "team-a")
+		attrs["csi.storage.k8s.io/pod.uid"], attrs["type"] = uid, "xdp"
+		if _, err := e.d.Node.NodePublishVolume(ctx, publishReq(vol, target(vol), attrs, false)); err != nil {
+			t.Fatal(err)
+		}
+		waitStatus(t, target(vol), func(s map[string]string) bool { return s["state"] == "attached" })
+		if podXDPProgram(t, veths[vol]) == 0 {
+			t.Fatalf("%s: no dispatcher on the pod's eth0", vol)
+		}
+	}
+	chains := func() []string {
+		t.Helper()
+		m, err := filepath.Glob(filepath.Join(e.d.BPFFSRoot, "dispatchers", "pod-*"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	if n := len(chains()); n != 2 {
+		t.Fatalf("%d pod chains pinned, want 2", n)
+	}
+
+	e.d.Stop()
+	st, err := state.Open(e.d.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Delete("dropped"); err != nil {
+		t.Fatal(err)
+	}
+	e.d.Restart(e.opts)
+
+	if m := chains(); len(m) != 1 {
+		t.Fatalf("pod chains pinned after the start: %v, want the kept pod's alone", m)
+	}
+	if id := podXDPProgram(t, veths["dropped"]); id != 0 {
+		t.Errorf("XDP program %d still on the eth0 of the pod whose record went", id)
+	}
+	c0, err := counter.Read(filepath.Join(target("kept"), "xdp_stats_map"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendToPod(t, veths["kept"], 30)
+	c1, err := counter.Read(filepath.Join(target("kept"), "xdp_stats_map"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c1.Packets-c0.Packets < 30 {
+		t.Errorf("the kept pod's chain counted %d of 30 frames", c1.Packets-c0.Packets)
+	}
+	if _, err := e.d.Node.NodeUnpublishVolume(ctx, unpublishReq("kept", target("kept"))); err != nil {
+		t.Fatal(err)
+	}
+	// The dropped volume is unknown to the daemon now: its target's mount
+	// is what kubelet would unmount.
+	if err := unix.Unmount(target("dropped"), unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(target("dropped")); err != nil {
+		t.Fatal(err)
+	}
+	e.d.AssertClean(t, nil, target("kept"), target("dropped"))
 }

@@ -38,6 +38,13 @@ type sandboxEnv struct {
 
 func newSandboxEnv(t *testing.T, obj, name, grants string) sandboxEnv {
 	t.Helper()
+	return newSandboxEnvPolling(t, obj, name, grants, 20*time.Millisecond, 0)
+}
+
+// newSandboxEnvPolling is newSandboxEnv whose waiters poll the runtime at
+// poll without its events, at resync with them (0: the default).
+func newSandboxEnvPolling(t *testing.T, obj, name, grants string, poll, resync time.Duration) sandboxEnv {
+	t.Helper()
 	testenv.RequireRoot(t)
 	e := sandboxEnv{img: testenv.Layout(t, obj, "v1")}
 	var ep string
@@ -60,7 +67,7 @@ rules:
 	t.Cleanup(func() { c.Close() })
 	e.opts = testenv.DaemonOptions{Configure: func(o *driver.Options) {
 		o.Policy = policy.Static(pol)
-		o.CRI, o.SandboxPoll = c, 20*time.Millisecond
+		o.CRI, o.SandboxPoll, o.SandboxResync = c, poll, resync
 	}}
 	e.d = testenv.StartDaemon(t, e.opts)
 	e.dir = testenv.ShortTempDir(t)

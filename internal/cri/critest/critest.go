@@ -1,12 +1,13 @@
 // Package critest is a fake container runtime for tests: a CRI
 // RuntimeService on a unix socket (real gRPC, the k8s.io/cri-api service
 // definitions) that answers the calls package cri makes from sandboxes the
-// test runs, replaces and removes.
+// test runs, replaces and removes, and streams their events.
 package critest
 
 import (
 	"context"
 	"encoding/json"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,18 +16,36 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // PodUIDLabel is the label kubelet puts on a pod's sandboxes.
 const PodUIDLabel = "io.kubernetes.pod.uid"
 
-// Runtime answers ListPodSandbox and PodSandboxStatus.
+// Runtime answers ListPodSandbox, PodSandboxStatus, ListContainers and
+// ContainerStatus from its State, and streams an event to every open
+// GetContainerEvents call whenever a sandbox or a container of its helpers
+// (RunSandbox, StopSandbox, RunContainer, ExitContainer) changes, as
+// containerd and CRI-O do.
 type Runtime struct {
 	runtimeapi.UnimplementedRuntimeServiceServer
 	mu    sync.Mutex
 	state State
 	calls int
+	// noEvents answers GetContainerEvents with Unimplemented, as a
+	// runtime without the event stream (containerd before 1.7) does.
+	noEvents bool
+	streams  map[*stream]struct{}
+	opened   int // streams opened, over the runtime's life
+}
+
+// stream is one open GetContainerEvents call.
+type stream struct {
+	events chan *runtimeapi.ContainerEventResponse
+	broken chan struct{}
 }
 
 // State is what the runtime holds: its sandboxes, each one's verbose
@@ -55,7 +74,7 @@ func Start(t testing.TB) (*Runtime, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Runtime{state: State{Info: map[string]string{}, HostNet: map[string]bool{}, ContainerInfo: map[string]string{}}}
+	r := &Runtime{state: State{Info: map[string]string{}, HostNet: map[string]bool{}, ContainerInfo: map[string]string{}}, streams: map[*stream]struct{}{}}
 	srv := grpc.NewServer()
 	runtimeapi.RegisterRuntimeServiceServer(srv, r)
 	go srv.Serve(l)
@@ -87,6 +106,7 @@ func (r *Runtime) RunSandbox(uid, id, netns string) {
 		s.Sandboxes = append(s.Sandboxes, Sandbox(id, uid, runtimeapi.PodSandboxState_SANDBOX_READY, time.Now().UnixNano()))
 		s.Info[id] = string(info)
 	})
+	r.sandboxEvent(id, runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT)
 }
 
 // RunHostNetworkSandbox adds a ready sandbox of a hostNetwork pod.
@@ -95,6 +115,7 @@ func (r *Runtime) RunHostNetworkSandbox(uid, id string) {
 		s.Sandboxes = append(s.Sandboxes, Sandbox(id, uid, runtimeapi.PodSandboxState_SANDBOX_READY, time.Now().UnixNano()))
 		s.HostNet[id] = true
 	})
+	r.sandboxEvent(id, runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT)
 }
 
 // StopSandbox makes a sandbox not ready, as a dead sandbox is until
@@ -107,6 +128,7 @@ func (r *Runtime) StopSandbox(id string) {
 			}
 		}
 	})
+	r.sandboxEvent(id, runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT)
 }
 
 // Sandbox is a sandbox of pod uid.
@@ -129,7 +151,9 @@ func (r *Runtime) ListPodSandbox(_ context.Context, req *runtimeapi.ListPodSandb
 			ok = false
 		}
 		if ok {
-			out = append(out, s)
+			// A copy: the answer is marshalled after the lock is
+			// released, while the test may change the sandbox.
+			out = append(out, proto.Clone(s).(*runtimeapi.PodSandbox))
 		}
 	}
 	return &runtimeapi.ListPodSandboxResponse{Items: out}, nil
@@ -167,6 +191,7 @@ func (r *Runtime) RunContainer(uid, sandboxID, name, id string, pid int) {
 			Labels: map[string]string{PodUIDLabel: uid, ContainerNameLabel: name}})
 		s.ContainerInfo[id] = string(info)
 	})
+	r.containerEvent(id, runtimeapi.ContainerEventType_CONTAINER_STARTED_EVENT)
 }
 
 // ExitContainer makes a container exited.
@@ -178,6 +203,7 @@ func (r *Runtime) ExitContainer(id string) {
 			}
 		}
 	})
+	r.containerEvent(id, runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT)
 }
 
 // ListContainers filters by sandbox, label and state, as runtimes do.
@@ -196,7 +222,7 @@ func (r *Runtime) ListContainers(_ context.Context, req *runtimeapi.ListContaine
 			ok = false
 		}
 		if ok {
-			out = append(out, c)
+			out = append(out, proto.Clone(c).(*runtimeapi.Container))
 		}
 	}
 	return &runtimeapi.ListContainersResponse{Containers: out}, nil
@@ -212,4 +238,106 @@ func (r *Runtime) ContainerStatus(_ context.Context, req *runtimeapi.ContainerSt
 		resp.Info = map[string]string{"info": r.state.ContainerInfo[req.ContainerId]}
 	}
 	return resp, nil
+}
+
+// SetEvents makes the runtime serve the event stream (the default) or
+// answer GetContainerEvents with Unimplemented.
+func (r *Runtime) SetEvents(on bool) {
+	r.mu.Lock()
+	r.noEvents = !on
+	r.mu.Unlock()
+}
+
+// Streams returns how many event streams are open now, and how many were
+// opened since the runtime started.
+func (r *Runtime) Streams() (open, opened int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.streams), r.opened
+}
+
+// BreakStreams ends every open event stream with Unavailable, as a
+// runtime that restarts does.
+func (r *Runtime) BreakStreams() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for s := range r.streams {
+		close(s.broken)
+		delete(r.streams, s)
+	}
+}
+
+// GetContainerEvents streams the runtime's events until the caller goes
+// or the test breaks the stream (BreakStreams).
+func (r *Runtime) GetContainerEvents(_ *runtimeapi.GetEventsRequest, srv runtimeapi.RuntimeService_GetContainerEventsServer) error {
+	r.mu.Lock()
+	if r.noEvents {
+		r.mu.Unlock()
+		return status.Error(codes.Unimplemented, "unknown method GetContainerEvents")
+	}
+	s := &stream{events: make(chan *runtimeapi.ContainerEventResponse, 256), broken: make(chan struct{})}
+	r.streams[s] = struct{}{}
+	r.opened++
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		delete(r.streams, s)
+		r.mu.Unlock()
+	}()
+	for {
+		select {
+		case <-srv.Context().Done():
+			return nil
+		case <-s.broken:
+			return status.Error(codes.Unavailable, "the runtime restarts")
+		case ev := <-s.events:
+			if err := srv.Send(ev); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// sandboxEvent sends an event about sandbox id, with its status, as
+// containerd does for a sandbox.
+func (r *Runtime) sandboxEvent(id string, typ runtimeapi.ContainerEventType) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.emit(&runtimeapi.ContainerEventResponse{ContainerId: id, ContainerEventType: typ, CreatedAt: time.Now().UnixNano(), PodSandboxStatus: r.sandboxStatus(id)})
+}
+
+// containerEvent sends an event about container id, with its sandbox's
+// status.
+func (r *Runtime) containerEvent(id string, typ runtimeapi.ContainerEventType) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ev := &runtimeapi.ContainerEventResponse{ContainerId: id, ContainerEventType: typ, CreatedAt: time.Now().UnixNano()}
+	for _, c := range r.state.Containers {
+		if c.Id == id {
+			ev.PodSandboxStatus = r.sandboxStatus(c.PodSandboxId)
+		}
+	}
+	r.emit(ev)
+}
+
+// sandboxStatus is sandbox id's status in an event: its pod's UID in the
+// metadata and the labels. Caller holds r.mu.
+func (r *Runtime) sandboxStatus(id string) *runtimeapi.PodSandboxStatus {
+	for _, sb := range r.state.Sandboxes {
+		if sb.Id == id {
+			return &runtimeapi.PodSandboxStatus{Id: id, State: sb.State, Labels: maps.Clone(sb.Labels),
+				Metadata: &runtimeapi.PodSandboxMetadata{Uid: sb.Labels[PodUIDLabel]}}
+		}
+	}
+	return &runtimeapi.PodSandboxStatus{Id: id}
+}
+
+// emit queues ev on every open stream. Caller holds r.mu.
+func (r *Runtime) emit(ev *runtimeapi.ContainerEventResponse) {
+	for s := range r.streams {
+		select {
+		case s.events <- ev:
+		default: // a stream nobody reads: the test did not want it
+		}
+	}
 }

@@ -71,7 +71,7 @@ suite_files() {
 }
 # On 6.1 (no tcx) the suites' tests that touch xdp and tc, the cgroup
 # hooks' and the uprobes' (a container's too).
-suite_run_61='^(TestXDP|TestSecondXDP|TestIdentical|TestReadOnly|TestRestartKeeps|TestPublishIsIdempotent|TestInterfaceRemoval|TestUnpublishAfter|TestCrashDuring|TestTrafficContinues|TestSIGTERM|TestPodCgroup|TestLocalCgroup|TestHybridCgroup|TestDefaultRoute|TestKeepAttached|TestNameHeldByAnotherLoad|TestMapOnlyVolume|TestNodeProgramsFromFile|TestUpgradeInPlaceXDP|TestRolloutUpgradesLingeringProgram|TestCrashWhileLingering|TestPodInterfaceXDPChain|TestPodInterfaceTCChain|TestContainerUprobe|TestTracingUprobe)'
+suite_run_61='^(TestXDP|TestSecondXDP|TestIdentical|TestReadOnly|TestRestartKeeps|TestPublishIsIdempotent|TestInterfaceRemoval|TestUnpublishAfter|TestCrashDuring|TestTrafficContinues|TestSIGTERM|TestPodCgroup|TestLocalCgroup|TestHybridCgroup|TestDefaultRoute|TestKeepAttached|TestNameHeldByAnotherLoad|TestMapOnlyVolume|TestNodeProgramsFromFile|TestUpgradeInPlaceXDP|TestRolloutUpgradesLingeringProgram|TestCrashWhileLingering|TestPodInterfaceXDPChain|TestPodInterfaceTCChain|TestPodChainPrunedAtStart|TestContainerUprobe|TestTracingUprobe)'
 
 status=0
 suites=0

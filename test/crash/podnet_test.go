@@ -1,8 +1,6 @@
 package crash
 
 import (
-	"encoding/binary"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,9 +9,6 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/google/uuid"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
 
 	"github.com/bpfmount/bpfmount/deploy/examples/xdp-counter/counter"
 	"github.com/bpfmount/bpfmount/internal/cri/critest"
@@ -57,7 +52,7 @@ func TestCrashDuringPodAttach(t *testing.T) {
 			if _, err := s.p.Node.NodeUnpublishVolume(testenv.Ctx(t), &csi.NodeUnpublishVolumeRequest{VolumeId: "vol-pod", TargetPath: s.target}); err != nil {
 				t.Fatal(err)
 			}
-			if id := podXDPProgram(t, s.v); id != 0 {
+			if id := s.v.PeerXDPProgram(t); id != 0 {
 				t.Errorf("XDP program %d is still attached to the pod's eth0 after unpublish", id)
 			}
 			testenv.AssertClean(t, s.p.StateDir, s.p.BPFFSRoot, nil, s.target)
@@ -137,14 +132,14 @@ func (s *podScene) assertAttached(t *testing.T, chained bool) {
 	} else if len(links) != 1 || len(revs) != 0 {
 		t.Fatalf("links %v, revisions %v: want one link and no dispatcher", links, revs)
 	}
-	if podXDPProgram(t, s.v) == 0 {
+	if s.v.PeerXDPProgram(t) == 0 {
 		t.Fatal("no XDP program on the pod's eth0")
 	}
 	// The veth's own frames (the host end's neighbour discovery) may add
 	// a few; a second attachment would double the count.
 	const n, quiet = 50, 10
 	before := s.packets(t)
-	sendToPod(t, s.v, n)
+	s.v.SendToPeer(t, n)
 	if got := s.packets(t) - before; got < n || got >= n+quiet {
 		t.Fatalf("counted %d of %d frames sent to the pod", got, n)
 	}
@@ -157,53 +152,4 @@ func (s *podScene) packets(t *testing.T) uint64 {
 		t.Fatal(err)
 	}
 	return c.Packets
-}
-
-// sendToPod sends n frames from the host end of v to its pod end (eth0),
-// where an XDP program on the pod's interface sees them arrive.
-func sendToPod(t *testing.T, v *testenv.Veth, n int) {
-	t.Helper()
-	ifc, err := net.InterfaceByName(v.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	addr := &unix.SockaddrLinklayer{Ifindex: ifc.Index, Halen: 6}
-	copy(addr.Addr[:], v.PeerMAC)
-	frame := make([]byte, 64)
-	copy(frame[0:6], v.PeerMAC)
-	copy(frame[6:12], v.HostMAC)
-	binary.BigEndian.PutUint16(frame[12:14], 0x88b5) // IEEE local experimental: no stack answers
-	for i := 0; i < n; i++ {
-		if err := unix.Sendto(fd, frame, 0, addr); err != nil {
-			t.Fatalf("sending frame %d: %v", i, err)
-		}
-	}
-}
-
-// podXDPProgram is the XDP program on the pod end (eth0) of v, or 0.
-func podXDPProgram(t *testing.T, v *testenv.Veth) uint32 {
-	t.Helper()
-	ns, err := netns.GetFromPath(v.NetnsPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if x := l.Attrs().Xdp; x != nil && x.Attached {
-		return x.ProgId
-	}
-	return 0
 }

@@ -2,9 +2,7 @@ package integration
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,8 +11,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/bpfmount/bpfmount/deploy/examples/xdp-counter/counter"
@@ -25,55 +21,6 @@ import (
 	"github.com/bpfmount/bpfmount/internal/cri/critest"
 	"github.com/bpfmount/bpfmount/internal/testenv"
 )
-
-// sendToPod sends n frames from the host end of v to its peer (the pod's
-// eth0), where an XDP program on the pod's interface sees them arrive.
-func sendToPod(t *testing.T, v *testenv.Veth, n int) {
-	t.Helper()
-	ifc, err := net.InterfaceByName(v.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fd)
-	addr := &unix.SockaddrLinklayer{Ifindex: ifc.Index, Halen: 6}
-	copy(addr.Addr[:], v.PeerMAC)
-	frame := make([]byte, 64)
-	copy(frame[0:6], v.PeerMAC)
-	copy(frame[6:12], v.HostMAC)
-	binary.BigEndian.PutUint16(frame[12:14], 0x88b5) // IEEE local experimental: no stack answers
-	for i := 0; i < n; i++ {
-		if err := unix.Sendto(fd, frame, 0, addr); err != nil {
-			t.Fatalf("sending frame %d: %v", i, err)
-		}
-	}
-}
-
-// podXDPProgram is the XDP program on the pod end (eth0) of v, or 0.
-func podXDPProgram(t *testing.T, v *testenv.Veth) uint32 {
-	t.Helper()
-	ns, err := netns.GetFromPath(v.NetnsPath())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	l, err := h.LinkByName("eth0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if x := l.Attrs().Xdp; x != nil && x.Attached {
-		return x.ProgId
-	}
-	return 0
-}
 
 // Several XDP volumes of one pod on pod:eth0 chain through the pod
 // interface's dispatcher, in priority order, as on a host interface; the
@@ -152,7 +99,7 @@ rules:
 		for i, vol := range vols {
 			before[i] = count(vol)
 		}
-		sendToPod(t, v, n)
+		v.SendToPeer(t, n)
 		out := make([]uint64, len(vols))
 		for i, vol := range vols {
 			out[i] = count(vol) - before[i]
@@ -223,7 +170,7 @@ rules:
 	for _, vol := range []string{"a-early", "a-stop", "a-late"} {
 		waitStatus(t, target(vol), func(s map[string]string) bool { return s["state"] == "waiting" })
 	}
-	if id := podXDPProgram(t, second); id != 0 {
+	if id := second.PeerXDPProgram(t); id != 0 {
 		t.Errorf("XDP program %d still on the gone sandbox's eth0", id)
 	}
 	third := testenv.NewPodVeth(t, "eth0")
@@ -240,7 +187,7 @@ rules:
 		}
 	}
 	for _, v := range []*testenv.Veth{third, other} {
-		if id := podXDPProgram(t, v); id != 0 {
+		if id := v.PeerXDPProgram(t); id != 0 {
 			t.Errorf("XDP program %d is still attached to the pod's eth0 after unpublish", id)
 		}
 	}
@@ -325,7 +272,7 @@ func TestPodChainPrunedAtStart(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitStatus(t, target(vol), func(s map[string]string) bool { return s["state"] == "attached" })
-		if podXDPProgram(t, veths[vol]) == 0 {
+		if veths[vol].PeerXDPProgram(t) == 0 {
 			t.Fatalf("%s: no dispatcher on the pod's eth0", vol)
 		}
 	}
@@ -354,14 +301,14 @@ func TestPodChainPrunedAtStart(t *testing.T) {
 	if m := chains(); len(m) != 1 {
 		t.Fatalf("pod chains pinned after the start: %v, want the kept pod's alone", m)
 	}
-	if id := podXDPProgram(t, veths["dropped"]); id != 0 {
+	if id := veths["dropped"].PeerXDPProgram(t); id != 0 {
 		t.Errorf("XDP program %d still on the eth0 of the pod whose record went", id)
 	}
 	c0, err := counter.Read(filepath.Join(target("kept"), "xdp_stats_map"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	sendToPod(t, veths["kept"], 30)
+	veths["kept"].SendToPeer(t, 30)
 	c1, err := counter.Read(filepath.Join(target("kept"), "xdp_stats_map"))
 	if err != nil {
 		t.Fatal(err)

@@ -62,18 +62,12 @@ measured in %d interleaved rounds and the best round counts. A ratio below
 
 `, f0.Repeat, f0.Rounds)
 	header(w, "members", kernels, "bpfmount", "libxdp")
-	for i, fr := range f0.Frame {
-		fmt.Fprintf(w, "| %d |", fr.Members)
-		for _, f := range figs {
-			if i < len(f.Frame) {
-				c := f.Frame[i]
-				fmt.Fprintf(w, " %.1f ns | %.1f ns | **%.2f** |", c.BpfmountNS, c.LibxdpNS, c.BpfmountNS/c.LibxdpNS)
-			} else {
-				fmt.Fprint(w, " | | |")
-			}
+	table(w, figs, "ns", func(f libxdpfig.Figures, i int) (int, float64, float64, bool) {
+		if i >= len(f.Frame) {
+			return 0, 0, 0, false
 		}
-		fmt.Fprintln(w)
-	}
+		return f.Frame[i].Members, f.Frame[i].BpfmountNS, f.Frame[i].LibxdpNS, true
+	})
 	fmt.Fprintf(w, `
 **Latency of adding the k-th program** (k = 1..%d) to one interface, whole
 processes: `+"`bpfmount publish --attr image=… --attr program=xdp_count --attr\ninterface=… --attr priority=k`"+` (the client binary alone, built with
@@ -88,18 +82,12 @@ records the volume.
 
 `, len(f0.Add), f0.AddRounds)
 	header(w, "k", kernels, "bpfmount publish", "xdp-loader load")
-	for i, a := range f0.Add {
-		fmt.Fprintf(w, "| %d |", a.K)
-		for _, f := range figs {
-			if i < len(f.Add) {
-				c := f.Add[i]
-				fmt.Fprintf(w, " %.1f ms | %.1f ms | **%.2f** |", c.BpfmountMS, c.LibxdpMS, c.BpfmountMS/c.LibxdpMS)
-			} else {
-				fmt.Fprint(w, " | | |")
-			}
+	table(w, figs, "ms", func(f libxdpfig.Figures, i int) (int, float64, float64, bool) {
+		if i >= len(f.Add) {
+			return 0, 0, 0, false
 		}
-		fmt.Fprintln(w)
-	}
+		return f.Add[i].K, f.Add[i].BpfmountMS, f.Add[i].LibxdpMS, true
+	})
 	fmt.Fprint(w, `
 Reproduce: `+"`sudo make bench-libxdp`"+` (part of `+"`make bench`"+`; it runs
 `+"`TestLibxdpSideBySide`"+` in test/vm on each kernel, one VM after the other, and
@@ -120,4 +108,25 @@ func header(w io.Writer, first string, kernels []string, ours, theirs string) {
 		fmt.Fprint(w, "---|---|---|")
 	}
 	fmt.Fprintln(w)
+}
+
+// table writes a row per row of the first kernel's figures: its label,
+// then bpfmount's figure, the other loader's and their ratio for each
+// kernel (empty cells where a kernel has fewer rows).
+func table(w io.Writer, figs []libxdpfig.Figures, unit string, row func(f libxdpfig.Figures, i int) (label int, ours, theirs float64, ok bool)) {
+	for i := 0; ; i++ {
+		label, _, _, ok := row(figs[0], i)
+		if !ok {
+			return
+		}
+		fmt.Fprintf(w, "| %d |", label)
+		for _, f := range figs {
+			if _, ours, theirs, ok := row(f, i); ok {
+				fmt.Fprintf(w, " %.1f %s | %.1f %s | **%.2f** |", ours, unit, theirs, unit, ours/theirs)
+			} else {
+				fmt.Fprint(w, " | | |")
+			}
+		}
+		fmt.Fprintln(w)
+	}
 }

@@ -3,10 +3,8 @@ package crash
 import (
 	"bytes"
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -35,23 +33,11 @@ type ctScene struct {
 
 func newCtScene(t *testing.T, b, server string) *ctScene {
 	t.Helper()
-	s := &ctScene{p: testenv.NewProcDaemon(t, b), uid: uuid.NewString(), img: testenv.Layout(t, testenv.TraceCountObject, "v1")}
-	var ep string
-	s.rt, ep = critest.Start(t)
-	layoutDir := strings.TrimSuffix(strings.TrimPrefix(s.img, "oci:"), ":v1")
-	pol := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(pol, []byte(`apiVersion: bpfmount.io/v1alpha1
-kind: NodePolicy
-rules:
-- name: own-containers
-  namespaces: ["team-a"]
-  images: ["oci:`+filepath.Dir(layoutDir)+`/*"]
+	s := &ctScene{uid: uuid.NewString()}
+	s.p, s.rt, s.img = podDaemon(t, b, testenv.TraceCountObject, `- name: own-containers
   hooks: ["uprobe"]
   attachTo: ["container:*:/bin/*"]
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s.p.Args = []string{"--policy=" + pol, "--cri-endpoint=" + ep}
+`)
 	s.target = filepath.Join(testenv.ShortTempDir(t), "vol")
 	cgroups := testenv.Cgroup2(t)
 	s.ctr = testenv.StartContainer(t, server, filepath.Join(cgroups, testenv.RandomName("bpfmount-crash-")))

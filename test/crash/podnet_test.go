@@ -74,22 +74,10 @@ type podScene struct {
 
 func newPodScene(t *testing.T, b string) *podScene {
 	t.Helper()
-	s := &podScene{p: testenv.NewProcDaemon(t, b), uid: uuid.NewString(), img: testenv.Layout(t, testenv.XDPCounterObject, "v1")}
-	var ep string
-	s.rt, ep = critest.Start(t)
-	layoutDir := strings.TrimSuffix(strings.TrimPrefix(s.img, "oci:"), ":v1")
-	pol := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(pol, []byte(`apiVersion: bpfmount.io/v1alpha1
-kind: NodePolicy
-rules:
-- name: own-interface
-  namespaces: ["team-a"]
-  images: ["oci:`+filepath.Dir(layoutDir)+`/*"]
+	s := &podScene{uid: uuid.NewString()}
+	s.p, s.rt, s.img = podDaemon(t, b, testenv.XDPCounterObject, `- name: own-interface
   interfaces: ["pod:*"]
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	s.p.Args = []string{"--policy=" + pol, "--cri-endpoint=" + ep}
+`)
 	s.v = testenv.NewPodVeth(t, "eth0")
 	s.target = filepath.Join(testenv.ShortTempDir(t), "vol")
 	return s
@@ -152,4 +140,29 @@ func (s *podScene) packets(t *testing.T) uint64 {
 		t.Fatal(err)
 	}
 	return c.Packets
+}
+
+// podDaemon is a daemon process (not started) of binary b with a fake CRI
+// runtime and a policy whose one rule, given without its namespaces and
+// images (team-a, and the layout made of object here), names what the
+// test's pod may attach to.
+func podDaemon(t *testing.T, b, object, rule string) (*testenv.ProcDaemon, *critest.Runtime, string) {
+	t.Helper()
+	p := testenv.NewProcDaemon(t, b)
+	img := testenv.Layout(t, object, "v1")
+	rt, ep := critest.Start(t)
+	layoutDir := strings.TrimSuffix(strings.TrimPrefix(img, "oci:"), ":v1")
+	name, rest, _ := strings.Cut(rule, "\n")
+	pol := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(pol, []byte(`apiVersion: bpfmount.io/v1alpha1
+kind: NodePolicy
+rules:
+`+name+`
+  namespaces: ["team-a"]
+  images: ["oci:`+filepath.Dir(layoutDir)+`/*"]
+`+rest), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.Args = []string{"--policy=" + pol, "--cri-endpoint=" + ep}
+	return p, rt, img
 }

@@ -378,3 +378,30 @@ func TestEmptyDir(t *testing.T) {
 	}
 	check(errNotEmpty)
 }
+
+// TestZeroTargetCloseTouchesNoDescriptor: a Target not made by OpenTarget
+// (the driver's tests fake one) must not close descriptor 0, which its
+// zero parent field would name.
+func TestZeroTargetCloseTouchesNoDescriptor(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	saved, err := unix.Dup(0)
+	if err != nil {
+		t.Skipf("descriptor 0 is not open here: %v", err)
+	}
+	defer func() {
+		unix.Dup2(saved, 0)
+		unix.Close(saved)
+	}()
+	if err := unix.Dup2(int(r.Fd()), 0); err != nil {
+		t.Fatal(err)
+	}
+	(&Target{Path: "/x"}).Close()
+	if _, err := unix.FcntlInt(0, unix.F_GETFD, 0); err != nil {
+		t.Fatalf("closing a zero Target closed descriptor 0: %v", err)
+	}
+}

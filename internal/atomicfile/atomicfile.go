@@ -22,8 +22,8 @@ import (
 //
 // It works on the raw descriptor (open, write, close, rename): every
 // publish and unpublish writes its state through here, and an *os.File
-// (its poller registration, finalizer and the retries of os.CreateTemp's
-// name pattern) doubled the cost of a write on tmpfs.
+// (its poller registration, finalizer and os.CreateTemp's name pattern)
+// added about a fifth to a write on tmpfs.
 func WriteFile(path string, data []byte, perm os.FileMode, tempDir string) error {
 	dir, base := filepath.Split(path)
 	if tempDir == "" {

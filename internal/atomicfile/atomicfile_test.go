@@ -68,8 +68,8 @@ func TestWriteFileFailureLeavesOldContent(t *testing.T) {
 
 // TestWriteFileAllocations keeps a write to the bare system calls: every
 // publish and unpublish writes its intent and record through WriteFile,
-// and os.CreateTemp with an *os.File allocated about 15 times and made
-// twice the system calls' cost per write.
+// and os.CreateTemp with an *os.File allocated 11 times per write and
+// cost about 7 µs more of a 37 µs write on tmpfs.
 func TestWriteFileAllocations(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "f.json")
 	data := []byte(`{"volumeID":"v"}`)

@@ -31,18 +31,83 @@ type countingStore struct {
 	// hold is read from disk (a Get of it fails as before, List reports it)
 	// until the next start.
 	unreadable bool
+	// lingerKeys are the keys of the linger records on disk: a publish
+	// asks for lingers twice (expiry, take-over), and with none on the
+	// node (the usual case) neither reads the disk. lingersUnreadable, set
+	// when they could not be listed at start, sends every linger call to
+	// the disk until the next start.
+	lingerKeys        map[string]struct{}
+	lingersUnreadable bool
 }
 
 // newCountingStore wraps s, indexing the records already on disk. Records
 // that cannot be decoded are not indexed or counted.
 func newCountingStore(s recordStore) *countingStore {
-	c := &countingStore{recordStore: s, records: map[string]*state.Record{}, digests: map[string]int{}, targets: map[string]map[string]struct{}{}}
+	c := &countingStore{recordStore: s, records: map[string]*state.Record{}, digests: map[string]int{}, targets: map[string]map[string]struct{}{},
+		lingerKeys: map[string]struct{}{}}
 	recs, err := s.List()
 	c.unreadable = err != nil
 	for _, r := range recs {
 		c.add(r.Clone())
 	}
+	ls, err := s.Lingers()
+	c.lingersUnreadable = err != nil
+	for _, l := range ls {
+		c.lingerKeys[l.Key] = struct{}{}
+	}
 	return c
+}
+
+// noLinger reports, from memory, that key has no linger record (any key
+// when key is ""), so the disk need not be asked.
+func (c *countingStore) noLinger(key string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.lingersUnreadable {
+		return false
+	}
+	if key == "" {
+		return len(c.lingerKeys) == 0
+	}
+	_, ok := c.lingerKeys[key]
+	return !ok
+}
+
+// GetLinger returns key's linger record, or nil when there is none.
+func (c *countingStore) GetLinger(key string) (*state.Linger, error) {
+	if c.noLinger(key) {
+		return nil, nil
+	}
+	return c.recordStore.GetLinger(key)
+}
+
+// Lingers returns every linger record; none without reading the disk when
+// none was written.
+func (c *countingStore) Lingers() ([]*state.Linger, error) {
+	if c.noLinger("") {
+		return nil, nil
+	}
+	return c.recordStore.Lingers()
+}
+
+// PutLinger writes a linger record and notes its key.
+func (c *countingStore) PutLinger(l *state.Linger) error {
+	// Noted first: were the write to fail half-way, the disk is asked.
+	c.mu.Lock()
+	c.lingerKeys[l.Key] = struct{}{}
+	c.mu.Unlock()
+	return c.recordStore.PutLinger(l)
+}
+
+// DeleteLinger removes a linger record and forgets its key once it is gone.
+func (c *countingStore) DeleteLinger(key string) error {
+	if err := c.recordStore.DeleteLinger(key); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	delete(c.lingerKeys, key)
+	c.mu.Unlock()
+	return nil
 }
 
 // Get returns a copy of the volume's record, or nil when it has none.

@@ -287,3 +287,73 @@ func BenchmarkRecordsAtTarget(b *testing.B) {
 		})
 	}
 }
+
+// lingerReads counts the linger calls that reach the store on disk.
+type lingerReads struct {
+	recordStore
+	n int
+}
+
+func (s *lingerReads) GetLinger(key string) (*state.Linger, error) {
+	s.n++
+	return s.recordStore.GetLinger(key)
+}
+
+func (s *lingerReads) Lingers() ([]*state.Linger, error) {
+	s.n++
+	return s.recordStore.Lingers()
+}
+
+// A publish asks for lingers twice (expiry, take-over): with none on the
+// node neither reads the disk; one written or found at start is read from
+// the disk, and one deleted is not asked for again.
+func TestCountingStoreLingersFromMemory(t *testing.T) {
+	dir := t.TempDir()
+	st, err := state.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := &lingerReads{recordStore: st}
+	c := newCountingStore(disk)
+	disk.n = 0 // the listing at start
+	if l, err := c.GetLinger("k1"); l != nil || err != nil {
+		t.Fatalf("GetLinger on an empty node: %v, %v", l, err)
+	}
+	if ls, err := c.Lingers(); len(ls) != 0 || err != nil {
+		t.Fatalf("Lingers on an empty node: %v, %v", ls, err)
+	}
+	if disk.n != 0 {
+		t.Fatalf("%d linger reads reached the disk on a node with none", disk.n)
+	}
+	id := loader.Identity{Digest: "sha256:1", Program: "p", Hook: loader.HookXDP, Interface: "eth0"}
+	k1 := id.Key()
+	if err := c.PutLinger(&state.Linger{Key: k1, Identity: id, ProgramID: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := c.GetLinger(k1); l == nil || l.ProgramID != 7 || err != nil {
+		t.Fatalf("GetLinger after PutLinger: %v, %v", l, err)
+	}
+	if l, _ := c.GetLinger("k2"); l != nil {
+		t.Fatalf("GetLinger of another key: %v", l)
+	}
+	// Found at the next start too.
+	if l, _ := newCountingStore(st).GetLinger(k1); l == nil {
+		t.Fatal("a linger on disk at start is not found")
+	}
+	if err := c.DeleteLinger(k1); err != nil {
+		t.Fatal(err)
+	}
+	disk.n = 0
+	if ls, _ := c.Lingers(); len(ls) != 0 || disk.n != 0 {
+		t.Fatalf("after DeleteLinger: %v, %d disk reads", ls, disk.n)
+	}
+
+	// A linger record that cannot be read at start: every call asks the
+	// disk, so its error is seen.
+	if err := os.WriteFile(filepath.Join(dir, "lingers", "k3.json"), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newCountingStore(st).Lingers(); err == nil {
+		t.Fatal("an unreadable linger record is not reported")
+	}
+}

@@ -1,14 +1,20 @@
 package driver_test
 
 import (
+	"context"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"unsafe"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/bpfmount/bpfmount/driver"
 )
@@ -79,5 +85,46 @@ func TestListenSocketAppearsListening(t *testing.T) {
 	}
 	if left, _ := os.ReadDir(dir); len(left) != 0 {
 		t.Errorf("after Close the directory holds %v, want nothing", left)
+	}
+}
+
+// TestServerReusesGoroutines: calls in sequence run on a few long-lived
+// workers, not on a new goroutine each (whose stack grows again, by
+// copying, on every call).
+func TestServerReusesGoroutines(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "csi.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	record := grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		buf := make([]byte, 64)
+		id := strings.Fields(string(buf[:runtime.Stack(buf, false)]))[1] // "goroutine N [running]:"
+		mu.Lock()
+		seen[id] = true
+		mu.Unlock()
+		return h(ctx, req)
+	})
+	srv := driver.NewServer(&driver.Driver{}, record)
+	go srv.Serve(l)
+	defer srv.Stop()
+	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	node := csi.NewNodeClient(conn)
+	const calls = 40
+	for range calls {
+		if _, err := node.NodeGetCapabilities(context.Background(), &csi.NodeGetCapabilitiesRequest{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The workers, and a goroutine now and then for a call that came
+	// before a worker was back; one goroutine per call without them.
+	if len(seen) > calls/2 {
+		t.Errorf("%d calls in sequence ran on %d goroutines, want a few long-lived workers", calls, len(seen))
 	}
 }

@@ -14,7 +14,6 @@ package mapfs
 import (
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -118,25 +117,25 @@ func Expose(staging string, t *Target, maps map[string]*ebpf.Map, opts Options) 
 	failpoint.Hit("mapfs.pinned")
 
 	if !t.Existed {
-		if err := unix.Mkdirat(int(t.parent.Fd()), t.name, 0o750); err != nil {
+		if err := unix.Mkdirat(t.parent, t.name, 0o750); err != nil {
 			return made, fault.Errorf(fault.Precondition, "creating target directory %s: %v", t.Path, err)
 		}
 		made.TargetCreated = true
-		undo = append(undo, func() { unix.Unlinkat(int(t.parent.Fd()), t.name, unix.AT_REMOVEDIR) })
+		undo = append(undo, func() { unix.Unlinkat(t.parent, t.name, unix.AT_REMOVEDIR) })
 	}
 	dir, err := t.openDir()
 	if err != nil {
 		return made, err
 	}
-	defer dir.Close()
-	if _, err := dir.Readdirnames(1); !errors.Is(err, io.EOF) {
+	defer unix.Close(dir)
+	if err := emptyDir(dir); err != nil {
 		return made, fault.Errorf(fault.Precondition, "target %s is not empty (any more); bpfmount mounts only onto an empty directory", t.Path)
 	}
 	if err := unix.Mount(staging, procPath(dir), "", unix.MS_BIND, ""); err != nil {
 		return made, fmt.Errorf("bind-mounting %s onto %s: %w", staging, t.Path, err)
 	}
 	dev := made.Dev
-	undo = append(undo, func() { unmountOurs(t.parent, t.name, dev) })
+	undo = append(undo, func() { unmountOurs(t.parent, t.parentDir, t.name, dev) })
 	if opts.ReadOnly {
 		if err := remountBindReadOnly(t, made.Dev); err != nil {
 			return made, err
@@ -162,16 +161,15 @@ func SealReadOnly(staging string) error {
 // remountBindReadOnly makes the bind mount at the target read-only, reaching
 // it through the checked parent and verifying it is the volume's instance.
 func remountBindReadOnly(t *Target, dev uint64) error {
-	fd, err := unix.Openat(int(t.parent.Fd()), t.name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, err := unix.Openat(t.parent, t.name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("re-opening target %s: %w", t.Path, err)
 	}
-	f := os.NewFile(uintptr(fd), t.Path)
-	defer f.Close()
-	if d, err := devOf(f); err != nil || d != dev {
+	defer unix.Close(fd)
+	if d, err := devOf(fd); err != nil || d != dev {
 		return fmt.Errorf("target %s is not the volume's mount after bind-mounting it: %w", t.Path, errNotOurs)
 	}
-	if err := unix.Mount("", procPath(f), "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|mountFlags, ""); err != nil {
+	if err := unix.Mount("", procPath(fd), "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|mountFlags, ""); err != nil {
 		return fmt.Errorf("remounting %s read-only: %w", t.Path, err)
 	}
 	return nil
@@ -233,7 +231,7 @@ func Withdraw(staging, target string, made Made) error {
 }
 
 func withdrawTarget(target string, dev uint64, created bool) error {
-	parent, name, err := openParentNoFollow(target)
+	parent, parentDir, name, err := openParentNoFollow(target)
 	if errors.Is(err, unix.ENOENT) {
 		return nil
 	}
@@ -241,14 +239,14 @@ func withdrawTarget(target string, dev uint64, created bool) error {
 		// A symlink on the way, or worse: nothing there was made by us.
 		return nil
 	}
-	defer parent.Close()
-	if _, err := unmountOurs(parent, name, dev); err != nil {
+	defer unix.Close(parent)
+	if _, err := unmountOurs(parent, parentDir, name, dev); err != nil {
 		return err
 	}
 	if !created {
 		return nil
 	}
-	err = unix.Unlinkat(int(parent.Fd()), name, unix.AT_REMOVEDIR)
+	err = unix.Unlinkat(parent, name, unix.AT_REMOVEDIR)
 	switch {
 	case err == nil, errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.EBUSY):
 		// Gone, replaced by a file, or someone else's mount sits on it:
@@ -266,13 +264,12 @@ func bpfMountDev(dir string) (uint64, bool) {
 	if err != nil {
 		return 0, false
 	}
-	f := os.NewFile(uintptr(fd), dir)
-	defer f.Close()
+	defer unix.Close(fd)
 	var sfs unix.Statfs_t
-	if err := unix.Fstatfs(fd, &sfs); err != nil || sfs.Type != unix.BPF_FS_MAGIC || !isMountRoot(f) {
+	if err := unix.Fstatfs(fd, &sfs); err != nil || sfs.Type != unix.BPF_FS_MAGIC || !isMountRoot(fd) {
 		return 0, false
 	}
-	d, err := devOf(f)
+	d, err := devOf(fd)
 	return d, err == nil
 }
 

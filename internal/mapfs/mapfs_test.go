@@ -2,6 +2,7 @@ package mapfs
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -323,4 +324,84 @@ func BenchmarkInspect(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestWithdrawOneUnmountPerMount: the target's mount is unmounted by one
+// umount(2), a detach through the descriptor that was checked to name it.
+// A plain unmount first always failed with EBUSY (that very descriptor
+// holds the mount), a wasted system call on every unpublish.
+func TestWithdrawOneUnmountPerMount(t *testing.T) {
+	requireRoot(t)
+	root := t.TempDir()
+	staging, target, made := expose(t, root, "vol", Options{ReadOnly: true, GID: -1})
+	var calls []string
+	unmount = func(path string, flags int) error {
+		calls = append(calls, fmt.Sprintf("%s %#x", path, flags))
+		return unix.Unmount(path, flags)
+	}
+	t.Cleanup(func() { unmount = unix.Unmount })
+	if err := Withdraw(staging, target, made); err != nil {
+		t.Fatal(err)
+	}
+	if len(calls) != 1 || !strings.HasPrefix(calls[0], "/proc/self/fd/") {
+		t.Fatalf("umount calls at the target: %q, want one detach through a descriptor", calls)
+	}
+	if m, _ := Inspect(target); m.Mounted {
+		t.Fatalf("target still mounted: %+v", m)
+	}
+}
+
+func TestEmptyDir(t *testing.T) {
+	dir := t.TempDir()
+	check := func(want error) {
+		t.Helper()
+		fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		if err := emptyDir(fd); !errors.Is(err, want) {
+			t.Fatalf("emptyDir of %s: %v, want %v", dir, err, want)
+		}
+	}
+	check(nil)
+	if err := os.WriteFile(filepath.Join(dir, ".hidden"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	check(errNotEmpty)
+	os.Remove(filepath.Join(dir, ".hidden"))
+	// More entries than one read of the directory returns.
+	for i := range 200 {
+		if err := os.Mkdir(filepath.Join(dir, fmt.Sprintf("d%03d-%s", i, strings.Repeat("x", 40))), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check(errNotEmpty)
+}
+
+// TestZeroTargetCloseTouchesNoDescriptor: a Target not made by OpenTarget
+// (the driver's tests fake one) must not close descriptor 0, which its
+// zero parent field would name.
+func TestZeroTargetCloseTouchesNoDescriptor(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	saved, err := unix.Dup(0)
+	if err != nil {
+		t.Skipf("descriptor 0 is not open here: %v", err)
+	}
+	defer func() {
+		unix.Dup2(saved, 0)
+		unix.Close(saved)
+	}()
+	if err := unix.Dup2(int(r.Fd()), 0); err != nil {
+		t.Fatal(err)
+	}
+	(&Target{Path: "/x"}).Close()
+	if _, err := unix.FcntlInt(0, unix.F_GETFD, 0); err != nil {
+		t.Fatalf("closing a zero Target closed descriptor 0: %v", err)
+	}
 }

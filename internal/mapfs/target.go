@@ -3,8 +3,6 @@ package mapfs
 import (
 	"errors"
 	"fmt"
-	"io"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -26,16 +24,25 @@ type Target struct {
 	// never removes it).
 	Existed bool
 
-	parent *os.File
-	name   string
+	// parent is the parent directory's O_PATH descriptor (-1 once
+	// closed), parentDir its path. The package keeps raw descriptors: an
+	// *os.File costs a system call (fcntl) and a finalizer each, about ten
+	// times per publish and unpublish.
+	parent    int
+	parentDir string
+	name      string
 }
 
-// Close releases the target's parent descriptor.
+// Close releases the target's parent descriptor. A Target that OpenTarget
+// did not make (a test's fake: its parentDir is empty) holds none, and
+// Close then touches no descriptor.
 func (t *Target) Close() error {
-	if t == nil || t.parent == nil {
+	if t == nil || t.parentDir == "" || t.parent < 0 {
 		return nil
 	}
-	return t.parent.Close()
+	err := unix.Close(t.parent)
+	t.parent = -1
+	return err
 }
 
 // Under reports whether path is root or below it, lexically.
@@ -88,7 +95,7 @@ func OpenTarget(path string, roots []string) (*Target, error) {
 	case err != nil:
 		return nil, fault.Errorf(fault.Precondition, "opening the parent directory of target %s: %v", path, err)
 	}
-	t := &Target{Path: path, parent: os.NewFile(uintptr(fd), filepath.Clean(dir)), name: name}
+	t := &Target{Path: path, parent: fd, parentDir: filepath.Clean(dir), name: name}
 	if err := t.check(); err != nil {
 		t.Close()
 		return nil, err
@@ -99,7 +106,7 @@ func OpenTarget(path string, roots []string) (*Target, error) {
 // check looks at the target itself: missing, or an empty directory.
 func (t *Target) check() error {
 	var st unix.Stat_t
-	err := unix.Fstatat(int(t.parent.Fd()), t.name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	err := unix.Fstatat(t.parent, t.name, &st, unix.AT_SYMLINK_NOFOLLOW)
 	if errors.Is(err, unix.ENOENT) {
 		t.Existed = false
 		return nil
@@ -115,13 +122,13 @@ func (t *Target) check() error {
 		return fault.Errorf(fault.Precondition, "target %s exists and is not a directory", t.Path)
 	}
 	t.Existed = true
-	f, err := t.openDir()
+	fd, err := t.openDir()
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	if _, err := f.Readdirnames(1); !errors.Is(err, io.EOF) {
-		if err == nil {
+	defer unix.Close(fd)
+	if err := emptyDir(fd); err != nil {
+		if errors.Is(err, errNotEmpty) {
 			return fault.Errorf(fault.Precondition, "target %s is not empty; bpfmount mounts only onto a missing or empty directory", t.Path)
 		}
 		return fault.Errorf(fault.Precondition, "reading target %s: %v", t.Path, err)
@@ -130,83 +137,112 @@ func (t *Target) check() error {
 }
 
 // openDir opens the target directory itself, never through a symlink.
-func (t *Target) openDir() (*os.File, error) {
-	fd, err := unix.Openat(int(t.parent.Fd()), t.name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+func (t *Target) openDir() (int, error) {
+	fd, err := unix.Openat(t.parent, t.name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
-		return nil, fault.Errorf(fault.Precondition, "target %s is not a directory (or became a symbolic link)", t.Path)
+		return -1, fault.Errorf(fault.Precondition, "target %s is not a directory (or became a symbolic link)", t.Path)
 	}
 	if err != nil {
-		return nil, fault.Errorf(fault.Precondition, "opening target %s: %v", t.Path, err)
+		return -1, fault.Errorf(fault.Precondition, "opening target %s: %v", t.Path, err)
 	}
-	return os.NewFile(uintptr(fd), t.Path), nil
+	return fd, nil
+}
+
+// errNotEmpty says a directory holds an entry.
+var errNotEmpty = errors.New("directory not empty")
+
+// emptyDir returns nil when the open directory fd holds no entry but "."
+// and "..", errNotEmpty when it holds one.
+func emptyDir(fd int) error {
+	var buf [1024]byte
+	for {
+		n, err := unix.Getdents(fd, buf[:])
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n <= 0 {
+			return nil
+		}
+		if _, count, _ := unix.ParseDirent(buf[:n], 1, nil); count > 0 {
+			return errNotEmpty
+		}
+	}
 }
 
 // procPath names an open descriptor so mount(2) and umount(2) act on what
 // it refers to instead of resolving a path again.
-func procPath(f *os.File) string { return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) }
+func procPath(fd int) string { return "/proc/self/fd/" + strconv.Itoa(fd) }
 
-// devOf returns the device of the filesystem an open file is on.
-func devOf(f *os.File) (uint64, error) {
+// devOf returns the device of the filesystem an open descriptor is on.
+func devOf(fd int) (uint64, error) {
 	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+	if err := unix.Fstat(fd, &st); err != nil {
 		return 0, err
 	}
 	return st.Dev, nil
 }
 
-// openParentNoFollow opens the parent of path without following any
-// symlink, for tearing down what a record says was made there.
-func openParentNoFollow(path string) (*os.File, string, error) {
-	dir, name := filepath.Split(path)
-	fd, err := unix.Openat2(unix.AT_FDCWD, filepath.Clean(dir), &unix.OpenHow{
+// openParentNoFollow opens the parent of path (O_PATH) without following
+// any symlink, for tearing down what a record says was made there.
+func openParentNoFollow(path string) (fd int, dir, name string, err error) {
+	dir, name = filepath.Split(path)
+	dir = filepath.Clean(dir)
+	fd, err = unix.Openat2(unix.AT_FDCWD, dir, &unix.OpenHow{
 		Flags:   unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC,
 		Resolve: unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
 	})
 	if err != nil {
-		return nil, "", err
+		return -1, "", "", err
 	}
-	return os.NewFile(uintptr(fd), filepath.Clean(dir)), name, nil
+	return fd, dir, name, nil
 }
 
 // errNotOurs says the object at a path is not the one we made.
 var errNotOurs = errors.New("not made by bpfmount")
 
-// unmountOurs unmounts, at name in parent, every stacked mount whose
-// filesystem is dev, and stops at the first one that is not: a mount
-// bpfmount did not make is never touched. It reports how many it removed.
-func unmountOurs(parent *os.File, name string, dev uint64) (int, error) {
+// unmount is umount(2); tests count its calls.
+var unmount = unix.Unmount
+
+// unmountOurs unmounts, at name in the directory parent (parentDir, for
+// errors), every stacked mount whose filesystem is dev, and stops at the
+// first one that is not: a mount bpfmount did not make is never touched.
+// It reports how many it removed.
+func unmountOurs(parent int, parentDir, name string, dev uint64) (int, error) {
 	n := 0
 	for i := 0; i < 16; i++ {
-		fd, err := unix.Openat(int(parent.Fd()), name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		fd, err := unix.Openat(parent, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
 			return n, nil // gone, or a symlink or file: nothing of ours
 		}
 		if err != nil {
 			return n, err
 		}
-		f := os.NewFile(uintptr(fd), name)
-		d, err := devOf(f)
-		if err != nil || dev == 0 || d != dev || !isMountRoot(f) {
-			f.Close()
+		d, err := devOf(fd)
+		if err != nil || dev == 0 || d != dev || !isMountRoot(fd) {
+			unix.Close(fd)
 			return n, err
 		}
-		err = unix.Unmount(procPath(f), 0)
-		if errors.Is(err, unix.EBUSY) {
-			err = unix.Unmount(procPath(f), unix.MNT_DETACH)
-		}
-		f.Close()
+		// Detached at once: the descriptor that names the very mount
+		// checked above holds it, so a plain unmount is always EBUSY. The
+		// kernel frees it when its last user (a consumer, or this
+		// descriptor) goes.
+		err = unmount(procPath(fd), unix.MNT_DETACH)
+		unix.Close(fd)
 		if err != nil {
-			return n, fmt.Errorf("unmounting %s: %w", filepath.Join(parent.Name(), name), err)
+			return n, fmt.Errorf("unmounting %s: %w", filepath.Join(parentDir, name), err)
 		}
 		n++
 	}
-	return n, fmt.Errorf("unmounting %s: still mounted after 16 unmounts", filepath.Join(parent.Name(), name))
+	return n, fmt.Errorf("unmounting %s: still mounted after 16 unmounts", filepath.Join(parentDir, name))
 }
 
 // isMountRoot reports whether an open directory is the root of a mount.
-func isMountRoot(f *os.File) bool {
+func isMountRoot(fd int) bool {
 	var stx unix.Statx_t
-	if err := unix.Statx(int(f.Fd()), "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS, &stx); err != nil {
+	if err := unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_BASIC_STATS, &stx); err != nil {
 		return false
 	}
 	return stx.Attributes_mask&unix.STATX_ATTR_MOUNT_ROOT != 0 && stx.Attributes&unix.STATX_ATTR_MOUNT_ROOT != 0

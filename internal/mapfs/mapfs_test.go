@@ -405,3 +405,94 @@ func TestZeroTargetCloseTouchesNoDescriptor(t *testing.T) {
 		t.Fatalf("closing a zero Target closed descriptor 0: %v", err)
 	}
 }
+
+// TestWithdrawOrphan: only a bpffs mounted nowhere but below the target
+// roots, at no staging directory and on no live device, is unmounted; a
+// tmpfs or a bpffs tied to anything else is left and refused.
+func TestWithdrawOrphan(t *testing.T) {
+	requireRoot(t)
+	root, stagingDir := t.TempDir(), t.TempDir()
+	staging, target := filepath.Join(stagingDir, "vol"), filepath.Join(root, "vol")
+	tg, err := OpenTarget(target, []string{root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	made, err := Expose(staging, tg, map[string]*ebpf.Map{"counts": newArray(t)}, Options{GID: -1})
+	tg.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Withdraw(staging, target, made) })
+	orphans := Orphans{Staging: stagingDir, Roots: []string{root}}
+	refused := func(o Orphans, want string) {
+		t.Helper()
+		n, err := WithdrawOrphan(target, o)
+		if n != 0 || fault.Of(err) != fault.Precondition || !strings.Contains(err.Error(), want) {
+			t.Fatalf("WithdrawOrphan = %d, %v; want a refusal saying %q", n, err, want)
+		}
+		if mi, _ := Inspect(target); !mi.Mounted {
+			t.Fatal("a bpffs that is not an orphan was unmounted")
+		}
+	}
+	refused(orphans, "staging mount is still there")
+	if err := unix.Unmount(staging, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	refused(Orphans{Staging: stagingDir, Roots: []string{root}, Live: []uint64{made.Dev}}, "another volume")
+	refused(Orphans{Staging: stagingDir, Roots: []string{stagingDir}}, "outside the target directories")
+
+	if n, err := WithdrawOrphan(target, orphans); n != 1 || err != nil {
+		t.Fatalf("WithdrawOrphan of an orphan = %d, %v; want 1 unmount", n, err)
+	}
+	if mi, _ := Inspect(target); mi.Mounted {
+		t.Fatal("the orphan is still mounted")
+	}
+	if _, err := os.Stat(target); err != nil {
+		t.Fatalf("the target directory went: %v (no record says bpfmount created it)", err)
+	}
+	if n, err := WithdrawOrphan(target, orphans); n != 0 || err != nil {
+		t.Fatalf("WithdrawOrphan again = %d, %v; want nothing to do", n, err)
+	}
+	if n, err := WithdrawOrphan(filepath.Join(root, "missing"), orphans); n != 0 || err != nil {
+		t.Fatalf("WithdrawOrphan of a missing target = %d, %v", n, err)
+	}
+
+	foreign := filepath.Join(root, "foreign")
+	os.Mkdir(foreign, 0o755)
+	if err := unix.Mount("tmpfs", foreign, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(foreign, unix.MNT_DETACH)
+	n, err := WithdrawOrphan(foreign, orphans)
+	if n != 0 || fault.Of(err) != fault.Precondition || !strings.Contains(err.Error(), "tmpfs filesystem") {
+		t.Fatalf("WithdrawOrphan of a tmpfs = %d, %v; want a refusal naming it", n, err)
+	}
+	if mi, _ := Inspect(foreign); !mi.Mounted {
+		t.Fatal("a tmpfs was unmounted")
+	}
+}
+
+// TestUnmountBinds: the targets of the instance at staging below the roots
+// are unmounted, its staging mount is not, and nothing else is.
+func TestUnmountBinds(t *testing.T) {
+	requireRoot(t)
+	root := t.TempDir()
+	staging, target, _ := expose(t, root, "vol", Options{GID: -1})
+	_, other, _ := expose(t, root, "other", Options{GID: -1})
+	if got, err := UnmountBinds(staging, []string{t.TempDir()}); len(got) != 0 || err != nil {
+		t.Fatalf("UnmountBinds with the target outside the roots = %v, %v; want nothing", got, err)
+	}
+	got, err := UnmountBinds(staging, []string{root})
+	if err != nil || len(got) != 1 || got[0] != target {
+		t.Fatalf("UnmountBinds = %v, %v; want [%s]", got, err, target)
+	}
+	if mi, _ := Inspect(target); mi.Mounted {
+		t.Fatal("target still mounted")
+	}
+	if mi, _ := Inspect(staging); !mi.Mounted {
+		t.Fatal("staging unmounted")
+	}
+	if mi, _ := Inspect(other); !mi.Mounted {
+		t.Fatal("another volume's target unmounted")
+	}
+}

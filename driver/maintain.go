@@ -68,7 +68,12 @@ func (d *Driver) CollectGarbage() (staging, pins []string) {
 		}
 		rec, err := d.store.Get(vol)
 		if err == nil && rec == nil && !kept[vol] {
-			if err := mapfs.Withdraw(filepath.Join(d.store.MountsDir(), vol), "", mapfs.Made{}); err != nil {
+			dir := filepath.Join(d.store.MountsDir(), vol)
+			if !d.unmountOrphanTargets(vol, dir) {
+				unlock()
+				continue // kept until its targets are unmounted
+			}
+			if err := mapfs.Withdraw(dir, "", mapfs.Made{}); err != nil {
 				klog.ErrorS(err, "Garbage collection: removing a staging mount", "volume", vol)
 			} else {
 				staging = append(staging, vol)
@@ -113,4 +118,26 @@ func (d *Driver) CollectGarbage() (staging, pins []string) {
 		klog.InfoS("Collected garbage", "stagingMounts", staging, "pins", pins)
 	}
 	return staging, pins
+}
+
+// unmountOrphanTargets unmounts the targets an orphaned volume's bpffs
+// instance (mounted at staging) is bound to below the target roots, before
+// its staging mount goes: after that nothing ties them to the driver, and
+// kubelet cannot remove a mounted target. It reports whether the staging
+// mount may go.
+func (d *Driver) unmountOrphanTargets(vol, staging string) bool {
+	roots, err := targetRoots(d.opts.TargetRoots)
+	if err != nil {
+		klog.ErrorS(err, "Garbage collection: the target roots are invalid; an orphaned volume's targets are left mounted", "volume", vol)
+		return true
+	}
+	targets, err := mapfs.UnmountBinds(staging, roots)
+	for _, t := range targets {
+		klog.InfoS("Garbage collection: unmounted an orphaned volume's target (the volume has no record)", "volume", vol, "target", clip(t, maxLogValue))
+	}
+	if err != nil {
+		klog.ErrorS(err, "Garbage collection: unmounting an orphaned volume's targets; its staging mount is kept until the next collection", "volume", vol)
+		return false
+	}
+	return true
 }

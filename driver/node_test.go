@@ -690,8 +690,10 @@ func TestUnpublish(t *testing.T) {
 	}
 	f.assertNothingLeft(t)
 
-	// A foreign filesystem at an unknown volume's target is left alone,
-	// and the unpublish succeeds: nothing there is the volume's.
+	// The fake's foreign filesystem at an unknown volume's target is left
+	// alone. (What the host has mounted at such a target is judged by
+	// mapfs.WithdrawOrphan, on the real mount table: tested there and in
+	// test/integration.)
 	f.mounts.mounts[testTarget] = mapfs.Mount{Mounted: true, FSType: "tmpfs", Dev: "0:99"}
 	if _, err := f.d.NodeUnpublishVolume(ctx, unpublishReq("vol-2", testTarget)); err != nil {
 		t.Fatalf("unpublish of an unknown volume at a foreign mount: %v, want OK", err)

@@ -60,6 +60,9 @@ func (d *Driver) withdrawUnknown(volID, target string, recorded bool) error {
 // call with FailedPrecondition. A volume with an intent is left to it: its
 // interrupted operation owns what is at the target.
 func (d *Driver) withdrawOrphan(volID, target string) error {
+	if m, err := mapfs.Inspect(target); err == nil && !m.Mounted {
+		return nil // the usual case (a repeated unpublish): no more to read
+	}
 	intents, err := d.store.Intents()
 	if err != nil {
 		klog.ErrorS(err, "Unpublish of a volume with no record: some intents cannot be read; nothing more is unmounted at its target", "volume", volID)

@@ -104,3 +104,27 @@ func TestUnpublishLeavesForeignMount(t *testing.T) {
 	}
 	d.AssertClean(t, nil)
 }
+
+// TestUnpublishLeavesLiveVolumesMount: an unpublish of an unknown volume at
+// a live volume's target leaves that volume mounted (its bpffs is still at
+// its staging directory) and fails with FailedPrecondition.
+func TestUnpublishLeavesLiveVolumesMount(t *testing.T) {
+	d, v, img, dir := setup(t, testenv.XDPCounterObject, testenv.DaemonOptions{})
+	target := filepath.Join(dir, "vol")
+	ctx := context.Background()
+	if _, err := d.Node.NodePublishVolume(ctx, publishReq("vol-live", target, xdpAttrs(img, v.Host), false)); err != nil {
+		t.Fatal(err)
+	}
+	_, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-other", target))
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "belongs to another volume") {
+		t.Fatalf("unpublish of another volume at a live target: %v, want FailedPrecondition", err)
+	}
+	if m := testenv.MountsUnder(t, target); len(m) != 1 {
+		t.Fatalf("the live volume's target mounts: %v, want its one bind mount", m)
+	}
+	counts(t, testenv.Consumer{}, filepath.Join(target, "xdp_stats_map")) // fails the test if the map went
+	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-live", target)); err != nil {
+		t.Fatal(err)
+	}
+	d.AssertClean(t, v, target)
+}

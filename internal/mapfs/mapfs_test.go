@@ -470,6 +470,22 @@ func TestWithdrawOrphan(t *testing.T) {
 	if mi, _ := Inspect(foreign); !mi.Mounted {
 		t.Fatal("a tmpfs was unmounted")
 	}
+
+	// A bpffs mounted by hand (defaults, as the node's own) is not taken
+	// for an orphan.
+	byHand := filepath.Join(root, "by-hand")
+	os.Mkdir(byHand, 0o755)
+	if err := unix.Mount("bpf", byHand, "bpf", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(byHand, unix.MNT_DETACH)
+	n, err = WithdrawOrphan(byHand, orphans)
+	if n != 0 || fault.Of(err) != fault.Precondition || !strings.Contains(err.Error(), "not mounted by bpfmount") {
+		t.Fatalf("WithdrawOrphan of a bpffs mounted by hand = %d, %v; want a refusal", n, err)
+	}
+	if mi, _ := Inspect(byHand); !mi.Mounted {
+		t.Fatal("a bpffs mounted by hand was unmounted")
+	}
 }
 
 // TestUnmountBinds: the targets of the instance at staging below the roots

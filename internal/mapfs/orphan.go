@@ -16,8 +16,9 @@ import (
 // nothing naming its device any more (the staging mount, the record's
 // Made.Dev). Ownership is then read from the mount table: a bpffs instance
 // the driver made for a volume is mounted only at its staging directory and
-// at targets, so one mounted nowhere but below the target roots, and whose
-// device no record names, can only be an orphaned volume's.
+// at targets, with the options Expose gives it, so one mounted nowhere but
+// below the target roots, with those options, and whose device no record
+// names, is an orphaned volume's.
 
 // Orphans says which bpffs instances at a target are the driver's orphans.
 type Orphans struct {
@@ -107,10 +108,12 @@ func (o Orphans) notOrphan(infos []mount.MountInfo, dev uint64) string {
 	if slices.Contains(o.Live, dev) {
 		return "belongs to another volume"
 	}
+	found := false
 	for _, mi := range infos {
 		if !sameDev(mi, dev) {
 			continue
 		}
+		found = true
 		mp := UnescapeMountPath(mi.MountPoint)
 		if o.Staging != "" && Under(mp, o.Staging) {
 			return "belongs to a volume whose staging mount is still there"
@@ -118,8 +121,31 @@ func (o Orphans) notOrphan(infos []mount.MountInfo, dev uint64) string {
 		if !underAny(mp, o.Roots) {
 			return "is also mounted outside the target directories, so bpfmount did not mount it"
 		}
+		if !madeByExpose(mi) {
+			return "was not mounted by bpfmount (its mount options are not those bpfmount uses)"
+		}
+	}
+	if !found {
+		return "is not in the mount table"
 	}
 	return ""
+}
+
+// madeByExpose reports whether a mount looks as Expose leaves a volume's:
+// the whole instance, nosuid, nodev and noexec, and the instance's root
+// mode 0755 (a bpffs mounted with defaults, such as the node's own, shows
+// none of these). Not a proof of ownership on its own, it keeps a bpffs
+// someone mounted by hand at a target from being taken for an orphan.
+func madeByExpose(mi mount.MountInfo) bool {
+	if mi.Root != "/" || !slices.Contains(mi.SuperOptions, "mode=755") {
+		return false
+	}
+	for _, opt := range []string{"nosuid", "nodev", "noexec"} {
+		if !slices.Contains(mi.MountOptions, opt) {
+			return false
+		}
+	}
+	return true
 }
 
 // UnmountBinds unmounts the mounts of the bpffs instance at staging that

@@ -181,9 +181,10 @@ func TestForeignMountAtTarget(t *testing.T) {
 	testenv.MountTmpfs(t, target)
 	expectCode(t, d, publishReq("vol-foreign", target, xdpAttrs(img, v.Host), false), codes.FailedPrecondition, "tmpfs")
 	// Unpublish never unmounts a filesystem it did not mount: with no
-	// record and nothing of its own there, it answers OK untouched.
-	if _, err := d.Node.NodeUnpublishVolume(context.Background(), unpublishReq("vol-foreign", target)); err != nil {
-		t.Fatalf("unpublish of an unknown volume at a foreign mount: %v, want OK", err)
+	// record it leaves the tmpfs and says so with FailedPrecondition.
+	_, err := d.Node.NodeUnpublishVolume(context.Background(), unpublishReq("vol-foreign", target))
+	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "tmpfs") {
+		t.Fatalf("unpublish of an unknown volume at a foreign mount: %v, want FailedPrecondition naming the tmpfs", err)
 	}
 	if m := testenv.MountsUnder(t, target); len(m) != 1 {
 		t.Fatalf("the foreign mount was touched: %v", m)

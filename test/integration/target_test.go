@@ -137,8 +137,8 @@ func TestTargetWithSpace(t *testing.T) {
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(status.Convert(err).Message(), "tmpfs") {
 		t.Fatalf("publish onto a foreign tmpfs: %v, want FailedPrecondition naming tmpfs", err)
 	}
-	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-space-2", foreign)); err != nil {
-		t.Fatalf("unpublish of an unknown volume: %v", err)
+	if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq("vol-space-2", foreign)); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("unpublish of an unknown volume at a foreign tmpfs: %v, want FailedPrecondition", err)
 	}
 	if m := testenv.MountsUnder(t, foreign); len(m) != 1 {
 		t.Fatalf("the foreign tmpfs was touched: %v", m)
@@ -150,9 +150,12 @@ func TestTargetWithSpace(t *testing.T) {
 }
 
 // TestUnpublishTouchesOnlyItsOwn: an unpublish with an unknown volume ID,
-// or with a real ID and another target, answers OK and unmounts nothing:
-// not another volume's bpffs, not a foreign bpffs or tmpfs, not a tmpfs
-// reached through a symlink, and it removes no directory it did not make.
+// or with a real ID and another target, unmounts nothing: not another
+// volume's bpffs, not a foreign bpffs or tmpfs, not a tmpfs reached through
+// a symlink, and it removes no directory it did not make. An unknown
+// volume's unpublish at a target with something mounted fails with
+// FailedPrecondition (kubelet could not remove the target); the others
+// answer OK.
 func TestUnpublishTouchesOnlyItsOwn(t *testing.T) {
 	d := testenv.StartDaemon(t, testenv.DaemonOptions{})
 	v := testenv.NewVeth(t)
@@ -190,18 +193,21 @@ func TestUnpublishTouchesOnlyItsOwn(t *testing.T) {
 	empty := mkdir("empty")
 
 	mounted := []string{targetA, targetB, foreignBPF, foreignTmpfs, shm}
-	for _, req := range []struct{ vol, target string }{
-		{"vol-unknown", targetA}, // another volume's target
-		{"vol-unknown", foreignBPF},
-		{"vol-unknown", foreignTmpfs},
-		{"vol-unknown", viaLink},
-		{"vol-unknown", empty},
-		{"vol-b", targetA},      // a real ID, another volume's target
-		{"vol-a", foreignTmpfs}, // a real ID, not its target
-		{"vol-a", foreignBPF},
+	for _, req := range []struct {
+		vol, target string
+		code        codes.Code
+	}{
+		{"vol-unknown", targetA, codes.FailedPrecondition}, // another volume's target
+		{"vol-unknown", foreignBPF, codes.FailedPrecondition},
+		{"vol-unknown", foreignTmpfs, codes.FailedPrecondition},
+		{"vol-unknown", viaLink, codes.OK},
+		{"vol-unknown", empty, codes.OK},
+		{"vol-b", targetA, codes.OK},      // a real ID, another volume's target
+		{"vol-a", foreignTmpfs, codes.OK}, // a real ID, not its target
+		{"vol-a", foreignBPF, codes.OK},
 	} {
-		if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq(req.vol, req.target)); err != nil {
-			t.Errorf("unpublish %s at %s: %v, want OK", req.vol, req.target, err)
+		if _, err := d.Node.NodeUnpublishVolume(ctx, unpublishReq(req.vol, req.target)); status.Code(err) != req.code {
+			t.Errorf("unpublish %s at %s: %v, want %s", req.vol, req.target, err, req.code)
 		}
 		for _, m := range mounted {
 			if len(testenv.MountsUnder(t, m)) != 1 {

@@ -54,7 +54,8 @@ func (d *Driver) withdrawUnknown(volID, target string, recorded bool) error {
 // withdrawOrphan unmounts from the target of a volume with no record a
 // bpffs the driver made for a volume whose record is lost: one mounted only
 // below the target roots (its staging mount is gone, removed by garbage
-// collection or by hand) whose device no record names. kubelet cannot
+// collection or by hand), with the options the driver gives a volume's
+// mounts, whose device no record names (mapfs.WithdrawOrphan). kubelet cannot
 // remove a mounted target, so leaving it would keep the pod Terminating
 // forever. Anything else mounted there is never unmounted and fails the
 // call with FailedPrecondition. A volume with an intent is left to it: its

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"golang.org/x/sys/unix"
 
 	"github.com/bpfmount/bpfmount/deploy/examples/xdp-counter/counter"
 	"github.com/bpfmount/bpfmount/driver"
@@ -319,9 +318,13 @@ func TestPodChainPrunedAtStart(t *testing.T) {
 	if _, err := e.d.Node.NodeUnpublishVolume(ctx, unpublishReq("kept", target("kept"))); err != nil {
 		t.Fatal(err)
 	}
-	// The dropped volume is unknown to the daemon now: its target's mount
-	// is what kubelet would unmount.
-	if err := unix.Unmount(target("dropped"), unix.MNT_DETACH); err != nil {
+	// The dropped volume is unknown to the daemon now: the start's
+	// collection unmounted its orphaned target, kubelet's unpublish
+	// answers OK, and kubelet removes the directory.
+	if m := testenv.MountsUnder(t, target("dropped")); len(m) != 0 {
+		t.Errorf("the dropped volume's target is still mounted: %v", m)
+	}
+	if _, err := e.d.Node.NodeUnpublishVolume(ctx, unpublishReq("dropped", target("dropped"))); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.Remove(target("dropped")); err != nil {

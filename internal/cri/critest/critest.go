@@ -44,7 +44,7 @@ type Runtime struct {
 	// name and version are what Version answers.
 	name, version string
 	streams       map[*stream]struct{}
-	opened   int // streams opened, over the runtime's life
+	opened        int // streams opened, over the runtime's life
 }
 
 // stream is one open GetContainerEvents call.

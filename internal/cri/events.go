@@ -16,7 +16,7 @@ import (
 )
 
 // A runtime that implements the CRI event stream (GetContainerEvents:
-// containerd 1.7 and later, CRI-O) says at once when a sandbox or a
+// containerd 1.7 and later, CRI-O with enable_pod_events) says at once when a sandbox or a
 // container starts, stops or goes, so callers need not ask it over and
 // over. Each event carries the status of the sandbox it concerns, which
 // names the pod.

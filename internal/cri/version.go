@@ -50,13 +50,13 @@ func majorVersion(v string) (int, bool) {
 	if len(parts) < 2 || len(parts) > 3 {
 		return 0, false
 	}
-	var nums [3]int
-	for i, p := range parts {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 0 || p == "" || p[0] == '+' {
+	// Signs were cut with the pre-release and build suffixes, so each
+	// part that converts is a plain number.
+	for _, p := range parts {
+		if _, err := strconv.Atoi(p); err != nil {
 			return 0, false
 		}
-		nums[i] = n
 	}
-	return nums[0], true
+	major, _ := strconv.Atoi(parts[0])
+	return major, true
 }

@@ -116,7 +116,11 @@ manifests:
 # every section that part does not make (another target's, e.g. libxdp's).
 BENCHDIR  := $(abspath build/bench)
 MERGEDOC  := $(GO) run ./test/bench/mergedoc docs/benchmarks.md
-bench: bench-host bench-libxdp
+# The parts run one after the other, not as prerequisites: under make -j
+# two mergedoc runs would rewrite docs/benchmarks.md at once.
+bench:
+	$(MAKE) bench-host
+	$(MAKE) bench-libxdp
 	{ printf '## Dispatchers (qemu VMs, Debian 6.1 and 6.12)\n\nThis host rejects freplace, so the dispatcher figures come from `make bench-vm`:\nper-packet cost with BPF_PROG_TEST_RUN and the publish latency of the k-th\nprogram. Under TCG (no KVM) only ratios and trends mean anything.\n\n```\n'; \
 	  test/vm/run.sh bench 2>&1 | grep -vE '^([IEW][0-9]{4} |=== RUN|=== PAUSE|=== CONT|--- PASS|PASS$$|ok )' | sed -E 's/^ +(bench|driver)_test.go:[0-9]+: ?//'; \
 	  printf '```\n'; } > $(BENCHDIR)/vm.md

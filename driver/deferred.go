@@ -56,6 +56,9 @@ type waiters struct {
 	mu     sync.Mutex
 	byVol  map[string]*waiter
 	events *eventStream
+	// stopped: StopWaiters ran; no waiter or stream starts any more (a
+	// publish still in flight at shutdown would start one nothing stops).
+	stopped bool
 }
 
 // waiter follows one deferred volume's pod.
@@ -118,6 +121,11 @@ func (d *Driver) startDeferred(rec *state.Record, prog *loader.Program, first bo
 	w.cancel = cancel
 	d.stopDeferred(rec.VolumeID) // never two waiters for one volume
 	d.waiters.mu.Lock()
+	if d.waiters.stopped {
+		d.waiters.mu.Unlock()
+		cancel()
+		return
+	}
 	if d.waiters.byVol == nil {
 		d.waiters.byVol = map[string]*waiter{}
 	}
@@ -164,6 +172,7 @@ func (d *Driver) StopWaiters() {
 	d.waiters.mu.Lock()
 	all, es := d.waiters.byVol, d.waiters.events
 	d.waiters.byVol, d.waiters.events = nil, nil
+	d.waiters.stopped = true
 	d.waiters.mu.Unlock()
 	if es != nil {
 		es.cancel()

@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -13,8 +14,9 @@ import (
 
 // Waiters learn of a pod's new sandbox or container from the runtime's
 // event stream where the runtime has one (CRI GetContainerEvents:
-// containerd 1.7 and later, CRI-O): the daemon keeps one stream, shared by
-// every waiter, and an event wakes the waiters of the pod it concerns.
+// containerd 1.7 and later, CRI-O) and the daemon may subscribe to it
+// (Options.CRIEvents): the daemon keeps one stream, shared by every
+// waiter, and an event wakes the waiters of the pod it concerns.
 // While the stream flows, waiters ask the runtime on their own only at
 // Options.SandboxResync, a safety net; a runtime without events, or a
 // stream that broke, puts them back on Options.SandboxPoll until the
@@ -25,6 +27,42 @@ import (
 // one about pod uid's sandbox or containers.
 type PodWatcher interface {
 	WatchPods(ctx context.Context, fn func(uid string)) error
+}
+
+// CRIEventsMode says whether the daemon subscribes to the runtime's event
+// stream. containerd before 2.0 serves one shared channel that every
+// subscriber reads from, so a second subscriber would take events from
+// kubelet's own (Evented PLEG); hence auto subscribes only where that is
+// known not to happen.
+type CRIEventsMode int
+
+const (
+	// CRIEventsAuto subscribes only if the runtime's CRI Version names
+	// containerd 2.0 or later (cri.EventsSafe).
+	CRIEventsAuto CRIEventsMode = iota
+	// CRIEventsOn always subscribes.
+	CRIEventsOn
+	// CRIEventsOff never subscribes: waiters poll.
+	CRIEventsOff
+)
+
+// ParseCRIEventsMode parses auto, on or off.
+func ParseCRIEventsMode(s string) (CRIEventsMode, error) {
+	switch s {
+	case "auto":
+		return CRIEventsAuto, nil
+	case "on":
+		return CRIEventsOn, nil
+	case "off":
+		return CRIEventsOff, nil
+	}
+	return 0, fmt.Errorf("%.32q: want auto, on or off", s)
+}
+
+// RuntimeVersioner tells the runtime's name and version (CRI Version), by
+// which CRIEventsAuto decides.
+type RuntimeVersioner interface {
+	RuntimeVersion(ctx context.Context) (name, version string, err error)
 }
 
 // DefaultSandboxResync is the default of Options.SandboxResync.
@@ -48,10 +86,10 @@ type eventStream struct {
 }
 
 // startEvents starts the event stream, once, if the runtime client can
-// follow events. Caller holds d.waiters.mu.
+// follow events and Options.CRIEvents lets it. Caller holds d.waiters.mu.
 func (d *Driver) startEvents() {
 	pw, ok := d.opts.CRI.(PodWatcher)
-	if !ok || d.waiters.events != nil {
+	if !ok || d.waiters.events != nil || d.waiters.stopped || d.opts.CRIEvents == CRIEventsOff {
 		return
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -59,6 +97,9 @@ func (d *Driver) startEvents() {
 	d.waiters.events = es
 	go func() {
 		defer close(es.done)
+		if d.opts.CRIEvents == CRIEventsAuto && !d.eventsSafe(ctx) {
+			return
+		}
 		d.followEvents(ctx, pw, es)
 	}()
 }
@@ -101,6 +142,40 @@ func (d *Driver) followEvents(ctx context.Context, pw PodWatcher, es *eventStrea
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// eventsSafe asks the runtime's version, until it answers or ctx ends, and
+// reports whether CRIEventsAuto subscribes to its events. It logs why not.
+func (d *Driver) eventsSafe(ctx context.Context) bool {
+	rv, ok := d.opts.CRI.(RuntimeVersioner)
+	if !ok {
+		return false
+	}
+	retry := eventsRetryMin
+	for {
+		cctx, cancel := context.WithTimeout(ctx, criCallTimeout)
+		name, version, err := rv.RuntimeVersion(cctx)
+		cancel()
+		if err == nil {
+			safe, why := cri.EventsSafe(name, version)
+			if !safe {
+				klog.InfoS("Not following the container runtime's events, which could take them from kubelet; pods' waiters poll it (--cri-events=on forces the events)", "reason", why, "interval", d.fastPoll())
+			}
+			return safe
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		klog.InfoS("The container runtime does not say its version; pods' waiters poll it until it does", "interval", d.fastPoll(), "retryIn", retry, "err", err)
+		t := time.NewTimer(retry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+		retry = min(2*retry, eventsRetryMax)
 	}
 }
 

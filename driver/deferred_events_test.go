@@ -25,8 +25,14 @@ func newEventsDriver(t *testing.T, poll, resync time.Duration, events bool) (*po
 // attaches in containers too.
 func newEventsDriverWith(t *testing.T, pol string, poll, resync time.Duration, events bool) (*podnetFakes, *critest.Runtime, *containerLoader) {
 	t.Helper()
+	return newEventsDriverOpts(t, pol, poll, resync, func(rt *critest.Runtime, _ *Options) { rt.SetEvents(events) })
+}
+
+// newEventsDriverOpts is newEventsDriverWith with the runtime and the
+// driver's options set up by setup.
+func newEventsDriverOpts(t *testing.T, pol string, poll, resync time.Duration, setup func(*critest.Runtime, *Options)) (*podnetFakes, *critest.Runtime, *containerLoader) {
+	t.Helper()
 	rt, ep := critest.Start(t)
-	rt.SetEvents(events)
 	c, err := cri.Dial(ep)
 	if err != nil {
 		t.Fatal(err)
@@ -36,6 +42,7 @@ func newEventsDriverWith(t *testing.T, pol string, poll, resync time.Duration, e
 	cl := &containerLoader{netnsLoader: f.nl}
 	opts := Options{NodeID: "node-1", StateDir: "/state", BPFFSRoot: "/sys/fs/bpf/bpfmount", Policy: policy.Static(mustPolicy(t, pol)),
 		Events: f.events, CRI: c, SandboxPoll: poll, SandboxResync: resync, SandboxWait: time.Hour}
+	setup(rt, &opts)
 	d, err := newDriver(opts, cl, f.store, f.mounts)
 	if err != nil {
 		t.Fatal(err)
@@ -196,4 +203,91 @@ func TestEventWakesContainerWaiter(t *testing.T) {
 	}
 	rt.RunContainer(podUID, "sb-1", "app", "c-2", 200)
 	eventually(t, status, attachedTo("c-2", 200))
+}
+
+// --cri-events: auto subscribes only to containerd 2.0 or later, whose
+// stream serves several subscribers (containerd 1.7's splits the events
+// between kubelet and bpfmount); on always, off never. Without a stream
+// the waiter's poll attaches: with an hour's safety net, an attach within
+// a few seconds is the poll's.
+func TestCRIEventsMode(t *testing.T) {
+	for _, tc := range []struct {
+		mode          CRIEventsMode
+		name, version string
+		stream        bool
+	}{
+		{CRIEventsAuto, "containerd", "1.7.24", false},
+		{CRIEventsAuto, "containerd", "v2.0.1", true},
+		{CRIEventsAuto, "containerd", "2.1.0-rc.1", true},
+		{CRIEventsAuto, "cri-o", "1.31.0", false},
+		{CRIEventsAuto, "containerd", "unknown", false},
+		{CRIEventsOn, "containerd", "1.7.24", true},
+		{CRIEventsOff, "containerd", "v2.0.1", false},
+	} {
+		t.Run(fmt.Sprintf("%d-%s-%s", tc.mode, tc.name, tc.version), func(t *testing.T) {
+			f, rt, _ := newEventsDriverOpts(t, podnetPolicy, 20*time.Millisecond, time.Hour, func(rt *critest.Runtime, o *Options) {
+				rt.SetVersion(tc.name, tc.version)
+				o.CRIEvents = tc.mode
+			})
+			key := f.publishWaiting(t)
+			if tc.stream {
+				waitStreaming(t, f, rt, 1)
+			}
+			rt.RunSandbox(podUID, "sb-1", "/var/run/netns/cni-1")
+			eventually(t, func() string { return fmt.Sprint(f.status(t, "vol-1")) }, func() bool {
+				return f.status(t, "vol-1").State == stateAttached && f.nl.at(key) == "/var/run/netns/cni-1"
+			})
+			if open, opened := rt.Streams(); !tc.stream && (opened != 0 || f.d.streaming()) {
+				t.Errorf("streams open %d, opened %d, driver streaming %v: want none", open, opened, f.d.streaming())
+			}
+		})
+	}
+	if _, err := ParseCRIEventsMode("sometimes"); err == nil {
+		t.Error("ParseCRIEventsMode accepted sometimes")
+	}
+	for s, want := range map[string]CRIEventsMode{"auto": CRIEventsAuto, "on": CRIEventsOn, "off": CRIEventsOff} {
+		if m, err := ParseCRIEventsMode(s); err != nil || m != want {
+			t.Errorf("ParseCRIEventsMode(%q) = %v, %v", s, m, err)
+		}
+	}
+}
+
+// After StopWaiters (shutdown) a publish still in flight starts neither a
+// waiter nor an event stream, which nothing would stop.
+func TestNoWaiterAfterStopWaiters(t *testing.T) {
+	f, rt := newEventsDriver(t, time.Minute, time.Minute, true)
+	f.d.StopWaiters()
+	if _, err := f.d.NodePublishVolume(context.Background(), publishReq("vol-1", testTarget, podnetAttrs("pod"))); err != nil {
+		t.Fatal(err)
+	}
+	f.d.waiters.mu.Lock()
+	n, es := len(f.d.waiters.byVol), f.d.waiters.events
+	f.d.waiters.mu.Unlock()
+	if n != 0 || es != nil {
+		t.Fatalf("after StopWaiters: %d waiters, event stream %v", n, es != nil)
+	}
+	time.Sleep(300 * time.Millisecond)
+	if _, opened := rt.Streams(); opened != 0 {
+		t.Errorf("after StopWaiters %d event streams were opened", opened)
+	}
+}
+
+// A runtime that ends the event stream with OK at once (CRI-O with
+// enable_pod_events = false) is a runtime without events: the waiters
+// poll, and the stream is asked for again only rarely, not with the
+// back-off of a broken stream (half a second, then one).
+func TestEventsEndedAtOnceFallsBackToPolling(t *testing.T) {
+	f, rt, _ := newEventsDriverOpts(t, podnetPolicy, 20*time.Millisecond, time.Hour, func(rt *critest.Runtime, o *Options) {
+		rt.EndEventsAtOnce(true)
+		o.CRIEvents = CRIEventsOn
+	})
+	key := f.publishWaiting(t)
+	rt.RunSandbox(podUID, "sb-1", "/var/run/netns/cni-1")
+	eventually(t, func() string { return fmt.Sprint(f.status(t, "vol-1")) }, func() bool {
+		return f.status(t, "vol-1").State == stateAttached && f.nl.at(key) == "/var/run/netns/cni-1"
+	})
+	time.Sleep(1600 * time.Millisecond)
+	if _, opened := rt.Streams(); opened != 1 || f.d.streaming() {
+		t.Errorf("event stream asked for %d times, driver streaming %v; want once, polling", opened, f.d.streaming())
+	}
 }

@@ -62,6 +62,9 @@ type Options struct {
 	// as a safety net (0: DefaultSandboxResync); SandboxWait how long it
 	// waits for one before it reports a failure (0: DefaultSandboxWait).
 	SandboxPoll, SandboxResync, SandboxWait time.Duration
+	// CRIEvents says whether the daemon subscribes to the runtime's event
+	// stream (deferred_events.go); the zero value is CRIEventsAuto.
+	CRIEvents CRIEventsMode
 }
 
 // Driver serves the CSI Identity and Node services.

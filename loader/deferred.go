@@ -284,7 +284,7 @@ func netnsInode(path string) (uint64, error) {
 	var st unix.Stat_t
 	if err := unix.Stat(path, &st); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return 0, fault.Errorf(fault.Precondition, "network namespace %s does not exist (the pod's sandbox may be gone)", path)
+			return 0, fault.Errorf(fault.Precondition, "network namespace %s does not exist (the pod's sandbox may be gone): %w", path, fs.ErrNotExist)
 		}
 		return 0, fmt.Errorf("inspecting network namespace %s: %w", path, err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/bpfmount/bpfmount/internal/fault"
 	"github.com/bpfmount/bpfmount/loader/dispatcher"
 )
 
@@ -97,16 +98,36 @@ func (l *Loader) pruneOpenPodChain(name string, c *dispatcher.Chain) error {
 }
 
 // anyNetnsAlive reports whether a namespace one of es was recorded in
-// (the symbolic link beside its pins) is still the same namespace.
+// (the symbolic link beside its pins) is still the same namespace. One it
+// cannot tell of counts as alive: pruning unpins the chain's dispatcher
+// link, which detaches it from a pod that may still run.
 func (l *Loader) anyNetnsAlive(es []*entry) bool {
 	return slices.ContainsFunc(es, func(e *entry) bool {
 		path, ino := readNetnsPin(l.pinDir(e.key))
 		if path == "" {
 			return false
 		}
-		cur, err := netnsInode(path)
-		return err == nil && cur == ino
+		gone, err := netnsGone(path, ino, netnsInode)
+		if err != nil {
+			klog.ErrorS(err, "Cannot tell whether a pod's network namespace is gone; keeping its dispatcher", "netns", path)
+		}
+		return !gone
 	})
+}
+
+// netnsGone reports whether the namespace recorded as inode ino at path
+// is gone: path is gone, is no namespace any more (the runtime undid its
+// bind mount), or is another namespace. Any other error of inode (say
+// EACCES, EIO) tells nothing: not gone, with the error.
+func netnsGone(path string, ino uint64, inode func(string) (uint64, error)) (bool, error) {
+	cur, err := inode(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist), err != nil && fault.Of(err) == fault.Invalid:
+		return true, nil
+	case err != nil:
+		return false, err
+	}
+	return cur != ino, nil
 }
 
 // isPodChainDir reports whether a directory under dispatchers/ is a pod

@@ -64,6 +64,7 @@ type serveOptions struct {
 	cgroupRoot   string
 	kubeletCg    string
 	criEndpoint  string
+	criEvents    string
 	sandboxWait  time.Duration
 	gcInterval   time.Duration
 
@@ -111,6 +112,7 @@ for them to roll back, and exits. Attached programs stay attached.`,
 	f.StringVar(&o.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "where the node's cgroup hierarchy is mounted; cgroup programs attach in its cgroup2 part (DIR itself, or DIR/unified on a hybrid cgroup v1/v2 node)")
 	f.StringVar(&o.kubeletCg, "kubelet-cgroup-root", "/", "kubelet's --cgroup-root, under which pods' cgroups are looked for")
 	f.StringVar(&o.criEndpoint, "cri-endpoint", "unix:///run/containerd/containerd.sock", "the container runtime's CRI socket (CRI-O: unix:///var/run/crio/crio.sock), through which volumes with interface pod find the pod's sandbox and its network namespace (empty: such volumes fail)")
+	f.StringVar(&o.criEvents, "cri-events", "auto", "whether to follow the runtime's CRI event stream, so that volumes with interface pod attach as soon as the pod's sandbox or container starts instead of at the next 2 s poll: auto follows it only on containerd 2.0 and later (containerd 1.7, like older CRI-O, shares one stream among all subscribers, so following it would take events from kubelet), on always, off never")
 	f.DurationVar(&o.sandboxWait, "sandbox-wait", driver.DefaultSandboxWait, "how long a volume with interface pod waits for the pod's sandbox before its status and an event report a failure (it keeps waiting)")
 	f.StringVar(&o.registrationSocket, "registration-socket", "", "serve kubelet's plugin registration API on this socket (in <kubeletRootDir>/plugins_registry/), so no registrar sidecar is needed")
 	f.StringVar(&o.kubeletPath, "kubelet-registration-path", "", "the CSI socket's path as kubelet sees it (e.g. /var/lib/kubelet/plugins/csi.bpfmount.io/csi.sock); required with --registration-socket")
@@ -153,6 +155,10 @@ func (o *serveOptions) run(ctx context.Context) error {
 	}
 	if (o.registrationSocket == "") != (o.kubeletPath == "") {
 		return errors.New("--registration-socket and --kubelet-registration-path go together")
+	}
+	criEvents, err := driver.ParseCRIEventsMode(o.criEvents)
+	if err != nil {
+		return fmt.Errorf("--cri-events %w", err)
 	}
 	if err := ensureBPFFS(o.bpffsRoot, o.mountBPFFS); err != nil {
 		return err
@@ -207,7 +213,7 @@ func (o *serveOptions) run(ctx context.Context) error {
 		runtime = c
 	}
 	d, err := driver.New(driver.Options{NodeID: o.nodeID, StateDir: o.stateDir, BPFFSRoot: o.bpffsRoot, Loader: ld, Policy: pol, Events: rec, TargetRoots: o.targetRoot,
-		RunStats: runStats != nil, CgroupRoot: o.cgroupRoot, KubeletCgroupRoot: o.kubeletCg, CRI: runtime, SandboxWait: o.sandboxWait})
+		RunStats: runStats != nil, CgroupRoot: o.cgroupRoot, KubeletCgroupRoot: o.kubeletCg, CRI: runtime, SandboxWait: o.sandboxWait, CRIEvents: criEvents})
 	if err != nil {
 		return err
 	}

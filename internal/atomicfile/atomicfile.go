@@ -48,7 +48,8 @@ func WriteFile(path string, data []byte, perm os.FileMode, tempDir string) error
 		}
 		b = b[n:]
 	}
-	// The file is made 0600 whatever the umask; Fchmod ignores the umask.
+	// The file was opened 0600 less the umask (0600 under the usual
+	// 022); Fchmod, which ignores the umask, sets any other perm exactly.
 	if perm != 0o600 {
 		if err := unix.Fchmod(fd, uint32(perm.Perm())); err != nil {
 			return fail(err)

@@ -16,14 +16,15 @@ import (
 )
 
 // A runtime that implements the CRI event stream (GetContainerEvents:
-// containerd 1.7 and later, CRI-O) says at once when a sandbox or a
+// containerd 1.7 and later, CRI-O with enable_pod_events) says at once when a sandbox or a
 // container starts, stops or goes, so callers need not ask it over and
 // over. Each event carries the status of the sandbox it concerns, which
 // names the pod.
 
 // ErrNoEvents is wrapped by the error of a runtime that serves no event
-// stream (it answers GetContainerEvents with Unimplemented): callers ask
-// it at intervals instead.
+// stream: it answers GetContainerEvents with Unimplemented, or, as CRI-O
+// with enable_pod_events = false (its default) does, ends the stream with
+// OK before it opened. Callers ask it at intervals instead.
 var ErrNoEvents = errors.New("the container runtime serves no container events")
 
 // WatchPods follows the runtime's event stream. Once the stream is open it
@@ -52,6 +53,9 @@ func (c *Client) WatchPods(ctx context.Context, fn func(uid string)) error {
 	case ok := <-header:
 		if !ok {
 			_, err := stream.Recv()
+			if errors.Is(err, io.EOF) && ctx.Err() == nil {
+				return fault.Wrap(fault.Unavailable, fmt.Errorf("the container runtime at %s ended its event stream before it opened: %w (CRI-O serves them with enable_pod_events = true)", c.endpoint, ErrNoEvents))
+			}
 			return c.eventsError(ctx, err)
 		}
 	case <-time.After(headerWait):

@@ -3,6 +3,7 @@ package cri
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,5 +76,26 @@ func TestWatchPods(t *testing.T) {
 	}
 	if len(got) != 0 {
 		t.Errorf("a runtime without events was reported open")
+	}
+}
+
+// A runtime that ends the stream with OK before any event (CRI-O with
+// enable_pod_events = false) serves no events: ErrNoEvents, not a broken
+// stream to reopen at once.
+func TestWatchPodsEndsAtOnce(t *testing.T) {
+	rt, ep := critest.Start(t)
+	rt.EndEventsAtOnce(true)
+	c, err := Dial(ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	opened := false
+	err = c.WatchPods(context.Background(), func(string) { opened = true })
+	if !errors.Is(err, ErrNoEvents) || !strings.Contains(err.Error(), "enable_pod_events = true") {
+		t.Errorf("stream that ended at once: %v, want ErrNoEvents naming enable_pod_events", err)
+	}
+	if opened {
+		t.Errorf("a stream that ended at once was reported open")
 	}
 }

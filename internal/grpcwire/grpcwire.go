@@ -64,8 +64,10 @@ func (c *Conn) Close() { c.tr.CloseIdleConnections() }
 // Invoke calls method ("/package.Service/Method") with the encoded
 // message req in content type contentType and returns the encoded
 // response. Every error is a *Status: the server's, or one saying what
-// went wrong on the way with the code grpc-go would give it. ctx's
-// deadline bounds the call and is sent as grpc-timeout.
+// went wrong on the way, mostly with the code grpc-go would give it; a
+// peer that answers without a gRPC content type is Unavailable, where
+// grpc-go maps its HTTP status (200 to Unknown). ctx's deadline bounds
+// the call and is sent as grpc-timeout.
 func (c *Conn) Invoke(ctx context.Context, method, contentType string, req []byte) ([]byte, error) {
 	body := make([]byte, 5+len(req))
 	binary.BigEndian.PutUint32(body[1:5], uint32(len(req))) // body[0] = 0: not compressed
@@ -99,7 +101,9 @@ func (c *Conn) Invoke(ctx context.Context, method, contentType string, req []byt
 	}
 	defer resp.Body.Close()
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, ContentTypeProto) {
-		// No gRPC server answers without a gRPC content type.
+		// No gRPC server answers without a gRPC content type: whatever
+		// listens there is not the daemon, so Unavailable, as for no
+		// server at all, not the Unknown grpc-go gives a 200.
 		return nil, &Status{Unavailable, fmt.Sprintf("the server at %s is not a gRPC server: it answered %s with content type %q", c.socket, resp.Status, ct)}
 	}
 	msg, readErr := readMessage(resp.Body)

@@ -48,7 +48,8 @@ func (c Code) String() string {
 
 // Status is a call's failure: the daemon's gRPC status, or one this client
 // made for a failure of its own (connection, deadline, a peer that is not
-// a gRPC server) with the code grpc-go would give it.
+// a gRPC server), with the code grpc-go would give it except for a peer
+// that is not a gRPC server: Unavailable (see Conn.Invoke).
 type Status struct {
 	Code    Code
 	Message string

@@ -1,6 +1,7 @@
 package chart
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"path"
@@ -36,7 +37,8 @@ type scenario struct {
 	root          string // kubeletRootDir the paths must derive from
 	fullname      string
 	metrics       bool
-	noStats       bool // programStats: false
+	noStats       bool   // programStats: false
+	criEvents     string // --cri-events; "" for the default, auto
 	service       bool
 	podMonitor    bool
 	saCreate      bool
@@ -129,6 +131,7 @@ metrics:
 localBytecodeDir: ""
 priorityClassName: ""
 programStats: false
+criEvents: "on"
 extraArgs: ["--policy-reload-interval=10s"]
 resources:
   requests:
@@ -158,6 +161,7 @@ policy:
 		fullname:    "ebpf-csi",
 		metrics:     true,
 		noStats:     true,
+		criEvents:   "on",
 		service:     true,
 		podMonitor:  true,
 		saCreate:    true,
@@ -464,6 +468,7 @@ func checkDaemonSet(t *testing.T, sc scenario, ds *appsv1.DaemonSet) {
 		"cgroup-root":               "/host/sys/fs/cgroup", // the host's tree, read-only
 		"kubelet-cgroup-root":       "/",
 		"cri-endpoint":              "unix:///host/cri/containerd.sock", // the runtime's socket, in its mounted directory
+		"cri-events":                cmp.Or(sc.criEvents, "auto"),
 	}
 	if sc.metrics {
 		want["metrics-address"] = ":" + strconv.Itoa(sc.metricsPort)

@@ -43,6 +43,8 @@ func TestSchemaRejects(t *testing.T) {
 		{"resources typo", "resources: {request: {cpu: 1m}}", "request"},
 		{"resource quantity as a boolean", "resources: {requests: {cpu: true}}", "cpu"},
 		{"extraArgs not flags", "extraArgs: [serve]", "extraArgs"},
+		{"criEvents unknown", "criEvents: sometimes", "criEvents"},
+		{"criEvents unquoted on", "criEvents: on", "criEvents"},
 		{"updateStrategy type", "updateStrategy: {type: Recreate}", "type"},
 	}
 	for _, tc := range cases {

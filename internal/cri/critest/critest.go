@@ -38,8 +38,13 @@ type Runtime struct {
 	// noEvents answers GetContainerEvents with Unimplemented, as a
 	// runtime without the event stream (containerd before 1.7) does.
 	noEvents bool
-	streams  map[*stream]struct{}
-	opened   int // streams opened, over the runtime's life
+	// endEvents answers GetContainerEvents with OK at once, before any
+	// event, as CRI-O with enable_pod_events = false does.
+	endEvents bool
+	// name and version are what Version answers.
+	name, version string
+	streams       map[*stream]struct{}
+	opened        int // streams opened, over the runtime's life
 }
 
 // stream is one open GetContainerEvents call.
@@ -74,7 +79,8 @@ func Start(t testing.TB) (*Runtime, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &Runtime{state: State{Info: map[string]string{}, HostNet: map[string]bool{}, ContainerInfo: map[string]string{}}, streams: map[*stream]struct{}{}}
+	r := &Runtime{state: State{Info: map[string]string{}, HostNet: map[string]bool{}, ContainerInfo: map[string]string{}}, streams: map[*stream]struct{}{},
+		name: "containerd", version: "v2.0.0"}
 	srv := grpc.NewServer()
 	runtimeapi.RegisterRuntimeServiceServer(srv, r)
 	go srv.Serve(l)
@@ -248,6 +254,31 @@ func (r *Runtime) SetEvents(on bool) {
 	r.mu.Unlock()
 }
 
+// EndEventsAtOnce makes GetContainerEvents end at once with OK and no
+// event, as CRI-O with enable_pod_events = false does (on true), or
+// serve events again (false).
+func (r *Runtime) EndEventsAtOnce(on bool) {
+	r.mu.Lock()
+	r.endEvents = on
+	r.mu.Unlock()
+}
+
+// SetVersion sets the runtime name and version Version answers (by
+// default containerd v2.0.0).
+func (r *Runtime) SetVersion(name, version string) {
+	r.mu.Lock()
+	r.name, r.version = name, version
+	r.mu.Unlock()
+}
+
+// Version answers with the runtime's name and version.
+func (r *Runtime) Version(context.Context, *runtimeapi.VersionRequest) (*runtimeapi.VersionResponse, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls++
+	return &runtimeapi.VersionResponse{Version: "0.1.0", RuntimeName: r.name, RuntimeVersion: r.version, RuntimeApiVersion: "v1"}, nil
+}
+
 // Streams returns how many event streams are open now, and how many were
 // opened since the runtime started.
 func (r *Runtime) Streams() (open, opened int) {
@@ -274,6 +305,11 @@ func (r *Runtime) GetContainerEvents(_ *runtimeapi.GetEventsRequest, srv runtime
 	if r.noEvents {
 		r.mu.Unlock()
 		return status.Error(codes.Unimplemented, "unknown method GetContainerEvents")
+	}
+	if r.endEvents {
+		r.opened++
+		r.mu.Unlock()
+		return nil
 	}
 	s := &stream{events: make(chan *runtimeapi.ContainerEventResponse, 256), broken: make(chan struct{})}
 	r.streams[s] = struct{}{}

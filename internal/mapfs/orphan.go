@@ -46,61 +46,37 @@ func WithdrawOrphan(target string, o Orphans) (int, error) {
 		return 0, nil
 	}
 	defer unix.Close(parent)
-	n := 0
-	for i := 0; i < 16; i++ {
-		fd, err := unix.Openat(parent, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
-			return n, nil
-		}
-		if err != nil {
-			return n, fmt.Errorf("opening target %s: %w", target, err)
-		}
-		err = withdrawOrphanAt(fd, target, o)
-		unix.Close(fd)
-		if errors.Is(err, errNothingMounted) {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
-		n++
-	}
-	return n, fmt.Errorf("unmounting %s: still mounted after 16 unmounts", filepath.Join(parentDir, name))
+	return unmountStack(parent, parentDir, name, func(fd int) (bool, error) { return isOrphan(fd, target, o) })
 }
 
-var errNothingMounted = errors.New("nothing mounted")
-
-// withdrawOrphanAt unmounts the topmost mount at the open target fd when
-// it is an orphaned bpffs instance.
-func withdrawOrphanAt(fd int, target string, o Orphans) error {
+// isOrphan says whether the topmost mount at the open target fd is an
+// orphaned bpffs instance by o; another filesystem, or a bpffs that is not
+// an orphan, is a fault.Precondition. Nothing mounted there is false.
+func isOrphan(fd int, target string, o Orphans) (bool, error) {
 	if !isMountRoot(fd) {
-		return errNothingMounted
+		return false, nil
 	}
 	var sfs unix.Statfs_t
 	if err := unix.Fstatfs(fd, &sfs); err != nil {
-		return fmt.Errorf("checking the filesystem at target %s: %w", target, err)
+		return false, fmt.Errorf("checking the filesystem at target %s: %w", target, err)
 	}
 	dev, err := devOf(fd)
 	if err != nil {
-		return fmt.Errorf("checking the filesystem at target %s: %w", target, err)
+		return false, fmt.Errorf("checking the filesystem at target %s: %w", target, err)
 	}
 	infos, err := mount.ParseMountInfo("/proc/self/mountinfo")
 	if err != nil {
-		return fmt.Errorf("reading mountinfo: %w", err)
+		return false, fmt.Errorf("reading mountinfo: %w", err)
 	}
 	if sfs.Type != unix.BPF_FS_MAGIC {
-		return fault.Errorf(fault.Precondition, "target %s has a %s filesystem mounted on it, which bpfmount did not mount and does not unmount; unmount it, then unpublish again",
+		return false, fault.Errorf(fault.Precondition, "target %s has a %s filesystem mounted on it, which bpfmount did not mount and does not unmount; unmount it, then unpublish again",
 			target, fsTypeAt(infos, target, dev, int64(sfs.Type)))
 	}
 	if why := o.notOrphan(infos, dev); why != "" {
-		return fault.Errorf(fault.Precondition, "target %s has a bpffs mounted on it that %s, so bpfmount does not unmount it for this volume; unpublish the volume it belongs to, or unmount it by hand, then unpublish again",
+		return false, fault.Errorf(fault.Precondition, "target %s has a bpffs mounted on it that %s, so bpfmount does not unmount it for this volume; unpublish the volume it belongs to, or unmount it by hand, then unpublish again",
 			target, why)
 	}
-	// Detached at once, as unmountOurs does: fd holds the mount.
-	if err := unmount(procPath(fd), unix.MNT_DETACH); err != nil {
-		return fmt.Errorf("unmounting %s: %w", target, err)
-	}
-	return nil
+	return true, nil
 }
 
 // notOrphan says why the instance dev is not an orphan, or "" when it is.

@@ -211,17 +211,27 @@ var unmount = unix.Unmount
 // first one that is not: a mount bpfmount did not make is never touched.
 // It reports how many it removed.
 func unmountOurs(parent int, parentDir, name string, dev uint64) (int, error) {
+	return unmountStack(parent, parentDir, name, func(fd int) (bool, error) {
+		d, err := devOf(fd)
+		return err == nil && dev != 0 && d == dev && isMountRoot(fd), err
+	})
+}
+
+// unmountStack unmounts the mounts stacked at name in parent, the topmost
+// first, as long as ours says the topmost is to go (false, or an error,
+// ends it), and returns how many it unmounted. A name that is gone, a
+// symlink or a file ends it too: nothing there is ours.
+func unmountStack(parent int, parentDir, name string, ours func(fd int) (bool, error)) (int, error) {
 	n := 0
 	for i := 0; i < 16; i++ {
 		fd, err := unix.Openat(parent, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
-			return n, nil // gone, or a symlink or file: nothing of ours
+			return n, nil
 		}
 		if err != nil {
 			return n, err
 		}
-		d, err := devOf(fd)
-		if err != nil || dev == 0 || d != dev || !isMountRoot(fd) {
+		if ok, err := ours(fd); err != nil || !ok {
 			unix.Close(fd)
 			return n, err
 		}

@@ -135,12 +135,8 @@ func (d *Driver) followEvents(ctx context.Context, pw PodWatcher, es *eventStrea
 			klog.InfoS("The container runtime's event stream broke or did not open; pods' waiters poll it until it is open", "interval", d.fastPoll(), "retryIn", wait, "err", err)
 			retry = min(2*retry, eventsRetryMax)
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleepCtx(ctx, wait) {
 			return
-		case <-t.C:
 		}
 	}
 }
@@ -168,14 +164,23 @@ func (d *Driver) eventsSafe(ctx context.Context) bool {
 			return false
 		}
 		klog.InfoS("The container runtime does not say its version; pods' waiters poll it until it does", "interval", d.fastPoll(), "retryIn", retry, "err", err)
-		t := time.NewTimer(retry)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !sleepCtx(ctx, retry) {
 			return false
-		case <-t.C:
 		}
 		retry = min(2*retry, eventsRetryMax)
+	}
+}
+
+// sleepCtx waits for d, or until ctx ends, and reports whether it waited
+// the whole time.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }
 

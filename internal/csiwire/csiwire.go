@@ -1,16 +1,31 @@
 // Package csiwire encodes the CSI requests the command-line client sends,
 // in protobuf's wire format, without the CSI spec package or protobuf's
-// registries (whose initialisation the client would pay at every start).
-// Only the fields the client sets are here; the field numbers are the CSI
-// spec's (csi.proto), and a test checks each encoding against the
-// generated types' proto.Marshal.
+// runtime (whose initialisation the client would pay at every start: even
+// protobuf's protowire package seeds its error text by hashing the
+// executable). A varint is encoding/binary's Uvarint, which is protobuf's
+// base-128 varint. Only the fields the client sets are here; the field
+// numbers are the CSI spec's (csi.proto), and a test checks each encoding
+// against the generated types' proto.Marshal.
 package csiwire
 
 import (
+	"encoding/binary"
 	"sort"
-
-	"google.golang.org/protobuf/encoding/protowire"
 )
+
+// The wire types used: varint and length-delimited.
+const (
+	varintType = 0
+	bytesType  = 2
+)
+
+func appendTag(b []byte, num, wireType uint64) []byte {
+	return binary.AppendUvarint(b, num<<3|wireType)
+}
+
+func appendBytes(b, v []byte) []byte {
+	return append(binary.AppendUvarint(b, uint64(len(v))), v...)
+}
 
 // The full method names of the calls.
 const (
@@ -44,19 +59,19 @@ func (r *NodePublishVolumeRequest) Marshal() []byte {
 	// mount (2) = MountVolume{} (protobuf-go writes oneof members last).
 	var mode []byte
 	if r.AccessMode != 0 {
-		mode = protowire.AppendTag(mode, 1, protowire.VarintType)
-		mode = protowire.AppendVarint(mode, uint64(int64(r.AccessMode)))
+		mode = appendTag(mode, 1, varintType)
+		mode = binary.AppendUvarint(mode, uint64(int64(r.AccessMode)))
 	}
 	var capability []byte
-	capability = protowire.AppendTag(capability, 3, protowire.BytesType)
-	capability = protowire.AppendBytes(capability, mode)
-	capability = protowire.AppendTag(capability, 2, protowire.BytesType)
-	capability = protowire.AppendBytes(capability, nil)
-	b = protowire.AppendTag(b, 5, protowire.BytesType)
-	b = protowire.AppendBytes(b, capability)
+	capability = appendTag(capability, 3, bytesType)
+	capability = appendBytes(capability, mode)
+	capability = appendTag(capability, 2, bytesType)
+	capability = appendBytes(capability, nil)
+	b = appendTag(b, 5, bytesType)
+	b = appendBytes(b, capability)
 	if r.Readonly { // readonly (6)
-		b = protowire.AppendTag(b, 6, protowire.VarintType)
-		b = protowire.AppendVarint(b, 1)
+		b = appendTag(b, 6, varintType)
+		b = binary.AppendUvarint(b, 1)
 	}
 	keys := make([]string, 0, len(r.VolumeContext))
 	for k := range r.VolumeContext {
@@ -65,12 +80,12 @@ func (r *NodePublishVolumeRequest) Marshal() []byte {
 	sort.Strings(keys)
 	for _, k := range keys { // volume_context (8): entries of key (1), value (2)
 		var entry []byte
-		entry = protowire.AppendTag(entry, 1, protowire.BytesType)
-		entry = protowire.AppendString(entry, k)
-		entry = protowire.AppendTag(entry, 2, protowire.BytesType)
-		entry = protowire.AppendString(entry, r.VolumeContext[k])
-		b = protowire.AppendTag(b, 8, protowire.BytesType)
-		b = protowire.AppendBytes(b, entry)
+		entry = appendTag(entry, 1, bytesType)
+		entry = appendBytes(entry, []byte(k))
+		entry = appendTag(entry, 2, bytesType)
+		entry = appendBytes(entry, []byte(r.VolumeContext[k]))
+		b = appendTag(b, 8, bytesType)
+		b = appendBytes(b, entry)
 	}
 	return b
 }
@@ -91,10 +106,10 @@ func (r *NodeUnpublishVolumeRequest) Marshal() []byte {
 
 // appendString appends a proto3 string field, which is left out when
 // empty.
-func appendString(b []byte, num protowire.Number, s string) []byte {
+func appendString(b []byte, num uint64, s string) []byte {
 	if s == "" {
 		return b
 	}
-	b = protowire.AppendTag(b, num, protowire.BytesType)
-	return protowire.AppendString(b, s)
+	b = appendTag(b, num, bytesType)
+	return appendBytes(b, []byte(s))
 }

@@ -1,8 +1,8 @@
-// Package grpcwire makes unary gRPC calls over a unix socket with the
-// standard library alone: HTTP/2 without TLS by prior knowledge, a
-// message in, a message out, the status from the trailers. It is what the
-// command-line client speaks to the daemon with, so the client links
-// neither grpc-go nor protobuf's registries, whose package initialisation
+// Package grpcwire makes unary gRPC calls over a unix socket: HTTP/2
+// without TLS by prior knowledge, a message in, a message out, the status
+// from the trailers. It is what the command-line client speaks to the
+// daemon with, so the client links neither grpc-go and protobuf's
+// registries nor net/http and its TLS stack, whose package initialisation
 // was most of its start-up time. Messages are bytes: the caller encodes
 // and decodes them (protobuf for CSI, JSON for the admin service).
 //
@@ -18,10 +18,12 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"golang.org/x/net/http2/hpack"
 )
 
 // ContentTypeProto is the content type of protobuf messages (CSI).
@@ -31,35 +33,27 @@ const ContentTypeProto = "application/grpc"
 const MaxResponse = 4 << 20
 
 // Conn is a connection to the gRPC server on a unix socket, made by the
-// first call and kept for the next ones (one HTTP/2 connection).
+// first call and kept for the next ones (one HTTP/2 connection). Calls on
+// one Conn run one at a time.
 type Conn struct {
 	socket string
-	tr     *http.Transport
+	mu     sync.Mutex
+	h      *h2conn // nil before the first call and after a failed one
 }
 
 // Dial returns a Conn to the server on socket. Nothing is dialed until
 // the first call.
-func Dial(socket string) *Conn {
-	var protocols http.Protocols
-	protocols.SetUnencryptedHTTP2(true) // HTTP/1 off: gRPC is HTTP/2 only
-	c := &Conn{socket: socket}
-	c.tr = &http.Transport{
-		Protocols: &protocols,
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			conn, err := d.DialContext(ctx, "unix", socket)
-			if err != nil {
-				return nil, dialError{err}
-			}
-			return conn, nil
-		},
-		DisableCompression: true,
-	}
-	return c
-}
+func Dial(socket string) *Conn { return &Conn{socket: socket} }
 
 // Close closes the connection.
-func (c *Conn) Close() { c.tr.CloseIdleConnections() }
+func (c *Conn) Close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.h != nil {
+		c.h.nc.Close()
+		c.h = nil
+	}
+}
 
 // Invoke calls method ("/package.Service/Method") with the encoded
 // message req in content type contentType and returns the encoded
@@ -69,60 +63,80 @@ func (c *Conn) Close() { c.tr.CloseIdleConnections() }
 // grpc-go maps its HTTP status (200 to Unknown). ctx's deadline bounds
 // the call and is sent as grpc-timeout.
 func (c *Conn) Invoke(ctx context.Context, method, contentType string, req []byte) ([]byte, error) {
+	if err := ctxErr(ctx); err != nil {
+		return nil, ctxStatus(err)
+	}
+	headers := []hpack.HeaderField{
+		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
+		{Name: ":path", Value: method}, {Name: ":authority", Value: "localhost"},
+		{Name: "content-type", Value: contentType}, {Name: "te", Value: "trailers"},
+		{Name: "user-agent", Value: "bpfmount-grpcwire"},
+	}
+	deadline, hasDeadline := ctx.Deadline()
+	if hasDeadline {
+		headers = append(headers, hpack.HeaderField{Name: "grpc-timeout", Value: encodeTimeout(time.Until(deadline))})
+	}
 	body := make([]byte, 5+len(req))
 	binary.BigEndian.PutUint32(body[1:5], uint32(len(req))) // body[0] = 0: not compressed
 	copy(body[5:], req)
-	hr, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://localhost"+method, bytes.NewReader(body))
-	if err != nil {
-		return nil, &Status{Internal, fmt.Sprintf("calling %s: %v", method, err)}
-	}
-	hr.Header = http.Header{
-		"Content-Type": {contentType},
-		"Te":           {"trailers"},
-		"User-Agent":   {"bpfmount-grpcwire"},
-	}
-	if deadline, ok := ctx.Deadline(); ok {
-		left := time.Until(deadline)
-		if left <= 0 {
-			return nil, ctxStatus(context.DeadlineExceeded)
-		}
-		hr.Header["Grpc-Timeout"] = []string{encodeTimeout(left)}
-	}
 
-	resp, err := c.tr.RoundTrip(hr)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.h == nil {
+		var d net.Dialer
+		nc, err := d.DialContext(ctx, "unix", c.socket)
+		if err != nil {
+			if err := ctxErr(ctx); err != nil {
+				return nil, ctxStatus(err)
+			}
+			return nil, &Status{Unavailable, fmt.Sprintf("cannot connect to the server at %s: %v (is it running?)", c.socket, err)}
+		}
+		c.h = newH2(nc)
+	}
+	h := c.h
+	// The deadline bounds every read and write; a cancel moves it to the
+	// past, which ends a read or write blocked on the socket at once.
+	if hasDeadline {
+		h.nc.SetDeadline(deadline)
+	} else {
+		h.nc.SetDeadline(time.Time{})
+	}
+	stop := context.AfterFunc(ctx, func() { h.nc.SetDeadline(time.Unix(1, 0)) })
+	resp, err := h.roundTrip(headers, body)
+	if !stop() || err != nil || h.closeAfter || h.goneAway {
+		h.nc.Close()
+		c.h = nil
+	}
 	if err != nil {
 		if err := ctxErr(ctx); err != nil {
 			return nil, ctxStatus(err)
 		}
-		if de := (dialError{}); errors.As(err, &de) {
-			return nil, &Status{Unavailable, fmt.Sprintf("cannot connect to the server at %s: %v (is it running?)", c.socket, de.error)}
+		var reset resetError
+		if errors.As(err, &reset) {
+			return nil, &Status{reset.code(), fmt.Sprintf("calling %s at %s: %v", method, c.socket, err)}
 		}
 		return nil, &Status{Unavailable, fmt.Sprintf("the connection to the server at %s failed: %v (is it a gRPC server?)", c.socket, err)}
 	}
-	defer resp.Body.Close()
-	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, ContentTypeProto) {
+	if ct := resp.header["content-type"]; !strings.HasPrefix(ct, ContentTypeProto) {
 		// No gRPC server answers without a gRPC content type: whatever
 		// listens there is not the daemon, so Unavailable, as for no
 		// server at all, not the Unknown grpc-go gives a 200.
-		return nil, &Status{Unavailable, fmt.Sprintf("the server at %s is not a gRPC server: it answered %s with content type %q", c.socket, resp.Status, ct)}
+		return nil, &Status{Unavailable, fmt.Sprintf("the server at %s is not a gRPC server: it answered %s with content type %q", c.socket, statusText(resp.status), ct)}
 	}
-	msg, readErr := readMessage(resp.Body)
-	if err := ctxErr(ctx); readErr != nil && err != nil {
-		return nil, ctxStatus(err)
-	}
+	msg, readErr := readMessage(bytes.NewReader(resp.body))
 	// The status is in the trailers, or in the headers of a response that
 	// has no body (trailers-only: how servers answer most errors).
-	st := statusFrom(resp.Trailer)
+	st := statusFrom(resp.trailer)
 	if st == nil {
-		st = statusFrom(resp.Header)
+		st = statusFrom(resp.header)
 	}
 	switch {
 	case st != nil && st.Code != OK:
 		return nil, st
 	case readErr != nil:
 		return nil, readErr
-	case st == nil && resp.StatusCode != http.StatusOK:
-		return nil, &Status{codeForHTTP(resp.StatusCode), fmt.Sprintf("the server at %s answered %s without a gRPC status", c.socket, resp.Status)}
+	case st == nil && resp.status != 200:
+		return nil, &Status{codeForHTTP(resp.status), fmt.Sprintf("the server at %s answered %s without a gRPC status", c.socket, statusText(resp.status))}
 	case st == nil:
 		return nil, &Status{Internal, fmt.Sprintf("the server at %s ended %s without a gRPC status", c.socket, method)}
 	case msg == nil:
@@ -130,12 +144,6 @@ func (c *Conn) Invoke(ctx context.Context, method, contentType string, req []byt
 	}
 	return msg, nil
 }
-
-// dialError marks a failure to connect, as opposed to one on a
-// connection.
-type dialError struct{ error }
-
-func (e dialError) Unwrap() error { return e.error }
 
 // readMessage reads a unary response's body: one length-prefixed
 // message, or none. It reads to the end, so the trailers are there after.
@@ -170,8 +178,8 @@ func readMessage(body io.Reader) ([]byte, error) {
 
 // statusFrom reads grpc-status and grpc-message from h; nil when h has no
 // grpc-status.
-func statusFrom(h http.Header) *Status {
-	v := h.Get("Grpc-Status")
+func statusFrom(h map[string]string) *Status {
+	v := h["grpc-status"]
 	if v == "" {
 		return nil
 	}
@@ -179,7 +187,7 @@ func statusFrom(h http.Header) *Status {
 	if err != nil {
 		return &Status{Unknown, fmt.Sprintf("the server sent a malformed grpc-status %q", v)}
 	}
-	return &Status{Code(code), decodeMessage(h.Get("Grpc-Message"))}
+	return &Status{Code(code), decodeMessage(h["grpc-message"])}
 }
 
 // ctxErr is ctx's error, or DeadlineExceeded once its deadline has

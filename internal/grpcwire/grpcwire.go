@@ -115,6 +115,9 @@ func (c *Conn) Invoke(ctx context.Context, method, contentType string, req []byt
 		if errors.As(err, &reset) {
 			return nil, &Status{reset.code(), fmt.Sprintf("calling %s at %s: %v", method, c.socket, err)}
 		}
+		if errors.As(err, new(advisedError)) {
+			return nil, &Status{Unavailable, fmt.Sprintf("the connection to the server at %s failed: %v", c.socket, err)}
+		}
 		return nil, &Status{Unavailable, fmt.Sprintf("the connection to the server at %s failed: %v (is it a gRPC server?)", c.socket, err)}
 	}
 	if ct := resp.header["content-type"]; !strings.HasPrefix(ct, ContentTypeProto) {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"syscall"
 
 	"golang.org/x/net/http2/hpack"
 )
@@ -74,6 +75,7 @@ type h2conn struct {
 	connWindow  int64 // what this client may still send on the connection
 	consumed    int64 // data received since the connection window was last refilled
 	goneAway    bool  // the server sent GOAWAY: no new streams
+	spoke       bool  // the server sent its settings: it speaks HTTP/2
 	closeAfter  bool  // the connection is in a state no next call can use
 	frameHeader [9]byte
 }
@@ -116,6 +118,22 @@ type response struct {
 	header  map[string]string
 	trailer map[string]string
 	body    []byte // at most maxBody bytes: its start, if the server sent more
+}
+
+// advisedError is a failure whose text says what to do; the generic
+// advice (is it a gRPC server?) does not follow it.
+type advisedError struct{ error }
+
+func (e advisedError) Unwrap() error { return e.error }
+
+// closedError is err, the connection ending under a call, said as what
+// it most likely is once the server has spoken HTTP/2: the daemon
+// stopped.
+func (h *h2conn) closedError(err error) error {
+	if h.spoke && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)) {
+		return advisedError{fmt.Errorf("the server closed the connection during the call (%v): did the daemon stop or restart?", err)}
+	}
+	return err
 }
 
 // protocolError is a server that broke HTTP/2.
@@ -203,11 +221,11 @@ func (h *h2conn) roundTrip(headers []hpack.HeaderField, body []byte) (*response,
 			streamWindow -= int64(n)
 		}
 		if err := h.flush(); err != nil {
-			return nil, err
+			return nil, h.closedError(err)
 		}
 		typ, flags, stream, payload, err := h.readFrame()
 		if err != nil {
-			return nil, err
+			return nil, h.closedError(err)
 		}
 		switch typ {
 		case frameData:
@@ -255,6 +273,7 @@ func (h *h2conn) roundTrip(headers []hpack.HeaderField, body []byte) (*response,
 			if flags&flagAck != 0 {
 				continue
 			}
+			h.spoke = true
 			for p := payload; len(p) > 0; p = p[6:] {
 				v := binary.BigEndian.Uint32(p[2:6])
 				switch binary.BigEndian.Uint16(p) {
@@ -285,7 +304,7 @@ func (h *h2conn) roundTrip(headers []hpack.HeaderField, body []byte) (*response,
 			}
 			h.goneAway = true
 			if last := binary.BigEndian.Uint32(payload) & 0x7fffffff; id > last {
-				return nil, fmt.Errorf("the server is going away (GOAWAY, error code %d) and did not take the call", binary.BigEndian.Uint32(payload[4:]))
+				return nil, advisedError{fmt.Errorf("the server is going away (GOAWAY, error code %d) and did not take the call: is the daemon stopping? Try again once it is back", binary.BigEndian.Uint32(payload[4:]))}
 			}
 		case frameWindowUpdate:
 			if len(payload) != 4 {

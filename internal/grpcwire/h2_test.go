@@ -136,7 +136,7 @@ func TestHTTP2Frames(t *testing.T) {
 		script: func(t *testing.T, p *rawPeer, id uint32) {
 			p.fr.WriteGoAway(0, http2.ErrCodeNo, nil)
 		},
-		want: "Unavailable: the connection to the server at @ failed: the server is going away (GOAWAY, error code 0) and did not take the call (is it a gRPC server?)", code: Unavailable,
+		want: "Unavailable: the connection to the server at @ failed: the server is going away (GOAWAY, error code 0) and did not take the call: is the daemon stopping? Try again once it is back", code: Unavailable,
 	}, {
 		name: "going away after the call still answers it",
 		script: func(t *testing.T, p *rawPeer, id uint32) {
@@ -218,6 +218,24 @@ func TestHTTP2Frames(t *testing.T) {
 				t.Errorf("the client acknowledged pings %v, want the one sent", p.acked)
 			}
 		})
+	}
+}
+
+// A daemon that stops during a call (its connection closes after it
+// spoke HTTP/2) is said to have stopped, not to be something other than
+// a gRPC server.
+func TestServerClosesDuringCall(t *testing.T) {
+	sock := serveRaw(t, func(t *testing.T, p *rawPeer, nc net.Conn) {
+		p.readRequest(t)
+	})
+	c := Dial(sock)
+	defer c.Close()
+	_, err := c.Invoke(context.Background(), "/s/M", ContentTypeProto, []byte("req"))
+	// EOF, or a reset or broken pipe when the close meets the client's
+	// acknowledgement of the server's settings.
+	if CodeOf(err) != Unavailable || !strings.HasPrefix(err.Error(), "Unavailable: the connection to the server at "+sock+" failed: the server closed the connection during the call (") ||
+		!strings.HasSuffix(err.Error(), "): did the daemon stop or restart?") {
+		t.Errorf("%v\n want Unavailable saying the daemon closed the connection", err)
 	}
 }
 

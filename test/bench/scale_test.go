@@ -262,6 +262,43 @@ func newRegistry(t *testing.T) *bytecode.Registry {
 	return r
 }
 
+// rcuExpedited is the path of the kernel's switch that makes every RCU
+// grace period an expedited one (IPIs to every CPU instead of waiting for
+// each to pass a quiescent state): system-wide, an operator's choice.
+const rcuExpedited = "/sys/kernel/rcu_expedited"
+
+// withExpeditedRCU runs fn with rcu_expedited set to 1 and sets it back
+// to what it was; it reports false, running nothing, where the switch is
+// missing or cannot be written.
+func withExpeditedRCU(t *testing.T, fn func()) bool {
+	t.Helper()
+	old, err := os.ReadFile(rcuExpedited)
+	if err != nil {
+		t.Logf("no %s: %v", rcuExpedited, err)
+		return false
+	}
+	if err := os.WriteFile(rcuExpedited, []byte("1"), 0); err != nil {
+		t.Logf("cannot write %s: %v", rcuExpedited, err)
+		return false
+	}
+	defer func() {
+		if err := os.WriteFile(rcuExpedited, old, 0); err != nil {
+			t.Errorf("setting %s back to %q: %v", rcuExpedited, strings.TrimSpace(string(old)), err)
+		}
+	}()
+	fn()
+	return true
+}
+
+// rcuSetting is rcu_expedited's value now, for the report.
+func rcuSetting() string {
+	b, err := os.ReadFile(rcuExpedited)
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+}
+
 // rawTCXBurst is the kernel's floor under a burst: distinct copies of the
 // tcx test program loaded and attached to ifname's ingress at once, with
 // cilium/ebpf and nothing else (no pins, mounts or state), each in a

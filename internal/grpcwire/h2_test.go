@@ -37,6 +37,13 @@ func (p *rawPeer) block(kv ...string) []byte {
 	return append([]byte(nil), p.buf.Bytes()...)
 }
 
+// answer sends a whole response on stream id: headers, msg, OK trailers.
+func (p *rawPeer) answer(id uint32, msg []byte) {
+	p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: p.block(okHeaders...), EndHeaders: true})
+	p.fr.WriteData(id, false, msg)
+	p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: p.block("grpc-status", "0"), EndHeaders: true, EndStream: true})
+}
+
 // readRequest reads frames until the request's stream ends; it returns
 // the stream's id.
 func (p *rawPeer) readRequest(t *testing.T) uint32 {
@@ -114,9 +121,7 @@ func TestHTTP2Frames(t *testing.T) {
 			// Indexed in the dynamic table by a block on a stream the
 			// client never opened: the next block refers to them by index.
 			p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id + 2, BlockFragment: p.block(okHeaders...), EndHeaders: true})
-			p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: p.block(okHeaders...), EndHeaders: true})
-			p.fr.WriteData(id, false, msg)
-			p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: p.block("grpc-status", "0"), EndHeaders: true, EndStream: true})
+			p.answer(id, msg)
 		},
 		want: "hello",
 	}, {
@@ -141,9 +146,7 @@ func TestHTTP2Frames(t *testing.T) {
 		name: "going away after the call still answers it",
 		script: func(t *testing.T, p *rawPeer, id uint32) {
 			p.fr.WriteGoAway(id, http2.ErrCodeNo, nil)
-			p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: p.block(okHeaders...), EndHeaders: true})
-			p.fr.WriteData(id, false, msg)
-			p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: p.block("grpc-status", "0"), EndHeaders: true, EndStream: true})
+			p.answer(id, msg)
 		},
 		want: "hello",
 	}, {

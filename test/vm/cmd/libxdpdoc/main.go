@@ -43,8 +43,9 @@ object (count the frame in an array map, return `+"`XDP_PASS`"+`), which
 `+"`xdp-loader`"+` loads from the object file (its `+"`verdict`"+` global set to
 `+"`XDP_PASS`"+` in the file) and bpfmount from the same object with the global
 set at load. The VMs run under qemu's TCG (no KVM), so only the ratios mean
-anything; the absolute figures are emulated time; from one run to the
-next the ratios move by a tenth or two.
+anything; the absolute figures are emulated time. From one run to the
+next the ratios move by a tenth or two, and the 10-member rows by up to
+0.8 when the host is busy with other work (run it on a quiet host).
 
 Measured %s on this host; load average over 1, 5 and 15 minutes
 at the end: %s.

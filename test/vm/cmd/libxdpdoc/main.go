@@ -44,8 +44,10 @@ object (count the frame in an array map, return `+"`XDP_PASS`"+`), which
 `+"`XDP_PASS`"+` in the file) and bpfmount from the same object with the global
 set at load. The VMs run under qemu's TCG (no KVM), so only the ratios mean
 anything; the absolute figures are emulated time. From one run to the
-next the ratios move by a tenth or two, and the 10-member rows by up to
-0.8 when the host is busy with other work (run it on a quiet host).
+next a single row's ratio can move by more than half (three runs on one
+day put the 10-member row on 6.12 at 0.49, 0.86 and 0.94, and adding the
+2nd program on 6.1 at 0.62, 1.03 and 1.59): read the trend over the rows
+and both kernels, not one row.
 
 Measured %s on this host; load average over 1, 5 and 15 minutes
 at the end: %s.

@@ -39,6 +39,7 @@ const (
 	flagPadded     = 0x8
 	flagPriority   = 0x20
 
+	settingHeaderTable   = 0x1
 	settingEnablePush    = 0x2
 	settingInitialWindow = 0x4
 	settingMaxFrameSize  = 0x5
@@ -277,6 +278,10 @@ func (h *h2conn) roundTrip(headers []hpack.HeaderField, body []byte) (*response,
 			for p := payload; len(p) > 0; p = p[6:] {
 				v := binary.BigEndian.Uint32(p[2:6])
 				switch binary.BigEndian.Uint16(p) {
+				case settingHeaderTable:
+					// The server's decoder keeps no larger a table: the
+					// encoder shrinks its own at the next block.
+					h.enc.SetMaxDynamicTableSizeLimit(v)
 				case settingInitialWindow:
 					if v > 1<<31-1 {
 						return nil, protocolError("SETTINGS_INITIAL_WINDOW_SIZE over 2^31-1")

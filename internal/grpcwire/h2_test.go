@@ -318,3 +318,42 @@ func TestAppendFrame(t *testing.T) {
 		t.Errorf("read back %v", f)
 	}
 }
+
+// A server's SETTINGS_HEADER_TABLE_SIZE bounds the table the client's
+// encoder keeps: the next header block starts by shrinking it (RFC 7541
+// 4.2), or the server's decoder would meet indexes it never kept.
+func TestHTTP2HeaderTableSize(t *testing.T) {
+	blocks := make(chan []byte, 2)
+	sock := serveRaw(t, func(t *testing.T, p *rawPeer, nc net.Conn) {
+		p.fr.WriteSettings(http2.Setting{ID: http2.SettingHeaderTableSize, Val: 0})
+		for {
+			f, err := p.fr.ReadFrame()
+			if err != nil {
+				return
+			}
+			switch f := f.(type) {
+			case *http2.HeadersFrame:
+				blocks <- append([]byte(nil), f.HeaderBlockFragment()...)
+			case *http2.DataFrame:
+				if f.StreamEnded() {
+					p.answer(f.StreamID, frame(0, []byte("hello")))
+				}
+			}
+		}
+	})
+	c := Dial(sock)
+	defer c.Close()
+	for i := range 2 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		out, err := c.Invoke(ctx, "/s/M", ContentTypeProto, []byte("req"))
+		cancel()
+		if err != nil || string(out) != "hello" {
+			t.Fatalf("call %d: %q, %v", i, out, err)
+		}
+	}
+	<-blocks // sent before the client read the server's settings
+	// 0x20: a dynamic table size update to 0.
+	if b := <-blocks; len(b) == 0 || b[0] != 0x20 {
+		t.Errorf("the header block after SETTINGS_HEADER_TABLE_SIZE 0 starts % x, want 20 (table size 0)", b[:min(len(b), 4)])
+	}
+}

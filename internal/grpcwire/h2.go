@@ -53,6 +53,10 @@ const (
 	recvWindow = 8 << 20
 	// maxHeaderBlock bounds a response's header or trailer block.
 	maxHeaderBlock = 1 << 20
+	// maxHeaderList bounds what a block decodes to, in RFC 9113's
+	// measure (names, values and 32 bytes a field): a byte of a block can
+	// name a 4 KiB entry of the dynamic table.
+	maxHeaderList = 2 << 20
 	// maxBody bounds what is kept of a response's body: the largest
 	// message, its prefix and the next prefix (a second message is an
 	// error readMessage reports).
@@ -69,6 +73,7 @@ type h2conn struct {
 	encBuf bytes.Buffer
 	dec    *hpack.Decoder
 	fields []hpack.HeaderField // what dec emitted for the block being decoded
+	listed int                 // the size of the block's header list so far
 
 	nextID      uint32
 	sendFrame   int   // the server's SETTINGS_MAX_FRAME_SIZE
@@ -86,7 +91,11 @@ type h2conn struct {
 func newH2(nc net.Conn) *h2conn {
 	h := &h2conn{nc: nc, br: bufio.NewReaderSize(nc, 32<<10), nextID: 1, sendFrame: 16384, peerWindow: 65535, connWindow: 65535}
 	h.enc = hpack.NewEncoder(&h.encBuf)
-	h.dec = hpack.NewDecoder(4096, func(f hpack.HeaderField) { h.fields = append(h.fields, f) })
+	h.dec = hpack.NewDecoder(4096, func(f hpack.HeaderField) {
+		if h.listed += int(f.Size()); h.listed <= maxHeaderList {
+			h.fields = append(h.fields, f)
+		}
+	})
 	h.dec.SetMaxStringLength(maxHeaderBlock)
 	h.out = append(h.out, preface...)
 	h.out = appendFrame(h.out, frameSettings, 0, 0,
@@ -380,12 +389,15 @@ func (h *h2conn) readHeaderBlock(stream uint32, flags byte, payload []byte) ([]h
 			return nil, protocolError("a header block over " + strconv.Itoa(maxHeaderBlock) + " bytes")
 		}
 	}
-	h.fields = h.fields[:0]
+	h.fields, h.listed = h.fields[:0], 0
 	if _, err := h.dec.Write(block); err != nil {
 		return nil, protocolError("header block: " + err.Error())
 	}
 	if err := h.dec.Close(); err != nil {
 		return nil, protocolError("header block: " + err.Error())
+	}
+	if h.listed > maxHeaderList {
+		return nil, protocolError("a header list over " + strconv.Itoa(maxHeaderList) + " bytes")
 	}
 	return h.fields, nil
 }

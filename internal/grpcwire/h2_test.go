@@ -178,6 +178,18 @@ func TestHTTP2Frames(t *testing.T) {
 		},
 		want: "Unavailable: the connection to the server at @ failed: HTTP/2 protocol error: a response without :status", code: Unavailable,
 	}, {
+		name: "a header list over its bound from a small block",
+		script: func(t *testing.T, p *rawPeer, id uint32) {
+			// A byte names a 4 KiB entry of the dynamic table: 1000 of
+			// them decode to 4 MB.
+			b := p.block(append(okHeaders, "x-a", strings.Repeat("a", 4000))...)
+			b = append(b, bytes.Repeat([]byte{0xbe}, 1000)...)
+			p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: b, EndHeaders: true})
+			p.fr.WriteData(id, false, msg)
+			p.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: p.block("grpc-status", "0"), EndHeaders: true, EndStream: true})
+		},
+		want: "Unavailable: the connection to the server at @ failed: HTTP/2 protocol error: a header list over 2097152 bytes", code: Unavailable,
+	}, {
 		name: "server push",
 		script: func(t *testing.T, p *rawPeer, id uint32) {
 			p.fr.WritePushPromise(http2.PushPromiseParam{StreamID: id, PromiseID: 2, BlockFragment: p.block(":path", "/x"), EndHeaders: true})

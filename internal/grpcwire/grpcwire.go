@@ -103,7 +103,7 @@ func (c *Conn) Invoke(ctx context.Context, method, contentType string, req []byt
 	}
 	stop := context.AfterFunc(ctx, func() { h.nc.SetDeadline(time.Unix(1, 0)) })
 	resp, err := h.roundTrip(headers, body)
-	if !stop() || err != nil || h.closeAfter || h.goneAway {
+	if !stop() || err != nil || h.closeAfter {
 		h.nc.Close()
 		c.h = nil
 	}
@@ -115,10 +115,11 @@ func (c *Conn) Invoke(ctx context.Context, method, contentType string, req []byt
 		if errors.As(err, &reset) {
 			return nil, &Status{reset.code(), fmt.Sprintf("calling %s at %s: %v", method, c.socket, err)}
 		}
+		advice := " (is it a gRPC server?)"
 		if errors.As(err, new(advisedError)) {
-			return nil, &Status{Unavailable, fmt.Sprintf("the connection to the server at %s failed: %v", c.socket, err)}
+			advice = "" // the error says what to do
 		}
-		return nil, &Status{Unavailable, fmt.Sprintf("the connection to the server at %s failed: %v (is it a gRPC server?)", c.socket, err)}
+		return nil, &Status{Unavailable, fmt.Sprintf("the connection to the server at %s failed: %v%s", c.socket, err, advice)}
 	}
 	if ct := resp.header["content-type"]; !strings.HasPrefix(ct, ContentTypeProto) {
 		// No gRPC server answers without a gRPC content type: whatever
@@ -149,7 +150,7 @@ func (c *Conn) Invoke(ctx context.Context, method, contentType string, req []byt
 }
 
 // readMessage reads a unary response's body: one length-prefixed
-// message, or none. It reads to the end, so the trailers are there after.
+// message, or none, and nothing after it.
 func readMessage(body io.Reader) ([]byte, error) {
 	var prefix [5]byte
 	if _, err := io.ReadFull(body, prefix[:]); err == io.EOF {

@@ -80,9 +80,8 @@ type h2conn struct {
 	peerWindow  int64 // the server's SETTINGS_INITIAL_WINDOW_SIZE
 	connWindow  int64 // what this client may still send on the connection
 	consumed    int64 // data received since the connection window was last refilled
-	goneAway    bool  // the server sent GOAWAY: no new streams
 	spoke       bool  // the server sent its settings: it speaks HTTP/2
-	closeAfter  bool  // the connection is in a state no next call can use
+	closeAfter  bool  // no next call can use the connection (GOAWAY, a response cut short)
 	frameHeader [9]byte
 }
 
@@ -182,8 +181,8 @@ func (e resetError) code() Code {
 // on a new stream and reads the response to its end. An error leaves the
 // connection unusable.
 func (h *h2conn) roundTrip(headers []hpack.HeaderField, body []byte) (*response, error) {
-	if h.goneAway || h.nextID > 1<<31-1 {
-		return nil, errors.New("the connection is closing")
+	if h.nextID > 1<<31-1 {
+		return nil, errors.New("the connection has used up its stream IDs")
 	}
 	id := h.nextID
 	h.nextID += 2
@@ -316,7 +315,7 @@ func (h *h2conn) roundTrip(headers []hpack.HeaderField, body []byte) (*response,
 			if len(payload) < 8 {
 				return nil, protocolError("GOAWAY of " + strconv.Itoa(len(payload)) + " bytes")
 			}
-			h.goneAway = true
+			h.closeAfter = true // no new streams
 			if last := binary.BigEndian.Uint32(payload) & 0x7fffffff; id > last {
 				return nil, advisedError{fmt.Errorf("the server is going away (GOAWAY, error code %d) and did not take the call: is the daemon stopping? Try again once it is back", binary.BigEndian.Uint32(payload[4:]))}
 			}
